@@ -1,0 +1,2 @@
+"""gdat: gradient auto-tuning for data-parallel PyTorch."""
+__version__ = "0.1.0"

@@ -1,0 +1,50 @@
+"""Exception types of gdat and aoe_full.
+
+Every error a user can cause derives from :class:`GdatError`; command-line entry
+points catch it, print its one-line message and exit with status 2.
+"""
+
+__all__ = [
+    "GdatError",
+    "UsageError",
+    "TestbedError",
+    "PlanError",
+    "PlanNotExpressible",
+    "BankError",
+    "ProfileError",
+    "ModelMismatchError",
+]
+
+
+class GdatError(Exception):
+    """Base of every error gdat raises on bad input or a broken environment."""
+
+
+class UsageError(GdatError):
+    """A command-line option or environment variable has an invalid value."""
+
+
+class TestbedError(GdatError):
+    """The emulated-network testbed cannot be made (not root, no namespaces, no tc)."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+
+class PlanError(GdatError):
+    """A bucket plan is malformed or does not match the model it is applied to."""
+
+
+class PlanNotExpressible(PlanError):
+    """A valid plan that a target format (DDP caps, HCCL indices) cannot express exactly."""
+
+
+class BankError(GdatError):
+    """A knowledge-base entry is unreadable, corrupt or of another schema version."""
+
+
+class ProfileError(GdatError):
+    """A profile file or recording is malformed or incomplete."""
+
+
+class ModelMismatchError(GdatError):
+    """Ranks were built with different models; names the first differing parameter."""

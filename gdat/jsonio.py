@@ -1,0 +1,91 @@
+"""Versioned JSON documents: the one place that reads, checks and writes them.
+
+Every file gdat writes (profile, plan, bank entry, report) is a JSON object with
+``"schema"`` (the document kind) and ``"version"``.  Writes are atomic: the text
+goes to a temporary file in the same directory, is flushed to disk and renamed
+over the target, so a reader sees the old file or the new one, never half.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Callable, TypeVar
+
+__all__ = ["atomic_write_text", "write_document", "read_document", "check_document", "require"]
+
+T = TypeVar("T")
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file + fsync + rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_document(path: str, schema: str, version: int, body: dict[str, Any]) -> None:
+    """Atomically write ``body`` tagged with its schema name and version."""
+    doc = {"schema": schema, "version": version, **body}
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=False) + "\n")
+
+
+def read_document(
+    path: str, schema: str, version: int, error: type[Exception]
+) -> dict[str, Any]:
+    """Read a document written by :func:`write_document`, raising ``error`` if it is
+    missing, not JSON, of another schema or of another version."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    return check_document(doc, schema, version, error, where=path)
+
+
+def check_document(
+    doc: Any, schema: str, version: int, error: type[Exception], where: str
+) -> dict[str, Any]:
+    """Check that ``doc`` is a JSON object of ``schema`` at ``version``."""
+    if not isinstance(doc, dict):
+        raise error(f"{where}: expected a JSON object, found {type(doc).__name__}")
+    if doc.get("schema") != schema:
+        raise error(f"{where}: not a {schema} document (schema={doc.get('schema')!r})")
+    if doc.get("version") != version:
+        raise error(
+            f"{where}: {schema} schema version {doc.get('version')!r} is not supported "
+            f"(this gdat reads version {version})"
+        )
+    return doc
+
+
+def require(
+    doc: dict[str, Any], key: str, kind: type | tuple[type, ...], error: type[Exception],
+    where: str, check: Callable[[Any], bool] | None = None,
+) -> Any:
+    """``doc[key]`` if present and of type ``kind`` (and ``check(value)`` holds)."""
+    if key not in doc:
+        raise error(f"{where}: missing field {key!r}")
+    value = doc[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise error(f"{where}: field {key!r} has type {type(value).__name__}")
+    if check is not None and not check(value):
+        raise error(f"{where}: field {key!r} has an invalid value {value!r}")
+    return value

@@ -1,0 +1,262 @@
+"""Bucket plans: which gradients DDP reduces together, and how to tell DDP.
+
+A :class:`BucketPlan` is an ordered list of buckets over DDP's parameters in
+gradient-ready order.  Bucket ``k`` is launched once all its gradients are ready and
+bucket ``k-1`` has been launched.  Each bucket holds one dtype, as DDP splits
+buckets per (dtype, device).
+
+DDP's bucketing rule (torch 2.13, ``bucket_cap_mb_list``), reproduced by
+:func:`ddp_buckets`: walking the parameters in ready order, each dtype keeps an
+open bucket and its own position in the cap list; a parameter joins its dtype's open
+bucket, and the bucket closes as soon as its size is ``>=`` its cap; the next bucket
+of that dtype takes the next cap, the last cap repeating.  Buckets are listed in
+the order they close, then the buckets still open at the end, in reverse order of
+their dtype's first appearance (the iteration order of the C++ reducer's hash map;
+checked against ``torch.distributed._compute_bucket_assignment_by_size`` in the tests).  A parameter is never
+split.  Hence a plan is expressed exactly by ``cap_k = bytes of bucket k`` (for
+each dtype stream), which :meth:`BucketPlan.ddp_caps_mb` returns after checking
+with :func:`ddp_buckets` that DDP would form exactly the plan's buckets.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from gdat.errors import PlanError, PlanNotExpressible
+from gdat.jsonio import check_document, read_document, require, write_document
+
+__all__ = [
+    "Bucket",
+    "BucketPlan",
+    "ddp_buckets",
+    "plan_from_caps",
+    "ddp_supports_cap_list",
+    "MIB",
+    "PLAN_SCHEMA",
+    "PLAN_VERSION",
+]
+
+MIB = 1 << 20
+PLAN_SCHEMA = "gdat.plan"
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Parameters (DDP indices, in ready order) reduced by one allreduce."""
+
+    params: tuple[int, ...]
+    nbytes: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class BucketPlan:
+    """An ordered partition of DDP's parameters into buckets."""
+
+    buckets: tuple[Bucket, ...]
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.buckets:
+            raise PlanError("a plan needs at least one bucket")
+        seen: set[int] = set()
+        for k, b in enumerate(self.buckets):
+            if not b.params:
+                raise PlanError(f"bucket {k} is empty")
+            if b.nbytes < 0:
+                raise PlanError(f"bucket {k} has negative size")
+            dup = seen.intersection(b.params)
+            if dup or len(set(b.params)) != len(b.params):
+                raise PlanError(f"parameter {min(dup) if dup else b.params[0]} is in more than one bucket")
+            seen.update(b.params)
+
+    @property
+    def param_order(self) -> tuple[int, ...]:
+        """All parameter indices in the plan's ready order."""
+        return tuple(i for b in self.buckets for i in b.params)
+
+    @property
+    def bucket_bytes(self) -> tuple[int, ...]:
+        return tuple(b.nbytes for b in self.buckets)
+
+    def same_buckets(self, other: "BucketPlan") -> bool:
+        """True when both plans group the same parameters in the same order."""
+        return [b.params for b in self.buckets] == [b.params for b in other.buckets]
+
+    @classmethod
+    def from_ends(
+        cls, order: Sequence[int], nbytes: Sequence[int], dtypes: Sequence[str],
+        ends: Sequence[int], label: str = "",
+    ) -> "BucketPlan":
+        """A single-stream plan from bucket end positions in ready order (exclusive
+        ends, increasing, the last equal to ``len(order)``).  Bucket boundaries
+        also fall wherever the dtype changes only if ``ends`` say so; a bucket
+        mixing dtypes is rejected."""
+        if not ends or ends[-1] != len(order) or any(b <= a for a, b in zip([0, *ends], ends)):
+            raise PlanError("bucket ends must increase strictly and end at the last parameter")
+        buckets, start = [], 0
+        for end in ends:
+            kinds = set(dtypes[start:end])
+            if len(kinds) != 1:
+                raise PlanError(f"bucket {len(buckets)} mixes dtypes {sorted(kinds)}")
+            buckets.append(Bucket(tuple(order[start:end]), int(sum(nbytes[start:end])), dtypes[start]))
+            start = end
+        return cls(tuple(buckets), label)
+
+    def check_matches(self, order: Sequence[int], nbytes: Sequence[int], dtypes: Sequence[str]) -> None:
+        """Raise :class:`PlanError` unless the plan covers exactly these parameters
+        (any order), with matching bucket sizes and dtypes."""
+        size = dict(zip(order, nbytes))
+        kind = dict(zip(order, dtypes))
+        for k, b in enumerate(self.buckets):
+            for p in b.params:
+                if p not in size:
+                    raise PlanError(f"plan bucket {k} names parameter {p}, which the model does not have")
+                if kind[p] != b.dtype:
+                    raise PlanError(f"plan bucket {k} is {b.dtype} but parameter {p} is {kind[p]}")
+            if sum(size[p] for p in b.params) != b.nbytes:
+                raise PlanError(f"plan bucket {k} claims {b.nbytes} bytes, the model's parameters hold "
+                                f"{sum(size[p] for p in b.params)}")
+        missing = set(order) - set(self.param_order)
+        if missing:
+            raise PlanError(f"plan does not cover parameter {min(missing)}")
+
+    def ddp_caps_mb(self, order: Sequence[int], nbytes: Sequence[int], dtypes: Sequence[str]) -> list[float]:
+        """``bucket_cap_mb_list`` that makes DDP form exactly this plan when its
+        gradients become ready in ``order``.
+
+        Caps are MiB as floats: ``bytes / 2**20`` is exact in binary floating point,
+        so DDP's ``int(cap_mb * 2**20)`` recovers the byte count.  Raises
+        :class:`PlanNotExpressible` when no cap list works (mixed dtypes whose k-th
+        buckets need incompatible caps, or a bucket ending in a zero-byte gradient).
+        """
+        self.check_matches(order, nbytes, dtypes)
+        size = dict(zip(order, nbytes))
+        per_dtype: dict[str, list[Bucket]] = {}
+        for b in self.buckets:
+            per_dtype.setdefault(b.dtype, []).append(b)
+        caps: list[int] = []
+        for k in range(max(len(v) for v in per_dtype.values())):
+            lo, hi = 0, None
+            for stream in per_dtype.values():
+                if k < len(stream):
+                    b = stream[k]
+                    if len(b.params) > 1:
+                        lo = max(lo, b.nbytes - size[b.params[-1]] + 1)
+                    hi = b.nbytes if hi is None else min(hi, b.nbytes)
+            if hi is None or lo > hi:
+                raise PlanNotExpressible(f"no bucket cap closes bucket {k} of every dtype at its last gradient")
+            caps.append(hi)
+        formed = ddp_buckets(self.param_order, [size[p] for p in self.param_order],
+                             [b.dtype for b in self.buckets for _ in b.params], caps)
+        if [tuple(self.param_order[i] for i in g) for g in formed] != [b.params for b in self.buckets]:
+            raise PlanNotExpressible(f"plan {self.label or ''} cannot be expressed with bucket_cap_mb_list")
+        return [c / MIB for c in caps]
+
+    def hccl_split_indices(self, n_params: int) -> list[int]:
+        """AOE/HCCL ``set_split_strategy_by_idx`` list: the largest gradient index of
+        each segment, ascending, the last being ``n_params - 1``.  Gradient indices
+        count parameters in definition order (DDP index order).  Raises
+        :class:`PlanNotExpressible` unless every bucket is a contiguous index range."""
+        ranges = []
+        for k, b in enumerate(self.buckets):
+            lo, hi = min(b.params), max(b.params)
+            if hi - lo + 1 != len(b.params):
+                raise PlanNotExpressible(f"bucket {k} is not a contiguous range of gradient indices")
+            ranges.append((lo, hi))
+        ranges.sort()
+        if ranges[0][0] != 0 or ranges[-1][1] != n_params - 1 or any(
+                b[0] != a[1] + 1 for a, b in zip(ranges, ranges[1:])):
+            raise PlanNotExpressible("plan does not cover gradient indices 0..n-1 contiguously")
+        return [hi for _, hi in ranges]
+
+    def mindspore_fusion_config(self, n_params: int) -> list[int]:
+        """MindSpore ``all_reduce_fusion_config``: the gradient index at which each
+        segment after the first starts (segments ``[0, c0), [c0, c1), ... [c_last, n)``)."""
+        return [hi + 1 for hi in self.hccl_split_indices(n_params)[:-1]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label,
+                "buckets": [{"params": list(b.params), "nbytes": b.nbytes, "dtype": b.dtype}
+                            for b in self.buckets]}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "plan") -> "BucketPlan":
+        if not isinstance(d, dict):
+            raise PlanError(f"{where}: expected a JSON object")
+        raw = require(d, "buckets", list, PlanError, where)
+        buckets = []
+        for k, b in enumerate(raw):
+            w = f"{where}.buckets[{k}]"
+            if not isinstance(b, dict):
+                raise PlanError(f"{w}: expected an object")
+            params = require(b, "params", list, PlanError, w)
+            if not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in params):
+                raise PlanError(f"{w}: 'params' must hold non-negative integers")
+            buckets.append(Bucket(tuple(params), require(b, "nbytes", int, PlanError, w),
+                                  require(b, "dtype", str, PlanError, w)))
+        label = d.get("label", "")
+        if not isinstance(label, str):
+            raise PlanError(f"{where}: field 'label' must be a string")
+        return cls(tuple(buckets), label)
+
+    def save(self, path: str) -> None:
+        """Write the plan as a versioned JSON document (atomically)."""
+        write_document(path, PLAN_SCHEMA, PLAN_VERSION, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str) -> "BucketPlan":
+        """Read a plan written by :meth:`save`; raises :class:`PlanError`."""
+        return cls.from_document(read_document(path, PLAN_SCHEMA, PLAN_VERSION, PlanError), path)
+
+    @classmethod
+    def from_document(cls, doc: Any, where: str) -> "BucketPlan":
+        """A plan from a parsed versioned document."""
+        return cls.from_dict(check_document(doc, PLAN_SCHEMA, PLAN_VERSION, PlanError, where), where)
+
+    def to_document(self) -> dict[str, Any]:
+        return {"schema": PLAN_SCHEMA, "version": PLAN_VERSION, **self.to_dict()}
+
+
+def ddp_buckets(
+    order: Sequence[int], nbytes: Sequence[int], dtypes: Sequence[str], caps_bytes: Sequence[int],
+) -> list[list[int]]:
+    """Positions (into ``order``) of the buckets DDP forms from gradients ready in
+    ``order`` with per-bucket caps ``caps_bytes`` (see the module docstring)."""
+    if not caps_bytes:
+        raise PlanError("need at least one bucket cap")
+    open_: dict[str, list[int]] = {}
+    used: dict[str, int] = {}
+    size: dict[str, int] = {}
+    closed: list[list[int]] = []
+    for pos, (nb, dt) in enumerate(zip(nbytes, dtypes)):
+        open_.setdefault(dt, []).append(pos)
+        size[dt] = size.get(dt, 0) + nb
+        cap = caps_bytes[min(used.get(dt, 0), len(caps_bytes) - 1)]
+        if size[dt] >= cap:
+            closed.append(open_[dt])
+            open_[dt] = []
+            size[dt] = 0
+            used[dt] = used.get(dt, 0) + 1
+    tail = [b for b in reversed(open_.values()) if b]
+    return closed + tail
+
+
+def plan_from_caps(
+    order: Sequence[int], nbytes: Sequence[int], dtypes: Sequence[str], caps_bytes: Sequence[int],
+    label: str = "",
+) -> BucketPlan:
+    """The plan DDP forms with per-bucket caps ``caps_bytes`` (bytes)."""
+    groups = ddp_buckets(order, nbytes, dtypes, caps_bytes)
+    return BucketPlan(tuple(
+        Bucket(tuple(order[i] for i in g), int(sum(nbytes[i] for i in g)), dtypes[g[0]]) for g in groups
+    ), label)
+
+
+def ddp_supports_cap_list() -> bool:
+    """Whether this torch's DDP accepts ``bucket_cap_mb_list`` (torch >= 2.13)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return "bucket_cap_mb_list" in inspect.signature(DistributedDataParallel.__init__).parameters

@@ -1,0 +1,32 @@
+"""Install gdat, aoe_full and the launchers.
+
+Install torch first (``pip install torch==2.13.0``): ``install_requires`` names torch
+with a range the installed build satisfies, so pip never pulls a CUDA wheel onto a
+CPU machine.
+"""
+from setuptools import setup
+
+setup(
+    name="gdat",
+    version="0.1.0",
+    description="Gradient auto-tuner for data-parallel PyTorch (AOE-style GDAT, SGAT, OPAT)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["gdat", "gdat.profiling", "gdat.schedule", "aoe_full", "launch"],
+    install_requires=["torch>=2.13", "numpy"],
+    extras_require={
+        "test": ["pytest", "hypothesis", "matplotlib"],
+        "mpi": ["mpi4py", "mpich"],
+        "npu": ["torch-npu"],
+        "plot": ["matplotlib"],
+    },
+    entry_points={
+        "console_scripts": [
+            "gdat=gdat.cli:main",
+            "gdat-run=gdat.run:main",
+            "aoe=aoe_full.cli:main",
+            "gdat-testbed=launch.testbed:main",
+        ]
+    },
+)
