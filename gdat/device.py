@@ -33,6 +33,7 @@ __all__ = [
     "hardware_fingerprint",
     "device_for_local_rank",
     "is_host",
+    "device_for_backend",
 ]
 
 _BACKENDS = {"cpu": "gloo", "cuda": "nccl", "npu": "hccl"}
@@ -66,6 +67,15 @@ def device_for_local_rank(device_type: str, local_rank: int) -> torch.device:
         return torch.device("cpu")
     _import_backend(device_type)
     return torch.device(device_type, local_rank)
+
+
+def device_for_backend(backend: str, local_rank: int) -> torch.device:
+    """The device whose tensors ``backend`` reduces: the host for gloo (and unknown
+    backends), this rank's accelerator for nccl and hccl."""
+    for device_type, name in _BACKENDS.items():
+        if name == backend and not is_host(device_type):
+            return device_for_local_rank(device_type, local_rank)
+    return torch.device("cpu")
 
 
 def synchronize(device_type: str) -> None:

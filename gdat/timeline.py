@@ -125,11 +125,13 @@ class StepRecord:
     accumulated.  ``backward_end_s`` is when the autograd engine finished backward
     compute (before DDP waits for its allreduces).  Optimizer times are ``None``
     when no optimizer stepped; ``step_end_s`` is the next step's start (``None`` for
-    the last step recorded).
+    the last step recorded).  ``start_s`` is the step's start on the rank's own clock
+    (perf_counter seconds), used only to lay steps out on a trace.
     """
 
     step: int
     kind: str
+    start_s: float
     forward_end_s: float
     backward_start_s: float
     backward_end_s: float
@@ -146,7 +148,7 @@ class StepRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "step": self.step, "kind": self.kind, "forward_end_s": self.forward_end_s,
+            "step": self.step, "kind": self.kind, "start_s": self.start_s, "forward_end_s": self.forward_end_s,
             "backward_start_s": self.backward_start_s, "backward_end_s": self.backward_end_s,
             "grad_ready": [[i, t] for i, t in self.grad_ready],
             "buckets": [b.to_dict() for b in self.buckets],
@@ -170,6 +172,7 @@ class StepRecord:
         return cls(
             step=require(d, "step", int, ProfileError, where),
             kind=require(d, "kind", str, ProfileError, where, lambda v: v in STEP_KINDS),
+            start_s=_num(d, "start_s", where),
             forward_end_s=_num(d, "forward_end_s", where),
             backward_start_s=_num(d, "backward_start_s", where),
             backward_end_s=_num(d, "backward_end_s", where),

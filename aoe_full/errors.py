@@ -1,0 +1,24 @@
+"""Exception types of aoe_full, all derived from :class:`gdat.errors.GdatError`.
+
+Bad command-line input raises :class:`gdat.errors.UsageError`; the types here name
+the other ways a tuning job can fail on user input.
+"""
+from gdat.errors import GdatError
+
+__all__ = ["ModelLoadError", "TraceError", "TunedModelError", "CandidateError"]
+
+
+class ModelLoadError(GdatError):
+    """The model file, factory or exported program cannot be loaded or run."""
+
+
+class TraceError(GdatError):
+    """The model cannot be captured as a torch.fx graph."""
+
+
+class TunedModelError(GdatError):
+    """A tuned-model file is unreadable or no longer matches its source model."""
+
+
+class CandidateError(GdatError):
+    """A candidate implementation cannot be built, fails, or is not equivalent."""

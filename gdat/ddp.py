@@ -1,0 +1,69 @@
+"""``gdat.DistributedDataParallel``: stock DDP whose gradient buckets gdat tunes.
+
+A subclass of ``torch.nn.parallel.DistributedDataParallel`` taking the same
+arguments plus ``gdat_config`` (default: from ``GDAT_*`` variables, see
+:mod:`gdat.config`).  ``gdat-run`` substitutes it for stock DDP in an unmodified
+script.  A synchronised training step starts at each forward with grad enabled
+outside ``no_sync()``; at that moment the mode's controller may act (record,
+switch plans, decide), always on the same step on every rank.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from gdat.config import GdatConfig
+
+__all__ = ["DistributedDataParallel", "STOCK_DDP"]
+
+STOCK_DDP = torch.nn.parallel.DistributedDataParallel
+
+
+class Controller(Protocol):
+    def before_step(self) -> None: ...
+
+    def after_forward(self, output: Any) -> None: ...
+
+
+def _make_controller(ddp: "DistributedDataParallel", config: GdatConfig) -> Controller | None:
+    if config.mode == "profile":
+        from gdat.profile_job import ProfileJob
+
+        return ProfileJob(ddp, config)
+    if config.mode in ("tune", "apply"):
+        from gdat.online import OnlineTuner
+
+        return OnlineTuner(ddp, config)
+    return None
+
+
+class DistributedDataParallel(STOCK_DDP):
+    """Drop-in DDP with online gradient-bucket tuning (see the module docstring)."""
+
+    def __init__(self, module: torch.nn.Module, *args: Any, gdat_config: GdatConfig | None = None,
+                 **kwargs: Any) -> None:
+        config = gdat_config or GdatConfig.from_env()
+        if config.aoe_bank:
+            import aoe_full
+
+            module = aoe_full.apply_bank(module)
+        prepare = None
+        if config.mode in ("tune", "apply"):
+            from gdat.online import prepare_construction
+
+            prepare = prepare_construction(module, args, kwargs, config)
+            kwargs = prepare.kwargs
+        super().__init__(module, *args, **kwargs)
+        self._gdat_config = config
+        self._gdat: Controller | None = _make_controller(self, config) if prepare is None else \
+            prepare.controller(self)
+
+    def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        ctl = self._gdat
+        if ctl is None or not (torch.is_grad_enabled() and self.require_backward_grad_sync):
+            return super().forward(*inputs, **kwargs)
+        ctl.before_step()
+        output = super().forward(*inputs, **kwargs)
+        ctl.after_forward(output)
+        return output

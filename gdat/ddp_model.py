@@ -1,0 +1,57 @@
+"""What gdat reads from a live ``DistributedDataParallel`` instance.
+
+DDP's reducer numbers the trainable parameters by walking
+``module.named_modules()`` and each module's own parameters, skipping those that do
+not require grad, those in ``parameters_to_ignore`` and repeats of a shared
+parameter.  :func:`reducer_parameters` reproduces that numbering (the tests check it
+against the parameters DDP hands to a comm hook); every parameter index in gdat is
+an index into this list.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from gdat.timeline import ParamInfo, params_of
+
+__all__ = ["reducer_parameters", "param_infos", "process_group_of", "world_size_of", "backend_of"]
+
+
+def reducer_parameters(
+    module: torch.nn.Module, ignore: set[str] | None = None
+) -> list[tuple[str, torch.nn.Parameter]]:
+    """``(name, parameter)`` in the order of DDP's reducer for ``module`` (a DDP
+    instance or the module it wraps; ``ignore`` defaults to DDP's
+    ``parameters_to_ignore`` or the module's ``_ddp_params_and_buffers_to_ignore``)."""
+    if hasattr(module, "parameters_to_ignore") and hasattr(module, "module"):
+        ignore = module.parameters_to_ignore if ignore is None else ignore
+        module = module.module
+    if ignore is None:
+        ignore = set(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))
+    seen: set[int] = set()
+    out = []
+    for mname, sub in module.named_modules():
+        for pname, p in sub.named_parameters(recurse=False):
+            if not p.requires_grad or f"{mname}.{pname}" in ignore or id(p) in seen:
+                continue
+            seen.add(id(p))
+            out.append((f"{mname}.{pname}" if mname else pname, p))
+    return out
+
+
+def param_infos(module: torch.nn.Module) -> tuple[ParamInfo, ...]:
+    """:class:`ParamInfo` of every parameter DDP reduces, in reducer order."""
+    return params_of(reducer_parameters(module))
+
+
+def process_group_of(ddp: torch.nn.Module):
+    """The process group DDP reduces over."""
+    return getattr(ddp, "process_group", None) or dist.group.WORLD
+
+
+def world_size_of(ddp: torch.nn.Module) -> int:
+    return dist.get_world_size(process_group_of(ddp))
+
+
+def backend_of(ddp: torch.nn.Module) -> str:
+    return str(dist.get_backend(process_group_of(ddp)))

@@ -1,0 +1,40 @@
+"""Gather every rank's recorded steps into one :class:`Profile` on every rank."""
+from __future__ import annotations
+
+import socket
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+from gdat.cost_model import AllreduceCostModel
+from gdat.timeline import ParamInfo, Profile, RankTimeline, StepRecord
+
+__all__ = ["gather_profile"]
+
+
+def gather_profile(
+    steps: Sequence[StepRecord],
+    params: Sequence[ParamInfo],
+    device_type: str,
+    group: Any = None,
+    cost_model: AllreduceCostModel | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Profile:
+    """All-gather each rank's steps (a collective: every rank must call it)."""
+    group = group if group is not None else dist.group.WORLD
+    rank = dist.get_rank(group)
+    world = dist.get_world_size(group)
+    local = RankTimeline(rank, socket.gethostname(), tuple(steps)).to_dict()
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, local, group=group)
+    return Profile(
+        world_size=world,
+        backend=str(dist.get_backend(group)),
+        device_type=device_type,
+        torch_version=torch.__version__,
+        params=tuple(params),
+        ranks=tuple(RankTimeline.from_dict(d, f"rank {k}") for k, d in enumerate(gathered)),
+        cost_model=cost_model,
+        meta=dict(meta or {}),
+    )

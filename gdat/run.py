@@ -1,0 +1,106 @@
+"""``gdat-run``: torchrun with gdat's gradient tuning for an unmodified script.
+
+``gdat-run [--gdat-* options] [torchrun options] SCRIPT [script args]`` accepts
+every torchrun option unchanged (it is torchrun's own parser, extended with the
+``--gdat-*`` options of :mod:`gdat.config`) and starts the job with torchrun's own
+``run()``: rendezvous, process management, restarts and multi-node work exactly as
+with torchrun.  Each process runs :mod:`gdat.worker`, which substitutes gdat's DDP
+and runs the script.  Options are validated before anything starts: a bad value
+prints one line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+
+from gdat.config import GdatConfig, add_arguments, config_from_args
+from gdat.errors import GdatError, UsageError
+from gdat.settings import bank_root, check_writable_dir, repeat_tune
+
+__all__ = ["main", "build_parser", "prepare_job"]
+
+
+def build_parser(prog: str = "gdat-run") -> argparse.ArgumentParser:
+    """torchrun's parser plus the ``--gdat-*`` options."""
+    from torch.distributed.run import get_args_parser
+
+    parser = get_args_parser()
+    parser.prog = prog
+    parser.description = ("Launch an unmodified DDP training script like torchrun, tuning its "
+                          "gradient buckets online. All torchrun options are accepted.")
+    add_arguments(parser.add_argument_group("gdat"))
+    return parser
+
+
+def _check_target(args: argparse.Namespace) -> tuple[str, str]:
+    if args.no_python:
+        raise UsageError("--no-python is not supported: gdat-run needs a Python training script")
+    target = args.training_script
+    if args.module:
+        sys.path.insert(0, os.getcwd())
+        try:
+            found = importlib.util.find_spec(target) is not None
+        except (ImportError, ValueError):
+            found = False
+        finally:
+            sys.path.pop(0)
+        if not found:
+            raise UsageError(f"training module {target!r} cannot be found")
+        return "module", target
+    if not os.path.isfile(target):
+        raise UsageError(f"training script {target!r} does not exist")
+    return "script", target
+
+
+def prepare_job(
+    argv: list[str], prog: str = "gdat-run", mode: str | None = None
+) -> tuple[argparse.Namespace, GdatConfig]:
+    """Parse and validate ``argv``; returns torchrun's args (pointing at the worker)
+    and the configuration (``mode``, when given, overrides ``--gdat-mode``).
+    Raises :class:`UsageError` on bad input."""
+    args = build_parser(prog).parse_args(argv)
+    if mode is not None:
+        args.mode = mode
+    config = config_from_args(args)
+    kind, target = _check_target(args)
+    config = GdatConfig(**{**config.__dict__, "work_path": os.path.abspath(config.work_path)})
+    if config.mode in ("tune", "profile"):
+        check_writable_dir(config.work_path, "work path (--gdat-work-path)")
+    if config.mode in ("tune", "apply"):
+        repeat_tune()
+        if config.mode == "tune":
+            check_writable_dir(bank_root(), "knowledge base (TUNE_BANK_PATH)")
+    args.training_script_args = [kind, target, *args.training_script_args]
+    args.training_script = "gdat.worker"
+    args.module = True
+    return args, config
+
+
+def main(argv: list[str] | None = None, prog: str = "gdat-run", mode: str | None = None) -> int:
+    """Run a job; returns the exit status (2 for bad input, 1 if a worker failed)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args, config = prepare_job(argv, prog, mode)
+    except GdatError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    os.environ.update(config.to_env())
+    if config.launcher == "mpi":
+        from launch.mpi import run_under_mpi
+
+        return run_under_mpi(args)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import run
+
+    try:
+        run(args)
+    except ChildFailedError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The optimal contiguous bucket partition under the simulator's model.
+
+Let ``S_j`` be the bytes of the first ``j`` gradients (ready order), ``R_j`` the
+(stretched) ready time of gradient ``j-1``, ``c`` the allreduce cost and ``g`` the
+communication-end function of :mod:`gdat.schedule.simulator`.  A plan is a
+sequence of cut points ``0 = i_0 < i_1 < ... < i_K = n``; bucket ``k`` holds
+gradients ``i_{k-1} .. i_k - 1``.  Its allreduce ends at
+``e_k = g(max(R_{i_k}, e_{k-1}), c(S_{i_k} - S_{i_{k-1}}))``.
+
+Since ``g`` is non-decreasing in its start, the earliest end of a prefix is what
+every continuation wants (the principle of optimality), so
+
+    f(0) = -inf,   f(j) = min_{i < j} g(max(R_j, f(i)), c(S_j - S_i))
+
+gives the earliest possible end of communication ``f(n)``, hence the shortest step
+``max(T'_b, f(n)) + post``, exactly, in ``O(n^2)`` time.  With at most ``K``
+buckets the table gains a bucket-count index: ``f_k(j) = min_i g(max(R_j,
+f_{k-1}(i)), ...)``, ``O(K n^2)``.
+
+Cuts DDP cannot express are excluded: a bucket may not mix dtypes, and may not end
+in a zero-byte gradient unless it is the last (DDP closes a bucket when its size
+reaches the cap, so a trailing empty gradient would open the next bucket).  For a
+model with one gradient dtype every remaining partition is exactly expressible
+with ``bucket_cap_mb_list``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gdat.cost_model import AllreduceCostModel, Contention
+from gdat.errors import PlanError
+from gdat.plan import BucketPlan
+from gdat.schedule.simulator import comm_end, stretched
+from gdat.timeline import ReadyTimeline
+
+__all__ = ["optimal_plan", "allowed_cuts"]
+
+
+def allowed_cuts(timeline: ReadyTimeline) -> tuple[np.ndarray, np.ndarray]:
+    """``(ok, first)``: ``ok[j]`` whether a bucket may end after gradient ``j-1``
+    (``j = 0..n``); ``first[j]`` the smallest ``i`` such that gradients ``i..j-1``
+    share one dtype (a bucket ending at ``j`` starts at ``i >= first[j]``)."""
+    n = len(timeline.order)
+    ok = np.ones(n + 1, dtype=bool)
+    nbytes = np.asarray(timeline.nbytes)
+    ok[1:n] = nbytes[: n - 1] > 0
+    first = np.zeros(n + 1, dtype=np.int64)
+    start = 0
+    for j in range(1, n + 1):
+        if j > 1 and timeline.dtypes[j - 1] != timeline.dtypes[j - 2]:
+            start = j - 1
+        first[j] = start
+    return ok, first
+
+
+def _backtrack(parent: list[np.ndarray] | np.ndarray, n: int, layered: bool, k_best: int) -> list[int]:
+    ends, j, k = [], n, k_best
+    while j > 0:
+        ends.append(j)
+        j = int(parent[k][j]) if layered else int(parent[j])
+        k -= 1
+    return ends[::-1]
+
+
+def optimal_plan(
+    timeline: ReadyTimeline, cost: AllreduceCostModel, contention: Contention = Contention(),
+    max_buckets: int | None = None, label: str = "optimal",
+) -> BucketPlan:
+    """The plan with the earliest communication end under the model (see above)."""
+    n = len(timeline.order)
+    if n == 0:
+        raise PlanError("the model has no gradients to bucket")
+    if max_buckets is not None and max_buckets < 1:
+        raise PlanError("max_buckets must be at least 1")
+    ready, bwd_end = stretched(timeline, contention.compute_stretch)
+    kappa = contention.comm_slowdown
+    prefix = np.concatenate([[0.0], np.cumsum(np.asarray(timeline.nbytes, dtype=np.float64))])
+    ok, first = allowed_cuts(timeline)
+    ready_at = np.concatenate([[0.0], ready])
+    if max_buckets is None:
+        f = np.full(n + 1, np.inf)
+        f[0] = -np.inf
+        parent = np.zeros(n + 1, dtype=np.int64)
+        for j in range(1, n + 1):
+            if not ok[j]:
+                continue
+            i = np.arange(first[j], j)
+            work = cost.times_s(prefix[j] - prefix[i])
+            ends = comm_end(np.maximum(ready_at[j], f[i]), work, bwd_end, kappa)
+            ends = np.where(f[i] < np.inf, ends, np.inf)
+            best = int(np.argmin(ends))
+            f[j], parent[j] = ends[best], i[best]
+        if not np.isfinite(f[n]):
+            raise PlanError("no bucket partition DDP can express exists for this model")
+        ends = _backtrack(parent, n, False, 0)
+    else:
+        layers, parents = [np.full(n + 1, np.inf)], []
+        layers[0][0] = -np.inf
+        i_idx = np.arange(n + 1)[:, None]
+        j_idx = np.arange(n + 1)[None, :]
+        invalid = ~((i_idx < j_idx) & (i_idx >= first[None, :]) & ok[None, :])
+        work = cost.times_s(np.maximum(prefix[None, :] - prefix[:, None], 0.0))
+        work[invalid] = 0.0
+        for _ in range(min(max_buckets, n)):
+            prev = layers[-1]
+            rows = np.nonzero(prev < np.inf)[0]
+            ends = comm_end(np.maximum(ready_at[None, :], prev[rows, None]), work[rows], bwd_end, kappa)
+            ends[invalid[rows]] = np.inf
+            best = np.argmin(ends, axis=0)
+            parents.append(rows[best])
+            layers.append(ends[best, np.arange(n + 1)])
+        finals = [layer[n] for layer in layers[1:]]
+        k_best = int(np.argmin(finals))
+        if not np.isfinite(finals[k_best]):
+            raise PlanError("no bucket partition DDP can express exists within the bucket limit")
+        ends = _backtrack(parents, n, True, k_best)
+    return BucketPlan.from_ends(timeline.order, timeline.nbytes, timeline.dtypes, ends, label)

@@ -1,0 +1,177 @@
+"""Predict a step's time under a bucket plan, and the best any plan could do.
+
+Model (all times in seconds since step start, sizes in bytes).
+
+* Compute.  The compute-only timeline gives ``r_j``, the time from which gradient
+  ``j`` (ready order) and all before it are ready on every rank, and ``T_b``, the
+  end of backward compute.  Overlapped communication stretches backward by the
+  contention factor ``sigma >= 1`` from its start ``t_0``:
+  ``r'_j = t_0 + sigma (r_j - t_0)``, ``T'_b = t_0 + sigma (T_b - t_0)``.
+* Buckets.  Bucket ``k`` is ready at ``R_k``, the latest ``r'`` of its gradients.
+  Allreduces run one at a time on the link, in bucket order (DDP launches bucket
+  ``k`` only after ``k-1``): ``start_k = max(R_k, end_{k-1})``.
+* Communication.  A bucket of ``B`` bytes needs ``W = t(B)`` seconds of link work
+  (the :class:`AllreduceCostModel`).  Work progresses at rate ``1/kappa`` while
+  backward compute runs (``t < T'_b``) and at rate 1 afterwards, so
+  ``end = g(start, W)`` with
+  ``g(s, W) = s + W`` if ``s >= T'_b``;
+  ``s + kappa W`` if ``s + kappa W <= T'_b``;
+  ``T'_b + W - (T'_b - s) / kappa`` otherwise.
+  With ``-inf`` for "no earlier allreduce", ``g`` is only ever given finite starts.
+* Step.  ``step = max(T'_b, end_K) + post``; exposed communication is
+  ``max(0, end_K - T'_b)``.
+
+``g`` is non-decreasing in ``s`` and ``W`` and work-conserving
+(``g(g(s, W1), W2) = g(s, W1 + W2)``), which makes the search's dynamic
+programme exact and gives the lower bound:
+
+    LB = max(T'_b, max_j g(r'_j, alpha_lo + beta_lo * S_j)) + post
+
+where ``S_j`` is the total size of gradients ``j..n`` and ``alpha_lo + beta_lo n``
+is a line below the cost model.  Every bucket holding gradient ``j`` or a later one
+starts no earlier than ``r'_j`` and the link must still carry ``S_j`` bytes and at
+least one start-up latency, so no plan ends communication earlier.
+
+Calibration (:func:`calibrate_contention`).  ``sigma`` is the ratio of backward
+compute duration measured with overlapped communication to that of the
+compute-only profile.  ``kappa`` is then the value (found by bisection, since the
+predicted communication end grows with ``kappa``) at which the simulator replays
+the measured overlapped run's plan with its measured communication end.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from gdat.cost_model import AllreduceCostModel, Contention
+from gdat.errors import PlanError, ProfileError
+from gdat.plan import Bucket, BucketPlan
+from gdat.timeline import Profile, ReadyTimeline
+
+__all__ = ["Simulation", "simulate", "lower_bound_s", "comm_end", "stretched", "calibrate_contention"]
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """A plan's predicted step (seconds since step start)."""
+
+    start_s: tuple[float, ...]
+    end_s: tuple[float, ...]
+    backward_end_s: float
+    comm_end_s: float
+    step_s: float
+
+    @property
+    def exposed_comm_s(self) -> float:
+        return max(0.0, self.comm_end_s - self.backward_end_s)
+
+
+def comm_end(start_s: np.ndarray | float, work_s: np.ndarray | float, backward_end_s: float,
+             kappa: float) -> np.ndarray | float:
+    """``g(start, W)`` of the module docstring (vectorised).
+
+    Equivalently ``g = s + W + (kappa - 1) * min(W, max(T'_b - s, 0) / kappa)``: the
+    work done before backward ends, ``min(W, (T'_b - s)/kappa)``, takes ``kappa``
+    times as long.
+    """
+    scalar = np.ndim(start_s) == 0 and np.ndim(work_s) == 0
+    start = np.atleast_1d(np.asarray(start_s, dtype=np.float64))
+    work = np.atleast_1d(np.asarray(work_s, dtype=np.float64))
+    slow = np.maximum(backward_end_s - start, 0.0)
+    slow /= kappa
+    slow = np.minimum(slow, work, out=slow if slow.shape == np.broadcast_shapes(slow.shape, work.shape) else None)
+    slow *= kappa - 1.0
+    slow += start
+    slow += work
+    return float(slow[0]) if scalar else slow
+
+
+def stretched(timeline: ReadyTimeline, sigma: float) -> tuple[np.ndarray, float]:
+    """``(r', T'_b)``: ready times and backward end stretched by ``sigma``."""
+    t0 = timeline.backward_start_s
+    ready = t0 + sigma * (np.asarray(timeline.ready_s, dtype=np.float64) - t0)
+    return np.maximum(ready, 0.0), t0 + sigma * (timeline.backward_end_s - t0)
+
+
+def _bucket_ready(timeline: ReadyTimeline, ready: np.ndarray, plan: BucketPlan) -> list[float]:
+    pos = {p: j for j, p in enumerate(timeline.order)}
+    out, latest = [], 0.0
+    for k, b in enumerate(plan.buckets):
+        try:
+            latest = max(latest, max(ready[pos[p]] for p in b.params))
+        except KeyError as e:
+            raise PlanError(f"plan bucket {k} names parameter {e.args[0]}, absent from the profile") from None
+        out.append(latest)
+    return out
+
+
+def simulate(
+    timeline: ReadyTimeline, plan: BucketPlan, cost: AllreduceCostModel,
+    contention: Contention = Contention(),
+) -> Simulation:
+    """Predict ``plan``'s step under the model of the module docstring."""
+    ready, bwd_end = stretched(timeline, contention.compute_stretch)
+    starts, ends, prev_end = [], [], -np.inf
+    for r, b in zip(_bucket_ready(timeline, ready, plan), plan.buckets):
+        s = max(r, prev_end)
+        prev_end = comm_end(s, cost.time_s(b.nbytes), bwd_end, contention.comm_slowdown)
+        starts.append(float(s))
+        ends.append(float(prev_end))
+    c_end = ends[-1]
+    return Simulation(tuple(starts), tuple(ends), bwd_end, c_end, max(bwd_end, c_end) + timeline.post_s)
+
+
+def lower_bound_s(timeline: ReadyTimeline, cost: AllreduceCostModel,
+                  contention: Contention = Contention()) -> float:
+    """The shortest step any plan can have under the model (module docstring)."""
+    ready, bwd_end = stretched(timeline, contention.compute_stretch)
+    alpha, beta = cost.lower_line()
+    suffix = np.cumsum(np.asarray(timeline.nbytes, dtype=np.float64)[::-1])[::-1]
+    ends = comm_end(ready, alpha + beta * suffix, bwd_end, contention.comm_slowdown)
+    return max(bwd_end, float(np.max(ends))) + timeline.post_s
+
+
+def _measured_plan(profile: Profile, rank_steps) -> BucketPlan:
+    size = {p.index: p.nbytes for p in profile.params}
+    kind = {p.index: p.dtype for p in profile.params}
+    spans = sorted(rank_steps[0].buckets, key=lambda b: b.index)
+    return BucketPlan(tuple(Bucket(b.param_indices, sum(size[i] for i in b.param_indices), kind[b.param_indices[0]])
+                            for b in spans), "measured")
+
+
+def calibrate_contention(profile: Profile, cost: AllreduceCostModel) -> Contention:
+    """Fit ``sigma`` and ``kappa`` to the profile's overlapped steps (module docstring).
+
+    Needs compute and overlapped steps with traced buckets; returns the
+    contention-free model when there are no overlapped steps.
+    """
+    compute = profile.ready_timeline("compute")
+    overlap_steps = [s for r in profile.ranks for s in r.steps if s.kind == "overlap" and s.buckets]
+    if not overlap_steps:
+        return Contention()
+    base = compute.backward_end_s - compute.backward_start_s
+    measured_bwd = max(statistics.median(s.backward_end_s - s.backward_start_s
+                                         for s in r.steps if s.kind == "overlap" and s.buckets)
+                       for r in profile.ranks if any(s.kind == "overlap" and s.buckets for s in r.steps))
+    sigma = max(1.0, measured_bwd / base) if base > 0 else 1.0
+    target = max(statistics.median(s.comm_end_s for s in r.steps if s.kind == "overlap" and s.buckets)
+                 for r in profile.ranks if any(s.kind == "overlap" and s.buckets for s in r.steps))
+    try:
+        plan = _measured_plan(profile, overlap_steps)
+    except PlanError as e:
+        raise ProfileError(f"overlapped steps' buckets do not form a plan: {e}") from None
+    lo, hi = 1.0, 1.0
+    if simulate(compute, plan, cost, Contention(sigma, lo)).comm_end_s >= target:
+        return Contention(sigma, 1.0)
+    while simulate(compute, plan, cost, Contention(sigma, hi)).comm_end_s < target and hi < 64:
+        hi *= 2
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if simulate(compute, plan, cost, Contention(sigma, mid)).comm_end_s < target:
+            lo = mid
+        else:
+            hi = mid
+    return Contention(sigma, hi)

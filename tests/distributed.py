@@ -1,0 +1,52 @@
+"""Run a function on N real gloo ranks (torch.multiprocessing, spawn) and collect results."""
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import tempfile
+import traceback
+from typing import Any, Callable
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_dir: str, args: tuple) -> None:
+    import torch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        result: Any = ("ok", fn(rank, world_size, *args))
+    except BaseException:
+        result = ("error", traceback.format_exc())
+    with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as f:
+        pickle.dump(result, f)
+    if result[0] == "ok":
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def run_ranks(fn: Callable[..., Any], world_size: int = 2, args: tuple = ()) -> list[Any]:
+    """``fn(rank, world_size, *args)`` on each rank of a fresh gloo group; returns
+    the per-rank results, re-raising the first rank's exception with its traceback."""
+    with tempfile.TemporaryDirectory() as out:
+        mp.start_processes(_entry, args=(fn, world_size, free_port(), out, args), nprocs=world_size,
+                           start_method="spawn")
+        results = []
+        for r in range(world_size):
+            with open(os.path.join(out, f"{r}.pkl"), "rb") as f:
+                results.append(pickle.load(f))
+    for r, (status, value) in enumerate(results):
+        if status != "ok":
+            raise AssertionError(f"rank {r} failed:\n{value}")
+    return [v for _, v in results]
