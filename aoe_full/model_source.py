@@ -1,0 +1,155 @@
+"""Where a model comes from, and loading it.
+
+Three sources (``--framework`` / ``--model``):
+
+* ``pytorch`` with ``path/to/file.py:factory``: the file is imported as a module
+  (its directory first on ``sys.path`` while it loads) and ``factory()`` is called
+  with no arguments; it must return a ``torch.nn.Module``;
+* ``pytorch`` with ``path/to/model.pt2``: a program saved by ``torch.export.save``,
+  loaded with ``torch.export.load(path).module()``.  Such a module runs in the mode
+  it was exported in (torch does not support ``.train()``/``.eval()`` on it);
+* ``5`` (ONNX) with ``path/to/model.onnx``: converted with the optional
+  ``onnx2torch`` package.
+
+A :class:`ModelSource` records the absolute path and the file's SHA-256, so a
+tuned-model file can rebuild the model later and tell when the source changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from aoe_full.errors import ModelLoadError
+from gdat.errors import UsageError
+
+__all__ = ["ModelSource", "parse_model_spec", "load_model", "FRAMEWORKS"]
+
+#: ``--framework`` values: PyTorch (a factory file or an exported program), ONNX (AOE's 5).
+FRAMEWORKS = ("pytorch", "5")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model's origin: ``kind`` is ``factory``, ``exported`` or ``onnx``."""
+
+    kind: str
+    path: str
+    factory: str | None
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        """The model's name in output paths: the file name without extension."""
+        return os.path.splitext(os.path.basename(self.path))[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "ModelSource":
+        return ModelSource(kind=str(d["kind"]), path=str(d["path"]),
+                           factory=d.get("factory"), sha256=str(d["sha256"]))
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _existing_file(path: str, what: str) -> str:
+    full = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(full):
+        raise UsageError(f"{what} {path!r} does not exist or is not a file")
+    if not os.access(full, os.R_OK):
+        raise UsageError(f"{what} {path!r} is not readable")
+    return full
+
+
+def parse_model_spec(model: str, framework: str) -> ModelSource:
+    """Check ``--model`` for ``--framework`` without loading anything."""
+    if framework not in FRAMEWORKS:
+        raise UsageError(f"unknown --framework {framework!r}; expected one of "
+                         f"{', '.join(FRAMEWORKS)} (pytorch, or 5 for ONNX)")
+    if framework == "5":
+        if not model.endswith(".onnx"):
+            raise UsageError(f"--framework 5 expects an .onnx file, got {model!r}")
+        path = _existing_file(model, "model file")
+        return ModelSource("onnx", path, None, file_sha256(path))
+    if model.endswith(".pt2"):
+        path = _existing_file(model, "model file")
+        return ModelSource("exported", path, None, file_sha256(path))
+    file_part, sep, factory = model.rpartition(":")
+    if not sep or not file_part.endswith(".py") or not factory.isidentifier():
+        raise UsageError(f"--model {model!r}: expected path/to/file.py:factory or a .pt2 file")
+    path = _existing_file(file_part, "model file")
+    return ModelSource("factory", path, factory, file_sha256(path))
+
+
+def _load_factory(source: ModelSource) -> torch.nn.Module:
+    module_name = f"aoe_user_model_{source.sha256[:16]}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, source.path)
+        if spec is None or spec.loader is None:
+            raise ModelLoadError(f"cannot import {source.path}")
+        module = importlib.util.module_from_spec(spec)
+        directory = os.path.dirname(source.path)
+        sys.path.insert(0, directory)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[module_name]
+            raise ModelLoadError(f"importing {source.path} failed: "
+                                 f"{type(e).__name__}: {e}") from None
+        finally:
+            sys.path.remove(directory)
+    factory = getattr(module, source.factory or "", None)
+    if not callable(factory):
+        raise ModelLoadError(f"{source.path} has no callable {source.factory!r}")
+    try:
+        model = factory()
+    except Exception as e:
+        raise ModelLoadError(f"{source.path}:{source.factory}() failed: "
+                             f"{type(e).__name__}: {e}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ModelLoadError(f"{source.path}:{source.factory}() returned "
+                             f"{type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _load_exported(source: ModelSource) -> torch.nn.Module:
+    try:
+        return torch.export.load(source.path).module()
+    except Exception as e:
+        raise ModelLoadError(f"cannot load exported program {source.path}: "
+                             f"{type(e).__name__}: {e}") from None
+
+
+def _load_onnx(source: ModelSource) -> torch.nn.Module:
+    try:
+        import onnx2torch  # optional: pip install onnx2torch
+    except ImportError:
+        raise ModelLoadError("--framework 5 (ONNX) needs the optional onnx2torch package "
+                             "(pip install onnx2torch)") from None
+    try:
+        return onnx2torch.convert(source.path)
+    except Exception as e:
+        raise ModelLoadError(f"cannot convert {source.path} from ONNX: "
+                             f"{type(e).__name__}: {e}") from None
+
+
+def load_model(source: ModelSource) -> torch.nn.Module:
+    """Build the module ``source`` describes (raises :class:`ModelLoadError`)."""
+    loaders = {"factory": _load_factory, "exported": _load_exported, "onnx": _load_onnx}
+    return loaders[source.kind](source)

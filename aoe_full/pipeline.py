@@ -1,0 +1,129 @@
+"""What OPAT and SGAT share: configuration, the tuning run's record, the
+preparation of the model and the final whole-model comparison.
+
+The user's model is never modified: tuning measures on one deep copy (whose
+buffers, e.g. batch-norm statistics, move while it is measured), the tuned model
+is another deep copy with the choices installed, and the baseline a third.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from aoe_full.bank import BankContext
+from aoe_full.choices import Choices
+from aoe_full.graph_capture import Capture, capture
+from aoe_full.measure import MeasureConfig
+from aoe_full.tuner import ModelComparison, compare_models
+from gdat.device import device_type_of
+from gdat.knowledge_base import RepoSummary
+
+__all__ = ["TuneConfig", "ItemReport", "TuningRun", "prepare", "finish", "SCENES", "set_mode",
+           "tuned_copy"]
+
+SCENES = ("infer", "train")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How to tune.  ``candidates``: strategy names to try besides the default
+    (``None``: all that apply); ``compile_budget_s``: seconds of compilation the
+    run may spend; ``select_names`` / ``select_types``: the ``--tune_ops_file``
+    filter (``None``: every operator)."""
+
+    scene: str
+    bank_root: str
+    repeat: bool = False
+    candidates: frozenset[str] | None = None
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    compile_budget_s: float = 600.0
+    select_names: frozenset[str] | None = None
+    select_types: frozenset[str] | None = None
+
+
+@dataclass
+class ItemReport:
+    """One tuned item (a distinct operator signature or subgraph structure + inputs)."""
+
+    mode: str
+    key_id: str
+    label: str
+    instances: list[str]
+    outcome: str
+    strategy: str
+    measured: bool
+    written: bool
+    candidates: dict[str, dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key_id": self.key_id, "label": self.label, "instances": self.instances,
+                "outcome": self.outcome, "strategy": self.strategy, "measured": self.measured,
+                "bank_written": self.written, "candidates": self.candidates}
+
+
+@dataclass
+class TuningRun:
+    """Everything one OPAT or SGAT run found and made."""
+
+    mode: str
+    scene: str
+    items: list[ItemReport]
+    summary: RepoSummary
+    choices: Choices
+    tuned: torch.nn.Module
+    comparison: ModelComparison | None
+    tuning_time_s: float
+    compile_spent_s: float
+
+    @property
+    def measured_items(self) -> int:
+        return sum(1 for i in self.items if i.measured)
+
+    @property
+    def improved(self) -> bool:
+        """Whether the tuned model beats the untuned one by more than the noise."""
+        return self.comparison is not None and self.comparison.comparison.beats
+
+
+def set_mode(module: torch.nn.Module, scene: str) -> None:
+    """Training mode for scene train, eval mode for infer.  An exported program's
+    module keeps the mode it was exported in (torch refuses to switch it)."""
+    if getattr(module, "_in_spec", None) is not None and isinstance(module, torch.fx.GraphModule):
+        return
+    module.train(scene == "train")
+
+
+def prepare(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names: list[str],
+            scene: str) -> tuple[torch.nn.Module, Capture, BankContext]:
+    """A measurement copy of ``model`` in the scene's mode, its capture and the
+    bank context."""
+    work = copy.deepcopy(model)
+    set_mode(work, scene)
+    cap = capture(work, inputs, arg_names, grad=(scene == "train"))
+    return work, cap, BankContext(scene, device_type_of(model))
+
+
+def tuned_copy(model: torch.nn.Module, scene: str, choices: Choices, arg_names: list[str],
+               install: Callable[[torch.nn.Module, Choices, list[str]], Any]) -> torch.nn.Module:
+    """A copy of ``model`` in the scene's mode with ``choices`` installed."""
+    tuned = copy.deepcopy(model)
+    set_mode(tuned, scene)
+    if choices:
+        install(tuned, choices, arg_names)
+    return tuned
+
+
+def finish(model: torch.nn.Module, tuned: torch.nn.Module, inputs: list[torch.Tensor],
+           scene: str, cfg: MeasureConfig) -> ModelComparison:
+    """Whole-model comparison of the untuned and the tuned model."""
+    baseline = copy.deepcopy(model)
+    set_mode(baseline, scene)
+    return compare_models(baseline, tuned, inputs, scene, cfg)
+
+
+def elapsed_since(t0: float) -> float:
+    return time.perf_counter() - t0
