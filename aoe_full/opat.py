@@ -10,13 +10,13 @@ choices, and it and the untuned model are measured side by side.
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import torch
 
 from aoe_full.bank import OPAT, BankContext, decide
 from aoe_full.choices import Choices, OpChoice, apply_choices, identity_of
 from aoe_full.operators import OpInstance, base_callable, find_operators, resolve_args
+from aoe_full.progress import ProgressBar
 from aoe_full.pipeline import ItemReport, TuneConfig, TuningRun, finish, prepare, tuned_copy
 from aoe_full.signature import describe
 from aoe_full.strategies import DEFAULT, OP_STRATEGIES, CompileBudget, op_strategies
@@ -42,7 +42,7 @@ def _static(op: OpInstance) -> dict:
 
 
 def tune_operators(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names: list[str],
-                   cfg: TuneConfig, progress: Callable[[str], None] | None = None) -> TuningRun:
+                   cfg: TuneConfig, progress: ProgressBar | None = None) -> TuningRun:
     """Run OPAT on ``model`` (left unchanged) for the sample ``inputs``."""
     t0 = time.perf_counter()
     work, cap, ctx = prepare(model, inputs, arg_names, cfg.scene)
@@ -60,6 +60,8 @@ def tune_operators(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names
     items: list[ItemReport] = []
     choices = Choices()
     nodes = {n.name: n for n in cap.graph.nodes}
+    if progress is not None:
+        progress.set_total(len(groups) + 1)
     for kid, group in groups.items():
         op = group[0]
         label = f"{op.kind} {op.op_type} {describe(op.call_key)}"
@@ -72,9 +74,11 @@ def tune_operators(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names
             ident = identity_of(_static(op))
             choices.ops.extend(OpChoice(o.node, ident, o.call_key, strategy) for o in group)
         if progress is not None:
-            progress(f"{outcome:<11} {label}")
+            progress.step(f"{outcome:<11} {label}")
     tuned = tuned_copy(model, cfg.scene, choices, arg_names, apply_choices)
     comparison = finish(model, tuned, inputs, cfg.scene, cfg.measure)
+    if progress is not None:
+        progress.step("whole model measured")
     return TuningRun(OPAT, cfg.scene, items, summary, choices, tuned, comparison,
                      time.perf_counter() - t0, budget.spent_s)
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from aoe_full.signature import call_signature, module_config, module_state, to_json
 
-__all__ = ["KINDS", "OpInstance", "classify", "static_identity", "find_operators",
+__all__ = ["KINDS", "OpInstance", "classify", "static_identity", "find_operators", "tunable_nodes",
            "node_target_name", "base_callable", "invoke_module"]
 
 KINDS = ("conv", "linear", "matmul", "bmm", "norm", "softmax", "attention")
@@ -204,3 +204,15 @@ def find_operators(graph: fx.Graph, root: nn.Module, values: dict[str, Any],
             call_key=key, signature={"kind": kind, **static_identity(node, root),
                                      "call": to_json(key)}))
     return found
+
+
+def tunable_nodes(graph: fx.Graph, root: nn.Module) -> list[tuple[str, str | None, str, str]]:
+    """``(node name, module path, kind, op type)`` of every node OPAT could tune
+    (without running the model)."""
+    out = []
+    for node in graph.nodes:
+        kind = classify(node, root)
+        if kind is not None:
+            out.append((node.name, str(node.target) if node.op == "call_module" else None,
+                        kind, node_target_name(node, root)))
+    return out

@@ -20,6 +20,7 @@ with :func:`ddp_buckets` that DDP would form exactly the plan's buckets.
 from __future__ import annotations
 
 import inspect
+import itertools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -127,32 +128,29 @@ class BucketPlan:
         """``bucket_cap_mb_list`` that makes DDP form exactly this plan when its
         gradients become ready in ``order``.
 
-        Caps are MiB as floats: ``bytes / 2**20`` is exact in binary floating point,
-        so DDP's ``int(cap_mb * 2**20)`` recovers the byte count.  Raises
-        :class:`PlanNotExpressible` when no cap list works (mixed dtypes whose k-th
-        buckets need incompatible caps, or a bucket ending in a zero-byte gradient).
+        Cap ``k`` must close the ``k``-th bucket of every dtype at its last gradient:
+        ``bytes - last_gradient_bytes < cap <= bytes``.  The last bucket of a dtype
+        may instead stay open to the end (``cap > bytes``), which moves it behind the
+        closed ones; both choices are tried per dtype and the caps are checked with
+        :func:`ddp_buckets`.  Caps are MiB as floats: ``bytes / 2**20`` is exact in
+        binary floating point, so DDP's ``int(cap_mb * 2**20)`` recovers the byte
+        count.  Raises :class:`PlanNotExpressible` when no cap list works (mixed
+        dtypes whose k-th buckets need incompatible caps, or a bucket ending in a
+        zero-byte gradient).
         """
         self.check_matches(order, nbytes, dtypes)
         size = dict(zip(order, nbytes))
-        per_dtype: dict[str, list[Bucket]] = {}
+        streams: dict[str, list[Bucket]] = {}
         for b in self.buckets:
-            per_dtype.setdefault(b.dtype, []).append(b)
-        caps: list[int] = []
-        for k in range(max(len(v) for v in per_dtype.values())):
-            lo, hi = 0, None
-            for stream in per_dtype.values():
-                if k < len(stream):
-                    b = stream[k]
-                    if len(b.params) > 1:
-                        lo = max(lo, b.nbytes - size[b.params[-1]] + 1)
-                    hi = b.nbytes if hi is None else min(hi, b.nbytes)
-            if hi is None or lo > hi:
-                raise PlanNotExpressible(f"no bucket cap closes bucket {k} of every dtype at its last gradient")
-            caps.append(hi)
-        formed = ddp_buckets(self.param_order, [size[p] for p in self.param_order],
-                             [b.dtype for b in self.buckets for _ in b.params], caps)
-        if [tuple(self.param_order[i] for i in g) for g in formed] != [b.params for b in self.buckets]:
-            raise PlanNotExpressible(f"plan {self.label or ''} cannot be expressed with bucket_cap_mb_list")
+            streams.setdefault(b.dtype, []).append(b)
+        want = [b.params for b in self.buckets]
+        for close_last in itertools.product((True, False), repeat=len(streams)):
+            caps = _caps_for(list(streams.values()), close_last, size)
+            if caps is not None and [tuple(order[i] for i in g)
+                                     for g in ddp_buckets(order, nbytes, dtypes, caps)] == want:
+                break
+        else:
+            raise PlanNotExpressible(f"plan {self.label!r} cannot be expressed with bucket_cap_mb_list")
         return [c / MIB for c in caps]
 
     def hccl_split_indices(self, n_params: int) -> list[int]:
@@ -218,6 +216,27 @@ class BucketPlan:
 
     def to_document(self) -> dict[str, Any]:
         return {"schema": PLAN_SCHEMA, "version": PLAN_VERSION, **self.to_dict()}
+
+
+def _caps_for(streams: list[list[Bucket]], close_last: Sequence[bool], size: dict[int, int]) -> list[int] | None:
+    """Byte caps meeting every stream's constraint at each bucket position, or None."""
+    caps = []
+    for k in range(max(len(s) for s in streams)):
+        lo, hi = 0, None
+        for stream, close in zip(streams, close_last):
+            if k >= len(stream):
+                continue
+            b = stream[k]
+            if k < len(stream) - 1 or close:
+                if len(b.params) > 1:
+                    lo = max(lo, b.nbytes - size[b.params[-1]] + 1)
+                hi = b.nbytes if hi is None else min(hi, b.nbytes)
+            else:
+                lo = max(lo, b.nbytes + 1)
+        if hi is not None and lo > hi:
+            return None
+        caps.append(lo if hi is None else hi)
+    return caps
 
 
 def ddp_buckets(

@@ -1,6 +1,7 @@
 """Run a function on N real gloo ranks (torch.multiprocessing, spawn) and collect results."""
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import socket
@@ -31,6 +32,7 @@ def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_di
         result = ("error", traceback.format_exc())
     with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as f:
         pickle.dump(result, f)
+    gc.collect()  # free DDP reducers while their process group still exists
     if result[0] == "ok":
         dist.barrier()
     dist.destroy_process_group()

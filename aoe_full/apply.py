@@ -1,0 +1,83 @@
+"""``apply_bank``: what the operator and subgraph banks hold, applied to a module
+before data-parallel training.
+
+Only entries tuned in scene ``train`` on this machine (same hardware fingerprint,
+torch version and thread count) apply, so every strategy used was checked to
+give the same outputs and gradients as the default, within the tolerances of
+:mod:`aoe_full.measure`.  Entries match by operator identity (target and module
+configuration) or subgraph structural hash; each tuned node dispatches on the
+call's shapes at run time, and a call with shapes no entry covers runs the
+default.  Subgraph entries take precedence over operator entries inside them.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from aoe_full.bank import OPAT, SGAT, BankContext, scan
+from aoe_full.choices import Choices, OpChoice, SubgraphChoice, apply_choices, identity_of
+from aoe_full.errors import TraceError
+from aoe_full.graph_capture import trace
+from aoe_full.operators import classify, static_identity
+from aoe_full.partition import partition, structure_hash
+from aoe_full.signature import from_json
+from gdat import settings
+from gdat.device import device_type_of
+
+__all__ = ["apply_bank", "bank_choices", "AoeApplyWarning"]
+
+
+class AoeApplyWarning(UserWarning):
+    """The banks could not be applied to a module; it is returned unchanged."""
+
+
+def bank_choices(module: torch.nn.Module, bank_root: str, scene: str = "train") -> Choices:
+    """The choices the banks under ``bank_root`` hold for ``module`` (traced
+    in its current training mode) in ``scene``."""
+    ctx = BankContext(scene, device_type_of(module))
+    op_entries = scan(bank_root, OPAT, ctx)
+    sg_entries = scan(bank_root, SGAT, ctx)
+    if not op_entries and not sg_entries:
+        return Choices()
+    graph, _ = trace(module)
+    choices = Choices(miss="opat")
+    by_identity: dict[str, list[tuple[tuple, str]]] = {}
+    for item, payload in op_entries:
+        static = {k: v for k, v in item.items() if k != "call"}
+        by_identity.setdefault(identity_of(static), []).append(
+            (from_json(item["call"]), str(payload["strategy"])))
+    for node in graph.nodes:
+        kind = classify(node, module)
+        if kind is None:
+            continue
+        ident = identity_of({"kind": kind, **static_identity(node, module)})
+        for call_key, strategy in by_identity.get(ident, []):
+            choices.ops.append(OpChoice(node.name, ident, call_key, strategy))
+    if sg_entries:
+        by_structure: dict[str, list[tuple[tuple, str]]] = {}
+        for item, payload in sg_entries:
+            by_structure.setdefault(str(item["structure"]), []).append(
+                (from_json(item["inputs"]), str(payload["strategy"])))
+        for sub in partition(graph, module):
+            structure = structure_hash(sub, module)
+            for call_key, strategy in by_structure.get(structure, []):
+                choices.subgraphs.append(SubgraphChoice(sub.first, structure, call_key, strategy))
+    return choices
+
+
+def apply_bank(module: torch.nn.Module, bank_root: str | None = None) -> torch.nn.Module:
+    """Apply the OPAT/SGAT bank entries for ``module`` on this machine, in place,
+    with scene-train semantics; returns ``module`` (same object, same
+    ``state_dict()`` keys).  A module with no matching entries, or one torch.fx
+    cannot trace (warned with :class:`AoeApplyWarning`), comes back unchanged.
+    ``bank_root``: the knowledge-base root (default: ``TUNE_BANK_PATH`` or
+    gdat's default, :func:`gdat.settings.bank_root`)."""
+    root = bank_root if bank_root is not None else settings.bank_root()
+    try:
+        choices = bank_choices(module, root)
+        if choices:
+            apply_choices(module, choices)
+    except TraceError as e:
+        warnings.warn(f"operator/subgraph bank not applied: {e}", AoeApplyWarning, stacklevel=2)
+    return module

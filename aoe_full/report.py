@@ -1,0 +1,62 @@
+"""The AOE result section of an OPAT or SGAT run.
+
+``aoe_result_<mode>_<timestamp>_<pid>.json`` (written by :mod:`gdat.aoe_result`)
+holds ``basic`` and one section, ``OPAT`` or ``SGAT``, with AOE's keys:
+
+* ``model_baseline_performance(ms)`` / ``model_result_performance(ms)``: median
+  per-step latency of the untuned and the tuned model, measured side by side
+  (a step is a forward, plus backward in scene train);
+* ``model_performance_improvement``: ``(baseline - result) / result`` in percent;
+* ``opat_tuning_result`` / ``sgat_tuning_result``: ``tuning successful`` when the
+  tuned model beats the untuned one by more than the noise, else ``tuning
+  unsatisfied`` (the default is then as good, and nothing is gained);
+* ``repo_modified_operators`` / ``repo_modified_subgraphs``: the bank entries this
+  run added or updated;
+* ``repo_summary``: AOE's counters.
+
+and these of aoe_full's own: ``scene``, ``whole_model`` (ratio, rounds won,
+sign-test p, worst relative error in tolerance units), ``measured_items``,
+``compile_time(s)``, ``tuned_model``, ``items`` (every item and candidate).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from aoe_full.pipeline import TuningRun
+from gdat.aoe_result import improvement_percent
+
+__all__ = ["result_section", "tuning_result"]
+
+
+def tuning_result(run: TuningRun) -> str:
+    return "tuning successful" if run.improved else "tuning unsatisfied"
+
+
+def result_section(run: TuningRun, tuned_model_path: str) -> dict[str, Any]:
+    """The result-file section for ``run``."""
+    comp = run.comparison
+    baseline = round(comp.baseline_ms, 4) if comp else None
+    result = round(comp.tuned_ms, 4) if comp else None
+    modified = [{"key_id": i.key_id, "item": i.label, "strategy": i.strategy, "outcome": i.outcome}
+                for i in run.items if i.written and i.outcome in ("add", "update")]
+    kind = "operators" if run.mode == "opat" else "subgraphs"
+    section: dict[str, Any] = {
+        "model_baseline_performance(ms)": baseline,
+        "model_result_performance(ms)": result,
+        "model_performance_improvement": (improvement_percent(comp.baseline_ms, comp.tuned_ms)
+                                          if comp else "0.00%"),
+        f"{run.mode}_tuning_result": tuning_result(run),
+        f"repo_modified_{kind}": modified,
+        "repo_summary": run.summary.to_dict(),
+        "scene": run.scene,
+        "whole_model": None if comp is None else {
+            "median_ratio": round(comp.ratio, 4),
+            "rounds_won": f"{comp.comparison.wins}/{comp.comparison.rounds}",
+            "p_value": round(comp.comparison.p_value, 4),
+            "relative_error_in_tolerances": comp.relative_error},
+        "measured_items": run.measured_items,
+        "compile_time(s)": round(run.compile_spent_s, 3),
+        "tuned_model": tuned_model_path,
+        "items": [i.to_dict() for i in run.items],
+    }
+    return section

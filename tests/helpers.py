@@ -1,0 +1,23 @@
+"""Running gdat's commands as a user would."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+def run_cmd(args: list[str], cwd: str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a console script of this environment (``gdat``, ``gdat-run``, ...)."""
+    full_env = {**os.environ, **(env or {})}
+    exe = os.path.join(BIN, args[0]) if os.path.exists(os.path.join(BIN, args[0])) else args[0]
+    return subprocess.run([exe, *args[1:]], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr lines that are not torch's own launcher chatter."""
+    return [line for line in stderr.splitlines() if line.strip()]

@@ -1,0 +1,207 @@
+"""Bucket plans: DDP's bucketing rule, exact caps, other formats, applying plans to real DDP."""
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+import torch
+import torch.distributed as dist
+from hypothesis import given, settings, strategies as st
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from gdat.ddp_model import reducer_parameters
+from gdat.errors import PlanError, PlanNotExpressible
+from gdat.plan import MIB, Bucket, BucketPlan, ddp_buckets, plan_from_caps
+from gdat.plan_switch import PlanApproximated, ddp_bucket_arguments, switch_buckets
+from tests.distributed import run_ranks
+from tests.models import batch, mlp
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+cases = st.integers(1, 14).flatmap(lambda n: st.tuples(
+    st.lists(st.integers(0, 60), min_size=n, max_size=n),
+    st.lists(st.sampled_from(sorted(DTYPES)), min_size=n, max_size=n),
+    st.lists(st.integers(0, 500), min_size=1, max_size=4)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(cases)
+def test_ddp_bucketing_rule_matches_torch(case):
+    numels, dtypes, caps = case
+    tensors = [torch.empty(k, dtype=DTYPES[d]) for k, d in zip(numels, dtypes)]
+    nbytes = [t.numel() * t.element_size() for t in tensors]
+    order = list(range(len(tensors)))
+    want, _ = dist._compute_bucket_assignment_by_size(tensors, caps, [], order)
+    assert ddp_buckets(order, nbytes, dtypes, caps) == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=14), st.data())
+def test_caps_reproduce_any_single_dtype_plan_exactly(numels, data):
+    n = len(numels)
+    order = list(range(n - 1, -1, -1))
+    nbytes = [4 * numels[p] for p in order]
+    cuts = data.draw(st.lists(st.booleans(), min_size=n - 1, max_size=n - 1))
+    ends = [j + 1 for j, c in enumerate(cuts) if c] + [n]
+    plan = BucketPlan.from_ends(order, nbytes, ["float32"] * n, ends)
+    caps = plan.ddp_caps_mb(order, nbytes, ["float32"] * n)
+    tensors = [torch.empty(numels[p]) for p in order]
+    formed, _ = dist._compute_bucket_assignment_by_size(tensors, [int(c * MIB) for c in caps], [], list(range(n)))
+    assert [[order[i] for i in g] for g in formed] == [list(b.params) for b in plan.buckets]
+
+
+def test_mixed_dtype_plans_are_checked_against_ddp_rule():
+    order, nbytes = [0, 1, 2, 3], [400, 800, 400, 800]
+    dtypes = ["float32", "float64", "float32", "float64"]
+    formed = plan_from_caps(order, nbytes, dtypes, [400, 800])
+    assert formed.ddp_caps_mb(order, nbytes, dtypes)  # a plan DDP forms is expressible
+    odd = BucketPlan((Bucket((0, 2), 800, "float32"), Bucket((1,), 800, "float64"), Bucket((3,), 800, "float64")))
+    with pytest.raises(PlanNotExpressible):
+        odd.ddp_caps_mb(order, nbytes, dtypes)
+
+
+def test_zero_byte_gradient_cannot_end_a_bucket():
+    plan = BucketPlan.from_ends([0, 1, 2], [8, 0, 8], ["float32"] * 3, [2, 3])
+    with pytest.raises(PlanNotExpressible):
+        plan.ddp_caps_mb([0, 1, 2], [8, 0, 8], ["float32"] * 3)
+
+
+def test_json_round_trip_and_version_check(tmp_path):
+    plan = BucketPlan.from_ends([3, 2, 1, 0], [4, 4, 8, 8], ["float32"] * 4, [1, 4], "demo")
+    path = tmp_path / "plan.json"
+    plan.save(str(path))
+    assert BucketPlan.load(str(path)) == plan
+    text = path.read_text().replace('"version": 1', '"version": 99')
+    path.write_text(text)
+    with pytest.raises(PlanError, match="version 99 is not supported"):
+        BucketPlan.load(str(path))
+
+
+def test_plan_validation():
+    with pytest.raises(PlanError):
+        BucketPlan(())
+    with pytest.raises(PlanError, match="more than one bucket"):
+        BucketPlan((Bucket((0, 1), 8, "float32"), Bucket((1,), 4, "float32")))
+    plan = BucketPlan.from_ends([1, 0], [4, 4], ["float32"] * 2, [2])
+    with pytest.raises(PlanError, match="does not have"):
+        plan.check_matches([0, 2], [4, 4], ["float32"] * 2)
+    with pytest.raises(PlanError, match="claims"):
+        plan.check_matches([0, 1], [4, 8], ["float32"] * 2)
+
+
+def test_hccl_and_mindspore_indices():
+    order = list(range(9, -1, -1))  # ready order is reversed definition order
+    plan = BucketPlan.from_ends(order, [4] * 10, ["float32"] * 10, [3, 7, 10])
+    # buckets in definition order: [0..2], [3..6], [7..9]
+    assert plan.hccl_split_indices(10) == [2, 6, 9]
+    assert plan.mindspore_fusion_config(10) == [3, 7]
+    scrambled = BucketPlan.from_ends([0, 5, 1, 2, 3, 4], [4] * 6, ["float32"] * 6, [2, 6])
+    with pytest.raises(PlanNotExpressible):
+        scrambled.hccl_split_indices(6)
+
+
+def test_fallback_without_cap_list_approximates_with_a_warning(monkeypatch):
+    order, nbytes, dtypes = list(range(8)), [4 * MIB] * 8, ["float32"] * 8
+    plan = BucketPlan.from_ends(order, nbytes, dtypes, [2, 4, 6, 8], "pairs")
+    assert ddp_bucket_arguments(plan, order, nbytes, dtypes)["bucket_cap_mb_list"] == [8.0] * 4
+    monkeypatch.setattr("gdat.plan_switch.ddp_supports_cap_list", lambda: False)
+    with pytest.warns(PlanApproximated, match="bucket_cap_mb=8"):
+        args = ddp_bucket_arguments(plan, order, nbytes, dtypes)
+    assert args == {"bucket_cap_mb": 8.0}
+
+
+def _plans_for(order, nbytes, dtypes):
+    rng = random.Random(7)
+    n = len(order)
+    plans = [BucketPlan.from_ends(order, nbytes, dtypes, [n], "one"),
+             BucketPlan.from_ends(order, nbytes, dtypes, list(range(1, n + 1)), "each"),
+             plan_from_caps(order, nbytes, dtypes, [20000], "uniform")]
+    for k in range(3):
+        ends = sorted(rng.sample(range(1, n), 3)) + [n]
+        plans.append(BucketPlan.from_ends(order, nbytes, dtypes, ends, f"random{k}"))
+    return plans
+
+
+def _observed(ddp, steps, rank):
+    index = {id(p): i for i, (_, p) in enumerate(reducer_parameters(ddp))}
+    seen = []
+
+    def hook(state, bucket):
+        seen.append(tuple(index[id(p)] for p in bucket.parameters()))
+        return allreduce_hook(None, bucket)
+
+    ddp.register_comm_hook(None, hook)
+    per_step = []
+    for s in range(steps):
+        seen.clear()
+        ddp(batch(rank, s)).pow(2).sum().backward()
+        per_step.append(list(seen))
+    return per_step
+
+
+def _construct_job(rank, world):
+    order = list(range(11, -1, -1))
+    infos = [(n, p) for n, p in reducer_parameters(DDP(mlp()))]
+    nbytes = [infos[i][1].numel() * 4 for i in order]
+    dtypes = ["float32"] * 12
+    out = []
+    for plan in _plans_for(order, nbytes, dtypes):
+        ddp = DDP(mlp(), **ddp_bucket_arguments(plan, order, nbytes, dtypes))
+        out.append((plan.label, [list(b.params) for b in plan.buckets], [list(g) for g in _observed(ddp, 3, rank)[2]]))
+    return out
+
+
+def test_buckets_ddp_forms_equal_the_plans():
+    for label, want, got in run_ranks(_construct_job, 2)[0]:
+        assert [tuple(b) for b in want] == [tuple(b) for b in got], label
+
+
+def _switch_job(rank, world, static_graph, as_view):
+    order = list(range(11, -1, -1))
+    model = mlp()
+    nbytes = [p.numel() * 4 for p in list(model.parameters())[::-1]]
+    dtypes = ["float32"] * 12
+    plans = _plans_for(order, nbytes, dtypes)
+    live = DDP(model, static_graph=static_graph, gradient_as_bucket_view=as_view)
+    index = {id(p): i for i, (_, p) in enumerate(reducer_parameters(live))}
+    seen = []
+
+    def user_hook(state, bucket):
+        seen.append(tuple(index[id(p)] for p in bucket.parameters()))
+        return allreduce_hook(None, bucket)
+
+    live.register_comm_hook(None, user_hook)
+    opt = torch.optim.SGD(live.parameters(), lr=0.05, momentum=0.9)
+    results = []
+    step = 0
+    for plan in plans:
+        args = ddp_bucket_arguments(plan, order, nbytes, dtypes)
+        switch_buckets(live, **args)
+        ref_model = mlp()
+        ref = DDP(ref_model, static_graph=static_graph, gradient_as_bucket_view=as_view, **args)
+        for k in range(3):
+            x = batch(rank, step)
+            seen.clear()
+            opt.zero_grad()
+            live(x).pow(2).mean().backward()
+            formed = list(seen)
+            ref_model.load_state_dict(model.state_dict())
+            ref_model.zero_grad()
+            ref(x).pow(2).mean().backward()
+            same = all(torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), ref_model.parameters()))
+            opt.step()
+            step += 1
+            if k == 2:
+                results.append((plan.label, formed == [b.params for b in plan.buckets], same))
+            elif not same:
+                results.append((plan.label + f" step {k}", False, same))
+    return results
+
+
+@pytest.mark.parametrize("static_graph, as_view", [(False, False), (True, False), (False, True)])
+def test_switching_a_live_ddp_forms_the_plan_and_keeps_gradients_exact(static_graph, as_view):
+    for label, formed_ok, grads_ok in run_ranks(_switch_job, 2, (static_graph, as_view))[0]:
+        assert formed_ok, label
+        assert grads_ok, label

@@ -1,0 +1,112 @@
+"""The emulated-network testbed: a rate-limited namespace, removed afterwards."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gdat.errors import TestbedError, UsageError
+from launch.testbed import emulated_network, expected_ring_beta, parse_rate, testbed_unavailable_reason
+from tests.helpers import REPO, run_cmd
+
+UNAVAILABLE = testbed_unavailable_reason()
+needs_testbed = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"testbed unavailable: {UNAVAILABLE}")
+
+
+def test_parse_rate_units():
+    assert parse_rate("2gbit") == 2e9 / 8
+    assert parse_rate("500mbit") == 500e6 / 8
+    assert parse_rate("100mbps") == 100e6
+    for bad in ("", "fast", "2", "-1gbit", "2gbits", "0mbit"):
+        with pytest.raises(UsageError):
+            parse_rate(bad)
+
+
+def _namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@needs_testbed
+def test_namespace_is_removed_on_success_and_on_failure():
+    before = _namespaces()
+    with emulated_network("1gbit") as net:
+        assert net.name in _namespaces()
+        shown = subprocess.run(net.wrap(["tc", "qdisc", "show", "dev", "lo"]), capture_output=True, text=True)
+        assert "tbf" in shown.stdout and "1Gbit" in shown.stdout
+    assert _namespaces() == before
+    with pytest.raises(RuntimeError):
+        with emulated_network("1gbit") as net:
+            raise RuntimeError("job failed")
+    assert _namespaces() == before
+
+
+@needs_testbed
+def test_shell_entry_runs_the_command_inside_and_propagates_status():
+    before = _namespaces()
+    done = run_cmd(["gdat-testbed", "--rate", "500mbit", "--", sys.executable, "-c",
+                    "import socket, sys; print(socket.if_nameindex()); sys.exit(3)"])
+    assert done.returncode == 3
+    assert "'lo'" in done.stdout and "eth" not in done.stdout  # only loopback inside
+    assert _namespaces() == before
+
+
+@needs_testbed
+def test_sigterm_removes_the_namespace():
+    before = _namespaces()
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gdat-testbed"), "--rate", "1gbit",
+                             "--", "sleep", "30"], stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    assert "namespace" in line
+    proc.terminate()
+    assert proc.wait(timeout=20) != 0
+    assert _namespaces() == before
+
+
+def test_bad_rate_is_a_one_line_error_with_status_2():
+    done = run_cmd(["gdat-testbed", "--rate", "fast", "--", "true"])
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "invalid rate 'fast'" in done.stderr
+
+
+def test_no_command_is_a_one_line_error():
+    done = run_cmd(["gdat-testbed", "--rate", "1gbit"])
+    assert done.returncode == 2 and "no command" in done.stderr
+
+
+_FIT_SCRIPT = """
+import json, sys, torch, torch.distributed as dist
+from gdat.profiling.allreduce_bench import measure_allreduce, fit_from_ladder
+dist.init_process_group("gloo")
+model = fit_from_ladder(measure_allreduce(3.0, min_bytes=64 << 10, max_bytes=32 << 20))
+if dist.get_rank() == 0:
+    json.dump(model.to_dict(), open(sys.argv[1], "w"))
+dist.destroy_process_group()
+"""
+
+
+@needs_testbed
+def test_fitted_beta_matches_the_emulated_rate(tmp_path):
+    """Ring allreduce over p ranks on one shared link of R bytes/s: beta = 2 (p-1) / R."""
+    script = tmp_path / "fit.py"
+    script.write_text(_FIT_SCRIPT)
+    out = tmp_path / "fit.json"
+    rate = "1gbit"
+    done = run_cmd(["gdat-testbed", "--rate", rate, "--", sys.executable, "-m", "torch.distributed.run",
+                    "--nproc-per-node", "2", "--master-port", "29517", str(script), str(out)], cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fit = json.loads(out.read_text())
+    beta = fit["segments"][-1]["beta_s_per_byte"]
+    expected = expected_ring_beta(rate, 2)
+    assert abs(beta / expected - 1) <= 0.25, (beta, expected)
+    assert fit["segments"][0]["alpha_s"] > 0
+
+
+def test_testbed_error_when_unavailable(monkeypatch):
+    monkeypatch.setattr("launch.testbed.testbed_unavailable_reason", lambda: "network namespaces need root")
+    with pytest.raises(TestbedError, match="need root"):
+        with emulated_network("1gbit"):
+            pass
