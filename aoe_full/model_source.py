@@ -45,8 +45,10 @@ class ModelSource:
 
     @property
     def name(self) -> str:
-        """The model's name in output paths: the file name without extension."""
-        return os.path.splitext(os.path.basename(self.path))[0]
+        """The model's name in output paths: the file name without extension,
+        followed by ``_<factory>`` for a factory."""
+        stem = os.path.splitext(os.path.basename(self.path))[0]
+        return f"{stem}_{self.factory}" if self.factory else stem
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
