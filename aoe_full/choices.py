@@ -106,7 +106,10 @@ def apply_choices(root: torch.nn.Module, choices: Choices,
                   arg_names: list[str] | None = None) -> dict[str, Any]:
     """Install ``choices`` into ``root`` in place; returns a summary of what was
     installed.  Raises :class:`TunedModelError` when a named node or subgraph is
-    not in the model's graph or its structure changed."""
+    not in the model's graph or its structure changed.  Empty choices leave
+    ``root`` untouched."""
+    if not choices:
+        return {"ops": [], "subgraphs": []}
     graph, names = trace(root, arg_names)
     nodes = {n.name: n for n in graph.nodes}
     cache = ImplCache()

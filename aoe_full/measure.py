@@ -151,7 +151,10 @@ def relative_error(ref: Any, got: Any) -> float:
                 return math.inf
             continue
         finite = torch.isfinite(r)
-        if not torch.equal(finite, torch.isfinite(g)) or not torch.equal(r[~finite], g[~finite]):
+        if not torch.equal(finite, torch.isfinite(g)):
+            return math.inf
+        rn, gn = r[~finite], g[~finite]
+        if not torch.equal(rn.isnan(), gn.isnan()) or not torch.equal(rn[~rn.isnan()], gn[~gn.isnan()]):
             return math.inf
         if r.numel() == 0 or not finite.any():
             continue
