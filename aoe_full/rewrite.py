@@ -172,14 +172,19 @@ def _replace_op(graph: fx.Graph, node: fx.Node, dispatch: OpDispatch) -> None:
     graph.erase_node(node)
 
 
-def _replace_subgraph(graph: fx.Graph, sub: Subgraph, dispatch: SubgraphDispatch) -> None:
+def _replace_subgraph(graph: fx.Graph, sub: Subgraph, dispatch: SubgraphDispatch,
+                      replaced: dict[fx.Node, fx.Node]) -> None:
+    """Replace ``sub`` by one dispatcher call; ``replaced`` maps outputs of
+    subgraphs replaced before to the nodes that now stand for them."""
     members = set(sub.nodes)
+    inputs = tuple(replaced.get(n, n) for n in sub.inputs)
     with graph.inserting_before(sub.nodes[0]):
         refs = [graph.get_attr(p) for p in sub.refs]
-        call = graph.call_function(dispatch, tuple(refs) + tuple(sub.inputs))
+        call = graph.call_function(dispatch, tuple(refs) + inputs)
         outs = [graph.call_function(operator.getitem, (call, i)) for i in range(len(sub.outputs))]
     for old, new in zip(sub.outputs, outs):
         old.replace_all_uses_with(new, delete_user_cb=lambda user: user not in members)
+        replaced[old] = new
     for n in reversed(sub.nodes):
         graph.erase_node(n)
 
@@ -190,8 +195,9 @@ def install(root: torch.nn.Module, graph: fx.Graph, arg_names: tuple[str, ...], 
     """Rewrite ``graph`` (consumed) with the given dispatchers and bind the result
     to ``root`` as its forward.  ``ops``: node name -> dispatcher, for nodes
     outside the rewritten subgraphs."""
+    replaced: dict[fx.Node, fx.Node] = {}
     for sub, dispatch in subgraphs:
-        _replace_subgraph(graph, sub, dispatch)
+        _replace_subgraph(graph, sub, dispatch, replaced)
     for node in list(graph.nodes):
         if node.name in ops:
             _replace_op(graph, node, ops[node.name])
