@@ -81,7 +81,7 @@ _FIT_SCRIPT = """
 import json, sys, torch, torch.distributed as dist
 from gdat.profiling.allreduce_bench import measure_allreduce, fit_from_ladder
 dist.init_process_group("gloo")
-model = fit_from_ladder(measure_allreduce(3.0, min_bytes=64 << 10, max_bytes=32 << 20))
+model = fit_from_ladder(measure_allreduce(3.0, min_bytes=128 << 10, max_bytes=32 << 20))
 if dist.get_rank() == 0:
     json.dump(model.to_dict(), open(sys.argv[1], "w"))
 dist.destroy_process_group()
@@ -90,7 +90,10 @@ dist.destroy_process_group()
 
 @needs_testbed
 def test_fitted_beta_matches_the_emulated_rate(tmp_path):
-    """Ring allreduce over p ranks on one shared link of R bytes/s: beta = 2 (p-1) / R."""
+    """Ring allreduce over p ranks on one shared link of R bytes/s: beta = 2 (p-1) / R.
+
+    The ladder starts at 128 KiB: below that, tbf's 1 MB burst lets some messages
+    pass unshaped and their times scatter (the fit then splits into two segments)."""
     script = tmp_path / "fit.py"
     script.write_text(_FIT_SCRIPT)
     out = tmp_path / "fit.json"
@@ -102,7 +105,8 @@ def test_fitted_beta_matches_the_emulated_rate(tmp_path):
     beta = fit["segments"][-1]["beta_s_per_byte"]
     expected = expected_ring_beta(rate, 2)
     assert abs(beta / expected - 1) <= 0.25, (beta, expected)
-    assert fit["segments"][0]["alpha_s"] > 0
+    # positive and not merely the fit's floor of 0.1 us: loopback TCP latency is tens of us
+    assert all(seg["alpha_s"] > 1e-6 for seg in fit["segments"]), fit
 
 
 def test_testbed_error_when_unavailable(monkeypatch):
