@@ -182,9 +182,11 @@ def _run_tuning(job: _TuneJob) -> None:
           f"update {s.repo_update_num}; measured {run.measured_items}")
     c = run.comparison
     if c is not None:
-        print(f"{tag} model {c.baseline_ms:.4f} ms -> {c.tuned_ms:.4f} ms per step "
+        kept = "tuned model delivered" if run.improved else "untuned model delivered"
+        print(f"{tag} model {c.baseline_ms:.4f} ms untuned, {c.tuned_ms:.4f} ms with "
+              f"{len(run.candidate_choices.ops) + len(run.candidate_choices.subgraphs)} choices "
               f"(median ratio {c.ratio:.3f}, {c.comparison.wins}/{c.comparison.rounds} rounds "
-              f"faster): {tuning_result(run)}")
+              f"faster): {tuning_result(run)}, {kept}")
         if c.relative_error > 1.0:
             print(f"{tag} warning: the tuned model differs from the untuned one by "
                   f"{c.relative_error:.3g} x the tolerance", file=sys.stderr)

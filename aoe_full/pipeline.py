@@ -73,6 +73,7 @@ class TuningRun:
     scene: str
     items: list[ItemReport]
     summary: RepoSummary
+    candidate_choices: Choices
     choices: Choices
     tuned: torch.nn.Module
     comparison: ModelComparison | None
@@ -85,8 +86,8 @@ class TuningRun:
 
     @property
     def improved(self) -> bool:
-        """Whether the tuned model beats the untuned one by more than the noise."""
-        return self.comparison is not None and self.comparison.comparison.beats
+        """Whether the delivered model is the tuned one (see :func:`finish`)."""
+        return bool(self.choices)
 
 
 def set_mode(module: torch.nn.Module, scene: str) -> None:
@@ -117,12 +118,23 @@ def tuned_copy(model: torch.nn.Module, scene: str, choices: Choices, arg_names: 
     return tuned
 
 
-def finish(model: torch.nn.Module, tuned: torch.nn.Module, inputs: list[torch.Tensor],
-           scene: str, cfg: MeasureConfig) -> ModelComparison:
-    """Whole-model comparison of the untuned and the tuned model."""
+def finish(model: torch.nn.Module, candidate: Choices, inputs: list[torch.Tensor],
+           arg_names: list[str], scene: str, cfg: MeasureConfig,
+           install: Callable[[torch.nn.Module, Choices, list[str]], Any]
+           ) -> tuple[Choices, torch.nn.Module, ModelComparison | None]:
+    """The whole-model gate.  The model with the items' choices (``candidate``)
+    is measured side by side with the untuned one; it is delivered only when it
+    beats it by more than the noise and is equivalent within tolerance.
+    Otherwise the untuned model is delivered and the choices are dropped
+    ("tuning unsatisfied"), since items that win in isolation can lose together.
+    Returns (delivered choices, delivered model, comparison)."""
     baseline = copy.deepcopy(model)
     set_mode(baseline, scene)
-    return compare_models(baseline, tuned, inputs, scene, cfg)
+    tuned = tuned_copy(model, scene, candidate, arg_names, install)
+    comparison = compare_models(baseline, tuned, inputs, scene, cfg)
+    if candidate and comparison.comparison.beats and comparison.relative_error <= 1.0:
+        return candidate, tuned, comparison
+    return Choices(), baseline, comparison
 
 
 def elapsed_since(t0: float) -> float:

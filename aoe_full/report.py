@@ -4,8 +4,10 @@
 holds ``basic`` and one section, ``OPAT`` or ``SGAT``, with AOE's keys:
 
 * ``model_baseline_performance(ms)`` / ``model_result_performance(ms)``: median
-  per-step latency of the untuned and the tuned model, measured side by side
-  (a step is a forward, plus backward in scene train);
+  per-step latency of the untuned and the delivered model, measured side by side
+  (a step is a forward, plus backward in scene train).  The delivered model is
+  the tuned one only when it beats the untuned one by more than the noise
+  (:func:`aoe_full.pipeline.finish`), else the untuned one;
 * ``model_performance_improvement``: ``(baseline - result) / result`` in percent;
 * ``opat_tuning_result`` / ``sgat_tuning_result``: ``tuning successful`` when the
   tuned model beats the untuned one by more than the noise, else ``tuning
@@ -14,7 +16,8 @@ holds ``basic`` and one section, ``OPAT`` or ``SGAT``, with AOE's keys:
   run added or updated;
 * ``repo_summary``: AOE's counters.
 
-and these of aoe_full's own: ``scene``, ``whole_model`` (ratio, rounds won,
+and these of aoe_full's own: ``scene``, ``tuned_candidate_performance(ms)`` (the
+model with every item's choice, delivered or not), ``whole_model`` (ratio, rounds won,
 sign-test p, worst relative error in tolerance units), ``measured_items``,
 ``compile_time(s)``, ``tuned_model``, ``items`` (every item and candidate).
 """
@@ -36,7 +39,8 @@ def result_section(run: TuningRun, tuned_model_path: str) -> dict[str, Any]:
     """The result-file section for ``run``."""
     comp = run.comparison
     baseline = round(comp.baseline_ms, 4) if comp else None
-    result = round(comp.tuned_ms, 4) if comp else None
+    candidate = round(comp.tuned_ms, 4) if comp else None
+    result = candidate if run.improved else baseline
     modified = [{"key_id": i.key_id, "item": i.label, "strategy": i.strategy, "outcome": i.outcome}
                 for i in run.items if i.written and i.outcome in ("add", "update")]
     kind = "operators" if run.mode == "opat" else "subgraphs"
@@ -44,11 +48,12 @@ def result_section(run: TuningRun, tuned_model_path: str) -> dict[str, Any]:
         "model_baseline_performance(ms)": baseline,
         "model_result_performance(ms)": result,
         "model_performance_improvement": (improvement_percent(comp.baseline_ms, comp.tuned_ms)
-                                          if comp else "0.00%"),
+                                          if comp and run.improved else "0.00%"),
         f"{run.mode}_tuning_result": tuning_result(run),
         f"repo_modified_{kind}": modified,
         "repo_summary": run.summary.to_dict(),
         "scene": run.scene,
+        "tuned_candidate_performance(ms)": candidate,
         "whole_model": None if comp is None else {
             "median_ratio": round(comp.ratio, 4),
             "rounds_won": f"{comp.comparison.wins}/{comp.comparison.rounds}",

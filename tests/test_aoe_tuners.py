@@ -48,7 +48,7 @@ def test_opat_explicit_attention_train_then_all_hits(tmp_path):
     second = tune_operators(model, [x], ["x"], cfg)
     assert second.summary.repo_hit_num == second.summary.total_num == s.total_num
     assert second.measured_items == 0
-    assert second.choices == first.choices
+    assert second.candidate_choices == first.candidate_choices
     assert [i.strategy for i in second.items] == [i.strategy for i in first.items]
     plain = explicit_attention_transformer().train()
     assert relative_error(_grads(plain, x), _grads(second.tuned, x)) <= 1.0
@@ -65,7 +65,7 @@ def test_sgat_convnet_then_all_hits(tmp_path):
     assert ["channels_last" in i.candidates for i in first.items] == [True] * 6 + [False]
     second = tune_subgraphs(model, [x], ["x"], cfg)
     assert second.summary.repo_hit_num == 7 and second.measured_items == 0
-    assert second.choices == first.choices
+    assert second.candidate_choices == first.candidate_choices
 
 
 def test_decide_outcomes(tmp_path):
