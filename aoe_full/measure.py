@@ -3,8 +3,8 @@
 **Step.**  One measured call of a candidate is a *step*: in scene ``infer`` the
 forward under ``torch.no_grad()``; in scene ``train`` the forward plus
 ``torch.autograd.grad`` of every floating output that requires grad, with fixed
-random output gradients, with respect to every input and parameter that requires
-grad.
+random output gradients (standard normal, seed 20240611), with respect to every
+input and parameter that requires grad.
 
 **Timing model.**  Each candidate is warmed up (``warmup`` steps; the first one,
 which compiles a compiled candidate, is timed separately as its first-call cost),

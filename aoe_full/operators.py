@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from aoe_full.signature import call_signature, module_config, module_state, to_json
 
 __all__ = ["KINDS", "OpInstance", "classify", "static_identity", "find_operators", "tunable_nodes",
-           "node_target_name", "base_callable", "invoke_module"]
+           "node_target_name", "base_callable", "invoke_module", "get_path"]
 
 KINDS = ("conv", "linear", "matmul", "bmm", "norm", "softmax", "attention")
 
@@ -160,7 +160,7 @@ def resolve_args(node: fx.Node, values: dict[str, Any], root: nn.Module) -> tupl
     def value(a: Any) -> Any:
         if isinstance(a, fx.Node):
             if a.op == "get_attr":
-                return _get_attr(root, str(a.target))
+                return get_path(root, str(a.target))
             return values[a.name]
         return a
     args = tuple(fx.node.map_aggregate(a, value) for a in node.args)
@@ -170,7 +170,8 @@ def resolve_args(node: fx.Node, values: dict[str, Any], root: nn.Module) -> tupl
     return args, kwargs
 
 
-def _get_attr(root: nn.Module, path: str) -> Any:
+def get_path(root: nn.Module, path: str) -> Any:
+    """The attribute at a dotted path below ``root``."""
     obj: Any = root
     for part in path.split("."):
         obj = getattr(obj, part)

@@ -45,7 +45,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from aoe_full.operators import classify, invoke_module
+from aoe_full.operators import classify, get_path, invoke_module
 from aoe_full.signature import module_config
 
 __all__ = ["Subgraph", "partition", "build_function", "structure_hash", "get_path"]
@@ -65,14 +65,6 @@ _SHAPE_ATEN = {_aten.view.default, _aten.reshape.default, _aten.permute.default,
                _aten.flatten.using_ints, _aten.contiguous.default, _aten.chunk.default,
                _aten.split.Tensor, _aten.unflatten.int, _aten.sym_size.int}
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
-
-
-def get_path(root: nn.Module, path: str) -> Any:
-    """The attribute at a dotted path below ``root``."""
-    obj: Any = root
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 @dataclass

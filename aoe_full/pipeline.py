@@ -8,7 +8,6 @@ is another deep copy with the choices installed, and the baseline a third.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -135,7 +134,3 @@ def finish(model: torch.nn.Module, candidate: Choices, inputs: list[torch.Tensor
     if candidate and comparison.comparison.beats and comparison.relative_error <= 1.0:
         return candidate, tuned, comparison
     return Choices(), baseline, comparison
-
-
-def elapsed_since(t0: float) -> float:
-    return time.perf_counter() - t0

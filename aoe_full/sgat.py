@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import torch
-import torch.fx as fx
 
 from aoe_full.bank import OPAT, SGAT, BankContext, decide
 from aoe_full.choices import Choices, OpChoice, SubgraphChoice, apply_choices, identity_of
