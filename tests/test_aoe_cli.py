@@ -131,3 +131,20 @@ def test_repeat_tune_re_measures_and_keeps_or_updates(tmp_path, monkeypatch, cap
     s = again["OPAT"]["repo_summary"]
     assert again["OPAT"]["measured_items"] == 4
     assert s["repo_reserved_num"] + s["repo_update_num"] == 4 == s["total_num"]
+
+
+def test_sgat_on_an_exported_program(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
+    x = torch.randn(2, 3, 16, 16)
+    program = torch.export.export(small_convnet().eval(), (x,))
+    torch.export.save(program, str(tmp_path / "convnet.pt2"))
+    out = tmp_path / "out"
+    code = main(["--job_type", "1", "--model", str(tmp_path / "convnet.pt2"), "--input_shape",
+                 "x:2,3,16,16", "--candidates", "channels_last", "--rounds", "3",
+                 "--output", str(out)])
+    assert code == 0 and "Aoe process finished" in capsys.readouterr().out
+    (result,) = glob.glob(str(out / "aoe_result_sgat_*.json"))
+    section = json.loads(open(result).read())["SGAT"]
+    assert section["repo_summary"]["total_num"] == 7
+    model = aoe_full.load_tuned(section["tuned_model"])
+    assert torch.allclose(model(x), small_convnet().eval()(x), rtol=1e-4, atol=1e-5)
