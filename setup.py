@@ -20,6 +20,7 @@ setup(
         "mpi": ["mpi4py", "mpich"],
         "npu": ["torch-npu"],
         "plot": ["matplotlib"],
+        "onnx": ["onnx2torch"],
     },
     entry_points={
         "console_scripts": [

@@ -26,16 +26,10 @@ class Controller(Protocol):
     def after_forward(self, output: Any) -> None: ...
 
 
-def _make_controller(ddp: "DistributedDataParallel", config: GdatConfig) -> Controller | None:
-    if config.mode == "profile":
-        from gdat.profile_job import ProfileJob
+def _profile_controller(ddp: "DistributedDataParallel", config: GdatConfig) -> Controller:
+    from gdat.profile_job import ProfileJob
 
-        return ProfileJob(ddp, config)
-    if config.mode in ("tune", "apply"):
-        from gdat.online import OnlineTuner
-
-        return OnlineTuner(ddp, config)
-    return None
+    return ProfileJob(ddp, config)
 
 
 class DistributedDataParallel(STOCK_DDP):
@@ -48,16 +42,17 @@ class DistributedDataParallel(STOCK_DDP):
             import aoe_full
 
             module = aoe_full.apply_bank(module)
-        prepare = None
-        if config.mode in ("tune", "apply"):
+        make = None
+        if config.mode == "profile":
+            make = lambda ddp: _profile_controller(ddp, config)  # noqa: E731
+        elif config.mode in ("tune", "apply"):
             from gdat.online import prepare_construction
 
-            prepare = prepare_construction(module, args, kwargs, config)
-            kwargs = prepare.kwargs
+            prepared = prepare_construction(module, args, kwargs, config)
+            kwargs, make = prepared.kwargs, prepared.make
         super().__init__(module, *args, **kwargs)
         self._gdat_config = config
-        self._gdat: Controller | None = _make_controller(self, config) if prepare is None else \
-            prepare.controller(self)
+        self._gdat: Controller | None = make(self) if make is not None else None
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         ctl = self._gdat

@@ -47,7 +47,8 @@ class RepoSummary:
     * ``repo_hit_num``: found in the bank and used without tuning;
     * ``repo_reserved_num``: re-tuned (``REPEAT_TUNE``), not better than the stored
       entry, which is kept;
-    * ``repo_unsatisfied_num``: tuned, nothing beat the default, nothing stored;
+    * ``repo_unsatisfied_num``: tuned, nothing beat the default; the default is
+      recorded as the verdict so that the next run does not tune again;
     * ``repo_update_num``: re-tuned, better than the stored entry, which is replaced.
     """
 
@@ -134,6 +135,24 @@ class KnowledgeBase:
             write_document(self.path_for(key), self.schema, BANK_VERSION,
                            {"key": key, "updated_unix_s": time.time(), "payload": new})
             return True
+
+    def keys(self) -> list[dict[str, Any]]:
+        """The keys of every readable entry (unreadable ones are warned about)."""
+        if not os.path.isdir(self.directory):
+            return []
+        out = []
+        for name in sorted(os.listdir(self.directory)):
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                doc = read_document(path, self.schema, BANK_VERSION, BankError)
+            except BankError as e:
+                warnings.warn(f"ignoring unusable knowledge-base entry: {e}", BankWarning, stacklevel=2)
+                continue
+            if isinstance(doc.get("key"), dict):
+                out.append(doc["key"])
+        return out
 
     def put(self, key: dict[str, Any], payload: dict[str, Any]) -> None:
         """Store ``payload`` under ``key`` unconditionally."""

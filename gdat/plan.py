@@ -275,7 +275,11 @@ def plan_from_caps(
 
 
 def ddp_supports_cap_list() -> bool:
-    """Whether this torch's DDP accepts ``bucket_cap_mb_list`` (torch >= 2.13)."""
+    """Whether this torch's DDP accepts ``bucket_cap_mb_list`` (torch >= 2.13).
+
+    Inspects torch's own class even when ``gdat-run`` has put its subclass in its
+    place."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return "bucket_cap_mb_list" in inspect.signature(DistributedDataParallel.__init__).parameters
+    stock = next(c for c in DistributedDataParallel.__mro__ if c.__module__ == "torch.nn.parallel.distributed")
+    return "bucket_cap_mb_list" in inspect.signature(stock.__init__).parameters

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None, prog: str = "gdat-run", mode: str | None
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     os.environ.update(config.to_env())
+    os.environ["GDAT_SCRIPT"] = args.training_script_args[1]
     if config.launcher == "mpi":
         from launch.mpi import run_under_mpi
 

@@ -41,6 +41,7 @@ def _draw(ax, rows: Sequence[tuple[str, StepRecord]]) -> None:
         ax.vlines([t * 1e3 for _, t in s.grad_ready], y + 1.9, y + 2.1, color="#2d6a3e", linewidth=0.5)
         ticks.append(y + 1)
         labels.append(label)
+    ax.set_ylim(-0.5, 3 * len(rows) + 0.5)
     ax.set_yticks(ticks)
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xlabel("ms since step start")

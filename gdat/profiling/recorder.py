@@ -122,6 +122,7 @@ class StepRecorder:
         if marks.backward_start is not None:
             return
         marks.backward_start = self.clock.mark()
+        marks.ready.clear()  # gradients of earlier no_sync micro-steps belong to no synchronised step
 
         def engine_done() -> None:
             marks.backward_end = self.clock.mark()

@@ -62,10 +62,15 @@ class ProfileSession:
         self.recorder.end_forward(output)
 
     def finish(self, cost_model: AllreduceCostModel | None = None, meta: dict[str, Any] | None = None) -> Profile:
-        """Stop recording (the tracer keeps averaging, untraced) and gather; a collective."""
+        """Stop recording and gather (a collective).  The tracer stays on this reducer,
+        averaging untraced, but leaves ``ddp._comm_hooks``: a reducer rebuilt by
+        :func:`gdat.plan_switch.switch_buckets` does not get it back."""
         steps = self.recorder.finish()
         self.recorder.detach()
         self.tracer.set_mode("off")
+        hooks = getattr(self.ddp, "_comm_hooks", [])
+        if (tracing_allreduce_hook, self.tracer) in hooks:
+            hooks.remove((tracing_allreduce_hook, self.tracer))
         return gather_profile(steps, param_infos(self.ddp), self.device_type, self.group, cost_model, meta)
 
 

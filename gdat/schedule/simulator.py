@@ -51,7 +51,8 @@ from gdat.errors import PlanError, ProfileError
 from gdat.plan import Bucket, BucketPlan
 from gdat.timeline import Profile, ReadyTimeline
 
-__all__ = ["Simulation", "simulate", "lower_bound_s", "comm_end", "stretched", "calibrate_contention"]
+__all__ = ["Simulation", "simulate", "lower_bound_s", "comm_end", "stretched", "calibrate_contention",
+           "measured_plan"]
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,19 @@ def lower_bound_s(timeline: ReadyTimeline, cost: AllreduceCostModel,
     return max(bwd_end, float(np.max(ends))) + timeline.post_s
 
 
-def _measured_plan(profile: Profile, rank_steps) -> BucketPlan:
+def measured_plan(profile: Profile) -> BucketPlan:
+    """The plan the profile's overlapped steps ran (rank 0's last traced step)."""
+    steps = [s for s in profile.ranks[0].steps if s.kind == "overlap" and s.buckets]
+    if not steps:
+        raise ProfileError("the profile has no traced overlapped step")
     size = {p.index: p.nbytes for p in profile.params}
     kind = {p.index: p.dtype for p in profile.params}
-    spans = sorted(rank_steps[0].buckets, key=lambda b: b.index)
-    return BucketPlan(tuple(Bucket(b.param_indices, sum(size[i] for i in b.param_indices), kind[b.param_indices[0]])
-                            for b in spans), "measured")
+    spans = sorted(steps[-1].buckets, key=lambda b: b.index)
+    try:
+        return BucketPlan(tuple(Bucket(b.param_indices, sum(size[i] for i in b.param_indices),
+                                       kind[b.param_indices[0]]) for b in spans), "user configuration")
+    except (PlanError, KeyError, IndexError) as e:
+        raise ProfileError(f"overlapped steps' buckets do not form a plan: {e}") from None
 
 
 def calibrate_contention(profile: Profile, cost: AllreduceCostModel) -> Contention:
@@ -159,10 +167,7 @@ def calibrate_contention(profile: Profile, cost: AllreduceCostModel) -> Contenti
     sigma = max(1.0, measured_bwd / base) if base > 0 else 1.0
     target = max(statistics.median(s.comm_end_s for s in r.steps if s.kind == "overlap" and s.buckets)
                  for r in profile.ranks if any(s.kind == "overlap" and s.buckets for s in r.steps))
-    try:
-        plan = _measured_plan(profile, overlap_steps)
-    except PlanError as e:
-        raise ProfileError(f"overlapped steps' buckets do not form a plan: {e}") from None
+    plan = measured_plan(profile)
     lo, hi = 1.0, 1.0
     if simulate(compute, plan, cost, Contention(sigma, lo)).comm_end_s >= target:
         return Contention(sigma, 1.0)
