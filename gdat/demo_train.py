@@ -12,6 +12,7 @@ and per-step wall times as JSON.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import time
@@ -61,6 +62,10 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump({"losses": losses, "checksum": checksum, "step_times_s": times,
                        "world_size": dist.get_world_size()}, f)
+    # free DDP (its reducer holds the process group) before tearing the group down:
+    # a process group destroyed by the interpreter at exit can abort in gloo
+    del ddp, opt
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 

@@ -26,7 +26,6 @@ index all ranks know, so ranks never diverge.
 """
 from __future__ import annotations
 
-import atexit
 import inspect
 import os
 import socket
@@ -257,7 +256,7 @@ class OnlineTuner:
         else:
             log.info(f"tune: knowledge base {'re-tune (REPEAT_TUNE)' if ctx.stored else 'miss'}; tuning in "
                      f"steps 0..{self.schedule.total} ({self.schedule.candidates} candidates)")
-        atexit.register(self._warn_if_incomplete)
+        log.warn_at_exit(self)
 
     # --- measurement -----------------------------------------------------------
     def _window(self, steps: range) -> WindowStats:
@@ -456,3 +455,4 @@ class OnlineTuner:
 
 def _sim_from(r: dict[str, Any]) -> Simulation:
     return Simulation(tuple(r["start_s"]), tuple(r["end_s"]), r["backward_end_s"], r["comm_end_s"], r["step_s"])
+

@@ -14,7 +14,6 @@ comm hook stays installed, averaging like stock DDP, recording nothing).
 """
 from __future__ import annotations
 
-import atexit
 import datetime
 import os
 import statistics
@@ -84,7 +83,7 @@ class ProfileJob:
         self.done = False
         log.info(f"profile: measuring allreduce for {config.comm_budget_s:g} s")
         self.cost = fit_from_ladder(measure_allreduce(config.comm_budget_s, process_group_of(ddp)))
-        atexit.register(self._warn_if_incomplete)
+        log.warn_at_exit(self)
 
     @property
     def _end_step(self) -> int:
@@ -121,3 +120,4 @@ class ProfileJob:
     def after_forward(self, output: Any) -> None:
         if self.session is not None:
             self.session.end_forward(output)
+

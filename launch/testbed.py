@@ -45,7 +45,7 @@ from gdat.errors import GdatError, TestbedError, UsageError
 __all__ = [
     "parse_rate",
     "expected_ring_beta",
-    "testbed_unavailable_reason",
+    "namespace_unavailable_reason",
     "emulated_network",
     "Testbed",
     "main",
@@ -81,7 +81,7 @@ def expected_ring_beta(rate: str, world_size: int) -> float:
     return 2.0 * (world_size - 1) / parse_rate(rate)
 
 
-def testbed_unavailable_reason() -> str | None:
+def namespace_unavailable_reason() -> str | None:
     """Why the testbed cannot be made here, or ``None`` when it can."""
     if sys.platform != "linux":
         return "network namespaces need Linux"
@@ -139,7 +139,7 @@ def emulated_network(
     bytes_per_s = parse_rate(rate)
     burst = _check_amount(burst, _SIZE_UNITS, "burst", "1mb")
     latency = _check_amount(latency, _TIME_UNITS, "latency", "200ms")
-    reason = testbed_unavailable_reason()
+    reason = namespace_unavailable_reason()
     if reason:
         raise TestbedError(f"emulated network unavailable: {reason}")
     name = name or f"gdat-{os.getpid()}-{uuid.uuid4().hex[:6]}"

@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from gdat.errors import TestbedError, UsageError
-from launch.testbed import emulated_network, expected_ring_beta, parse_rate, testbed_unavailable_reason
+from launch.testbed import emulated_network, expected_ring_beta, parse_rate, namespace_unavailable_reason
 from tests.helpers import REPO, run_cmd
 
-UNAVAILABLE = testbed_unavailable_reason()
+UNAVAILABLE = namespace_unavailable_reason()
 needs_testbed = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"testbed unavailable: {UNAVAILABLE}")
 
 
@@ -110,7 +110,7 @@ def test_fitted_beta_matches_the_emulated_rate(tmp_path):
 
 
 def test_testbed_error_when_unavailable(monkeypatch):
-    monkeypatch.setattr("launch.testbed.testbed_unavailable_reason", lambda: "network namespaces need root")
+    monkeypatch.setattr("launch.testbed.namespace_unavailable_reason", lambda: "network namespaces need root")
     with pytest.raises(TestbedError, match="need root"):
         with emulated_network("1gbit"):
             pass

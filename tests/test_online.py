@@ -1,0 +1,117 @@
+"""gdat-run's closed loop on real 2-rank gloo jobs: equivalence, knowledge base, re-tuning."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+
+from launch.testbed import namespace_unavailable_reason
+from tests.helpers import REPO, run_cmd
+
+UNAVAILABLE = namespace_unavailable_reason()
+pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"testbed unavailable: {UNAVAILABLE}")
+
+STEPS = 110
+TRAIN = ["-m", "gdat.demo_train", "--model", "transformer", "--size", "tiny", "--batch", "8", "--steps", str(STEPS)]
+RATE = "2gbit"
+
+
+def _launch(tmp, name, port, env=None, gdat=True, extra=()):
+    out = tmp / f"{name}.json"
+    runner = ["gdat-run", "--gdat-work-path", str(tmp / name), "--gdat-comm-budget-s", "1"] if gdat else \
+        ["python", "-m", "torch.distributed.run"]
+    cmd = ["gdat-testbed", "--rate", RATE, "--", *runner, "--nproc-per-node", "2", "--master-port", str(port),
+           *TRAIN, "--out", str(out), *extra]
+    if not gdat:
+        cmd[4:5] = [os.path.join(os.path.dirname(os.sys.executable), "python")]
+    done = run_cmd(cmd, cwd=REPO, env={"TUNE_BANK_PATH": str(tmp / "bank"), **(env or {})})
+    assert done.returncode == 0, done.stderr[-4000:]
+    reports = sorted(glob.glob(str(tmp / name / "aoe_result_gdat_*.json")))
+    report = json.loads(open(reports[-1]).read()) if reports else None
+    return json.loads(out.read_text()), report, done.stderr
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("online")
+    first = _launch(tmp, "first", 29561)
+    caps = first[1]["GDAT"]["chosen_plan"]["bucket_cap_mb_list"]
+    reference = _launch(tmp, "reference", 29562, gdat=False,
+                        extra=("--bucket-cap-mb-list", ",".join(repr(c) for c in caps)))
+    second = _launch(tmp, "second", 29563)
+    repeat = _launch(tmp, "repeat", 29564, env={"REPEAT_TUNE": "True"})
+    entries = glob.glob(str(tmp / "bank" / "gdat" / "*.json"))
+    assert len(entries) == 1
+    with open(entries[0], "r+") as f:
+        text = f.read()
+        f.seek(0)
+        f.truncate()
+        f.write(text[: len(text) // 2])
+    truncated = _launch(tmp, "truncated", 29565)
+    return {"first": first, "reference": reference, "second": second, "repeat": repeat,
+            "truncated": truncated, "bank": entries[0]}
+
+
+def test_tuned_run_trains_exactly_like_stock_ddp_with_the_chosen_plan(runs):
+    tuned, report, stderr = runs["first"]
+    stock, _, _ = runs["reference"]
+    g = report["GDAT"]
+    assert g["tuning_steps"] <= 30
+    assert len(g["candidates"]) >= 1  # the run switched plans while training
+    assert "tune: candidate 1/" in stderr
+    assert len(tuned["losses"]) == STEPS >= 100
+    for a, b in zip(tuned["losses"], stock["losses"]):
+        assert a == pytest.approx(b, rel=1e-6)
+    for a, b in zip(tuned["checksum"], stock["checksum"]):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
+
+
+def test_report_has_aoe_keys_and_the_evidence(runs):
+    _, report, _ = runs["first"]
+    assert set(report["basic"]) == {"tuning_name", "tuning_time(s)"}
+    g = report["GDAT"]
+    for key in ("model_baseline_performance(ms)", "model_result_performance(ms)", "model_performance_improvement",
+                "gdat_tuning_result", "repo_summary", "chosen_plan", "candidates", "lower_bound_ms",
+                "model_prediction_error"):
+        assert key in g
+    assert g["gdat_tuning_result"] in ("tuning successful", "tuning unsatisfied")
+    assert g["repo_summary"]["total_num"] == 1
+    assert g["repo_summary"]["repo_add_num" if g["gdat_tuning_result"] == "tuning successful"
+                             else "repo_unsatisfied_num"] == 1
+    for c in g["candidates"]:
+        assert c["predicted_step_ms"] > 0 and c["measured_step_ms"] > 0
+    assert g["lower_bound_ms"] <= min(c["predicted_step_ms"] for c in g["candidates"]) + 1e-6
+    pngs = glob.glob(os.path.join(os.path.dirname(runs["bank"]), "..", "..", "first", "*.png"))
+    assert pngs, "a before/after chart next to the report"
+
+
+def test_second_launch_hits_the_bank_and_runs_no_tuning_step(runs):
+    _, report, stderr = runs["second"]
+    assert "knowledge base hit" in stderr
+    assert "tune: candidate" not in stderr and "tune: baseline" not in stderr
+    g = report["GDAT"]
+    assert g["gdat_tuning_result"] == "bank hit" and g["tuning_steps"] == 0
+    assert g["repo_summary"]["repo_hit_num"] == 1 and g["repo_summary"]["total_num"] == 1
+    assert g["chosen_plan"]["bucket_cap_mb_list"] == runs["first"][1]["GDAT"]["chosen_plan"]["bucket_cap_mb_list"]
+    # same plan from the first rebuild: training identical to stock DDP with those caps
+    for a, b in zip(runs["second"][0]["losses"], runs["reference"][0]["losses"]):
+        assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_repeat_tune_tunes_again_and_keeps_or_replaces_the_entry(runs):
+    _, report, stderr = runs["repeat"]
+    assert "re-tune (REPEAT_TUNE)" in stderr and "tune: candidate 1/" in stderr
+    summary = report["GDAT"]["repo_summary"]
+    assert summary["total_num"] == 1
+    assert summary["repo_reserved_num"] + summary["repo_update_num"] == 1
+    assert any(c["label"] == "stored" or c["buckets"] for c in report["GDAT"]["candidates"])
+
+
+def test_truncated_bank_entry_is_warned_about_and_tuned_afresh(runs):
+    data, report, stderr = runs["truncated"]
+    assert "ignoring unusable knowledge-base entry" in stderr
+    assert "knowledge base miss" in stderr and len(data["losses"]) == STEPS
+    assert report["GDAT"]["gdat_tuning_result"] in ("tuning successful", "tuning unsatisfied")
+    json.loads(open(runs["bank"]).read())  # rewritten whole
