@@ -92,7 +92,7 @@ class GdatConfig:
     work_path: str = "gdat_work"
     max_tune_steps: int = 30
     comm_budget_s: float = 2.0
-    profile_steps: int = 2
+    profile_steps: int = 3
     warmup_steps: int = 2
     top_k: int = 3
     launcher: str = "torchrun"

@@ -255,7 +255,7 @@ class OnlineTuner:
             self.done = True
         else:
             log.info(f"tune: knowledge base {'re-tune (REPEAT_TUNE)' if ctx.stored else 'miss'}; tuning in "
-                     f"steps 0..{self.schedule.total} ({self.schedule.candidates} candidates)")
+                     f"steps 0..{self.schedule.total - 1} ({self.schedule.candidates} candidates)")
         log.warn_at_exit(self)
 
     # --- measurement -----------------------------------------------------------

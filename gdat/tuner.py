@@ -146,8 +146,8 @@ class Schedule:
         return self.decision_step
 
 
-def plan_schedule(max_steps: int, top_k: int, warmup: int = 2, baseline: int = 5,
-                  profile: int = 2, measure: int = 4) -> Schedule:
+def plan_schedule(max_steps: int, top_k: int, warmup: int = 2, baseline: int = 4,
+                  profile: int = 3, measure: int = 4) -> Schedule:
     """The largest schedule with at most ``top_k`` candidates within ``max_steps``
     steps; ``candidates`` is 0 when not even one fits."""
     fixed = warmup + baseline + 2 * profile

@@ -11,11 +11,12 @@
   anyway, or when waiting for it costs less than the start-up ``alpha`` a separate
   allreduce would pay; otherwise the open bucket closes.
 
-:func:`rank_candidates` simulates every plan and returns the ``k`` best distinct
-ones: the tuner measures those on real steps.
+:func:`rank_candidates` simulates every plan and returns ``k`` distinct ones, the
+best predicted first: the tuner measures those on real steps.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from gdat.cost_model import AllreduceCostModel, Contention
@@ -120,7 +121,8 @@ def rank_candidates(
     timeline: ReadyTimeline, cost: AllreduceCostModel, contention: Contention, k: int,
     max_buckets: int | None = None, exclude: tuple[BucketPlan, ...] = (),
 ) -> list[RankedPlan]:
-    """The ``k`` best distinct plans under the model, best first.
+    """``k`` distinct plans to measure: the best under the model first, near-ties
+    diversified (see :func:`_diverse`).
 
     The pool: the optimum (and the optimum under the contention-free model, a hedge
     against calibration error), optima with at most 2, 4 and 8 buckets, and every
@@ -139,4 +141,23 @@ def rank_candidates(
             continue
         ranked.append(RankedPlan(plan, simulate(timeline, plan, cost, contention)))
     ranked.sort(key=lambda r: r.sim.step_s)
-    return ranked[:k]
+    return _diverse(ranked, k)
+
+
+TIE = 0.02
+
+
+def _diverse(ranked: list[RankedPlan], k: int) -> list[RankedPlan]:
+    """The best plan first; then, among the remaining plans predicted within
+    ``TIE`` (2%) of the best remaining one, the one whose bucket count is farthest
+    (in log scale) from those already chosen: near-ties are decided by measurement,
+    so measuring different shapes hedges against model error."""
+    chosen, rest = ranked[:1], ranked[1:]
+    while rest and len(chosen) < k:
+        limit = rest[0].sim.step_s * (1 + TIE)
+        near = [r for r in rest if r.sim.step_s <= limit]
+        pick = max(near, key=lambda r: min(abs(math.log(len(r.plan.buckets)) - math.log(len(c.plan.buckets)))
+                                           for c in chosen))
+        chosen.append(pick)
+        rest.remove(pick)
+    return chosen

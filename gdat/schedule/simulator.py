@@ -36,7 +36,9 @@ Calibration (:func:`calibrate_contention`).  ``sigma`` is the ratio of backward
 compute duration measured with overlapped communication to that of the
 compute-only profile.  ``kappa`` is then the value (found by bisection, since the
 predicted communication end grows with ``kappa``) at which the simulator replays
-the measured overlapped run's plan with its measured communication end.
+the measured overlapped run's plan with its measured communication end, capped
+at ``MAX_SLOWDOWN`` = 3: when the measured plan overlaps little, the communication
+end barely depends on ``kappa`` and an uncapped fit would chase noise.
 """
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ from gdat.cost_model import AllreduceCostModel, Contention
 from gdat.errors import PlanError, ProfileError
 from gdat.plan import Bucket, BucketPlan
 from gdat.timeline import Profile, ReadyTimeline
+
+MAX_SLOWDOWN = 3.0
 
 __all__ = ["Simulation", "simulate", "lower_bound_s", "comm_end", "stretched", "calibrate_contention",
            "measured_plan"]
@@ -168,11 +172,11 @@ def calibrate_contention(profile: Profile, cost: AllreduceCostModel) -> Contenti
     target = max(statistics.median(s.comm_end_s for s in r.steps if s.kind == "overlap" and s.buckets)
                  for r in profile.ranks if any(s.kind == "overlap" and s.buckets for s in r.steps))
     plan = measured_plan(profile)
-    lo, hi = 1.0, 1.0
+    lo, hi = 1.0, MAX_SLOWDOWN
     if simulate(compute, plan, cost, Contention(sigma, lo)).comm_end_s >= target:
         return Contention(sigma, 1.0)
-    while simulate(compute, plan, cost, Contention(sigma, hi)).comm_end_s < target and hi < 64:
-        hi *= 2
+    if simulate(compute, plan, cost, Contention(sigma, hi)).comm_end_s < target:
+        return Contention(sigma, hi)
     for _ in range(40):
         mid = (lo + hi) / 2
         if simulate(compute, plan, cost, Contention(sigma, mid)).comm_end_s < target:

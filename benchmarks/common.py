@@ -1,0 +1,54 @@
+"""Shared pieces of the benchmarks: a timed training loop on a built-in model."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gdat.demo_models import build_model, loss_fn, synthetic_batch
+
+
+class Trainer:
+    """One rank's training loop on a built-in model; ``step()`` runs one step and
+    records its wall time (start of this step to start of the next)."""
+
+    def __init__(self, model_name: str, size: str, batch: int, ddp_factory: Any) -> None:
+        self.name, self.batch = model_name, batch
+        self.model = build_model(model_name, size)
+        self.ddp = ddp_factory(self.model)
+        self.opt = torch.optim.SGD(self.ddp.parameters(), lr=1e-3, momentum=0.9)
+        self.rank = dist.get_rank()
+        self.k = 0
+        self.starts: list[float] = []
+
+    def step(self) -> None:
+        self.starts.append(time.perf_counter())
+        x, y = synthetic_batch(self.name, self.model, self.rank, self.k, self.batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss_fn(self.name, self.ddp(x), y).backward()
+        self.opt.step()
+        self.k += 1
+
+    def window(self, n: int) -> list[float]:
+        """Run ``n`` steps; their times on this rank (the first needs one more start)."""
+        first = len(self.starts)
+        for _ in range(n):
+            self.step()
+        self.starts.append(time.perf_counter())
+        times = [b - a for a, b in zip(self.starts[first:], self.starts[first + 1:])]
+        self.starts.pop()
+        return times
+
+
+def max_over_ranks(times: list[float]) -> list[float]:
+    """Per step, the slowest rank's time (a collective)."""
+    t = torch.tensor(times, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def median_ms(times: list[float]) -> float:
+    return statistics.median(times) * 1e3
