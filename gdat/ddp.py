@@ -43,6 +43,10 @@ class DistributedDataParallel(STOCK_DDP):
 
             module = aoe_full.apply_bank(module)
         make = None
+        if config.mode != "off":
+            from gdat.online import check_model_across_ranks
+
+            check_model_across_ranks(module, args, kwargs)
         if config.mode == "profile":
             make = lambda ddp: _profile_controller(ddp, config)  # noqa: E731
         elif config.mode in ("tune", "apply"):

@@ -68,6 +68,9 @@ def main() -> None:
     gc.collect()
     dist.barrier()
     dist.destroy_process_group()
+    from gdat.worker import end_process
+
+    end_process(0)  # skip interpreter teardown, where torch's gloo can abort a finished run
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import inspect
 import os
 import socket
 import time
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -56,7 +57,7 @@ from gdat.settings import bank_root, repeat_tune
 from gdat.timeline import ParamInfo, Profile, ReadyTimeline
 from gdat.tuner import Schedule, Verdict, WindowStats, decide, plan_schedule, window_stats
 
-__all__ = ["prepare_construction", "OnlineTuner", "check_same_model", "Prepared"]
+__all__ = ["prepare_construction", "OnlineTuner", "check_same_model", "check_model_across_ranks", "Prepared"]
 
 _UNSUPPORTED = {
     "find_unused_parameters": "find_unused_parameters=True (DDP never rebuilds buckets in ready order)",
@@ -116,6 +117,12 @@ def check_same_model(params: tuple[ParamInfo, ...], group: Any) -> None:
                     f"but {show(b)} on rank {rank}")
 
 
+def check_model_across_ranks(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    """:func:`check_same_model` for the DDP about to wrap ``module`` (a collective)."""
+    group = _group_of(_user_options(module, args, kwargs))
+    check_same_model(param_infos_of(module, set(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))), group)
+
+
 def _user_options(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     from gdat.ddp import STOCK_DDP
 
@@ -152,9 +159,7 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
         log.warn("gdat does not tune DDP's python reducer; this model runs as stock DDP")
         return Prepared(kwargs, _no_controller)
     group = _group_of(options)
-    ignore = set(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))
-    params = param_infos_of(module, ignore)
-    check_same_model(params, group)
+    params = param_infos_of(module, set(getattr(module, "_ddp_params_and_buffers_to_ignore", ())))
     try:
         repeat = repeat_tune()
     except UsageError as e:
@@ -228,8 +233,16 @@ def _write_hit_report(config: GdatConfig, name: str, entry: BankedPlan, params: 
 class OnlineTuner:
     """Controller of one DDP in tune mode (see the module docstring)."""
 
+    @property
+    def ddp(self) -> torch.nn.Module:
+        """The DDP this object serves (held weakly)."""
+        ddp = self._ddp()
+        if ddp is None:
+            raise ReferenceError("the DDP instance no longer exists")
+        return ddp
+
     def __init__(self, ddp: torch.nn.Module, ctx: TuneContext) -> None:
-        self.ddp = ddp
+        self._ddp = weakref.ref(ddp)  # no cycle through DDP: `del ddp` must free it
         self.ctx = ctx
         self.group = ddp.process_group
         self.rank = dist.get_rank(self.group)
@@ -321,8 +334,13 @@ class OnlineTuner:
             except (ProfileError, PlanError) as e:
                 log.warn(f"cannot build candidate plans ({e}); not tuning")
         ranked = _broadcast(ranked, self.group)
+        if ranked is None:
+            switch_buckets(self.ddp, **self.ctx.user_bucket_args)
+            self.done = True
+            return
         if not ranked:
-            self._finish_without_candidates()
+            log.info("tune: every plan the search generated buckets gradients like the user's configuration")
+            self._finish()
             return
         self.candidates = [RankedPlan(BucketPlan.from_dict(r["plan"]), _sim_from(r)) for r in ranked]
         self.schedule = replace(self.schedule, candidates=len(self.candidates))
@@ -361,11 +379,8 @@ class OnlineTuner:
                                                          [by_index[i].dtype for i in order]))
 
     # --- keep ---------------------------------------------------------------------
-    def _finish_without_candidates(self) -> None:
-        switch_buckets(self.ddp, **self.ctx.user_bucket_args)
-        self.done = True
-
     def _finish(self) -> None:
+        """Decide (rank 0), switch every rank to the decision, keep and report."""
         verdict = _broadcast(decide(self.baseline, self.measured) if self.rank == 0 else None, self.group)
         winner = None if verdict.winner is None else self.candidates[verdict.winner]
         if winner is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import statistics
+import weakref
 from typing import Any
 
 import torch
@@ -75,8 +76,16 @@ def write_profile_outputs(profile: Profile, work_path: str) -> dict[str, str]:
 class ProfileJob:
     """Drives a :class:`ProfileSession` from gdat's DDP forward."""
 
+    @property
+    def ddp(self) -> torch.nn.Module:
+        """The DDP this object serves (held weakly)."""
+        ddp = self._ddp()
+        if ddp is None:
+            raise ReferenceError("the DDP instance no longer exists")
+        return ddp
+
     def __init__(self, ddp: torch.nn.Module, config: GdatConfig) -> None:
-        self.ddp = ddp
+        self._ddp = weakref.ref(ddp)  # no cycle through DDP: `del ddp` must free it
         self.config = config
         self.step = 0
         self.session: ProfileSession | None = None

@@ -91,7 +91,11 @@ def main(argv: list[str] | None = None, prog: str = "gdat-run", mode: str | None
     if config.launcher == "mpi":
         from launch.mpi import run_under_mpi
 
-        return run_under_mpi(args)
+        try:
+            return run_under_mpi(args)
+        except GdatError as e:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return 2
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import run
 
@@ -99,6 +103,9 @@ def main(argv: list[str] | None = None, prog: str = "gdat-run", mode: str | None
         run(args)
     except ChildFailedError as e:
         print(str(e), file=sys.stderr)
+        if any(f.exitcode == 2 for f in e.failures.values()):
+            print(f"{prog}: error: a training process rejected its input (its message is above)", file=sys.stderr)
+            return 2
         return 1
     return 0
 

@@ -12,7 +12,8 @@ Decide.  A candidate is adopted only if its median beats the baseline's by more
 than the measured noise: ``m_base - m_cand > max(z * sqrt(se_base^2 + se_cand^2),
 floor * m_base)`` with ``z = 2`` and ``floor = 1%``.  Among candidates that pass,
 the fastest wins; if none passes, the baseline stays.  The run is called noisy when
-the noise term exceeds 5% of the baseline median.
+the largest such threshold (the baseline against itself included) exceeds 5% of
+the baseline median.
 
 Schedule.  Steps ``0 .. warmup-1`` are untouched (DDP rebuilds buckets at step 1);
 then ``baseline`` steps measure the user's configuration; then ``profile`` steps of
@@ -85,7 +86,7 @@ def _threshold(base: WindowStats, cand: WindowStats) -> float:
 def decide(baseline: WindowStats, candidates: Sequence[WindowStats | None]) -> Verdict:
     """Adopt the fastest candidate that beats the baseline by more than the noise."""
     best: tuple[float, int, float] | None = None
-    worst_noise = 0.0
+    worst_noise = _threshold(baseline, baseline)
     for i, cand in enumerate(candidates):
         if cand is None:
             continue
@@ -96,7 +97,8 @@ def decide(baseline: WindowStats, candidates: Sequence[WindowStats | None]) -> V
             best = (cand.median_s, i, noise)
     noisy = worst_noise > NOISY * baseline.median_s
     if best is None:
-        why = "no candidate beat the baseline by more than the measured noise"
+        why = "no candidate beat the baseline by more than the measured noise" if candidates else \
+            "no candidate plan differed from the baseline"
         return Verdict(None, worst_noise, 0.0, noisy, why + (" (the run was noisy)" if noisy else ""))
     median, i, noise = best
     return Verdict(i, noise, baseline.median_s - median, noisy,

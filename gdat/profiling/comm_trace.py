@@ -70,12 +70,16 @@ class BucketTracer:
         if traced is not None:
             traced.launch = self.clock.mark()
         fut = dist.all_reduce(buffer, group=group, async_op=True).get_future()
+        # The callback may run, and be released, on a gloo worker thread: it must not
+        # hold this tracer, whose process group would then be destroyed on that very
+        # thread (which cannot join itself: the process aborts at exit).
+        clock, on_bucket = self.clock, self.on_bucket
 
         def done(f: torch.futures.Future) -> torch.Tensor:
             if traced is not None:
-                traced.end = self.clock.mark()
-                if self.on_bucket is not None:
-                    self.on_bucket(traced)
+                traced.end = clock.mark()
+                if on_bucket is not None:
+                    on_bucket(traced)
             return f.value()[0]
 
         return fut.then(done)

@@ -21,6 +21,7 @@ A recorder costs one clock mark and one list append per gradient while attached;
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,8 +60,16 @@ class StepRecorder:
     by calling :meth:`start_step` / :meth:`end_forward` yourself.
     """
 
+    @property
+    def ddp(self) -> torch.nn.Module:
+        """The DDP this object serves (held weakly)."""
+        ddp = self._ddp()
+        if ddp is None:
+            raise ReferenceError("the DDP instance no longer exists")
+        return ddp
+
     def __init__(self, ddp: torch.nn.Module, clock: Clock) -> None:
-        self.ddp = ddp
+        self._ddp = weakref.ref(ddp)  # no cycle through DDP: `del ddp` must free it
         self.clock = clock
         self.named_params = reducer_parameters(ddp)
         self.param_index = {id(p): i for i, (_, p) in enumerate(self.named_params)}

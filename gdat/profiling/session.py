@@ -16,6 +16,7 @@ no communication at all, but those steps' gradients are not averaged.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -36,8 +37,16 @@ __all__ = ["ProfileSession", "profile_ddp"]
 class ProfileSession:
     """Record steps of ``ddp``; :meth:`finish` gathers them into a :class:`Profile`."""
 
+    @property
+    def ddp(self) -> torch.nn.Module:
+        """The DDP this object serves (held weakly)."""
+        ddp = self._ddp()
+        if ddp is None:
+            raise ReferenceError("the DDP instance no longer exists")
+        return ddp
+
     def __init__(self, ddp: torch.nn.Module, clock: Clock | None = None) -> None:
-        self.ddp = ddp
+        self._ddp = weakref.ref(ddp)  # no cycle through DDP: `del ddp` must free it
         self.device_type = device_type_of(ddp.module)
         self.clock = clock or Clock(self.device_type)
         self.group = process_group_of(ddp)

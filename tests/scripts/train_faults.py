@@ -1,0 +1,57 @@
+"""A plain DDP training script with fault knobs, for gdat's reliability tests.
+
+--kill-rank R --kill-step S   rank R kills itself (SIGKILL) at step S, first attempt only
+--straggler-rank R --straggler-max-s X   rank R sleeps uniform(0, X) s every step (seeded)
+--mismatch-rank R             rank R builds a wider model than the others
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+p = argparse.ArgumentParser()
+p.add_argument("--steps", type=int, default=60)
+p.add_argument("--width", type=int, default=256)
+p.add_argument("--kill-rank", type=int, default=-1)
+p.add_argument("--kill-step", type=int, default=-1)
+p.add_argument("--straggler-rank", type=int, default=-1)
+p.add_argument("--straggler-max-s", type=float, default=0.0)
+p.add_argument("--mismatch-rank", type=int, default=-1)
+p.add_argument("--out", default=None)
+args = p.parse_args()
+
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+width = args.width * (2 if rank == args.mismatch_rank else 1)
+torch.manual_seed(0)
+model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(8)])
+ddp = DDP(model)
+opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
+first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+jitter = random.Random(rank)
+losses = []
+for step in range(args.steps):
+    if first_attempt and rank == args.kill_rank and step == args.kill_step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if rank == args.straggler_rank:
+        time.sleep(jitter.uniform(0, args.straggler_max_s))
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    x = torch.randn(32, width, generator=g)
+    opt.zero_grad()
+    loss = ddp(x).pow(2).mean()
+    loss.backward()
+    opt.step()
+    losses.append(loss.item())
+if rank == 0 and args.out:
+    with open(args.out, "w") as f:
+        json.dump({"losses": losses}, f)
+del ddp, opt
+dist.barrier()
+dist.destroy_process_group()

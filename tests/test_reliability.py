@@ -1,0 +1,134 @@
+"""Faults and launchers: restarts, concurrent banks, mismatched models, stragglers, MPI."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import BIN, REPO, run_cmd
+
+SCRIPT = os.path.join(REPO, "tests", "scripts", "train_faults.py")
+
+
+def _gdat_run(tmp, name, port, *extra, env=None, timeout=300):
+    """gdat-run on 2 ranks; ``port=None`` lets torchrun pick its rendezvous (needed for
+    restarts: a static --master-port store keeps the failed attempt's gloo keys)."""
+    work = tmp / name
+    rendezvous = ["--master-port", str(port)] if port else []
+    cmd = ["gdat-run", "--gdat-work-path", str(work), "--gdat-comm-budget-s", "0.5", "--nproc-per-node", "2",
+           *rendezvous, *extra]
+    return run_cmd(cmd, cwd=str(tmp), env={"TUNE_BANK_PATH": str(tmp / "bank"), **(env or {})}, timeout=timeout)
+
+
+def _reports(path):
+    return [json.loads(open(p).read()) for p in sorted(glob.glob(str(path / "aoe_result_gdat_*.json")))]
+
+
+def _bank_is_whole(bank):
+    entries = glob.glob(str(bank / "gdat" / "*.json"))
+    for e in entries:
+        json.loads(open(e).read())
+    leftovers = [f for f in os.listdir(bank / "gdat") if f.startswith(".tmp-")] if entries else []
+    return entries, leftovers
+
+
+def test_rank_killed_during_tuning_restarts_and_completes(tmp_path):
+    done = _gdat_run(tmp_path, "killed", None, "--max-restarts", "1", SCRIPT, "--steps", "45",
+                     "--kill-rank", "1", "--kill-step", "15", "--out", str(tmp_path / "out.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("tune: knowledge base miss") == 2, "tuning restarted with the job"
+    assert "tuning incomplete" in done.stderr
+    reports = _reports(tmp_path / "killed")
+    assert len(reports) == 1, "only the restarted attempt finished tuning and reported"
+    assert reports[0]["GDAT"]["gdat_tuning_result"] in ("tuning successful", "tuning unsatisfied")
+    entries, leftovers = _bank_is_whole(tmp_path / "bank")
+    assert len(entries) == 1 and not leftovers
+    assert len(json.loads((tmp_path / "out.json").read_text())["losses"]) == 45
+
+
+def test_two_jobs_writing_one_bank_both_finish_and_the_bank_stays_valid(tmp_path):
+    procs = []
+    for k in range(2):
+        cmd = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", str(tmp_path / f"job{k}"),
+               "--gdat-comm-budget-s", "0.5", "--nproc-per-node", "2", "--master-port", str(29651 + k),
+               SCRIPT, "--steps", "40"]
+        procs.append(subprocess.Popen(cmd, cwd=str(tmp_path), env={**os.environ, "TUNE_BANK_PATH": str(tmp_path / "bank")},
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=400)
+        assert p.returncode == 0, err[-3000:]
+    for k in range(2):
+        assert len(_reports(tmp_path / f"job{k}")) == 1
+    # one entry, or two when the jobs, slowing each other down, measured links of different classes
+    entries, leftovers = _bank_is_whole(tmp_path / "bank")
+    assert 1 <= len(entries) <= 2 and not leftovers
+
+
+def _hammer(root: str, n: int) -> None:
+    from gdat.knowledge_base import KnowledgeBase
+
+    bank = KnowledgeBase(root, "gdat")
+    for _ in range(n):
+        bank.update({"model": "same"}, lambda old: {"count": (old or {"count": 0})["count"] + 1,
+                                                     "padding": "x" * 20000})
+
+
+def test_concurrent_read_modify_write_of_one_entry_loses_nothing(tmp_path):
+    import multiprocessing
+
+    from gdat.knowledge_base import KnowledgeBase
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_hammer, args=(str(tmp_path), 40)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert KnowledgeBase(str(tmp_path), "gdat").get({"model": "same"})["count"] == 160
+    assert not [f for f in os.listdir(tmp_path / "gdat") if f.startswith(".tmp-")]
+
+
+def test_ranks_with_different_models_get_a_clear_error_not_a_hang(tmp_path):
+    done = _gdat_run(tmp_path, "mismatch", 29661, SCRIPT, "--mismatch-rank", "1", timeout=120)
+    assert done.returncode == 2
+    assert "gdat: error: ranks built different models: parameter #0 is 0.weight [256, 256] float32 on rank 0 " \
+           "but 0.weight [512, 512] float32 on rank 1" in done.stderr
+
+
+def test_a_straggler_makes_the_run_noisy_and_nothing_is_adopted_on_noise(tmp_path):
+    done = _gdat_run(tmp_path, "straggler", 29671, SCRIPT, "--steps", "40",
+                     "--straggler-rank", "1", "--straggler-max-s", "0.15")
+    assert done.returncode == 0, done.stderr[-3000:]
+    g = _reports(tmp_path / "straggler")[0]["GDAT"]
+    assert g["noisy"] is True
+    assert g["gdat_tuning_result"] == "tuning unsatisfied"
+    assert "noisy" in g["reason"]
+    assert "the run was noisy" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("mpiexec", path=BIN) is None, reason="mpiexec missing (pip install 'gdat[mpi]')")
+def test_mpiexec_launch_tunes_and_reports_like_torchrun(tmp_path):
+    env = {**os.environ, "TUNE_BANK_PATH": str(tmp_path / "bank")}
+    mpi = subprocess.run([os.path.join(BIN, "mpiexec"), "-n", "2", os.path.join(BIN, "gdat-run"),
+                          "--gdat-launcher", "mpi", "--gdat-work-path", str(tmp_path / "mpi"),
+                          "--gdat-comm-budget-s", "0.5", SCRIPT, "--steps", "40"],
+                         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert mpi.returncode == 0, mpi.stderr[-3000:]
+    assert "mpi launcher: 2 ranks" in mpi.stderr
+    env["TUNE_BANK_PATH"] = str(tmp_path / "bank2")
+    torchrun = _gdat_run(tmp_path, "torchrun", 29681, SCRIPT, "--steps", "40", env={"TUNE_BANK_PATH": str(tmp_path / "bank2")})
+    assert torchrun.returncode == 0, torchrun.stderr[-3000:]
+    a, b = _reports(tmp_path / "mpi")[0], _reports(tmp_path / "torchrun")[0]
+
+    def shape(doc):
+        if isinstance(doc, dict):
+            return {k: shape(v) for k, v in doc.items() if k not in ("candidates", "steps_ms")}
+        return type(doc).__name__
+
+    assert shape(a) == shape(b)
+    assert set(a["GDAT"]["chosen_plan"]) == set(b["GDAT"]["chosen_plan"])
