@@ -86,6 +86,8 @@ class GdatConfig:
     * ``top_k``: candidate plans measured on real steps.
     * ``launcher``: ``torchrun`` or ``mpi`` (rank and rendezvous from MPI).
     * ``aoe_bank``: apply aoe_full's operator/subgraph bank to the model before DDP wraps it.
+    * ``plan``: a plan file (``gdat simulate --save-plan``, or a report's chosen plan) to apply
+      instead of tuning.
     """
 
     mode: str = "tune"
@@ -97,6 +99,7 @@ class GdatConfig:
     top_k: int = 3
     launcher: str = "torchrun"
     aoe_bank: bool = False
+    plan: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "GdatConfig":
@@ -131,6 +134,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "top_k": _integer("--gdat-top-k", 1),
     "launcher": _choice("--gdat-launcher", ("torchrun", "mpi")),
     "aoe_bank": _flag("--gdat-aoe-bank"),
+    "plan": str,
 }
 
 

@@ -49,7 +49,7 @@ class DistributedDataParallel(STOCK_DDP):
             check_model_across_ranks(module, args, kwargs)
         if config.mode == "profile":
             make = lambda ddp: _profile_controller(ddp, config)  # noqa: E731
-        elif config.mode in ("tune", "apply"):
+        elif config.mode in ("tune", "apply") or config.plan:
             from gdat.online import prepare_construction
 
             prepared = prepare_construction(module, args, kwargs, config)

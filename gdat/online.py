@@ -160,6 +160,8 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
         return Prepared(kwargs, _no_controller)
     group = _group_of(options)
     params = param_infos_of(module, set(getattr(module, "_ddp_params_and_buffers_to_ignore", ())))
+    if config.plan:
+        return Prepared({**kwargs, **_plan_arguments(BucketPlan.load(config.plan), params)}, _no_controller)
     try:
         repeat = repeat_tune()
     except UsageError as e:
@@ -186,10 +188,7 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
     name = _tuning_name(module)
     if found is not None and (config.mode == "apply" or not repeat):
         key, entry = found
-        order = list(entry.plan.param_order)
-        by_index = {p.index: p for p in params}
-        new_args = ddp_bucket_arguments(entry.plan, order, [by_index[i].nbytes for i in order],
-                                        [by_index[i].dtype for i in order])
+        new_args = _plan_arguments(entry.plan, params)
         log.info(f"knowledge base hit: plan {entry.plan.label!r} ({len(entry.plan.buckets)} buckets), "
                  f"tuned at {entry.result_ms:.1f} ms vs baseline {entry.baseline_ms:.1f} ms; no tuning steps")
         if dist.get_rank(group) == 0:
@@ -201,6 +200,17 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
     stored = found[1] if found is not None else None
     ctx = TuneContext(config, cost, key if found is None else found[0], params, user_args, stored, repeat, name)
     return Prepared(kwargs, lambda ddp: OnlineTuner(ddp, ctx))
+
+
+def _plan_arguments(plan: BucketPlan, params: tuple[ParamInfo, ...]) -> dict[str, Any]:
+    """DDP arguments forming ``plan`` on this model (raises :class:`PlanError` when
+    the plan does not match the model)."""
+    by_index = {p.index: p for p in params}
+    plan.check_matches([p.index for p in params], [p.nbytes for p in params], [p.dtype for p in params])
+    order = list(plan.param_order)
+    args = ddp_bucket_arguments(plan, order, [by_index[i].nbytes for i in order], [by_index[i].dtype for i in order])
+    log.info(f"applying plan {plan.label!r}: {len(plan.buckets)} buckets")
+    return args
 
 
 def param_infos_of(module: torch.nn.Module, ignore: set[str]) -> tuple[ParamInfo, ...]:

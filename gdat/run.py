@@ -65,7 +65,12 @@ def prepare_job(
         args.mode = mode
     config = config_from_args(args)
     kind, target = _check_target(args)
-    config = GdatConfig(**{**config.__dict__, "work_path": os.path.abspath(config.work_path)})
+    config = GdatConfig(**{**config.__dict__, "work_path": os.path.abspath(config.work_path),
+                           "plan": os.path.abspath(config.plan) if config.plan else ""})
+    if config.plan:
+        from gdat.plan import BucketPlan
+
+        BucketPlan.load(config.plan)
     if config.mode in ("tune", "profile"):
         check_writable_dir(config.work_path, "work path (--gdat-work-path)")
     if config.mode in ("tune", "apply"):

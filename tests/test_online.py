@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from gdat.plan import BucketPlan
 from launch.testbed import namespace_unavailable_reason
 from tests.helpers import REPO, run_cmd
 
@@ -18,10 +19,10 @@ TRAIN = ["-m", "gdat.demo_train", "--model", "transformer", "--size", "tiny", "-
 RATE = "2gbit"
 
 
-def _launch(tmp, name, port, env=None, gdat=True, extra=()):
+def _launch(tmp, name, port, env=None, gdat=True, extra=(), gdat_extra=()):
     out = tmp / f"{name}.json"
-    runner = ["gdat-run", "--gdat-work-path", str(tmp / name), "--gdat-comm-budget-s", "1"] if gdat else \
-        ["python", "-m", "torch.distributed.run"]
+    runner = ["gdat-run", "--gdat-work-path", str(tmp / name), "--gdat-comm-budget-s", "1", *gdat_extra] if gdat \
+        else ["python", "-m", "torch.distributed.run"]
     cmd = ["gdat-testbed", "--rate", RATE, "--", *runner, "--nproc-per-node", "2", "--master-port", str(port),
            *TRAIN, "--out", str(out), *extra]
     if not gdat:
@@ -40,6 +41,10 @@ def runs(tmp_path_factory):
     caps = first[1]["GDAT"]["chosen_plan"]["bucket_cap_mb_list"]
     reference = _launch(tmp, "reference", 29562, gdat=False,
                         extra=("--bucket-cap-mb-list", ",".join(repr(c) for c in caps)))
+    plan_file = tmp / "chosen_plan.json"
+    BucketPlan.from_dict(first[1]["GDAT"]["chosen_plan"]["plan"]).save(str(plan_file))
+    given = _launch(tmp, "given", 29566, env={"TUNE_BANK_PATH": str(tmp / "unused_bank")},
+                    gdat_extra=("--gdat-plan", str(plan_file)))
     second = _launch(tmp, "second", 29563)
     repeat = _launch(tmp, "repeat", 29564, env={"REPEAT_TUNE": "True"})
     entries = glob.glob(str(tmp / "bank" / "gdat" / "*.json"))
@@ -50,7 +55,7 @@ def runs(tmp_path_factory):
         f.truncate()
         f.write(text[: len(text) // 2])
     truncated = _launch(tmp, "truncated", 29565)
-    return {"first": first, "reference": reference, "second": second, "repeat": repeat,
+    return {"first": first, "reference": reference, "given": given, "second": second, "repeat": repeat,
             "truncated": truncated, "bank": entries[0]}
 
 
@@ -115,3 +120,10 @@ def test_truncated_bank_entry_is_warned_about_and_tuned_afresh(runs):
     assert "knowledge base miss" in stderr and len(data["losses"]) == STEPS
     assert report["GDAT"]["gdat_tuning_result"] in ("tuning successful", "tuning unsatisfied")
     json.loads(open(runs["bank"]).read())  # rewritten whole
+
+
+def test_a_plan_file_is_applied_without_tuning(runs):
+    data, report, stderr = runs["given"]
+    assert "applying plan" in stderr and "tune:" not in stderr and report is None
+    for a, b in zip(data["losses"], runs["reference"][0]["losses"]):
+        assert a == pytest.approx(b, rel=1e-6)

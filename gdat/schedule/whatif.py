@@ -72,6 +72,8 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", default="ring", help="allreduce algorithm: ring or tree (default ring)")
     parser.add_argument("--max-buckets", type=int, default=None, help="limit the optimum's bucket count (AOE: 8)")
     parser.add_argument("--top", type=int, default=12, help="rows to print (default 12)")
+    parser.add_argument("--save-plan", default=None, metavar="PATH",
+                        help="save the optimal plan (for gdat-run --gdat-plan PATH)")
 
 
 def simulate_command(args: argparse.Namespace) -> str:
@@ -105,4 +107,7 @@ def simulate_command(args: argparse.Namespace) -> str:
         lines.append(f"{plan.label:<28}{len(plan.buckets):>8}{sim.step_s * 1e3:>10.2f}"
                      f"{sim.exposed_comm_s * 1e3:>12.2f}{sim.step_s / bound:>10.3f}")
     lines.append(f"{'lower bound (any plan)':<28}{'':>8}{bound * 1e3:>10.2f}")
+    if args.save_plan:
+        plans[0].save(args.save_plan)
+        lines.append(f"optimal plan saved to {args.save_plan}")
     return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""Bad input everywhere: fuzzed plan/bank/profile files, environment variables, plan files."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from gdat.errors import BankError, PlanError, ProfileError
+from gdat.knowledge_base import BankWarning, KnowledgeBase
+from gdat.plan import BucketPlan
+from gdat.plan_bank import BankedPlan
+from gdat.timeline import Profile
+from tests.helpers import REPO, run_cmd
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10 ** 9) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=20)
+
+VALID_PLAN = {"schema": "gdat.plan", "version": 1, "label": "x",
+              "buckets": [{"params": [3, 2], "nbytes": 8, "dtype": "float32"},
+                          {"params": [1, 0], "nbytes": 8, "dtype": "float32"}]}
+
+
+def _mutations(doc):
+    """Documents one edit away from ``doc``: a key dropped or a value replaced."""
+    keys = st.sampled_from(sorted(doc)) if doc else st.nothing()
+    dropped = keys.map(lambda k: {kk: v for kk, v in doc.items() if kk != k})
+    replaced = st.tuples(keys, json_values).map(lambda kv: {**doc, kv[0]: kv[1]})
+    return dropped | replaced
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values | _mutations(VALID_PLAN))
+def test_plan_loader_raises_only_plan_error(doc):
+    try:
+        BucketPlan.from_document(doc, "fuzz")
+    except PlanError:
+        pass
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_plan_file_loader_raises_only_plan_error(tmp_path, raw):
+    path = tmp_path / "plan.json"
+    path.write_bytes(raw)
+    try:
+        BucketPlan.load(str(path))
+    except PlanError:
+        pass
+
+
+def test_truncated_plan_file_is_a_plan_error(tmp_path):
+    text = json.dumps(VALID_PLAN)
+    for cut in range(len(text)):
+        (tmp_path / "p.json").write_text(text[:cut])
+        with pytest.raises(PlanError):
+            BucketPlan.load(str(tmp_path / "p.json"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_bank_payload_loader_raises_only_bank_error(payload):
+    try:
+        BankedPlan.from_payload(payload if isinstance(payload, dict) else {"plan": payload}, "fuzz")
+    except BankError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values | _mutations({"schema": "gdat.profile", "version": 1, "world_size": 2, "backend": "gloo",
+                                 "device_type": "cpu", "torch_version": "2.13.0", "params": [], "ranks": []}))
+def test_profile_loader_raises_only_profile_error(doc):
+    try:
+        Profile.from_dict(doc, "fuzz")
+    except ProfileError:
+        pass
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=400))
+def test_a_corrupt_bank_entry_never_raises(tmp_path, raw):
+    bank = KnowledgeBase(str(tmp_path), "gdat")
+    key = {"model": 1}
+    os.makedirs(bank.directory, exist_ok=True)
+    with open(bank.path_for(key), "wb") as f:
+        f.write(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BankWarning)
+        assert bank.get(key) is None or isinstance(bank.get(key), dict)
+
+
+def test_bank_entry_of_another_version_is_warned_about_and_ignored(tmp_path):
+    bank = KnowledgeBase(str(tmp_path), "gdat")
+    bank.put({"m": 1}, {"x": 1})
+    path = bank.path_for({"m": 1})
+    doc = json.loads(open(path).read())
+    doc["version"] = 7
+    open(path, "w").write(json.dumps(doc))
+    with pytest.warns(BankWarning, match="version 7 is not supported"):
+        assert bank.get({"m": 1}) is None
+
+
+SCRIPT = os.path.join(REPO, "tests", "scripts", "train_faults.py")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"REPEAT_TUNE": "maybe"}, "REPEAT_TUNE must be True or False, got 'maybe'"),
+    ({"TUNE_BANK_PATH": "/dev/null/bank"}, "knowledge base (TUNE_BANK_PATH) '/dev/null/bank' cannot be created"),
+    ({"TUNE_BANK_PATH": ""}, "TUNE_BANK_PATH is set but empty"),
+])
+def test_bad_environment_is_one_line_with_status_2(tmp_path, env, message):
+    done = run_cmd(["gdat-run", "--gdat-work-path", str(tmp_path / "w"), "--nproc-per-node", "2", SCRIPT],
+                   cwd=str(tmp_path), env=env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_bad_plan_files_on_the_command_line(tmp_path):
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text(json.dumps(VALID_PLAN)[:30])
+    done = run_cmd(["gdat-run", "--gdat-plan", str(truncated), "--nproc-per-node", "2", SCRIPT], cwd=str(tmp_path))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "not valid JSON" in done.stderr and not (tmp_path / "gdat_work").exists()
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({**VALID_PLAN, "version": 3}))
+    done = run_cmd(["gdat-run", "--gdat-plan", str(wrong), "--nproc-per-node", "2", SCRIPT], cwd=str(tmp_path))
+    assert done.returncode == 2 and "gdat.plan schema version 3 is not supported" in done.stderr
+
+
+def test_a_plan_for_another_model_stops_the_job_with_a_clear_error(tmp_path):
+    other = tmp_path / "other.json"
+    BucketPlan.from_document(VALID_PLAN, "x").save(str(other))
+    done = run_cmd(["gdat-run", "--gdat-plan", str(other), "--gdat-work-path", str(tmp_path / "w"),
+                    "--nproc-per-node", "2", SCRIPT, "--steps", "3"], cwd=str(tmp_path),
+                   env={"TUNE_BANK_PATH": str(tmp_path / "bank")})
+    assert done.returncode == 2
+    assert "gdat: error: plan bucket 0 claims 8 bytes" in done.stderr or "does not cover parameter" in done.stderr
+    assert "a training process rejected its input" in done.stderr
