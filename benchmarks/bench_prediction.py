@@ -33,7 +33,7 @@ def worker(args: argparse.Namespace) -> None:
     from gdat.profiling.session import ProfileSession
     from gdat.schedule.baselines import mgwfbp_plan, uniform_plan
     from gdat.schedule.search import optimal_plan
-    from gdat.schedule.simulator import calibrate_contention, simulate
+    from gdat.schedule.simulator import calibrate, simulate
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -50,7 +50,8 @@ def worker(args: argparse.Namespace) -> None:
         tr.step()
     profile = session.finish(cost)
     timeline = profile.ready_timeline("compute")
-    contention = calibrate_contention(profile, cost)
+    fitted = calibrate(profile, cost)
+    cost, contention = fitted.cost, fitted.contention
     plans = [uniform_plan(timeline, c, first_bucket=False) for c in (1, 4, 10, 50, 100)]
     plans.append(uniform_plan(timeline, 25, first_bucket=True))
     plans.append(optimal_plan(timeline, cost, contention))
@@ -71,7 +72,7 @@ def worker(args: argparse.Namespace) -> None:
                          "measured_ms": meas, "error": abs(pred - meas) / meas})
         result = {"model": f"{args.model}-{args.size}", "tensors": nparams, "gradient_mb": nbytes / 1e6,
                   "batch": args.batch, "rate": args.rate, "cost_model": cost.to_dict(),
-                  "contention": contention.to_dict(),
+                  "contention": contention.to_dict(), "comm_scale": fitted.comm_scale,
                   "backward_ms": (timeline.backward_end_s - timeline.backward_start_s) * 1e3,
                   "rows": rows, "median_abs_error": statistics.median(r["error"] for r in rows)}
         with open(args.result, "w") as f:
@@ -100,8 +101,10 @@ def main() -> int:
 
     result = args.json or os.path.join("/tmp", f"gdat_bench_prediction_{os.getpid()}.json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29611",
-           os.path.abspath(__file__), "--worker", "--result", result,
-           *[a for a in sys.argv[1:] if not a.startswith("--json")]]
+           os.path.abspath(__file__), "--worker", "--result", result, "--rate", args.rate, "--model", args.model,
+           "--size", args.size, "--batch", str(args.batch), "--rounds", str(args.rounds),
+           "--measure-steps", str(args.measure_steps), "--profile-steps", str(args.profile_steps),
+           "--comm-budget", str(args.comm_budget)]
     with emulated_network(args.rate) as net:
         subprocess.run(net.wrap(cmd), check=True)
     with open(result) as f:
@@ -109,7 +112,8 @@ def main() -> int:
     c = r["cost_model"]["segments"][-1]
     print(f"model {r['model']}: {r['tensors']} tensors, {r['gradient_mb']:.1f} MB gradients, batch {r['batch']}, "
           f"backward {r['backward_ms']:.0f} ms; link {r['rate']}: allreduce beta {c['beta_s_per_byte'] * 1e9:.2f} ns/B; "
-          f"contention sigma={r['contention']['compute_stretch']:.2f} kappa={r['contention']['comm_slowdown']:.2f}")
+          f"in-situ x{r['comm_scale']:.2f}, contention sigma={r['contention']['compute_stretch']:.2f} "
+          f"kappa={r['contention']['comm_slowdown']:.2f}")
     print("| plan | buckets | predicted ms | measured ms | error |")
     print("|---|---:|---:|---:|---:|")
     for row in r["rows"]:

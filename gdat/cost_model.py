@@ -99,6 +99,12 @@ class AllreduceCostModel:
             out = np.where(nbytes >= s.min_bytes, s.alpha_s + s.beta_s_per_byte * nbytes, out)
         return out
 
+    def scaled(self, factor: float, source: str) -> "AllreduceCostModel":
+        """This model with every time multiplied by ``factor``."""
+        return AllreduceCostModel(
+            tuple(CostSegment(s.min_bytes, s.alpha_s * factor, s.beta_s_per_byte * factor) for s in self.segments),
+            self.rmse_s * factor, self.max_rel_err, self.n_samples, source)
+
     def lower_line(self) -> tuple[float, float]:
         """``(alpha, beta)`` with ``alpha + beta n <= time_s(n)`` for every n >= 0."""
         return (min(s.alpha_s for s in self.segments), min(s.beta_s_per_byte for s in self.segments))

@@ -52,7 +52,7 @@ from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
 from gdat.profiling.session import ProfileSession
 from gdat.report import CandidateResult, GdatReport, plan_formats, predicted_step_record
 from gdat.schedule.baselines import RankedPlan, rank_candidates
-from gdat.schedule.simulator import Simulation, calibrate_contention, lower_bound_s, measured_plan, simulate
+from gdat.schedule.simulator import Simulation, calibrate, lower_bound_s, measured_plan, simulate
 from gdat.settings import bank_root, repeat_tune
 from gdat.timeline import ParamInfo, Profile, ReadyTimeline
 from gdat.tuner import Schedule, Verdict, WindowStats, decide, plan_schedule, window_stats
@@ -269,6 +269,7 @@ class OnlineTuner:
         self.profile: Profile | None = None
         self.timeline: ReadyTimeline | None = None
         self.contention = Contention()
+        self.cost: AllreduceCostModel = ctx.cost
         self.baseline_plan: BucketPlan | None = None
         self.candidates: list[RankedPlan] = []
         self.measured: list[WindowStats | None] = []
@@ -357,9 +358,11 @@ class OnlineTuner:
         self._switch_to_candidate(0)
 
     def _rank(self) -> list[dict[str, Any]]:
-        profile, cost = self.profile, self.ctx.cost
+        profile = self.profile
         self.timeline = timeline = profile.ready_timeline("compute")
-        self.contention = calibrate_contention(profile, cost)
+        fitted = calibrate(profile, self.ctx.cost)
+        cost = self.cost = fitted.cost
+        self.contention = fitted.contention
         self.baseline_plan = measured_plan(profile)
         ranked = rank_candidates(timeline, cost, self.contention, self.schedule.candidates,
                                  exclude=(self.baseline_plan,))
@@ -370,6 +373,7 @@ class OnlineTuner:
         bound = lower_bound_s(timeline, cost, self.contention)
         base_sim = simulate(timeline, self.baseline_plan, cost, self.contention)
         log.info(f"tune: profile: backward {(timeline.backward_end_s - timeline.backward_start_s) * 1e3:.1f} ms, "
+                 f"allreduce x{fitted.comm_scale:.2f} in situ, "
                  f"contention sigma={self.contention.compute_stretch:.2f} kappa={self.contention.comm_slowdown:.2f}; "
                  f"baseline predicted {base_sim.step_s * 1e3:.2f} ms, lower bound {bound * 1e3:.2f} ms")
         return [{"plan": r.plan.to_dict(), "start_s": r.sim.start_s, "end_s": r.sim.end_s,
@@ -428,10 +432,11 @@ class OnlineTuner:
             baseline_plan=plan_formats(self.baseline_plan, order, nbytes, dtypes, n),
             candidates=[CandidateResult(c.plan, c.sim.step_s * 1e3, m.median_s * 1e3, m.mad_s * 1e3)
                         for c, m in zip(self.candidates, self.measured)],
-            lower_bound_ms=lower_bound_s(tl, self.ctx.cost, self.contention) * 1e3,
-            baseline_predicted_ms=simulate(tl, self.baseline_plan, self.ctx.cost, self.contention).step_s * 1e3,
+            lower_bound_ms=lower_bound_s(tl, self.cost, self.contention) * 1e3,
+            baseline_predicted_ms=simulate(tl, self.baseline_plan, self.cost, self.contention).step_s * 1e3,
             noise_ms=verdict.noise_s * 1e3, tuning_steps=self.schedule.total,
             extra={"noisy": verdict.noisy, "cost_model": self.ctx.cost.to_dict(),
+                   "calibrated_cost_model": self.cost.to_dict(),
                    "contention": self.contention.to_dict(), "knowledge_base_entry": bank_path,
                    "baseline_window": self.baseline.to_dict()})
         change = f"step time {(result_ms - base_ms) / base_ms * 100:+.1f}%, AOE improvement " \
@@ -472,7 +477,7 @@ class OnlineTuner:
         before = [(f"rank {r.rank} step {s.step}", s) for r in self.profile.ranks for s in r.steps
                   if s.kind == "overlap"]
         chosen = winner.plan if winner else self.baseline_plan
-        sim = simulate(self.timeline, chosen, self.ctx.cost, self.contention)
+        sim = simulate(self.timeline, chosen, self.cost, self.contention)
         after = [("predicted", predicted_step_record(self.timeline, chosen, sim, 0, self.contention))]
         plot_overlap([("before: measured, user configuration (overlapped profile steps)", before),
                       (f"after: predicted, {chosen.label}", after)], report_path[:-len(".json")] + ".png")

@@ -32,13 +32,17 @@ is a line below the cost model.  Every bucket holding gradient ``j`` or a later 
 starts no earlier than ``r'_j`` and the link must still carry ``S_j`` bytes and at
 least one start-up latency, so no plan ends communication earlier.
 
-Calibration (:func:`calibrate_contention`).  ``sigma`` is the ratio of backward
+Calibration (:func:`calibrate`).  The allreduce cost is first rescaled to what the
+profile's compute-only steps measured in situ (see :func:`calibrate`).  ``sigma`` is
+the ratio of backward
 compute duration measured with overlapped communication to that of the
 compute-only profile.  ``kappa`` is then the value (found by bisection, since the
 predicted communication end grows with ``kappa``) at which the simulator replays
-the measured overlapped run's plan with its measured communication end, capped
-at ``MAX_SLOWDOWN`` = 3: when the measured plan overlaps little, the communication
-end barely depends on ``kappa`` and an uncapped fit would chase noise.
+the measured overlapped run's plan with its measured communication end, searched
+in [1, ``MAX_SLOWDOWN`` = 3].  When even ``kappa = 3`` cannot explain the measured
+end, the measured plan overlaps too little for ``kappa`` to be identified (the
+discrepancy is noise or comes from elsewhere) and ``kappa`` stays 1 rather than
+chasing it.
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ from gdat.timeline import Profile, ReadyTimeline
 
 MAX_SLOWDOWN = 3.0
 
-__all__ = ["Simulation", "simulate", "lower_bound_s", "comm_end", "stretched", "calibrate_contention",
+__all__ = ["Simulation", "simulate", "lower_bound_s", "comm_end", "stretched", "calibrate", "Calibration",
            "measured_plan"]
 
 
@@ -154,33 +158,55 @@ def measured_plan(profile: Profile) -> BucketPlan:
         raise ProfileError(f"overlapped steps' buckets do not form a plan: {e}") from None
 
 
-def calibrate_contention(profile: Profile, cost: AllreduceCostModel) -> Contention:
-    """Fit ``sigma`` and ``kappa`` to the profile's overlapped steps (module docstring).
+@dataclass(frozen=True)
+class Calibration:
+    """The model fitted to a profile: the allreduce cost as it ran inside training
+    (``comm_scale`` times the microbenchmark's) and the contention factors."""
 
-    Needs compute and overlapped steps with traced buckets; returns the
-    contention-free model when there are no overlapped steps.
+    cost: AllreduceCostModel
+    contention: Contention
+    comm_scale: float
+
+
+def _median_max(profile: Profile, kind: str, value) -> float | None:
+    """Median over a rank's traced steps of ``kind`` of ``value(step)``, max over ranks."""
+    per_rank = [[value(s) for s in r.steps if s.kind == kind and s.buckets] for r in profile.ranks]
+    per_rank = [v for v in per_rank if v]
+    return max(statistics.median(v) for v in per_rank) if per_rank else None
+
+
+def calibrate(profile: Profile, cost: AllreduceCostModel) -> Calibration:
+    """Fit the model to the profile (module docstring).
+
+    ``comm_scale``: in compute-only steps every bucket is launched when backward
+    ends and the allreduces run back to back with nothing else running, so their
+    span, last completion minus first launch, should be the sum of their predicted
+    times; the median ratio (clamped to [0.5, 2]) rescales the microbenchmark's cost
+    model to the allreduces DDP really runs.  Then ``sigma`` and ``kappa`` as above,
+    on the rescaled model.
     """
     compute = profile.ready_timeline("compute")
-    overlap_steps = [s for r in profile.ranks for s in r.steps if s.kind == "overlap" and s.buckets]
-    if not overlap_steps:
-        return Contention()
+    ratios = [(max(b.end_s for b in s.buckets) - min(b.launch_s for b in s.buckets))
+              / sum(cost.time_s(b.nbytes) for b in s.buckets)
+              for r in profile.ranks for s in r.steps if s.kind == "compute" and s.buckets]
+    scale = min(2.0, max(0.5, statistics.median(ratios))) if ratios else 1.0
+    cost = cost.scaled(scale, f"{cost.source} x {scale:.3f} (in-situ)") if ratios else cost
+    measured_bwd = _median_max(profile, "overlap", lambda s: s.backward_end_s - s.backward_start_s)
+    if measured_bwd is None:
+        return Calibration(cost, Contention(), scale)
     base = compute.backward_end_s - compute.backward_start_s
-    measured_bwd = max(statistics.median(s.backward_end_s - s.backward_start_s
-                                         for s in r.steps if s.kind == "overlap" and s.buckets)
-                       for r in profile.ranks if any(s.kind == "overlap" and s.buckets for s in r.steps))
     sigma = max(1.0, measured_bwd / base) if base > 0 else 1.0
-    target = max(statistics.median(s.comm_end_s for s in r.steps if s.kind == "overlap" and s.buckets)
-                 for r in profile.ranks if any(s.kind == "overlap" and s.buckets for s in r.steps))
+    target = _median_max(profile, "overlap", lambda s: s.comm_end_s)
     plan = measured_plan(profile)
     lo, hi = 1.0, MAX_SLOWDOWN
     if simulate(compute, plan, cost, Contention(sigma, lo)).comm_end_s >= target:
-        return Contention(sigma, 1.0)
+        return Calibration(cost, Contention(sigma, 1.0), scale)
     if simulate(compute, plan, cost, Contention(sigma, hi)).comm_end_s < target:
-        return Contention(sigma, hi)
+        return Calibration(cost, Contention(sigma, 1.0), scale)
     for _ in range(40):
         mid = (lo + hi) / 2
         if simulate(compute, plan, cost, Contention(sigma, mid)).comm_end_s < target:
             lo = mid
         else:
             hi = mid
-    return Contention(sigma, hi)
+    return Calibration(cost, Contention(sigma, hi), scale)

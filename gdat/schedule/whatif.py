@@ -23,7 +23,7 @@ from gdat.errors import UsageError
 from gdat.plan import BucketPlan
 from gdat.schedule.baselines import mgwfbp_plan, uniform_plans
 from gdat.schedule.search import optimal_plan
-from gdat.schedule.simulator import calibrate_contention, lower_bound_s, simulate
+from gdat.schedule.simulator import calibrate, lower_bound_s, simulate
 from gdat.timeline import Profile
 
 __all__ = ["scaled_cost", "add_simulate_arguments", "simulate_command", "ALGOS"]
@@ -86,8 +86,8 @@ def simulate_command(args: argparse.Namespace) -> str:
         raise UsageError("--max-buckets must be at least 1")
     if args.top < 1:
         raise UsageError("--top must be at least 1")
-    cost = profile.cost_model
-    contention = calibrate_contention(profile, cost)
+    fitted = calibrate(profile, profile.cost_model)
+    cost, contention = fitted.cost, fitted.contention
     scope = f"measured: {profile.world_size} ranks"
     if args.world_size is not None or args.bandwidth is not None or args.algo != "ring":
         world = args.world_size or profile.world_size
