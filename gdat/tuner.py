@@ -17,9 +17,11 @@ the baseline median.
 
 Schedule.  Steps ``0 .. warmup-1`` are untouched (DDP rebuilds buckets at step 1);
 then ``baseline`` steps measure the user's configuration; then ``profile`` steps of
-each kind; then each candidate takes 2 transition steps (DDP's first step with a
-new reducer uses its initial bucketing, the next one rebuilds) and ``measure``
-measured steps.  :func:`plan_schedule` fits as many candidates as the budget allows.
+each kind; then each candidate takes 1 transition step (DDP's first step with a new
+reducer uses its initial bucketing, in definition order) and ``measure`` measured
+steps.  The first measured step also pays DDP's one-off bucket rebuild (a few
+allocations); the window's median is not moved by one such step.
+:func:`plan_schedule` fits as many candidates as the budget allows.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from typing import Sequence
 
 __all__ = ["WindowStats", "window_stats", "Verdict", "decide", "Schedule", "plan_schedule", "TRANSITION_STEPS"]
 
-TRANSITION_STEPS = 2
+TRANSITION_STEPS = 1
 Z = 2.0
 FLOOR = 0.01
 NOISY = 0.05
@@ -149,7 +151,7 @@ class Schedule:
 
 
 def plan_schedule(max_steps: int, top_k: int, warmup: int = 2, baseline: int = 4,
-                  profile: int = 3, measure: int = 4) -> Schedule:
+                  profile: int = 3, measure: int = 5) -> Schedule:
     """The largest schedule with at most ``top_k`` candidates within ``max_steps``
     steps; ``candidates`` is 0 when not even one fits."""
     fixed = warmup + baseline + 2 * profile
