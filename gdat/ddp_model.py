@@ -9,12 +9,15 @@ an index into this list.
 """
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
 from gdat.timeline import ParamInfo, params_of
 
-__all__ = ["reducer_parameters", "param_infos", "process_group_of", "world_size_of", "backend_of"]
+__all__ = ["reducer_parameters", "param_infos", "process_group_of", "world_size_of", "backend_of", "WeakAttribute"]
 
 
 def reducer_parameters(
@@ -55,3 +58,27 @@ def world_size_of(ddp: torch.nn.Module) -> int:
 
 def backend_of(ddp: torch.nn.Module) -> str:
     return str(dist.get_backend(process_group_of(ddp)))
+
+
+class WeakAttribute:
+    """An attribute that holds its value by weak reference.
+
+    gdat's controllers, recorders and sessions refer back to the DDP they serve this
+    way: DDP refers to them, and a strong reference back would form a cycle, so
+    ``del ddp`` would no longer free DDP (and its process group) at once.
+    Reading the attribute after the DDP is gone raises :class:`ReferenceError`.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name]()
+        if value is None:
+            raise ReferenceError(f"the object behind {type(obj).__name__}.{self.name} no longer exists")
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = weakref.ref(value)

@@ -30,7 +30,6 @@ import inspect
 import os
 import socket
 import time
-import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -41,7 +40,7 @@ from gdat import log
 from gdat.aoe_result import improvement_percent
 from gdat.config import GdatConfig
 from gdat.cost_model import AllreduceCostModel, Contention
-from gdat.ddp_model import reducer_parameters
+from gdat.ddp_model import WeakAttribute, reducer_parameters
 from gdat.device import device_type_of, hardware_fingerprint
 from gdat.errors import BankError, GdatError, ModelMismatchError, PlanError, ProfileError, UsageError
 from gdat.knowledge_base import KnowledgeBase, RepoSummary
@@ -243,16 +242,10 @@ def _write_hit_report(config: GdatConfig, name: str, entry: BankedPlan, params: 
 class OnlineTuner:
     """Controller of one DDP in tune mode (see the module docstring)."""
 
-    @property
-    def ddp(self) -> torch.nn.Module:
-        """The DDP this object serves (held weakly)."""
-        ddp = self._ddp()
-        if ddp is None:
-            raise ReferenceError("the DDP instance no longer exists")
-        return ddp
+    ddp = WeakAttribute()
 
     def __init__(self, ddp: torch.nn.Module, ctx: TuneContext) -> None:
-        self._ddp = weakref.ref(ddp)  # no cycle through DDP: `del ddp` must free it
+        self.ddp = ddp
         self.ctx = ctx
         self.group = ddp.process_group
         self.rank = dist.get_rank(self.group)

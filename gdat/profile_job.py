@@ -17,14 +17,13 @@ from __future__ import annotations
 import datetime
 import os
 import statistics
-import weakref
 from typing import Any
 
 import torch
 
 from gdat import log
 from gdat.config import GdatConfig
-from gdat.ddp_model import process_group_of
+from gdat.ddp_model import WeakAttribute, process_group_of
 from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
 from gdat.profiling.chrome_trace import write_chrome_trace
 from gdat.profiling.overlap_plot import plot_available, plot_overlap
@@ -76,16 +75,10 @@ def write_profile_outputs(profile: Profile, work_path: str) -> dict[str, str]:
 class ProfileJob:
     """Drives a :class:`ProfileSession` from gdat's DDP forward."""
 
-    @property
-    def ddp(self) -> torch.nn.Module:
-        """The DDP this object serves (held weakly)."""
-        ddp = self._ddp()
-        if ddp is None:
-            raise ReferenceError("the DDP instance no longer exists")
-        return ddp
+    ddp = WeakAttribute()
 
     def __init__(self, ddp: torch.nn.Module, config: GdatConfig) -> None:
-        self._ddp = weakref.ref(ddp)  # no cycle through DDP: `del ddp` must free it
+        self.ddp = ddp
         self.config = config
         self.step = 0
         self.session: ProfileSession | None = None

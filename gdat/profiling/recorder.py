@@ -21,7 +21,6 @@ A recorder costs one clock mark and one list append per gradient while attached;
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils._pytree import tree_leaves
 
-from gdat.ddp_model import reducer_parameters
+from gdat.ddp_model import WeakAttribute, reducer_parameters
 from gdat.device import Clock
 from gdat.profiling.comm_trace import TracedBucket
 from gdat.timeline import BucketSpan, StepRecord
@@ -60,16 +59,10 @@ class StepRecorder:
     by calling :meth:`start_step` / :meth:`end_forward` yourself.
     """
 
-    @property
-    def ddp(self) -> torch.nn.Module:
-        """The DDP this object serves (held weakly)."""
-        ddp = self._ddp()
-        if ddp is None:
-            raise ReferenceError("the DDP instance no longer exists")
-        return ddp
+    ddp = WeakAttribute()
 
     def __init__(self, ddp: torch.nn.Module, clock: Clock) -> None:
-        self._ddp = weakref.ref(ddp)  # no cycle through DDP: `del ddp` must free it
+        self.ddp = ddp
         self.clock = clock
         self.named_params = reducer_parameters(ddp)
         self.param_index = {id(p): i for i, (_, p) in enumerate(self.named_params)}
@@ -172,33 +165,27 @@ class StepRecorder:
         return [self._resolve(m) for m in steps if m.forward_end is not None and m.ready]
 
     def _resolve(self, m: _Marks) -> StepRecord:
-        raw = [m.start, m.forward_end, m.backward_start, m.backward_end, m.optimizer_start,
-               m.optimizer_end, m.end]
-        present = [x for x in raw if x is not None]
-        ready_marks = [x for _, x in m.ready]
-        bucket_marks = [x for b in m.buckets for x in (b.launch, b.end)]
-        times = self.clock.resolve(present + ready_marks + bucket_marks)
-        it = iter(times)
-        start, fwd_end, bwd_start, bwd_end, opt_start, opt_end, end = (
-            next(it) if x is not None else None for x in raw)
+        optional = [m.forward_end, m.backward_start, m.backward_end, m.optimizer_start, m.optimizer_end, m.end]
+        marks = [m.start, *(x for x in optional if x is not None), *(x for _, x in m.ready),
+                 *(x for b in m.buckets for x in (b.launch, b.end))]
+        it = iter(self.clock.resolve(marks))
+        start = next(it)
+        fwd_end, bwd_start, bwd_end, opt_start, opt_end, end = (
+            None if x is None else next(it) - start for x in optional)
         ready = [(i, next(it) - start) for i, _ in m.ready]
-        spans = []
-        for b in m.buckets:
-            launch, done = next(it), next(it)
-            spans.append(BucketSpan(b.index, b.param_indices, b.nbytes, launch - start, done - start))
-        first_ready = ready[0][1]
+        spans = [BucketSpan(b.index, b.param_indices, b.nbytes, next(it) - start, next(it) - start)
+                 for b in m.buckets]
         last_ready = ready[-1][1]
-        rel = (lambda t: None if t is None else t - start)
         return StepRecord(
             step=m.step,
             kind=m.kind,
             start_s=start,
-            forward_end_s=fwd_end - start,
-            backward_start_s=rel(bwd_start) if bwd_start is not None else first_ready,
-            backward_end_s=max(rel(bwd_end), last_ready) if bwd_end is not None else last_ready,
+            forward_end_s=fwd_end,
+            backward_start_s=ready[0][1] if bwd_start is None else bwd_start,
+            backward_end_s=last_ready if bwd_end is None else max(bwd_end, last_ready),
             grad_ready=tuple(ready),
             buckets=tuple(sorted(spans, key=lambda s: s.launch_s)),
-            optimizer_start_s=rel(opt_start),
-            optimizer_end_s=rel(opt_end),
-            step_end_s=rel(end),
+            optimizer_start_s=opt_start,
+            optimizer_end_s=opt_end,
+            step_end_s=end,
         )

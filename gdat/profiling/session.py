@@ -16,13 +16,12 @@ no communication at all, but those steps' gradients are not averaged.
 """
 from __future__ import annotations
 
-import weakref
 from typing import Any, Callable
 
 import torch
 
 from gdat.cost_model import AllreduceCostModel
-from gdat.ddp_model import param_infos, process_group_of
+from gdat.ddp_model import WeakAttribute, param_infos, process_group_of
 from gdat.device import Clock, device_type_of
 from gdat.errors import UsageError
 from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
@@ -37,16 +36,10 @@ __all__ = ["ProfileSession", "profile_ddp"]
 class ProfileSession:
     """Record steps of ``ddp``; :meth:`finish` gathers them into a :class:`Profile`."""
 
-    @property
-    def ddp(self) -> torch.nn.Module:
-        """The DDP this object serves (held weakly)."""
-        ddp = self._ddp()
-        if ddp is None:
-            raise ReferenceError("the DDP instance no longer exists")
-        return ddp
+    ddp = WeakAttribute()
 
     def __init__(self, ddp: torch.nn.Module, clock: Clock | None = None) -> None:
-        self._ddp = weakref.ref(ddp)  # no cycle through DDP: `del ddp` must free it
+        self.ddp = ddp
         self.device_type = device_type_of(ddp.module)
         self.clock = clock or Clock(self.device_type)
         self.group = process_group_of(ddp)

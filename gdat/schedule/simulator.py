@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
