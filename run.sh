@@ -24,6 +24,7 @@ setup() {
   fi
 }
 
+export PATH="$PWD/$VENV/bin:$PATH"
 cmd="${1:-}"
 shift || true
 case "$cmd" in

@@ -4,12 +4,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 
 import pytest
 
 from gdat.plan import BucketPlan
 from launch.testbed import namespace_unavailable_reason
-from tests.helpers import REPO, run_cmd
+from tests.helpers import BIN, REPO, run_cmd
 
 UNAVAILABLE = namespace_unavailable_reason()
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"testbed unavailable: {UNAVAILABLE}")
@@ -21,12 +22,10 @@ RATE = "2gbit"
 
 def _launch(tmp, name, port, env=None, gdat=True, extra=(), gdat_extra=()):
     out = tmp / f"{name}.json"
-    runner = ["gdat-run", "--gdat-work-path", str(tmp / name), "--gdat-comm-budget-s", "1", *gdat_extra] if gdat \
-        else ["python", "-m", "torch.distributed.run"]
+    runner = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", str(tmp / name), "--gdat-comm-budget-s", "1",
+              *gdat_extra] if gdat else [sys.executable, "-m", "torch.distributed.run"]
     cmd = ["gdat-testbed", "--rate", RATE, "--", *runner, "--nproc-per-node", "2", "--master-port", str(port),
            *TRAIN, "--out", str(out), *extra]
-    if not gdat:
-        cmd[4:5] = [os.path.join(os.path.dirname(os.sys.executable), "python")]
     done = run_cmd(cmd, cwd=REPO, env={"TUNE_BANK_PATH": str(tmp / "bank"), **(env or {})})
     assert done.returncode == 0, done.stderr[-4000:]
     reports = sorted(glob.glob(str(tmp / name / "aoe_result_gdat_*.json")))
