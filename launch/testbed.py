@@ -81,6 +81,21 @@ def expected_ring_beta(rate: str, world_size: int) -> float:
     return 2.0 * (world_size - 1) / parse_rate(rate)
 
 
+def _tool(name: str) -> str | None:
+    """Absolute path of ``ip`` or ``tc``: on PATH, or in the sbin directories a
+    non-login shell's PATH may lack."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
+    return shutil.which(name, path=search)
+
+
+def _ip() -> str:
+    return _tool("ip") or "ip"
+
+
+def _tc() -> str:
+    return _tool("tc") or "tc"
+
+
 def namespace_unavailable_reason() -> str | None:
     """Why the testbed cannot be made here, or ``None`` when it can."""
     if sys.platform != "linux":
@@ -88,20 +103,20 @@ def namespace_unavailable_reason() -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root (run as root or use plain loopback)"
     for tool in ("ip", "tc"):
-        if shutil.which(tool) is None:
+        if _tool(tool) is None:
             return f"the '{tool}' command is missing (install iproute2)"
     probe = f"gdat-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    made = subprocess.run([_ip(), "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
         return f"cannot create a network namespace: {made.stderr.strip() or 'ip netns add failed'}"
     try:
         shaped = subprocess.run(
-            ["ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev", "lo", "root", "tbf",
+            [_ip(), "netns", "exec", probe, _tc(), "qdisc", "add", "dev", "lo", "root", "tbf",
              "rate", "1gbit", "burst", "1mb", "latency", "200ms"], capture_output=True, text=True)
         if shaped.returncode != 0:
             return f"tc tbf is not available: {shaped.stderr.strip()}"
     finally:
-        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+        subprocess.run([_ip(), "netns", "del", probe], capture_output=True)
     return None
 
 
@@ -114,7 +129,7 @@ class Testbed:
     bytes_per_s: float
 
     def wrap(self, cmd: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.name, *cmd]
+        return [_ip(), "netns", "exec", self.name, *cmd]
 
 
 def _run(cmd: list[str]) -> None:
@@ -124,11 +139,11 @@ def _run(cmd: list[str]) -> None:
 
 
 def _remove(name: str) -> None:
-    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+    pids = subprocess.run([_ip(), "netns", "pids", name], capture_output=True, text=True).stdout.split()
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    subprocess.run([_ip(), "netns", "del", name], capture_output=True)
 
 
 @contextlib.contextmanager
@@ -144,9 +159,9 @@ def emulated_network(
         raise TestbedError(f"emulated network unavailable: {reason}")
     name = name or f"gdat-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
-        _run(["ip", "netns", "add", name])
-        _run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"])
-        _run(["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "tbf",
+        _run([_ip(), "netns", "add", name])
+        _run([_ip(), "netns", "exec", name, _ip(), "link", "set", "lo", "up"])
+        _run([_ip(), "netns", "exec", name, _tc(), "qdisc", "add", "dev", "lo", "root", "tbf",
               "rate", rate.strip(), "burst", burst, "latency", latency])
         yield Testbed(name, rate.strip(), bytes_per_s)
     finally:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from gdat.errors import TestbedError, UsageError
-from launch.testbed import emulated_network, expected_ring_beta, parse_rate, namespace_unavailable_reason
+from launch.testbed import _tool, emulated_network, expected_ring_beta, parse_rate, namespace_unavailable_reason
 from tests.helpers import REPO, run_cmd
 
 UNAVAILABLE = namespace_unavailable_reason()
@@ -26,7 +26,7 @@ def test_parse_rate_units():
 
 
 def _namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run([_tool("ip"), "netns", "list"], capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
@@ -35,7 +35,7 @@ def test_namespace_is_removed_on_success_and_on_failure():
     before = _namespaces()
     with emulated_network("1gbit") as net:
         assert net.name in _namespaces()
-        shown = subprocess.run(net.wrap(["tc", "qdisc", "show", "dev", "lo"]), capture_output=True, text=True)
+        shown = subprocess.run(net.wrap([_tool("tc"), "qdisc", "show", "dev", "lo"]), capture_output=True, text=True)
         assert "tbf" in shown.stdout and "1Gbit" in shown.stdout
     assert _namespaces() == before
     with pytest.raises(RuntimeError):
