@@ -67,14 +67,18 @@ def end_process(code: int) -> None:
     import atexit
     import gc
     import io
+    import warnings
 
     atexit._run_exitfuncs()
-    for obj in gc.get_objects():
-        if isinstance(obj, io.IOBase) and not obj.closed:
-            try:
-                obj.flush()
-            except (OSError, ValueError):
-                pass
+    with warnings.catch_warnings():  # isinstance() on some torch objects warns of deprecations
+        warnings.simplefilter("ignore")
+        files = [obj for obj in gc.get_objects() if isinstance(obj, io.IOBase)]
+    for f in files:
+        try:
+            if not f.closed:
+                f.flush()
+        except (OSError, ValueError):
+            pass
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
