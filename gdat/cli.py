@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from gdat.errors import GdatError, ProfileError, UsageError
+from gdat.errors import GdatError, UsageError
 
 __all__ = ["main"]
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(_show(args.file)))
         else:
             print(simulate_command(args))
-    except (GdatError, ProfileError) as e:
+    except GdatError as e:
         print(f"gdat: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -9,7 +9,8 @@ switch plans, decide), always on the same step on every rank.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+import functools
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -26,12 +27,6 @@ class Controller(Protocol):
     def after_forward(self, output: Any) -> None: ...
 
 
-def _profile_controller(ddp: "DistributedDataParallel", config: GdatConfig) -> Controller:
-    from gdat.profile_job import ProfileJob
-
-    return ProfileJob(ddp, config)
-
-
 class DistributedDataParallel(STOCK_DDP):
     """Drop-in DDP with online gradient-bucket tuning (see the module docstring)."""
 
@@ -42,13 +37,15 @@ class DistributedDataParallel(STOCK_DDP):
             import aoe_full
 
             module = aoe_full.apply_bank(module)
-        make = None
+        make: Callable[[STOCK_DDP], Controller | None] | None = None
         if config.mode != "off":
             from gdat.online import check_model_across_ranks
 
             check_model_across_ranks(module, args, kwargs)
         if config.mode == "profile":
-            make = lambda ddp: _profile_controller(ddp, config)  # noqa: E731
+            from gdat.profile_job import ProfileJob
+
+            make = functools.partial(ProfileJob, config=config)
         elif config.mode in ("tune", "apply") or config.plan:
             from gdat.online import prepare_construction
 

@@ -40,7 +40,7 @@ from gdat import log
 from gdat.aoe_result import improvement_percent
 from gdat.config import GdatConfig
 from gdat.cost_model import AllreduceCostModel, Contention
-from gdat.ddp_model import WeakAttribute, reducer_parameters
+from gdat.ddp_model import WeakAttribute, param_infos
 from gdat.device import device_type_of, hardware_fingerprint
 from gdat.errors import BankError, GdatError, ModelMismatchError, PlanError, ProfileError, UsageError
 from gdat.knowledge_base import KnowledgeBase, RepoSummary
@@ -118,8 +118,7 @@ def check_same_model(params: tuple[ParamInfo, ...], group: Any) -> None:
 
 def check_model_across_ranks(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
     """:func:`check_same_model` for the DDP about to wrap ``module`` (a collective)."""
-    group = _group_of(_user_options(module, args, kwargs))
-    check_same_model(param_infos_of(module, set(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))), group)
+    check_same_model(param_infos(module), _group_of(_user_options(module, args, kwargs)))
 
 
 def _user_options(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +157,7 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
         log.warn("gdat does not tune DDP's python reducer; this model runs as stock DDP")
         return Prepared(kwargs, _no_controller)
     group = _group_of(options)
-    params = param_infos_of(module, set(getattr(module, "_ddp_params_and_buffers_to_ignore", ())))
+    params = param_infos(module)
     if config.plan:
         return Prepared({**kwargs, **_plan_arguments(BucketPlan.load(config.plan), params)}, _no_controller)
     try:
@@ -201,21 +200,20 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
     return Prepared(kwargs, lambda ddp: OnlineTuner(ddp, ctx))
 
 
+def _in_plan_order(plan: BucketPlan, params: tuple[ParamInfo, ...]) -> tuple[list[int], list[int], list[str]]:
+    """The parameters of ``plan`` in its order, with their sizes and dtypes."""
+    by_index = {p.index: p for p in params}
+    order = list(plan.param_order)
+    return order, [by_index[i].nbytes for i in order], [by_index[i].dtype for i in order]
+
+
 def _plan_arguments(plan: BucketPlan, params: tuple[ParamInfo, ...]) -> dict[str, Any]:
     """DDP arguments forming ``plan`` on this model (raises :class:`PlanError` when
     the plan does not match the model)."""
-    by_index = {p.index: p for p in params}
     plan.check_matches([p.index for p in params], [p.nbytes for p in params], [p.dtype for p in params])
-    order = list(plan.param_order)
-    args = ddp_bucket_arguments(plan, order, [by_index[i].nbytes for i in order], [by_index[i].dtype for i in order])
+    args = ddp_bucket_arguments(plan, *_in_plan_order(plan, params))
     log.info(f"applying plan {plan.label!r}: {len(plan.buckets)} buckets")
     return args
-
-
-def param_infos_of(module: torch.nn.Module, ignore: set[str]) -> tuple[ParamInfo, ...]:
-    from gdat.timeline import params_of
-
-    return params_of(reducer_parameters(module, ignore))
 
 
 def _tuning_name(module: torch.nn.Module) -> str:
@@ -226,10 +224,7 @@ def _tuning_name(module: torch.nn.Module) -> str:
 def _write_hit_report(config: GdatConfig, name: str, entry: BankedPlan, params: tuple[ParamInfo, ...]) -> None:
     summary = RepoSummary()
     summary.count("hit")
-    order = list(entry.plan.param_order)
-    by_index = {p.index: p for p in params}
-    formats = plan_formats(entry.plan, order, [by_index[i].nbytes for i in order],
-                           [by_index[i].dtype for i in order], len(params))
+    formats = plan_formats(entry.plan, *_in_plan_order(entry.plan, params), len(params))
     report = GdatReport(name, 0.0, "bank hit", "plan taken from the knowledge base; no tuning steps",
                         entry.baseline_ms, entry.result_ms, summary, formats, {}, tuning_steps=0,
                         extra={"knowledge_base": bank_root()})
@@ -380,10 +375,7 @@ class OnlineTuner:
         self._apply(c.plan)
 
     def _apply(self, plan: BucketPlan) -> None:
-        by_index = {p.index: p for p in self.ctx.params}
-        order = list(plan.param_order)
-        switch_buckets(self.ddp, **ddp_bucket_arguments(plan, order, [by_index[i].nbytes for i in order],
-                                                         [by_index[i].dtype for i in order]))
+        switch_buckets(self.ddp, **ddp_bucket_arguments(plan, *_in_plan_order(plan, self.ctx.params)))
 
     # --- keep ---------------------------------------------------------------------
     def _finish(self) -> None:

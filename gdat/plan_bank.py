@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from gdat.errors import BankError, PlanError
-from gdat.knowledge_base import KnowledgeBase
+from gdat.knowledge_base import BankWarning, KnowledgeBase
 from gdat.plan import BucketPlan
 from gdat.timeline import ParamInfo
 
@@ -77,10 +78,6 @@ def lookup(bank: KnowledgeBase, key: dict[str, Any], bandwidth_bytes_per_s: floa
     """The stored entry for ``key`` (or a neighbouring link class within the
     bandwidth tolerance) whose plan fits ``params``; ``None`` if there is none.
     Unusable entries are warned about and skipped."""
-    import warnings
-
-    from gdat.knowledge_base import BankWarning
-
     order = [p.index for p in params]
     nbytes = [p.nbytes for p in params]
     dtypes = [p.dtype for p in params]

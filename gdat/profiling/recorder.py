@@ -109,7 +109,9 @@ class StepRecorder:
             self.end_forward(output)
 
     def _on_ready(self, index: int) -> None:
-        if self._open is not None:
+        # after the step's backward has ended, gradients belong to later no_sync
+        # micro-steps, outside any synchronised step
+        if self._open is not None and self._open.backward_end is None:
             self._open.ready.append((index, self.clock.mark()))
 
     def _on_optimizer_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
