@@ -139,3 +139,12 @@ def test_search_time_for_2000_parameters_is_under_a_second():
     elapsed = time.perf_counter() - began
     # a loose bound for a noisy shared CI machine; the benchmark reports the real figure
     assert elapsed < 5.0
+
+
+def test_candidates_for_a_mixed_dtype_model_are_all_formable_by_ddp():
+    dtypes = ["float32", "float16"] * 10
+    t = make_timeline([3e-4] * 20, [1 << 18] * 20, dtypes=dtypes)
+    ranked = rank_candidates(t, AllreduceCostModel.linear(2e-4, 4e-9), Contention(), k=6)
+    assert ranked
+    for r in ranked:
+        r.plan.ddp_caps_mb(t.order, t.nbytes, t.dtypes)  # raises if DDP could not form it

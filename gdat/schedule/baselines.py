@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 from gdat.cost_model import AllreduceCostModel, Contention
-from gdat.errors import PlanError
+from gdat.errors import PlanError, PlanNotExpressible
 from gdat.plan import MIB, BucketPlan, plan_from_caps
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import Simulation, comm_end, simulate, stretched
@@ -126,18 +126,25 @@ def rank_candidates(
 
     The pool: the optimum (and the optimum under the contention-free model, a hedge
     against calibration error), optima with at most 2, 4 and 8 buckets, and every
-    peer plan.  Plans grouping gradients like one in ``exclude`` are skipped.
+    peer plan.  Plans grouping gradients like one in ``exclude``, and plans DDP
+    cannot form, are skipped.
     """
-    pool = [optimal_plan(timeline, cost, contention, max_buckets, "optimal")]
-    pool.append(optimal_plan(timeline, cost, Contention(), max_buckets, "optimal-no-contention"))
-    for limit in (2, 4, 8):
-        if max_buckets is None or limit < max_buckets:
-            pool.append(optimal_plan(timeline, cost, contention, limit, f"optimal-max{limit}"))
+    searches = [(contention, max_buckets, "optimal"), (Contention(), max_buckets, "optimal-no-contention")]
+    searches += [(contention, limit, f"optimal-max{limit}") for limit in (2, 4, 8)
+                 if max_buckets is None or limit < max_buckets]
+    pool = []
+    for model, limit, label in searches:
+        try:
+            pool.append(optimal_plan(timeline, cost, model, limit, label))
+        except PlanError:  # no dtype-homogeneous partition within the limit
+            continue
     pool.extend(p for p in peer_plans(timeline, cost, contention)
                 if max_buckets is None or len(p.buckets) <= max_buckets)
     ranked: list[RankedPlan] = []
     for plan in pool:
         if any(plan.same_buckets(q.plan) for q in ranked) or any(plan.same_buckets(e) for e in exclude):
+            continue
+        if not _ddp_can_form(plan, timeline):
             continue
         ranked.append(RankedPlan(plan, simulate(timeline, plan, cost, contention)))
     ranked.sort(key=lambda r: r.sim.step_s)
@@ -145,6 +152,16 @@ def rank_candidates(
 
 
 TIE = 0.02
+
+
+def _ddp_can_form(plan: BucketPlan, timeline: ReadyTimeline) -> bool:
+    """Whether ``bucket_cap_mb_list`` can make DDP form ``plan`` (with several
+    gradient dtypes some partitions cannot be expressed)."""
+    try:
+        plan.ddp_caps_mb(timeline.order, timeline.nbytes, timeline.dtypes)
+    except PlanNotExpressible:
+        return False
+    return True
 
 
 def _diverse(ranked: list[RankedPlan], k: int) -> list[RankedPlan]:
