@@ -46,16 +46,16 @@ def runs(tmp_path_factory):
                     gdat_extra=("--gdat-plan", str(plan_file)))
     second = _launch(tmp, "second", 29563)
     repeat = _launch(tmp, "repeat", 29564, env={"REPEAT_TUNE": "True"})
-    entries = glob.glob(str(tmp / "bank" / "gdat" / "*.json"))
-    assert len(entries) == 1
-    with open(entries[0], "r+") as f:
+    entry = first[1]["GDAT"]["knowledge_base_entry"]
+    assert entry and os.path.exists(entry)
+    with open(entry, "r+") as f:
         text = f.read()
         f.seek(0)
         f.truncate()
         f.write(text[: len(text) // 2])
     truncated = _launch(tmp, "truncated", 29565)
     return {"first": first, "reference": reference, "given": given, "second": second, "repeat": repeat,
-            "truncated": truncated, "bank": entries[0]}
+            "truncated": truncated, "bank": entry}
 
 
 def test_tuned_run_trains_exactly_like_stock_ddp_with_the_chosen_plan(runs):
