@@ -15,11 +15,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from benchmarks.common import add_worker_arguments, launch_ranks  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -91,8 +92,7 @@ def main() -> int:
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--comm-budget", type=float, default=4.0)
     p.add_argument("--json", default=None, help="also save the result here")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    add_worker_arguments(p)
     args = p.parse_args()
     if args.worker:
         worker(args)
@@ -100,13 +100,11 @@ def main() -> int:
     from launch.testbed import emulated_network
 
     result = args.json or os.path.join("/tmp", f"gdat_bench_prediction_{os.getpid()}.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29611",
-           os.path.abspath(__file__), "--worker", "--result", result, "--rate", args.rate, "--model", args.model,
-           "--size", args.size, "--batch", str(args.batch), "--rounds", str(args.rounds),
-           "--measure-steps", str(args.measure_steps), "--profile-steps", str(args.profile_steps),
-           "--comm-budget", str(args.comm_budget)]
     with emulated_network(args.rate) as net:
-        subprocess.run(net.wrap(cmd), check=True)
+        launch_ranks(__file__, 29611, [
+            "--result", result, "--rate", args.rate, "--model", args.model, "--size", args.size,
+            "--batch", str(args.batch), "--rounds", str(args.rounds), "--measure-steps", str(args.measure_steps),
+            "--profile-steps", str(args.profile_steps), "--comm-budget", str(args.comm_budget)], net)
     with open(result) as f:
         r = json.load(f)
     c = r["cost_model"]["segments"][-1]

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from benchmarks.common import add_worker_arguments, launch_ranks  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -59,16 +60,14 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--window", type=int, default=5)
     p.add_argument("--json", default=None)
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    add_worker_arguments(p)
     args = p.parse_args()
     if args.worker:
         worker(args)
         return 0
     result = args.json or f"/tmp/gdat_bench_overhead_{os.getpid()}.json"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29631",
-                    os.path.abspath(__file__), "--worker", "--result", result, "--model", args.model,
-                    "--rounds", str(args.rounds), "--window", str(args.window)], check=True)
+    launch_ranks(__file__, 29631, ["--result", result, "--model", args.model, "--rounds", str(args.rounds),
+                                   "--window", str(args.window)])
     with open(result) as f:
         r = json.load(f)
     print(f"{r['model']}: stock DDP {r['stock_ms']:.2f} ms, with profiler {r['profiled_ms']:.2f} ms per step "

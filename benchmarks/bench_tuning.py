@@ -22,12 +22,13 @@ import argparse
 import glob
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from benchmarks.common import add_worker_arguments, launch_ranks  # noqa: E402
 
 GRID_MIB = (1, 2, 5, 10, 25, 50, 100)
 
@@ -94,10 +95,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--measure-steps", type=int, default=6)
     p.add_argument("--json", default=None)
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    add_worker_arguments(p)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)
@@ -109,12 +109,10 @@ def main() -> int:
         for k, name in enumerate(args.models.split(",")):
             work = os.path.join(tmp, f"model{k}")
             out = os.path.join(tmp, f"model{k}.json")
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                   "--master-port", str(29621 + k), os.path.abspath(__file__), "--worker", "--model", name,
-                   "--work", work, "--result", out, "--rate", args.rate, "--rounds", str(args.rounds),
-                   "--measure-steps", str(args.measure_steps)]
-            env = {**os.environ, "TUNE_BANK_PATH": os.path.join(tmp, "bank")}
-            subprocess.run(net.wrap(cmd), check=True, env=env)
+            launch_ranks(__file__, 29621 + k, [
+                "--model", name, "--work", work, "--result", out, "--rate", args.rate, "--rounds", str(args.rounds),
+                "--measure-steps", str(args.measure_steps)], net,
+                env={**os.environ, "TUNE_BANK_PATH": os.path.join(tmp, "bank")})
             with open(out) as f:
                 results.append(json.load(f))
     for r in results:

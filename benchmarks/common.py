@@ -1,14 +1,33 @@
-"""Shared pieces of the benchmarks: a timed training loop on a built-in model."""
+"""Shared pieces of the benchmarks: launching their ranks, and a timed training loop."""
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 
 from gdat.demo_models import build_model, loss_fn, synthetic_batch
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hidden options a benchmark script gets when it runs as one of the ranks."""
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+
+
+def launch_ranks(script: str, port: int, worker_args: Sequence[str], net: Any = None,
+                 env: dict[str, str] | None = None) -> None:
+    """Run ``script --worker worker_args`` on 2 ranks with torchrun, inside the
+    testbed ``net`` when given."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+           os.path.abspath(script), "--worker", *worker_args]
+    subprocess.run(net.wrap(cmd) if net is not None else cmd, check=True, env=env)
 
 
 class Trainer:
