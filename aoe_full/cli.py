@@ -133,7 +133,7 @@ def _validate_tuning(args: argparse.Namespace, mode: str, bank: str, repeat: boo
     if args.rounds < 3:
         raise UsageError(f"--rounds must be at least 3, got {args.rounds}")
     if not math.isfinite(args.compile_budget) or args.compile_budget < 0:
-        raise UsageError(f"--compile_budget must be a non-negative number of seconds")
+        raise UsageError("--compile_budget must be a non-negative number of seconds")
     candidates = None
     if args.candidates is not None:
         candidates = frozenset(c.strip() for c in args.candidates.split(",") if c.strip())

@@ -14,10 +14,10 @@ import time
 import torch
 
 from aoe_full.bank import OPAT, BankContext, decide
-from aoe_full.choices import Choices, OpChoice, apply_choices, identity_of
+from aoe_full.choices import Choices, OpChoice, identity_of
 from aoe_full.operators import OpInstance, base_callable, find_operators, resolve_args
 from aoe_full.progress import ProgressBar
-from aoe_full.pipeline import ItemReport, TuneConfig, TuningRun, finish, prepare
+from aoe_full.pipeline import ItemReport, TuneConfig, TuningRun, complete, prepare
 from aoe_full.signature import describe
 from aoe_full.strategies import DEFAULT, OP_STRATEGIES, CompileBudget, op_strategies
 from aoe_full.tuner import diff_tensors, tune_item
@@ -75,12 +75,7 @@ def tune_operators(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names
             choices.ops.extend(OpChoice(o.node, ident, o.call_key, strategy) for o in group)
         if progress is not None:
             progress.step(f"{outcome:<11} {label}")
-    delivered, tuned, comparison = finish(model, choices, inputs, arg_names, cfg.scene,
-                                          cfg.measure, apply_choices)
-    if progress is not None:
-        progress.step("whole model measured")
-    return TuningRun(OPAT, cfg.scene, items, summary, choices, delivered, tuned, comparison,
-                     time.perf_counter() - t0, budget.spent_s)
+    return complete(OPAT, model, choices, inputs, arg_names, cfg, items, summary, t0, budget.spent_s, progress)
 
 
 def _tune_one(kb: KnowledgeBase, key: dict, op: OpInstance, node, work: torch.nn.Module,

@@ -8,15 +8,17 @@ is another deep copy with the choices installed, and the baseline a third.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from aoe_full.bank import BankContext
-from aoe_full.choices import Choices
+from aoe_full.choices import Choices, apply_choices
 from aoe_full.graph_capture import Capture, capture
 from aoe_full.measure import MeasureConfig
+from aoe_full.progress import ProgressBar
 from aoe_full.tuner import ModelComparison, compare_models
 from gdat.device import device_type_of
 from gdat.knowledge_base import RepoSummary
@@ -134,3 +136,16 @@ def finish(model: torch.nn.Module, candidate: Choices, inputs: list[torch.Tensor
     if candidate and comparison.comparison.beats and comparison.relative_error <= 1.0:
         return candidate, tuned, comparison
     return Choices(), baseline, comparison
+
+
+def complete(mode: str, model: torch.nn.Module, candidate: Choices, inputs: list[torch.Tensor],
+             arg_names: list[str], cfg: TuneConfig, items: list[ItemReport], summary: RepoSummary,
+             started_s: float, compile_spent_s: float, progress: ProgressBar | None) -> TuningRun:
+    """End an OPAT or SGAT run: the whole-model gate (:func:`finish`), then its
+    :class:`TuningRun` (``started_s`` is the run's ``perf_counter`` start)."""
+    delivered, tuned, comparison = finish(model, candidate, inputs, arg_names, cfg.scene,
+                                          cfg.measure, apply_choices)
+    if progress is not None:
+        progress.step("whole model measured")
+    return TuningRun(mode, cfg.scene, items, summary, candidate, delivered, tuned, comparison,
+                     time.perf_counter() - started_s, compile_spent_s)

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from aoe_full.bank import OPAT, SGAT, BankContext, decide
-from aoe_full.choices import Choices, OpChoice, SubgraphChoice, apply_choices, identity_of
+from aoe_full.choices import Choices, OpChoice, SubgraphChoice, identity_of
 from aoe_full.operators import OpInstance, find_operators
 from aoe_full.partition import Subgraph, get_path, partition, structure_hash
 from aoe_full.progress import ProgressBar
-from aoe_full.pipeline import ItemReport, TuneConfig, TuningRun, finish, prepare
+from aoe_full.pipeline import ItemReport, TuneConfig, TuningRun, complete, prepare
 from aoe_full.rewrite import ImplCache, make_op_dispatch, subgraph_functions
 from aoe_full.signature import call_signature, describe, to_json
 from aoe_full.strategies import (DEFAULT, OP_STRATEGIES, SUBGRAPH_STRATEGIES, CompileBudget,
@@ -109,12 +109,7 @@ def tune_subgraphs(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names
                     choices.ops.extend(_op_choices_inside(s, ops, ctx, opat_kb))
         if progress is not None:
             progress.step(f"{outcome:<11} {label}")
-    delivered, tuned, comparison = finish(model, choices, inputs, arg_names, cfg.scene,
-                                          cfg.measure, apply_choices)
-    if progress is not None:
-        progress.step("whole model measured")
-    return TuningRun(SGAT, cfg.scene, items, summary, choices, delivered, tuned, comparison,
-                     time.perf_counter() - t0, budget.spent_s)
+    return complete(SGAT, model, choices, inputs, arg_names, cfg, items, summary, t0, budget.spent_s, progress)
 
 
 def _tune_one(kb: KnowledgeBase, key: dict, sub: Subgraph, inside: list[OpChoice],
