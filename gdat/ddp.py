@@ -22,6 +22,8 @@ STOCK_DDP = torch.nn.parallel.DistributedDataParallel
 
 
 class Controller(Protocol):
+    done: bool  # nothing left to do: forward no longer calls it
+
     def before_step(self) -> None: ...
 
     def after_forward(self, output: Any) -> None: ...
@@ -57,7 +59,7 @@ class DistributedDataParallel(STOCK_DDP):
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         ctl = self._gdat
-        if ctl is None or not (torch.is_grad_enabled() and self.require_backward_grad_sync):
+        if ctl is None or ctl.done or not (torch.is_grad_enabled() and self.require_backward_grad_sync):
             return super().forward(*inputs, **kwargs)
         ctl.before_step()
         output = super().forward(*inputs, **kwargs)

@@ -290,8 +290,6 @@ class OnlineTuner:
         self.last_start = now
         s, sched = self.step, self.schedule
         self.step += 1
-        if self.done:
-            return
         if s == sched.baseline_steps.stop:
             self.baseline = self._window(sched.baseline_steps)
             log.info(f"tune: baseline (user configuration) median {self.baseline.median_s * 1e3:.2f} ms "

@@ -99,7 +99,7 @@ class ProfileJob:
     def before_step(self) -> None:
         s, w, p = self.step, self.config.warmup_steps, self.config.profile_steps
         self.step += 1
-        if self.done or s < w:
+        if s < w:
             return
         if self.session is None:
             self.session = ProfileSession(self.ddp)
