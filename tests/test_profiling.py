@@ -88,7 +88,7 @@ def test_ready_timeline_reduces_ranks_by_max(profile: Profile):
     assert list(t.ready_s) == sorted(t.ready_s)
     assert t.backward_end_s >= t.ready_s[-1] > 0
     assert t.post_s > 0
-    assert t.total_bytes == sum(p.nbytes for p in profile.params)
+    assert t.layout.total_bytes == sum(p.nbytes for p in profile.params)
 
 
 def test_chrome_trace_parses_with_spans_for_every_rank(profile: Profile, tmp_path):
