@@ -159,8 +159,10 @@ def _construct_job(rank, world):
     return out
 
 
-def test_buckets_ddp_forms_equal_the_plans():
-    for label, want, got in run_ranks(_construct_job, 2)[0]:
+def test_buckets_ddp_forms_equal_the_plans(two_ranks):
+    formed = two_ranks["construct"]
+    assert len(formed) == 6
+    for label, want, got in formed:
         assert [tuple(b) for b in want] == [tuple(b) for b in got], label
 
 
@@ -205,8 +207,24 @@ def _switch_job(rank, world, static_graph, as_view):
     return results
 
 
-@pytest.mark.parametrize("static_graph, as_view", [(False, False), (True, False), (False, True)])
-def test_switching_a_live_ddp_forms_the_plan_and_keeps_gradients_exact(static_graph, as_view):
-    for label, formed_ok, grads_ok in run_ranks(_switch_job, 2, (static_graph, as_view))[0]:
+SWITCH_OPTIONS = [(False, False), (True, False), (False, True)]
+
+
+def _plan_jobs(rank, world):
+    """Everything this module checks on 2 ranks, in one job."""
+    return {"construct": _construct_job(rank, world),
+            "switch": {options: _switch_job(rank, world, *options) for options in SWITCH_OPTIONS}}
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    return run_ranks(_plan_jobs, 2)[0]
+
+
+@pytest.mark.parametrize("static_graph, as_view", SWITCH_OPTIONS)
+def test_switching_a_live_ddp_forms_the_plan_and_keeps_gradients_exact(two_ranks, static_graph, as_view):
+    results = two_ranks["switch"][(static_graph, as_view)]
+    assert len(results) == 6  # every plan of _plans_for, nothing else
+    for label, formed_ok, grads_ok in results:
         assert formed_ok, label
         assert grads_ok, label
