@@ -100,7 +100,7 @@ class GdatReport:
             "repo_summary": self.summary.to_dict(),
             "chosen_plan": self.chosen,
             "baseline_plan": self.baseline_plan,
-            "candidates": [{"label": c.plan.label, "buckets": len(c.plan.buckets),
+            "candidates": [{"label": c.plan.label, "buckets": len(c.plan.buckets), "plan": c.plan.to_dict(),
                             "predicted_step_ms": round(c.predicted_ms, 3),
                             "measured_step_ms": None if c.measured_ms is None else round(c.measured_ms, 3),
                             "measured_mad_ms": None if c.mad_ms is None else round(c.mad_ms, 3)}
