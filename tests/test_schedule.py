@@ -137,14 +137,18 @@ def test_rank_candidates_are_distinct_best_first_and_near_ties_diversified():
         assert steps[i] <= min(r.sim.step_s for r in rest) * 1.02 + 1e-12
 
 
-def test_search_time_for_2000_parameters_is_under_a_second():
+def test_search_for_2000_parameters_is_exact_and_stays_under_five_seconds():
+    # a loose bound for a noisy shared CI machine: the real figure (tens of ms) is
+    # benchmarks/bench_search_time.py's, not a unit test's
     t = make_timeline(list(np.full(2000, 5e-5)), [4 * 4 ** (k % 7) for k in range(2000)])
     cost = AllreduceCostModel.linear(1e-4, 2e-9)
     began = time.perf_counter()
-    optimal_plan(t, cost, Contention(1.2, 1.5))
+    best = optimal_plan(t, cost, Contention(1.2, 1.5))
     elapsed = time.perf_counter() - began
-    # a loose bound for a noisy shared CI machine; the benchmark reports the real figure
     assert elapsed < 5.0
+    assert best.param_order == t.layout.order
+    best_s = simulate(t, best, cost, Contention(1.2, 1.5)).step_s
+    assert all(best_s <= simulate(t, p, cost, Contention(1.2, 1.5)).step_s + 1e-12 for p in uniform_plans(t))
 
 
 def test_candidates_for_a_mixed_dtype_model_are_all_formable_by_ddp():
