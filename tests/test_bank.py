@@ -210,9 +210,9 @@ def test_two_jobs_racing_to_keep_better_and_worse_plans_keep_the_better(tmp_path
     jobs = [ctx.Process(target=_racer, args=(str(tmp_path), name, barrier, out)) for name in RACERS]
     for p in jobs:
         p.start()
-    results = [out.get(timeout=120) for _ in range(2 * RACE_ROUNDS)]
+    results = [out.get(timeout=300) for _ in range(2 * RACE_ROUNDS)]
     for p in jobs:
-        p.join(60)
+        p.join(120)
         assert p.exitcode == 0
     bank = KnowledgeBase(str(tmp_path), "gdat")
     for r in range(RACE_ROUNDS):

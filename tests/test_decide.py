@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -39,7 +40,7 @@ def test_window_stats_reject_empty_and_ragged_windows():
 
 def test_step_timer_measures_the_interval_between_step_starts(monkeypatch):
     clock = iter([10.0, 10.5, 11.25])
-    monkeypatch.setattr("gdat.measure.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("gdat.measure.time", SimpleNamespace(perf_counter=lambda: next(clock)))
     timer = StepTimer()
     assert [timer.tick(), timer.tick(), timer.tick()] == [0, 1, 2]
     assert timer.step_s == {0: 0.5, 1: 0.75} and timer.steps == 3
