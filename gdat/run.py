@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None, prog: str = "gdat-run", mode: str | None
     os.environ.update(config.to_env())
     os.environ["GDAT_SCRIPT"] = args.training_script_args[1]
     if config.launcher == "mpi":
-        from launch.mpi import run_under_mpi
+        from gdat.mpi_launch import run_under_mpi
 
         try:
             return run_under_mpi(args)

@@ -8,8 +8,12 @@ import sys
 
 import pytest
 
-from gdat.errors import TestbedError, UsageError
-from launch.testbed import _tool, emulated_network, expected_ring_beta, parse_rate, namespace_unavailable_reason
+from gdat.errors import UsageError
+from gdat.schedule.whatif import Network, link_beta
+from gdat.units import parse_rate
+from launch.errors import TestbedError
+from launch.netns import tool as _tool
+from launch.testbed import emulated_network, namespace_unavailable_reason
 from tests.helpers import REPO, run_cmd
 
 UNAVAILABLE = namespace_unavailable_reason()
@@ -90,7 +94,7 @@ dist.destroy_process_group()
 
 @needs_testbed
 def test_fitted_beta_matches_the_emulated_rate(tmp_path):
-    """Ring allreduce over p ranks on one shared link of R bytes/s: beta = 2 (p-1) / R.
+    """Ring allreduce over p ranks on one shared queue of R bytes/s: beta = 2 (p-1) w / R (the what-if's model).
 
     The ladder starts at 128 KiB: below that, tbf's 1 MB burst lets some messages
     pass unshaped and their times scatter (the fit then splits into two segments)."""
@@ -103,14 +107,14 @@ def test_fitted_beta_matches_the_emulated_rate(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     fit = json.loads(out.read_text())
     beta = fit["segments"][-1]["beta_s_per_byte"]
-    expected = expected_ring_beta(rate, 2)
+    expected = link_beta(Network(1, 2, intra_bytes_per_s=parse_rate(rate)), "ring")
     assert abs(beta / expected - 1) <= 0.25, (beta, expected)
     # positive and not merely the fit's floor of 0.1 us: loopback TCP latency is tens of us
     assert all(seg["alpha_s"] > 1e-6 for seg in fit["segments"]), fit
 
 
 def test_testbed_error_when_unavailable(monkeypatch):
-    monkeypatch.setattr("launch.testbed.namespace_unavailable_reason", lambda: "network namespaces need root")
+    monkeypatch.setattr("launch.netns.namespace_unavailable_reason", lambda: "network namespaces need root")
     with pytest.raises(TestbedError, match="need root"):
         with emulated_network("1gbit"):
             pass
