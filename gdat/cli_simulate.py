@@ -18,7 +18,7 @@ from gdat.plan import BucketPlan
 from gdat.schedule.baselines import mgwfbp_plan, uniform_plan, uniform_plans
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import calibrate, lower_bound_s, simulate
-from gdat.schedule.whatif import ALGOS, Network, network_of, whatif_contention, whatif_cost
+from gdat.schedule.whatif import ALGOS, Network, network_of, whatif_model
 from gdat.timeline import Profile, ReadyTimeline
 from gdat.units import parse_rate
 
@@ -87,16 +87,14 @@ def _target(args: argparse.Namespace, measured: Network, world: int | None = Non
 
 
 def _model(args: argparse.Namespace, profile: Profile, world: int | None = None) -> _Model:
-    timeline = profile.ready_timeline("compute")
-    fitted = calibrate(profile, profile.cost_model)
     if not any(getattr(args, k) is not None for k in _WHATIF) and args.algo == "ring" and world is None:
-        return _Model(timeline, fitted.cost, fitted.contention, f"measured: {profile.world_size} ranks")
+        fitted = calibrate(profile, profile.cost_model)
+        return _Model(profile.ready_timeline("compute"), fitted.cost, fitted.contention,
+                      f"measured: {profile.world_size} ranks")
     measured = network_of(profile, _rate(args.measured_inter_node_bandwidth),
                           _rate(args.measured_intra_node_bandwidth))
-    target = _target(args, measured, world)
-    cost = whatif_cost(fitted.cost, measured, target, args.algo)
-    contention = whatif_contention(fitted.contention, fitted.cost.beta_s_per_byte, cost.beta_s_per_byte)
-    return _Model(timeline, cost, contention, f"what-if: {cost.source.removeprefix('what-if ')}")
+    m = whatif_model(profile, measured, _target(args, measured, world), args.algo)
+    return _Model(m.timeline, m.cost, m.contention, f"what-if: {m.cost.source.removeprefix('what-if ')}")
 
 
 def _check(args: argparse.Namespace) -> None:

@@ -190,7 +190,7 @@ def run_on_nodes(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     failed_at: float | None = None
     try:
-        while any(p.poll() is None for p in procs):
+        while None in [p.poll() for p in procs]:
             now = time.monotonic()
             if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
                 failed_at = now

@@ -112,7 +112,8 @@ def _run_nodes(args: argparse.Namespace, cmd: list[str]) -> int:
             codes = run_on_nodes(cluster, cmd, grace_s=args.grace)
         except KeyboardInterrupt:
             return 130
-    return next((c for c in codes if c != 0), 0)
+    failed = [c for c in codes if c > 0] or [128 - c for c in codes if c < 0]  # a stopped node: 128 + signal
+    return failed[0] if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,3 +118,47 @@ def test_testbed_error_when_unavailable(monkeypatch):
     with pytest.raises(TestbedError, match="need root"):
         with emulated_network("1gbit"):
             pass
+
+
+@needs_testbed
+def test_nodes_have_their_own_hostnames_and_shaped_links_and_everything_is_removed():
+    before = _namespaces()
+    done = run_cmd(["gdat-testbed", "--nodes", "2", "--rate", "1gbit", "--intra-rate", "4gbit", "--", "sh", "-c",
+                    f"hostname; getent ahostsv4 node0 node1 | grep -E \"STREAM node[01]\"; {_tool('tc')} qdisc show"])
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    lines = out.splitlines()
+    assert sorted(line for line in lines if line.startswith("node")) == ["node0", "node1"]  # own hostnames
+    assert sum("198.18.0.1 " in line for line in lines) == 2  # each node resolves both
+    assert sum("198.18.0.2 " in line for line in lines) == 2
+    assert out.count("rate 1Gbit") == 2 and out.count("rate 4Gbit") == 2  # each node's eth0 and lo
+    assert "2 nodes (node0, node1)" in done.stderr
+    assert _namespaces() == before
+
+
+@needs_testbed
+def test_nodes_are_removed_on_sigterm_and_a_failing_node_stops_the_others(tmp_path):
+    before = _namespaces()
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gdat-testbed"), "--nodes", "2",
+                             "--rate", "1gbit", "--", "sleep", "30"], stderr=subprocess.PIPE, text=True)
+    assert "2 nodes" in proc.stderr.readline()
+    proc.terminate()
+    assert proc.wait(timeout=30) != 0
+    assert _namespaces() == before
+    # node1 fails at once; node0 would sleep 30 s but is stopped after the 1 s grace
+    done = run_cmd(["gdat-testbed", "--nodes", "2", "--rate", "1gbit", "--grace", "1", "--", "sh", "-c",
+                    '[ "$(hostname)" = node0 ] && sleep 30; exit 3'], timeout=25)
+    assert done.returncode == 3
+    assert _namespaces() == before
+
+
+def test_cluster_error_when_unavailable(monkeypatch):
+    from launch.cluster import emulated_cluster
+
+    monkeypatch.setattr("launch.netns.namespace_unavailable_reason", lambda: "network namespaces need root")
+    with pytest.raises(TestbedError, match="emulated nodes unavailable: network namespaces need root"):
+        with emulated_cluster(2, "1gbit"):
+            pass
+    with pytest.raises(UsageError, match="--nodes must be between 1 and 200"):
+        with emulated_cluster(0, "1gbit"):
+            pass

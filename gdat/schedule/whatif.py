@@ -55,10 +55,11 @@ from dataclasses import dataclass, replace
 
 from gdat.cost_model import AllreduceCostModel, Contention
 from gdat.errors import UsageError
-from gdat.timeline import Profile
+from gdat.schedule.simulator import calibrate
+from gdat.timeline import Profile, ReadyTimeline
 
 __all__ = ["ALGOS", "Network", "wire_factor", "queue_loads", "link_beta", "hops", "network_of",
-           "whatif_cost", "whatif_contention", "LOOPBACK_MTU", "ETHERNET_MTU"]
+           "whatif_cost", "whatif_contention", "WhatIf", "whatif_model", "LOOPBACK_MTU", "ETHERNET_MTU"]
 
 ALGOS = ("ring", "tree")
 LOOPBACK_MTU = 65536
@@ -209,3 +210,26 @@ def whatif_contention(measured: Contention, measured_beta_s_per_byte: float,
         return measured
     ratio = measured_beta_s_per_byte / target_beta_s_per_byte
     return Contention(1.0 + (measured.compute_stretch - 1.0) * ratio, measured.comm_slowdown)
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """The model of a profile on another network: its compute timeline, the cost and
+    contention there, and the measured model it came from."""
+
+    timeline: ReadyTimeline
+    cost: AllreduceCostModel
+    contention: Contention
+    measured_cost: AllreduceCostModel
+    measured_contention: Contention
+
+
+def whatif_model(profile: Profile, measured: Network, target: Network, algo: str = "ring") -> WhatIf:
+    """Calibrate ``profile`` (:func:`gdat.schedule.simulator.calibrate`), then move
+    its cost and contention from ``measured`` to ``target``."""
+    if profile.cost_model is None:
+        raise UsageError("the profile has no allreduce cost model")
+    fitted = calibrate(profile, profile.cost_model)
+    cost = whatif_cost(fitted.cost, measured, target, algo)
+    contention = whatif_contention(fitted.contention, fitted.cost.beta_s_per_byte, cost.beta_s_per_byte)
+    return WhatIf(profile.ready_timeline("compute"), cost, contention, fitted.cost, fitted.contention)
