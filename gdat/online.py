@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import socket
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -54,6 +53,7 @@ from gdat.schedule.baselines import RankedPlan, rank_candidates
 from gdat.schedule.simulator import Simulation, calibrate, lower_bound_s, measured_plan, simulate
 from gdat.settings import bank_root, repeat_tune
 from gdat.timeline import ParamInfo, Profile, ReadyTimeline
+from gdat.topology import intra_node_fit, topology_of
 from gdat.tuner import Schedule, Verdict, WindowStats, decide, plan_schedule, window_stats
 
 __all__ = ["prepare_construction", "OnlineTuner", "check_same_model", "check_model_across_ranks", "Prepared"]
@@ -88,6 +88,7 @@ class TuneContext:
     stored: BankedPlan | None
     repeat: bool
     tuning_name: str
+    topology: dict[str, Any]
 
 
 def _broadcast(obj: Any, group: Any) -> Any:
@@ -135,12 +136,6 @@ def _group_of(options: dict[str, Any]) -> Any:
     return options.get("process_group") or dist.group.WORLD
 
 
-def _nodes(group: Any) -> int:
-    hosts: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(hosts, socket.gethostname(), group=group)
-    return len(set(hosts))
-
-
 def _no_controller(_ddp: torch.nn.Module) -> None:
     return None
 
@@ -169,8 +164,13 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
     cost = fit_from_ladder(measure_allreduce(config.comm_budget_s, group))
     bandwidth = 1.0 / cost.beta_s_per_byte if cost.beta_s_per_byte > 0 else 1e12
     device_type = device_type_of(module)
-    key = bank_key(params, dist.get_world_size(group), int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
-                   _nodes(group), str(dist.get_backend(group)), device_type, torch.__version__,
+    topology = topology_of(group)
+    fits = {"inter_node" if topology.nodes > 1 else "intra_node": cost}
+    intra = intra_node_fit(topology, group, config.comm_budget_s)
+    if intra is not None:
+        fits["intra_node"] = intra
+    key = bank_key(params, topology.world_size, topology.ranks_per_node,
+                   topology.nodes, str(dist.get_backend(group)), device_type, torch.__version__,
                    _broadcast(hardware_fingerprint(device_type), group),
                    {"static_graph": bool(options.get("static_graph")),
                     "gradient_as_bucket_view": bool(options.get("gradient_as_bucket_view"))},
@@ -190,13 +190,14 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
         log.info(f"knowledge base hit: plan {entry.plan.label!r} ({len(entry.plan.buckets)} buckets), "
                  f"tuned at {entry.result_ms:.1f} ms vs baseline {entry.baseline_ms:.1f} ms; no tuning steps")
         if dist.get_rank(group) == 0:
-            _write_hit_report(config, name, entry, params)
+            _write_hit_report(config, name, entry, params, topology.to_dict(fits))
         return Prepared({**kwargs, **new_args}, _no_controller)
     if config.mode == "apply":
         log.info("knowledge base miss: running the user's configuration untuned (--gdat-mode apply)")
         return Prepared(kwargs, _no_controller)
     stored = found[1] if found is not None else None
-    ctx = TuneContext(config, cost, key if found is None else found[0], params, user_args, stored, repeat, name)
+    ctx = TuneContext(config, cost, key if found is None else found[0], params, user_args, stored, repeat, name,
+                      topology.to_dict(fits))
     return Prepared(kwargs, lambda ddp: OnlineTuner(ddp, ctx))
 
 
@@ -221,13 +222,14 @@ def _tuning_name(module: torch.nn.Module) -> str:
     return f"{script}:{type(module).__name__}"
 
 
-def _write_hit_report(config: GdatConfig, name: str, entry: BankedPlan, params: tuple[ParamInfo, ...]) -> None:
+def _write_hit_report(config: GdatConfig, name: str, entry: BankedPlan, params: tuple[ParamInfo, ...],
+                      topology: dict[str, Any]) -> None:
     summary = RepoSummary()
     summary.count("hit")
     formats = plan_formats(entry.plan, *_in_plan_order(entry.plan, params), len(params))
     report = GdatReport(name, 0.0, "bank hit", "plan taken from the knowledge base; no tuning steps",
                         entry.baseline_ms, entry.result_ms, summary, formats, {}, tuning_steps=0,
-                        extra={"knowledge_base": bank_root()})
+                        extra={"knowledge_base": bank_root(), "topology": topology})
     try:
         log.info(f"report: {report.write(config.work_path)}")
     except OSError as e:
@@ -418,7 +420,7 @@ class OnlineTuner:
             lower_bound_ms=lower_bound_s(tl, self.cost, self.contention) * 1e3,
             baseline_predicted_ms=simulate(tl, self.baseline_plan, self.cost, self.contention).step_s * 1e3,
             noise_ms=verdict.noise_s * 1e3, tuning_steps=self.schedule.total,
-            extra={"noisy": verdict.noisy, "cost_model": self.ctx.cost.to_dict(),
+            extra={"noisy": verdict.noisy, "topology": self.ctx.topology, "cost_model": self.ctx.cost.to_dict(),
                    "calibrated_cost_model": self.cost.to_dict(),
                    "contention": self.contention.to_dict(), "knowledge_base_entry": bank_path,
                    "baseline_window": self.baseline.to_dict()})
