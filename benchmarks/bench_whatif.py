@@ -25,6 +25,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -50,6 +51,14 @@ def _network(spec: tuple[int, int, str]):
     return Network(nodes, ranks, r if nodes > 1 else None, r if nodes == 1 else None)
 
 
+def _set_rate(rate: str) -> None:
+    """Reshape this node's loopback to ``rate`` (rank 0, inside the benchmark's namespace)."""
+    from launch.netns import tc
+
+    subprocess.run([tc(), "qdisc", "change", "dev", "lo", "root", "tbf", "rate", rate, "burst", "1mb",
+                    "latency", "200ms"], check=True)
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
@@ -63,33 +72,76 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+    rank = dist.get_rank()
     tr = Trainer(args.model, args.size, args.batch, lambda m: DDP(m))
     cost = fit_from_ladder(measure_allreduce(args.comm_budget))
     for _ in range(2):
         tr.step()
-    session = ProfileSession(tr.ddp)
-    session.recorder.hook_forward()
-    for kind in ["compute"] * args.profile_steps + ["overlap"] * args.profile_steps:
-        session.set_kind(kind)
-        tr.step()
-    profile = session.finish(cost, {"source": "bench_whatif"})
-    measured: dict[str, list[float]] = {}
+    plans_by_target: dict[str, list] = {}
     if args.plans:
         with open(args.plans) as f:
-            plans = [BucketPlan.from_dict(d) for d in json.load(f)]
-        timeline = profile.ready_timeline("compute")
-        order, sizes, dtypes = list(timeline.order), list(timeline.nbytes), list(timeline.dtypes)
-        measured = {p.label: [] for p in plans}
-        for r in range(args.rounds):
+            plans_by_target = {t: [BucketPlan.from_dict(d) for d in ps] for t, ps in json.load(f).items()}
+    else:
+        session = ProfileSession(tr.ddp)
+        session.recorder.hook_forward()
+        for kind in ["compute"] * args.profile_steps + ["overlap"] * args.profile_steps:
+            session.set_kind(kind)
+            tr.step()
+        profile = session.finish(cost, {"source": "bench_whatif"})
+        box = [_predictions(profile, args) if rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        predictions = box[0]
+        plans_by_target = {t: [BucketPlan.from_dict(p["plan"]) for p in ps]
+                           for t, ps in predictions.items() if _spec(t)[0] == 1}
+    measured: dict[str, dict[str, list[float]]] = {t: {p.label: [] for p in ps} for t, ps in plans_by_target.items()}
+    ladders: dict[str, float] = {}
+    targets = list(plans_by_target)
+    for r in range(args.rounds):
+        for target in (targets if r % 2 == 0 else targets[::-1]):
+            if not args.plans:
+                if rank == 0:
+                    _set_rate(_spec(target)[2])
+                dist.barrier()
+            if r == 0:
+                ladders[target] = fit_from_ladder(measure_allreduce(1.5, min_bytes=256 << 10)).beta_s_per_byte
+            plans = plans_by_target[target]
             for plan in (plans if r % 2 == 0 else plans[::-1]):
-                switch_buckets(tr.ddp, **ddp_bucket_arguments(plan, order, sizes, dtypes))
+                switch_buckets(tr.ddp, **ddp_bucket_arguments(plan, *_layout(tr.ddp, plan)))
                 tr.window(2)
-                measured[plan.label] += max_over_ranks(tr.window(args.measure_steps))
-    if dist.get_rank() == 0:
-        profile.save(args.result + ".profile.json")
+                measured[target][plan.label] += max_over_ranks(tr.window(args.measure_steps))
+    if rank == 0:
+        out = {"measured_s": measured, "ladder_beta_s_per_byte": ladders}
+        if not args.plans:
+            out["predictions"] = predictions
+            profile.save(args.result + ".profile.json")
         with open(args.result, "w") as f:
-            json.dump({"measured_s": measured}, f)
+            json.dump(out, f)
     dist.destroy_process_group()
+
+
+def _layout(ddp, plan):
+    """(order, bytes, dtypes) of ``plan``'s parameters on this DDP."""
+    params = [p for p in ddp.module.parameters() if p.requires_grad]
+    order = list(plan.param_order)
+    return order, [params[i].numel() * params[i].element_size() for i in order], \
+        [str(params[i].dtype).replace("torch.", "") for i in order]
+
+
+def _predictions(profile, args: argparse.Namespace) -> dict[str, list[dict]]:
+    """For every target: the optimum and DDP's default, with their predicted steps."""
+    from gdat.schedule.baselines import uniform_plan
+    from gdat.schedule.search import optimal_plan
+    from gdat.schedule.simulator import simulate
+    from gdat.schedule.whatif import whatif_model
+
+    out = {}
+    for target in args.targets.split(","):
+        m = whatif_model(profile, _network(_spec(args.profile_at)), _network(_spec(target)))
+        plans = [optimal_plan(m.timeline, m.cost, m.contention), uniform_plan(m.timeline, 25, first_bucket=True)]
+        out[target] = [{"plan": p.to_dict(), "predicted_s": simulate(m.timeline, p, m.cost, m.contention).step_s,
+                        "beta_s_per_byte": m.cost.beta_s_per_byte, "sigma": m.contention.compute_stretch,
+                        "kappa": m.contention.comm_slowdown} for p in plans]
+    return out
 
 
 def _run_job(spec: tuple[int, int, str], result: str, args: argparse.Namespace, plans: str | None) -> None:
@@ -101,22 +153,11 @@ def _run_job(spec: tuple[int, int, str], result: str, args: argparse.Namespace, 
            os.path.abspath(__file__), "--worker", "--result", result, "--model", args.model, "--size", args.size,
            "--batch", str(args.batch), "--rounds", str(args.rounds), "--measure-steps", str(args.measure_steps),
            "--profile-steps", str(args.profile_steps), "--comm-budget", str(args.comm_budget),
-           *(["--plans", plans] if plans else [])]
+           "--profile-at", args.profile_at, "--targets", args.targets, *(["--plans", plans] if plans else [])]
     with emulated_cluster(nodes, rate, rate if nodes == 1 else None) as cluster:
         codes = run_on_nodes(cluster, cmd, grace_s=60)
     if any(codes):
         raise SystemExit(f"bench_whatif: the job on {nodes}x{ranks}@{rate} failed ({codes})")
-
-
-def _predict(profile, measured_net, target_net):
-    from gdat.schedule.baselines import uniform_plan
-    from gdat.schedule.search import optimal_plan
-    from gdat.schedule.simulator import simulate
-    from gdat.schedule.whatif import whatif_model
-
-    m = whatif_model(profile, measured_net, target_net)
-    plans = [optimal_plan(m.timeline, m.cost, m.contention), uniform_plan(m.timeline, 25, first_bucket=True)]
-    return m, [(p, simulate(m.timeline, p, m.cost, m.contention)) for p in plans]
 
 
 def main() -> int:
@@ -127,7 +168,7 @@ def main() -> int:
     p.add_argument("--size", default="large")
     p.add_argument("--batch", type=int, default=6)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--measure-steps", type=int, default=5)
+    p.add_argument("--measure-steps", type=int, default=4)
     p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--comm-budget", type=float, default=3.0)
     p.add_argument("--json", default=None, help="also save the result here")
@@ -139,56 +180,53 @@ def main() -> int:
         worker(args)
         return 0
     from gdat.schedule.whatif import link_beta
-    from gdat.timeline import Profile
 
     tmp = tempfile.mkdtemp(prefix="gdat-bench-whatif-")
     base = _spec(args.profile_at)
-    print(f"profiling on {args.profile_at} ...", file=sys.stderr, flush=True)
-    _run_job(base, os.path.join(tmp, "profile"), args, None)
-    profile = Profile.load(os.path.join(tmp, "profile.profile.json"))
-    measured_net = _network(base)
-    rows, diagnostics = [], []
-    for text in args.targets.split(","):
-        spec = _spec(text)
-        model, predicted = _predict(profile, measured_net, _network(spec))
-        plans_file = os.path.join(tmp, f"plans-{text}.json")
+    if base[0] != 1:
+        raise SystemExit("bench_whatif: --profile-at must be one node (its rates are changed in place)")
+    print(f"profiling on {args.profile_at}, then measuring its one-node targets side by side ...",
+          file=sys.stderr, flush=True)
+    first = os.path.join(tmp, "one-node")
+    _run_job(base, first, args, None)
+    with open(first) as f:
+        result = json.load(f)
+    predictions = result["predictions"]
+    measured, ladders = dict(result["measured_s"]), dict(result["ladder_beta_s_per_byte"])
+    for target in predictions:
+        spec = _spec(target)
+        if spec[0] == 1:
+            continue
+        print(f"measuring {target} ...", file=sys.stderr, flush=True)
+        plans_file = os.path.join(tmp, f"plans-{target}.json")
         with open(plans_file, "w") as f:
-            json.dump([plan.to_dict() for plan, _ in predicted], f)
-        print(f"measuring {text} ...", file=sys.stderr, flush=True)
-        result = os.path.join(tmp, f"measure-{text}")
-        _run_job(spec, result, args, plans_file)
-        with open(result) as f:
-            measured = json.load(f)["measured_s"]
-        there = Profile.load(result + ".profile.json")
-        diagnostics.append({"target": text, "predicted_beta_ns": model.cost.beta_s_per_byte * 1e9,
-                            "link_beta_ns": (link_beta(_network(spec), "ring") or 0) * 1e9,
-                            "ladder_beta_ns": there.cost_model.beta_s_per_byte * 1e9,
-                            "predicted_sigma": model.contention.compute_stretch,
-                            "predicted_kappa": model.contention.comm_slowdown,
-                            "there": _calibration_there(there)})
-        for plan, sim in predicted:
-            meas = statistics.median(measured[plan.label])
-            rows.append({"target": text, "plan": plan.label, "buckets": len(plan.buckets),
-                         "predicted_ms": sim.step_s * 1e3, "measured_ms": meas * 1e3,
-                         "error": (sim.step_s - meas) / meas})
+            json.dump({target: [p["plan"] for p in predictions[target]]}, f)
+        out_file = os.path.join(tmp, f"measure-{target}")
+        _run_job(spec, out_file, args, plans_file)
+        with open(out_file) as f:
+            there = json.load(f)
+        measured.update(there["measured_s"])
+        ladders.update(there["ladder_beta_s_per_byte"])
+    rows, diagnostics = [], []
+    for target, preds in predictions.items():
+        for pred in preds:
+            label = pred["plan"]["label"]
+            meas = statistics.median(measured[target][label])
+            rows.append({"target": target, "plan": label, "buckets": len(pred["plan"]["buckets"]),
+                         "predicted_ms": pred["predicted_s"] * 1e3, "measured_ms": meas * 1e3,
+                         "error": (pred["predicted_s"] - meas) / meas})
+        diagnostics.append({"target": target, "link_beta_ns": (link_beta(_network(_spec(target)), "ring") or 0) * 1e9,
+                            "predicted_beta_ns": preds[0]["beta_s_per_byte"] * 1e9,
+                            "ladder_beta_ns": ladders[target] * 1e9, "sigma": preds[0]["sigma"],
+                            "kappa": preds[0]["kappa"]})
     out = {"profile_at": args.profile_at, "model": f"{args.model}-{args.size}", "batch": args.batch,
-           "profile_cost": profile.cost_model.to_dict(), "rows": rows, "diagnostics": diagnostics,
+           "rows": rows, "diagnostics": diagnostics,
            "median_abs_error": statistics.median(abs(r["error"]) for r in rows)}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
     _print(out)
     return 0
-
-
-def _calibration_there(profile) -> dict[str, float]:
-    from gdat.schedule.simulator import calibrate
-
-    fitted = calibrate(profile, profile.cost_model)
-    tl = profile.ready_timeline("compute")
-    return {"calibrated_beta_ns": fitted.cost.beta_s_per_byte * 1e9, "comm_scale": fitted.comm_scale,
-            "sigma": fitted.contention.compute_stretch, "kappa": fitted.contention.comm_slowdown,
-            "backward_ms": (tl.backward_end_s - tl.backward_start_s) * 1e3}
 
 
 def _print(out: dict) -> None:
@@ -199,14 +237,11 @@ def _print(out: dict) -> None:
         print(f"| {r['target']} | {r['plan']} | {r['buckets']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
               f"{r['error'] * 100:+.1f}% |")
     print(f"median absolute error: {out['median_abs_error'] * 100:.1f}%")
-    print("| network | link beta ns/B | predicted beta | ladder there | calibrated there | sigma pred/there "
-          "| kappa pred/there | backward ms there |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| network | link beta ns/B | predicted beta ns/B | ladder there ns/B | sigma | kappa |")
+    print("|---|---:|---:|---:|---:|---:|")
     for d in out["diagnostics"]:
-        t = d["there"]
         print(f"| {d['target']} | {d['link_beta_ns']:.2f} | {d['predicted_beta_ns']:.2f} | {d['ladder_beta_ns']:.2f} | "
-              f"{t['calibrated_beta_ns']:.2f} | {d['predicted_sigma']:.2f}/{t['sigma']:.2f} | "
-              f"{d['predicted_kappa']:.2f}/{t['kappa']:.2f} | {t['backward_ms']:.0f} |")
+              f"{d['sigma']:.2f} | {d['kappa']:.2f} |")
 
 
 if __name__ == "__main__":
