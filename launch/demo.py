@@ -19,7 +19,8 @@ import subprocess
 import sys
 
 from gdat.errors import GdatError
-from launch.testbed import emulated_network, namespace_unavailable_reason, parse_rate
+from gdat.units import parse_rate
+from launch.testbed import emulated_network, namespace_unavailable_reason
 
 __all__ = ["main"]
 

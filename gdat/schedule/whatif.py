@@ -57,6 +57,7 @@ from gdat.cost_model import AllreduceCostModel, Contention
 from gdat.errors import UsageError
 from gdat.schedule.simulator import calibrate
 from gdat.timeline import Profile, ReadyTimeline
+from gdat.units import format_rate
 
 __all__ = ["ALGOS", "Network", "wire_factor", "queue_loads", "link_beta", "hops", "network_of",
            "whatif_cost", "whatif_contention", "WhatIf", "whatif_model", "LOOPBACK_MTU", "ETHERNET_MTU"]
@@ -105,8 +106,6 @@ class Network:
         return "inter" if self.nodes > 1 else "intra"
 
     def describe(self) -> str:
-        from gdat.units import format_rate
-
         parts = [f"{self.nodes} node{'s' if self.nodes > 1 else ''} x {self.ranks_per_node} rank"
                  f"{'s' if self.ranks_per_node > 1 else ''}"]
         if self.nodes > 1:
