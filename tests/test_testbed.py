@@ -109,8 +109,8 @@ def test_fitted_beta_matches_the_emulated_rate(tmp_path):
     beta = fit["segments"][-1]["beta_s_per_byte"]
     expected = link_beta(Network(1, 2, intra_bytes_per_s=parse_rate(rate)), "ring")
     assert abs(beta / expected - 1) <= 0.25, (beta, expected)
-    # positive and not merely the fit's floor of 0.1 us: loopback TCP latency is tens of us
-    assert all(seg["alpha_s"] > 1e-6 for seg in fit["segments"]), fit
+    # no check of alpha: after every idle gap tbf's 1 MB burst passes unshaped, so the
+    # intercept of a line through these sizes is often negative and the fit floors it
 
 
 def test_testbed_error_when_unavailable(monkeypatch):
