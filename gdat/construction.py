@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +45,7 @@ from gdat.plan_switch import ddp_bucket_arguments
 from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
 from gdat.report import hit_report, write_report
 from gdat.settings import bank_root, repeat_tune
+from gdat.topology import intra_node_fit, topology_of
 
 __all__ = ["prepare_construction", "Construction", "TuneContext", "check_same_model", "check_model_across_ranks"]
 
@@ -61,7 +61,8 @@ class TuneContext:
     """Facts fixed at construction that the tuning loop and its report use:
     the allreduce fit of the ladder (``cost``), the bank key to keep the result
     under, the user's own bucket arguments, the plan stored under the key when
-    ``REPEAT_TUNE`` re-tunes it, and the report's name."""
+    ``REPEAT_TUNE`` re-tunes it, the report's name and the job's topology (as the
+    report lists it, :meth:`gdat.topology.Topology.to_dict`)."""
 
     config: GdatConfig
     cost: AllreduceCostModel
@@ -69,6 +70,7 @@ class TuneContext:
     user_bucket_args: dict[str, Any]
     stored: BucketPlan | None
     tuning_name: str
+    topology: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -147,9 +149,14 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
     cost = fit_from_ladder(measure_allreduce(config.comm_budget_s, group))
     bandwidth = 1.0 / cost.beta_s_per_byte if cost.beta_s_per_byte > 0 else 1e12
     device_type = device_type_of(module)
-    key = bank_key(params, dist.get_world_size(group), int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
-                   len(set(gather_from_all(socket.gethostname(), group))), str(dist.get_backend(group)),
-                   device_type, torch.__version__, broadcast_from_first(hardware_fingerprint(device_type), group),
+    topology = topology_of(group)
+    fits = {"inter_node" if topology.nodes > 1 else "intra_node": cost}
+    intra = intra_node_fit(topology, group, config.comm_budget_s)
+    if intra is not None:
+        fits["intra_node"] = intra
+    layout = topology.to_dict(fits)
+    key = bank_key(params, topology.world_size, topology.ranks_per_node, topology.nodes,
+                   str(dist.get_backend(group)), device_type, torch.__version__, broadcast_from_first(hardware_fingerprint(device_type), group),
                    {"static_graph": bool(options.get("static_graph")),
                     "gradient_as_bucket_view": bool(options.get("gradient_as_bucket_view"))},
                    bandwidth)
@@ -166,14 +173,14 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
         log.info(f"knowledge base hit: plan {entry.plan.label!r} ({len(entry.plan.buckets)} buckets), "
                  f"tuned at {entry.result_ms:.1f} ms vs baseline {entry.baseline_ms:.1f} ms; no tuning steps")
         if dist.get_rank(group) == 0:
-            write_report(hit_report(name, entry, hit.layout, bank_root()), config.work_path)
+            write_report(hit_report(name, entry, hit.layout, bank_root(), layout), config.work_path)
         return Construction({**kwargs, **_plan_arguments(entry.plan, hit.layout)})
     if config.mode == "apply":
         log.info("knowledge base miss: running the user's configuration untuned (--gdat-mode apply)")
         return Construction(kwargs)
     user_args = {k: options.get(k) for k in ("bucket_cap_mb", "bucket_cap_mb_list")}
     return Construction(kwargs, TuneContext(config, cost, key if hit is None else hit.key, user_args,
-                                            None if hit is None else hit.entry.plan, name))
+                                            None if hit is None else hit.entry.plan, name, layout))
 
 
 def _plan_arguments(plan: BucketPlan, layout: GradientLayout) -> dict[str, Any]:

@@ -120,18 +120,20 @@ class GdatReport:
         return write_result(work_path, "gdat", self.tuning_name, self.tuning_time_s, self.section())
 
 
-def hit_report(tuning_name: str, entry: BankedPlan, layout: GradientLayout, bank_root: str) -> GdatReport:
+def hit_report(tuning_name: str, entry: BankedPlan, layout: GradientLayout, bank_root: str,
+               topology: dict[str, Any]) -> GdatReport:
     """The report of a knowledge-base hit: the stored plan, no tuning step."""
     summary = RepoSummary()
     summary.count("hit")
     return GdatReport(tuning_name, 0.0, "bank hit", "plan taken from the knowledge base; no tuning steps",
                       entry.baseline_ms, entry.result_ms, summary, plan_formats(entry.plan, layout), {},
-                      tuning_steps=0, extra={"knowledge_base": bank_root})
+                      tuning_steps=0, extra={"knowledge_base": bank_root, "topology": topology})
 
 
 def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, verdict: Verdict,
                   baseline: WindowStats, found: Candidates, measured: Sequence[WindowStats],
-                  bank_outcome: str, bank_entry: str | None, ladder: AllreduceCostModel) -> GdatReport:
+                  bank_outcome: str, bank_entry: str | None, ladder: AllreduceCostModel,
+                  topology: dict[str, Any]) -> GdatReport:
     """The report of a tuning run: the baseline and every measured candidate, the
     verdict, the bank outcome and the fitted model."""
     winner = None if verdict.winner is None else found.ranked[verdict.winner]
@@ -151,7 +153,7 @@ def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, ver
         lower_bound_ms=found.lower_bound_s() * 1e3,
         baseline_predicted_ms=found.simulate(found.baseline_plan).step_s * 1e3,
         noise_ms=verdict.noise_s * 1e3, tuning_steps=tuning_steps,
-        extra={"noisy": verdict.noisy, "cost_model": ladder.to_dict(),
+        extra={"noisy": verdict.noisy, "topology": topology, "cost_model": ladder.to_dict(),
                "calibrated_cost_model": found.cost.to_dict(), "contention": found.contention.to_dict(),
                "knowledge_base_entry": bank_entry, "baseline_window": baseline.to_dict()})
 

@@ -182,7 +182,7 @@ class OnlineTuner:
         result = base if verdict.winner is None else self.measured[verdict.winner]
         outcome, bank_entry = self._save(winner, result)
         report = tuning_report(self.ctx.tuning_name, time.time() - self.began, self.schedule.total, verdict, base,
-                               found, self.measured, outcome, bank_entry, self.ctx.cost)
+                               found, self.measured, outcome, bank_entry, self.ctx.cost, self.ctx.topology)
         base_ms, result_ms = report.baseline_ms, report.result_ms
         change = f"step time {(result_ms - base_ms) / base_ms * 100:+.1f}%, AOE improvement " \
             f"{improvement_percent(base_ms, result_ms)}" if winner else "kept"
