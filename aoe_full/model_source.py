@@ -11,14 +11,17 @@ Three sources (``--framework`` / ``--model``):
 * ``5`` (ONNX) with ``path/to/model.onnx``: converted with the optional
   ``onnx2torch`` package.
 
-A :class:`ModelSource` records the absolute path and the file's SHA-256, so a
-tuned-model file can rebuild the model later and tell when the source changed.
+A :class:`ModelSource` records the absolute path and the file's SHA-256.
+:func:`load_model` reads the file's bytes once, refuses them unless their SHA-256
+is the recorded one, and builds the model from those same bytes (the code that
+runs is the code that was hashed, even if the file changes meanwhile).
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import io
 import os
+import types
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -42,6 +45,11 @@ class ModelSource:
     path: str
     factory: str | None
     sha256: str
+
+    @property
+    def spec(self) -> str:
+        """The ``--model`` text that names this source."""
+        return f"{self.path}:{self.factory}" if self.factory else self.path
 
     @property
     def name(self) -> str:
@@ -97,19 +105,29 @@ def parse_model_spec(model: str, framework: str) -> ModelSource:
     return ModelSource("factory", path, factory, file_sha256(path))
 
 
-def _load_factory(source: ModelSource) -> torch.nn.Module:
+def _read_verified(source: ModelSource) -> bytes:
+    try:
+        with open(source.path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {source.path}: {e.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != source.sha256:
+        raise ModelLoadError(f"{source.path} changed since it was checked "
+                             "(its SHA-256 differs); nothing was loaded")
+    return data
+
+
+def _load_factory(source: ModelSource, data: bytes) -> torch.nn.Module:
     module_name = f"aoe_user_model_{source.sha256[:16]}"
     module = sys.modules.get(module_name)
     if module is None:
-        spec = importlib.util.spec_from_file_location(module_name, source.path)
-        if spec is None or spec.loader is None:
-            raise ModelLoadError(f"cannot import {source.path}")
-        module = importlib.util.module_from_spec(spec)
+        module = types.ModuleType(module_name)
+        module.__file__ = source.path
         directory = os.path.dirname(source.path)
         sys.path.insert(0, directory)
         sys.modules[module_name] = module
         try:
-            spec.loader.exec_module(module)
+            exec(compile(data, source.path, "exec"), module.__dict__)
         except Exception as e:
             del sys.modules[module_name]
             raise ModelLoadError(f"importing {source.path} failed: "
@@ -130,15 +148,15 @@ def _load_factory(source: ModelSource) -> torch.nn.Module:
     return model
 
 
-def _load_exported(source: ModelSource) -> torch.nn.Module:
+def _load_exported(source: ModelSource, data: bytes) -> torch.nn.Module:
     try:
-        return torch.export.load(source.path).module()
+        return torch.export.load(io.BytesIO(data)).module()
     except Exception as e:
         raise ModelLoadError(f"cannot load exported program {source.path}: "
                              f"{type(e).__name__}: {e}") from None
 
 
-def _load_onnx(source: ModelSource) -> torch.nn.Module:
+def _load_onnx(source: ModelSource, data: bytes) -> torch.nn.Module:
     try:
         import onnx2torch  # optional: pip install onnx2torch
     except ImportError:
@@ -152,6 +170,7 @@ def _load_onnx(source: ModelSource) -> torch.nn.Module:
 
 
 def load_model(source: ModelSource) -> torch.nn.Module:
-    """Build the module ``source`` describes (raises :class:`ModelLoadError`)."""
+    """Build the module ``source`` describes from the file's bytes, refused
+    unless they have the recorded SHA-256 (raises :class:`ModelLoadError`)."""
     loaders = {"factory": _load_factory, "exported": _load_exported, "onnx": _load_onnx}
-    return loaders[source.kind](source)
+    return loaders[source.kind](source, _read_verified(source))
