@@ -94,7 +94,10 @@ class _TuneJob:
 def _tune_ops(path: str | None) -> tuple[frozenset[str] | None, frozenset[str] | None]:
     if path is None:
         return None, None
-    doc = read_json(path, UsageError, max_bytes=1 << 20)
+    try:
+        doc = read_json(path, UsageError, max_bytes=1 << 20)
+    except UsageError as e:
+        raise UsageError(f"--tune_ops_file {e}") from None
     allowed = {"tune_ops_name", "tune_ops_type"}
     if not isinstance(doc, dict) or not doc or set(doc) - allowed:
         raise UsageError(f"--tune_ops_file {path!r} must be an object with tune_ops_name "
