@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="path/to/file.py:factory or model.pt2 (job types 1, 2); "
                    "the training script (job type 4)")
     p.add_argument("--framework", default="pytorch",
-                   help=f"one of {', '.join(FRAMEWORKS)} (5 = ONNX, needs onnx2torch); default pytorch")
+                   help=f"{', '.join(FRAMEWORKS)} (the default and only one: ONNX, AOE's 5, "
+                   "is refused with the reason)")
     p.add_argument("--input_shape", help='e.g. "x:8,3,64,64" or "x:8,16,64;mask:8,16"')
     p.add_argument("--input_dtype", help='per input, default float32: e.g. "input_ids:int64"')
     p.add_argument("--input_range", help='per input, values in [LOW, HIGH): e.g. '

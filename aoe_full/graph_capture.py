@@ -2,8 +2,8 @@
 
 :func:`trace` gives the graph whose attribute paths resolve on the model itself:
 
-* a ``torch.fx.GraphModule`` (an exported program's ``.module()``, an ONNX
-  conversion) is used as it is: its graph is copied;
+* a ``torch.fx.GraphModule`` (an exported program's ``.module()``) is used
+  as it is: its graph is copied;
 * any other module is traced with ``torch.fx``'s symbolic tracer, which keeps
   ``torch.nn`` modules as single ``call_module`` nodes and inlines user-defined
   modules.  Forward parameters that are not provided are traced at their default

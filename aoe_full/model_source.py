@@ -1,6 +1,6 @@
 """Where a model comes from, and loading it.
 
-Three sources (``--framework`` / ``--model``):
+Two sources (``--model``; ``--framework`` is ``pytorch``):
 
 * ``pytorch`` with ``path/to/file.py:factory``: the file is imported as a module
   (its directory first on ``sys.path`` while it loads) and ``factory()`` is called
@@ -8,8 +8,12 @@ Three sources (``--framework`` / ``--model``):
 * ``pytorch`` with ``path/to/model.pt2``: a program saved by ``torch.export.save``,
   loaded with ``torch.export.load(path).module()``.  Such a module runs in the mode
   it was exported in (torch does not support ``.train()``/``.eval()`` on it);
-* ``5`` (ONNX) with ``path/to/model.onnx``: converted with the optional
-  ``onnx2torch`` package.
+
+ONNX input (AOE's ``--framework 5``) is refused with the reason: the converter
+it would need, ``onnx2torch``, requires torchvision, whose PyPI wheels are CUDA
+builds that pull a second torch and do not import beside the CPU-only torch this
+project pins.  (ONNX Runtime is still one of the engines a model is tuned on:
+see :mod:`aoe_full.engines`.)
 
 A :class:`ModelSource` records the absolute path and the file's SHA-256.
 :func:`load_model` reads the file's bytes once, refuses them unless their SHA-256
@@ -33,13 +37,13 @@ from gdat.errors import UsageError
 
 __all__ = ["ModelSource", "parse_model_spec", "load_model", "FRAMEWORKS"]
 
-#: ``--framework`` values: PyTorch (a factory file or an exported program), ONNX (AOE's 5).
-FRAMEWORKS = ("pytorch", "5")
+#: ``--framework`` values: PyTorch (a factory file or an exported program).
+FRAMEWORKS = ("pytorch",)
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A model's origin: ``kind`` is ``factory``, ``exported`` or ``onnx``."""
+    """A model's origin: ``kind`` is ``factory`` or ``exported``."""
 
     kind: str
     path: str
@@ -87,14 +91,12 @@ def _existing_file(path: str, what: str) -> str:
 
 def parse_model_spec(model: str, framework: str) -> ModelSource:
     """Check ``--model`` for ``--framework`` without loading anything."""
-    if framework not in FRAMEWORKS:
-        raise UsageError(f"unknown --framework {framework!r}; expected one of "
-                         f"{', '.join(FRAMEWORKS)} (pytorch, or 5 for ONNX)")
     if framework == "5":
-        if not model.endswith(".onnx"):
-            raise UsageError(f"--framework 5 expects an .onnx file, got {model!r}")
-        path = _existing_file(model, "model file")
-        return ModelSource("onnx", path, None, file_sha256(path))
+        raise UsageError("--framework 5 (ONNX) is not supported: its converter, onnx2torch, "
+                         "needs torchvision, which does not install beside the CPU-only torch; "
+                         "tune the PyTorch model instead")
+    if framework not in FRAMEWORKS:
+        raise UsageError(f"unknown --framework {framework!r}; expected pytorch")
     if model.endswith(".pt2"):
         path = _existing_file(model, "model file")
         return ModelSource("exported", path, None, file_sha256(path))
@@ -156,21 +158,8 @@ def _load_exported(source: ModelSource, data: bytes) -> torch.nn.Module:
                              f"{type(e).__name__}: {e}") from None
 
 
-def _load_onnx(source: ModelSource, data: bytes) -> torch.nn.Module:
-    try:
-        import onnx2torch  # optional: pip install onnx2torch
-    except ImportError:
-        raise ModelLoadError("--framework 5 (ONNX) needs the optional onnx2torch package "
-                             "(pip install onnx2torch)") from None
-    try:
-        return onnx2torch.convert(source.path)
-    except Exception as e:
-        raise ModelLoadError(f"cannot convert {source.path} from ONNX: "
-                             f"{type(e).__name__}: {e}") from None
-
-
 def load_model(source: ModelSource) -> torch.nn.Module:
     """Build the module ``source`` describes from the file's bytes, refused
     unless they have the recorded SHA-256 (raises :class:`ModelLoadError`)."""
-    loaders = {"factory": _load_factory, "exported": _load_exported, "onnx": _load_onnx}
+    loaders = {"factory": _load_factory, "exported": _load_exported}
     return loaders[source.kind](source, _read_verified(source))

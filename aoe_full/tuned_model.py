@@ -52,7 +52,7 @@ __all__ = ["save_tuned", "load_tuned", "read_header", "header_path", "SCHEMA", "
 SCHEMA = "aoe_full.tuned_model"
 VERSION = 2
 _MODES = ("opat", "sgat")
-_KINDS = {"factory": "pytorch", "exported": "pytorch", "onnx": "5"}
+_KINDS = {"factory": "pytorch", "exported": "pytorch"}
 
 
 def header_path(weights_path: str) -> str:
@@ -155,7 +155,7 @@ def load_tuned(path: str, source: str | None = None) -> torch.nn.Module | Offlin
     """The tuned model saved at ``path``, ready to run (see the module docstring).
 
     ``path`` is a ``_tune.pt`` (then ``source`` must name the model file it was
-    tuned from, as ``file.py:factory``, ``model.pt2`` or ``model.onnx``) or an
+    tuned from, as ``file.py:factory`` or ``model.pt2``) or an
     offline ``_tune.pt2`` package (no ``source``).  Raises :class:`TunedModelError`
     when anything does not match; nothing is imported then."""
     if path.endswith(".pt2"):

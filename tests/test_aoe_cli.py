@@ -52,6 +52,8 @@ def _bad(tmp_path, capsys, monkeypatch, argv, match, env=None):
       "--candidates", "warp_drive"], "unknown --candidates"),
     (["--job_type", "2", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
       "--framework", "3"], "unknown --framework"),
+    (["--job_type", "1", "--model", "m.onnx", "--input_shape", "x:1,3,8,8", "--framework", "5"],
+     "ONNX) is not supported"),
     (["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
       "--", "extra"], "only for --job_type 4"),
     (["--job_type", "4", "--model", "missing_train.py"], "does not exist"),
