@@ -31,7 +31,6 @@ sets the scene's mode and installs the recorded choices.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
@@ -41,7 +40,7 @@ from aoe_full.choices import Choices, apply_choices
 from aoe_full.errors import TunedModelError
 from aoe_full.graph_capture import CAPTURES, graphable
 from aoe_full.inputs import InputSpec, make_inputs
-from aoe_full.model_source import ModelSource, load_model, parse_model_spec
+from aoe_full.model_source import ModelSource, file_sha256, load_model, parse_model_spec
 from aoe_full.offline import OfflineModel, load_package
 from aoe_full.pipeline import SCENES, TuningRun, set_mode
 from gdat.errors import GdatError
@@ -60,14 +59,6 @@ def header_path(weights_path: str) -> str:
     return os.path.splitext(weights_path)[0] + ".json"
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_tuned(path: str, run: TuningRun, source: ModelSource, capture: str,
                inputs: list[InputSpec], model: torch.nn.Module) -> None:
     """Write the weights file ``path`` (``..._tune.pt``) and its header for ``run``
@@ -79,7 +70,7 @@ def save_tuned(path: str, run: TuningRun, source: ModelSource, capture: str,
     write_document(header_path(path), SCHEMA, VERSION, {
         "mode": run.mode, "scene": run.scene, "source": source.to_dict(), "capture": capture,
         "inputs": [s.to_dict() for s in inputs], "choices": run.choices.to_dict(),
-        "torch": str(torch.__version__), "weights_sha256": _sha256(path)})
+        "torch": str(torch.__version__), "weights_sha256": file_sha256(path)})
 
 
 def _hex(value: Any) -> bool:
@@ -136,7 +127,7 @@ def _check_source(path: str, header: dict[str, Any], source: str | None) -> Mode
 
 def _load_weights(path: str, header: dict[str, Any]) -> dict[str, Any]:
     try:
-        actual = _sha256(path)
+        actual = file_sha256(path)
     except OSError as e:
         raise TunedModelError(f"{path}: cannot read ({e.strerror})") from None
     if actual != header["weights_sha256"]:
