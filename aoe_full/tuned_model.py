@@ -44,7 +44,7 @@ from aoe_full.model_source import ModelSource, file_sha256, load_model, parse_mo
 from aoe_full.offline import OfflineModel, load_package
 from aoe_full.pipeline import SCENES, TuningRun, set_mode
 from gdat.errors import GdatError
-from gdat.jsonio import read_document, require, write_document
+from gdat.jsonio import check_document, read_json, require, write_document
 
 __all__ = ["save_tuned", "load_tuned", "read_header", "header_path", "SCHEMA", "VERSION"]
 
@@ -81,7 +81,7 @@ def read_header(path: str) -> dict[str, Any]:
     """The checked header of the tuned model whose weights are at ``path``
     (raises :class:`TunedModelError` on anything malformed)."""
     where = header_path(path)
-    doc = read_document(where, SCHEMA, VERSION, TunedModelError)
+    doc = check_document(read_json(where, TunedModelError), SCHEMA, VERSION, TunedModelError, where)
     require(doc, "mode", str, TunedModelError, where, lambda v: v in _MODES)
     require(doc, "scene", str, TunedModelError, where, lambda v: v in SCENES)
     require(doc, "capture", str, TunedModelError, where, lambda v: v in CAPTURES)

@@ -5,13 +5,10 @@ Every file gdat writes (profile, plan, bank entry, report) is a JSON object with
 goes to a temporary file in the same directory, is flushed to disk and renamed
 over the target, so a reader sees the old file or the new one, never half.
 
-Reads are bounded, because a document may come from someone else (a shared
-knowledge base, a plan or report received by mail).  :func:`read_json` opens
-without blocking and accepts only a regular file (a FIFO, device or directory is
-refused, never waited on), reads at most :data:`MAX_DOCUMENT_BYTES`, and refuses
-JSON nested deeper than :data:`MAX_NESTING` levels (gdat's own documents nest at
-most 6 deep); every failure is the caller's error type, never ``RecursionError``,
-``MemoryError`` or a hang.
+:func:`read_json` reads a JSON value boundedly: without blocking, only a regular
+file (a FIFO, device or directory is refused, never waited on), at most
+:data:`MAX_DOCUMENT_BYTES`, nested at most :data:`MAX_NESTING` levels; every
+failure is the caller's error type.
 """
 from __future__ import annotations
 
@@ -124,10 +121,18 @@ def read_json(path: str, error: type[Exception], max_bytes: int = MAX_DOCUMENT_B
 def read_document(
     path: str, schema: str, version: int, error: type[Exception]
 ) -> dict[str, Any]:
-    """Read a document written by :func:`write_document` (with :func:`read_json`),
-    raising ``error`` if it is missing, unreadable, not JSON, of another schema or
-    of another version."""
-    return check_document(read_json(path, error), schema, version, error, where=path)
+    """Read a document written by :func:`write_document`, raising ``error`` if it is
+    missing, not JSON, of another schema or of another version."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    return check_document(doc, schema, version, error, where=path)
 
 
 def check_document(
