@@ -57,11 +57,36 @@ class DistributedDataParallel(STOCK_DDP):
         self._gdat_config = config
         self._gdat: Controller | None = make(self) if make is not None else None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Stock DDP's state without gdat's controller and comm hooks: a deep copy or
+        an unpickled instance is a stock-behaving DDP (``_gdat`` is ``None``) with the
+        user's comm hooks, as stock DDP keeps them; tuning stays with the original."""
+        state = super().__getstate__()
+        state["_gdat"] = None
+        state["_comm_hooks"] = [(hook, hook_state) for hook, hook_state in state.get("_comm_hooks", [])
+                                if not getattr(hook, "__module__", "").startswith("gdat.")]
+        return state
+
+    @torch.compiler.disable(recursive=False)
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        """Stock DDP's forward; at the start of a synchronised step the controller
+        acts.  Like stock DDP's own frame, this frame is never traced by
+        ``torch.compile`` (the controller measures, communicates and switches plans
+        eagerly); the wrapped module's forward is compiled as under stock DDP."""
         ctl = self._gdat
         if ctl is None or ctl.done or not (torch.is_grad_enabled() and self.require_backward_grad_sync):
             return super().forward(*inputs, **kwargs)
-        ctl.before_step()
+        _before_step(ctl)
         output = super().forward(*inputs, **kwargs)
-        ctl.after_forward(output)
+        _after_forward(ctl, output)
         return output
+
+
+@torch.compiler.disable
+def _before_step(ctl: Controller) -> None:
+    ctl.before_step()
+
+
+@torch.compiler.disable
+def _after_forward(ctl: Controller, output: Any) -> None:
+    ctl.after_forward(output)

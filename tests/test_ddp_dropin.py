@@ -1,7 +1,9 @@
 """gdat's DDP is a drop-in for stock DDP, with and without tuning (real 2-rank gloo jobs)."""
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import warnings
 
 import pytest
@@ -49,6 +51,11 @@ def _job(rank, world, work, options, accumulate, user_hook):
     a, b = _train(stock, rank, accumulate), _train(tuned, rank, accumulate)
     facts["equal"] = all(torch.equal(x, y) for x, y in zip(a, b))
     facts["tuned"] = tuned._gdat is not None and tuned._gdat.done and bool(tuned._gdat.candidates)
+    copied, unpickled = copy.deepcopy(tuned), pickle.loads(pickle.dumps(tuned))
+    x = batch(rank, 999, 256)
+    with torch.no_grad():
+        facts["copies"] = all(type(c) is type(tuned) and c._gdat is None and torch.equal(c(x), tuned(x))
+                              for c in (copied, unpickled))
     return facts
 
 
@@ -64,3 +71,4 @@ def test_gdat_ddp_trains_exactly_like_stock_ddp(tmp_path, options, accumulate, u
         assert facts["isinstance"] and facts["module"] and facts["state_dict"]
         assert facts["equal"], "parameters after 40 steps equal stock DDP's, bitwise"
         assert facts["tuned"] == expect_tuned
+        assert facts["copies"], "deepcopy and pickle give a stock-behaving gdat DDP, as stock DDP does"

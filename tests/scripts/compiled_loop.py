@@ -1,0 +1,54 @@
+"""A plain DDP training loop with torch.compile, as users write it.
+
+``--compile ddp``: ``torch.compile(DDP(model))`` (Dynamo's DDPOptimizer splits the
+graph at DDP's bucket boundaries); ``--compile module``: ``DDP(torch.compile(model))``.
+Rank 0 writes the losses, the final parameters and the step times to ``--out``.
+"""
+import argparse
+import json
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+p = argparse.ArgumentParser()
+p.add_argument("--compile", choices=("ddp", "module", "none"), default="ddp")
+p.add_argument("--backend", default="inductor")
+p.add_argument("--steps", type=int, default=40)
+p.add_argument("--width", type=int, default=256)
+p.add_argument("--depth", type=int, default=8)
+p.add_argument("--batch", type=int, default=32)
+p.add_argument("--out", default=None)
+args = p.parse_args()
+
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+layers = []
+for _ in range(args.depth):
+    layers += [torch.nn.Linear(args.width, args.width), torch.nn.GELU()]
+model = torch.nn.Sequential(*layers)
+if args.compile == "module":
+    ddp = DDP(torch.compile(model, backend=args.backend))
+    step_model = ddp
+else:
+    ddp = DDP(model)
+    step_model = torch.compile(ddp, backend=args.backend) if args.compile == "ddp" else ddp
+opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
+losses, times = [], []
+for step in range(args.steps):
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    x = torch.randn(args.batch, args.width, generator=g)
+    opt.zero_grad(set_to_none=True)
+    loss = step_model(x).pow(2).mean()
+    loss.backward()
+    opt.step()
+    losses.append(loss.item())
+    times.append(time.perf_counter() - t0)
+if rank == 0 and args.out:
+    with open(args.out, "w") as f:
+        json.dump({"losses": losses, "params": [q.detach().double().flatten().tolist()[:64] for q in model.parameters()],
+                   "step_times_s": times}, f)
