@@ -67,12 +67,11 @@ class DistributedDataParallel(STOCK_DDP):
                                 if not getattr(hook, "__module__", "").startswith("gdat.")]
         return state
 
-    @torch.compiler.disable(recursive=False)
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         """Stock DDP's forward; at the start of a synchronised step the controller
-        acts.  Like stock DDP's own frame, this frame is never traced by
-        ``torch.compile`` (the controller measures, communicates and switches plans
-        eagerly); the wrapped module's forward is compiled as under stock DDP."""
+        acts.  Under ``torch.compile`` Dynamo traces this forward as it traces stock
+        DDP's, except the controller's two calls, which run eagerly (they measure,
+        communicate and switch plans): each is a graph break."""
         ctl = self._gdat
         if ctl is None or ctl.done or not (torch.is_grad_enabled() and self.require_backward_grad_sync):
             return super().forward(*inputs, **kwargs)

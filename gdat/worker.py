@@ -23,14 +23,22 @@ __all__ = ["install", "main"]
 
 
 def install() -> None:
-    """Make ``torch.nn.parallel.DistributedDataParallel`` gdat's subclass."""
+    """Make ``torch.nn.parallel.DistributedDataParallel`` gdat's subclass (where the
+    package, its ``distributed`` module and Dynamo name it)."""
     import torch.nn.parallel
     import torch.nn.parallel.distributed
 
     from gdat.ddp import DistributedDataParallel
 
+    import torch._dynamo.convert_frame
+
     torch.nn.parallel.DistributedDataParallel = DistributedDataParallel
     torch.nn.parallel.distributed.DistributedDataParallel = DistributedDataParallel
+    # DDP's forward marks the DDP being run on the class its module names
+    # (``DistributedDataParallel._active_ddp_module``), and Dynamo asks the class its
+    # own module imported whether a DDP is running, to split the compiled graph at
+    # bucket boundaries (DDPOptimizer): both must name the same class.
+    torch._dynamo.convert_frame.DistributedDataParallel = DistributedDataParallel
 
 
 def isolate_restart_store() -> None:

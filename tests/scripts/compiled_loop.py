@@ -40,6 +40,7 @@ class LM(torch.nn.Module):
         self.blocks = torch.nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.head = torch.nn.Linear(d, vocab, bias=False)
         self.head.weight = self.embed.weight
+        torch.nn.init.normal_(self.embed.weight, std=0.02)
 
     def forward(self, ids):
         return self.head(self.blocks(self.embed(ids)))
