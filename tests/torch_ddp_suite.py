@@ -31,33 +31,34 @@ CPU_DDP_TESTS = (
 )
 
 STOCK = "--stock" in sys.argv[1:]
+RUNNING = __name__ in ("__main__", "__mp_main__")  # the runner, or one of its spawned ranks
 
-os.environ.setdefault("BACKEND", "gloo")
-os.environ.setdefault("WORLD_SIZE", "2")
-if not STOCK:
-    # gdat's default mode (tune) with a short allreduce microbenchmark; its bank and
-    # reports go to a directory of this run, not the user's.
-    if "GDAT_TORCH_SUITE_DIR" not in os.environ:
-        os.environ["GDAT_TORCH_SUITE_DIR"] = tempfile.mkdtemp(prefix="gdat_torch_suite_")
-    os.environ.setdefault("TUNE_BANK_PATH", os.path.join(os.environ["GDAT_TORCH_SUITE_DIR"], "bank"))
-    os.environ.setdefault("GDAT_WORK_PATH", os.path.join(os.environ["GDAT_TORCH_SUITE_DIR"], "work"))
-    os.environ.setdefault("GDAT_COMM_BUDGET_S", "0.2")
-    import gdat.worker
+if RUNNING:  # importing CPU_DDP_TESTS alone changes nothing in the importing process
+    os.environ.setdefault("BACKEND", "gloo")
+    os.environ.setdefault("WORLD_SIZE", "2")
+    if not STOCK:
+        # gdat's default mode (tune) with a short allreduce microbenchmark; its bank and
+        # reports go to a directory of this run, not the user's.
+        if "GDAT_TORCH_SUITE_DIR" not in os.environ:
+            os.environ["GDAT_TORCH_SUITE_DIR"] = tempfile.mkdtemp(prefix="gdat_torch_suite_")
+        os.environ.setdefault("TUNE_BANK_PATH", os.path.join(os.environ["GDAT_TORCH_SUITE_DIR"], "bank"))
+        os.environ.setdefault("GDAT_WORK_PATH", os.path.join(os.environ["GDAT_TORCH_SUITE_DIR"], "work"))
+        os.environ.setdefault("GDAT_COMM_BUDGET_S", "0.2")
+        import gdat.worker
 
-    gdat.worker.install()
+        gdat.worker.install()
 
-from torch.testing._internal.distributed.distributed_test import (  # noqa: E402  (after install)
-    DistributedTest,
-    TestDistBackend,
-)
+    from torch.testing._internal.distributed.distributed_test import (  # noqa: E402  (after install)
+        DistributedTest,
+        TestDistBackend,
+    )
 
+    class TestDistBackendWithSpawn(TestDistBackend, DistributedTest._DistTestBase):
+        """PyTorch's ``test_distributed_spawn.py`` class."""
 
-class TestDistBackendWithSpawn(TestDistBackend, DistributedTest._DistTestBase):
-    """PyTorch's ``test_distributed_spawn.py`` class."""
-
-    def setUp(self) -> None:
-        super().setUp()
-        self._spawn_processes()
+        def setUp(self) -> None:
+            super().setUp()
+            self._spawn_processes()
 
 
 def _check_substituted() -> None:
