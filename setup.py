@@ -31,6 +31,8 @@ setup(
             "gdat-run=gdat.run:main",
             "aoe=aoe_full.cli:main",
             "gdat-testbed=launch.testbed:main",
-        ]
+        ],
+        # aoe_full plugs its operator/subgraph bank into gdat's DDP (--gdat-aoe-bank)
+        "gdat.model_transforms": ["aoe_bank=aoe_full:apply_bank"],
     },
 )

@@ -9,8 +9,6 @@ model class), checks each subgraph's structural hash, and installs dispatchers
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +21,14 @@ from aoe_full.rewrite import (ImplCache, OpDispatch, SubgraphDispatch, install,
                               make_op_dispatch, subgraph_functions)
 from aoe_full.signature import from_json, to_json
 from aoe_full.strategies import OP_STRATEGIES, SUBGRAPH_STRATEGIES
+from gdat.jsonio import digest
 
 __all__ = ["OpChoice", "SubgraphChoice", "Choices", "apply_choices", "identity_of"]
 
 
 def identity_of(static: dict[str, Any]) -> str:
     """A short stable id of an operator's static identity (16 hex digits)."""
-    text = json.dumps(static, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return digest(static, 16)
 
 
 @dataclass(frozen=True)

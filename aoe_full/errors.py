@@ -5,7 +5,7 @@ the other ways a tuning job can fail on user input.
 """
 from gdat.errors import GdatError
 
-__all__ = ["ModelLoadError", "TraceError", "TunedModelError", "CandidateError"]
+__all__ = ["ModelLoadError", "TraceError", "TunedModelError"]
 
 
 class ModelLoadError(GdatError):
@@ -19,6 +19,3 @@ class TraceError(GdatError):
 class TunedModelError(GdatError):
     """A tuned-model file is unreadable or no longer matches its source model."""
 
-
-class CandidateError(GdatError):
-    """A candidate implementation cannot be built, fails, or is not equivalent."""

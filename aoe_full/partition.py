@@ -35,8 +35,6 @@ bank key.
 from __future__ import annotations
 
 import builtins
-import hashlib
-import json
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -47,6 +45,7 @@ import torch.nn as nn
 
 from aoe_full.operators import classify, get_path, invoke_module
 from aoe_full.signature import module_config
+from gdat.jsonio import digest
 
 __all__ = ["Subgraph", "partition", "build_function", "structure_hash", "get_path"]
 
@@ -243,5 +242,4 @@ def structure_hash(sub: Subgraph, root: nn.Module) -> str:
         nodes.append([n.op, target, enc(n.args), enc(dict(n.kwargs))])
     desc = {"refs": refs, "inputs": len(sub.inputs), "nodes": nodes,
             "outputs": [position[o] for o in sub.outputs]}
-    text = json.dumps(desc, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+    return digest(desc, 24)

@@ -29,6 +29,7 @@ from aoe_full.errors import TunedModelError
 from aoe_full.model_source import ModelSource, file_sha256, load_model
 from aoe_full.pipeline import TuningRun, set_mode
 from gdat.errors import GdatError
+from gdat.jsonio import atomic_file
 
 __all__ = ["save_tuned", "load_tuned", "FORMAT", "VERSION"]
 
@@ -44,10 +45,8 @@ def save_tuned(path: str, run: TuningRun, source: ModelSource, input_shapes: dic
            "input_shapes": {k: list(v) for k, v in input_shapes.items()},
            "choices": run.choices.to_dict(), "torch": str(torch.__version__),
            "state_dict": model.state_dict()}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(doc, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as f:
+        torch.save(doc, f)
 
 
 def _read(path: str) -> dict[str, Any]:
