@@ -23,7 +23,10 @@ setup(
     packages=["gdat", "gdat.profiling", "gdat.schedule", "aoe_full", "launch"],
     install_requires=["torch>=2.13", "numpy"],
     extras_require={
-        "test": ["pytest", "hypothesis", "matplotlib", *AOE],
+        # the frameworks are pinned to releases tested with torch 2.13.0; expecttest lets
+        # tests import PyTorch's own DDP suite (torch.testing._internal)
+        "test": ["pytest", "hypothesis", "matplotlib", "expecttest", "accelerate==1.15.0", "lightning==2.6.6",
+                 *AOE],
         "mpi": ["mpi4py", "mpich"],
         "npu": ["torch-npu"],
         "plot": ["matplotlib"],

@@ -74,11 +74,35 @@ class DistributedDataParallel(STOCK_DDP):
         if (tune is not None or mode == "profile") and internals_available(self):
             self._gdat = OnlineTuner(self, tune) if tune is not None else ProfileJob(self, config)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Stock DDP's state without gdat's controller and comm hooks: a deep copy or
+        an unpickled instance is a stock-behaving DDP (``_gdat`` is ``None``) with the
+        user's comm hooks, as stock DDP keeps them; tuning stays with the original."""
+        state = super().__getstate__()
+        state["_gdat"] = None
+        state["_comm_hooks"] = [(hook, hook_state) for hook, hook_state in state.get("_comm_hooks", [])
+                                if not getattr(hook, "__module__", "").startswith("gdat.")]
+        return state
+
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        """Stock DDP's forward; at the start of a synchronised step the controller
+        acts.  Under ``torch.compile`` Dynamo traces this forward as it traces stock
+        DDP's, except the controller's two calls, which run eagerly (they measure,
+        communicate and switch plans): each is a graph break."""
         ctl = self._gdat
         if ctl is None or ctl.done or not (torch.is_grad_enabled() and self.require_backward_grad_sync):
             return super().forward(*inputs, **kwargs)
-        ctl.before_step()
+        _before_step(ctl)
         output = super().forward(*inputs, **kwargs)
-        ctl.after_forward(output)
+        _after_forward(ctl, output)
         return output
+
+
+@torch.compiler.disable
+def _before_step(ctl: Controller) -> None:
+    ctl.before_step()
+
+
+@torch.compiler.disable
+def _after_forward(ctl: Controller, output: Any) -> None:
+    ctl.after_forward(output)

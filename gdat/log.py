@@ -4,7 +4,6 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-import weakref
 from typing import Any
 
 import torch.distributed as dist
@@ -31,15 +30,25 @@ def warn(message: str, all_ranks: bool = False) -> None:
         print(f"gdat: warning: {message}", file=sys.stderr, flush=True)
 
 
+_watched: list[Any] = []
+_registered = False
+
+
 def warn_at_exit(controller: Any) -> None:
-    """At exit, call ``controller._warn_if_incomplete()`` if it still exists, without
-    keeping it (and the DDP and process group it holds) alive until interpreter
-    shutdown, where a late gloo teardown can abort the process."""
-    ref = weakref.ref(controller)
+    """At exit, call ``controller._warn_if_incomplete()``.
 
-    def check() -> None:
-        live = ref()
-        if live is not None:
-            live._warn_if_incomplete()
+    The controller is kept until then even when the script has dropped its DDP
+    (controllers refer to their DDP by weak reference, so this keeps neither the
+    DDP nor its reducer alive); the list is emptied at exit, before interpreter
+    teardown, so nothing it holds is left for a late gloo teardown."""
+    global _registered
+    if not _registered:
+        atexit.register(_check_watched)
+        _registered = True
+    _watched[:] = [c for c in _watched if not c.done]
+    _watched.append(controller)
 
-    atexit.register(check)
+
+def _check_watched() -> None:
+    while _watched:
+        _watched.pop(0)._warn_if_incomplete()

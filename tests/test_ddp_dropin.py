@@ -6,8 +6,10 @@ fresh pair of DDPs; the tests read its results.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
+import pickle
 import warnings
 
 import pytest
@@ -85,6 +87,11 @@ def _one(rank, work, options, accumulate, user_hook, missing):
         a, b = _train(stock, rank, accumulate), _train(tuned, rank, accumulate)
     facts["equal"] = all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     facts["tuned"] = tuned._gdat is not None and tuned._gdat.done and bool(tuned._gdat.candidates)
+    copied, unpickled = copy.deepcopy(tuned), pickle.loads(pickle.dumps(tuned))
+    x = batch(rank, 999, 256)
+    with torch.no_grad():
+        facts["copies"] = all(type(c) is type(tuned) and c._gdat is None and torch.equal(c(x), tuned(x))
+                              for c in (copied, unpickled))
     return facts
 
 
@@ -105,6 +112,7 @@ def test_gdat_ddp_trains_exactly_like_stock_ddp(ranks, name):
         assert facts["isinstance"] and facts["module"] and facts["state_dict"]
         assert facts["equal"], "parameters after 40 steps equal stock DDP's, bitwise"
         assert facts["tuned"] == EXPECT_TUNED[name]
+        assert facts["copies"], "deepcopy and pickle give a stock-behaving gdat DDP, as stock DDP does"
 
 
 def test_a_torch_without_a_needed_internal_is_named_once_and_left_stock(ranks):
