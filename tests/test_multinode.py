@@ -26,9 +26,11 @@ STEPS = 45
 
 
 def _job(tmp, name, nodes, per_node, rate, intra, *extra):
-    """gdat-run on every emulated node; returns (statuses, log text, reports)."""
+    """gdat-run on every emulated node; returns (statuses, log text, reports).  The
+    allreduce ladder gets 1.5 s so that it reaches messages well above tbf's burst
+    (a 0.5 s ladder measured the same link up to 2x apart between jobs)."""
     work = tmp / name
-    cmd = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", str(work), "--gdat-comm-budget-s", "0.5",
+    cmd = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", str(work), "--gdat-comm-budget-s", "1.5",
            "--nnodes", str(nodes), "--nproc-per-node", str(per_node), "--rdzv-backend", "c10d",
            "--rdzv-endpoint", "node0:29400", "--rdzv-id", name, *extra]
     log = tmp / f"{name}.log"
