@@ -4,17 +4,30 @@ Every file gdat writes (profile, plan, bank entry, report) is a JSON object with
 ``"schema"`` (the document kind) and ``"version"``.  Writes are atomic: the text
 goes to a temporary file in the same directory, is flushed to disk and renamed
 over the target, so a reader sees the old file or the new one, never half.
+
+Reads are bounded, because a document may come from someone else (a shared
+knowledge base, a plan or report received by mail).  :func:`read_json` opens
+without blocking and accepts only a regular file (a FIFO, device or directory is
+refused, never waited on), reads at most :data:`MAX_DOCUMENT_BYTES`, and refuses
+JSON nested deeper than :data:`MAX_NESTING` levels (gdat's own documents nest at
+most 6 deep); every failure is the caller's error type, never ``RecursionError``,
+``MemoryError`` or a hang.
 """
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from typing import Any, Callable, TypeVar
 
-__all__ = ["atomic_write_text", "write_document", "read_document", "check_document", "require"]
+__all__ = ["atomic_write_text", "write_document", "read_json", "read_document", "check_document", "require",
+           "MAX_DOCUMENT_BYTES", "MAX_NESTING"]
 
 T = TypeVar("T")
+
+MAX_DOCUMENT_BYTES = 256 << 20
+MAX_NESTING = 32
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -45,21 +58,76 @@ def write_document(path: str, schema: str, version: int, body: dict[str, Any]) -
     atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=False) + "\n")
 
 
+def _read_regular_file(path: str, error: type[Exception], max_bytes: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{path}: not a regular file")
+        if info.st_size > max_bytes:
+            raise error(f"{path}: {info.st_size} bytes is larger than the {max_bytes}-byte limit")
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise error(f"{path}: larger than the {max_bytes}-byte limit")
+    return data
+
+
+def _nesting(value: Any) -> int:
+    """Depth of the deepest list or object in a parsed JSON value (iterative)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            break
+        stack.extend((c, depth + 1) for c in children)
+    return deepest
+
+
+def read_json(path: str, error: type[Exception], max_bytes: int = MAX_DOCUMENT_BYTES) -> Any:
+    """The parsed JSON value in ``path``, read as the module docstring says; any
+    problem raises ``error`` with a one-line message naming ``path``."""
+    data = _read_regular_file(path, error, max_bytes)
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested deeper than {MAX_NESTING} levels") from None
+    if _nesting(value) > MAX_NESTING:
+        raise error(f"{path}: JSON nested deeper than {MAX_NESTING} levels")
+    return value
+
+
 def read_document(
     path: str, schema: str, version: int, error: type[Exception]
 ) -> dict[str, Any]:
-    """Read a document written by :func:`write_document`, raising ``error`` if it is
-    missing, not JSON, of another schema or of another version."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise error(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    return check_document(doc, schema, version, error, where=path)
+    """Read a document written by :func:`write_document` (with :func:`read_json`),
+    raising ``error`` if it is missing, unreadable, not JSON, of another schema or
+    of another version."""
+    return check_document(read_json(path, error), schema, version, error, where=path)
 
 
 def check_document(

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from gdat.errors import BankError
+from gdat.errors import BankError, GdatWarning
 from gdat.jsonio import read_document, write_document
 
 __all__ = ["KnowledgeBase", "RepoSummary", "BankWarning"]
@@ -32,7 +32,7 @@ __all__ = ["KnowledgeBase", "RepoSummary", "BankWarning"]
 BANK_VERSION = 1
 
 
-class BankWarning(UserWarning):
+class BankWarning(GdatWarning):
     """A knowledge-base entry was unusable and has been ignored."""
 
 

@@ -252,6 +252,7 @@ class OnlineTuner:
         self.durations: dict[int, float] = {}
         self.session: ProfileSession | None = None
         self.done = False
+        self.outcome = "nothing was saved"
         self.began = time.time()
         self.baseline: WindowStats | None = None
         self.profile: Profile | None = None
@@ -281,6 +282,13 @@ class OnlineTuner:
         if not self.done:
             log.warn(f"tuning incomplete: the script ended after {self.step} steps; tuning needs "
                      f"{self.schedule.total + 1} (lower --gdat-max-tune-steps); nothing was saved")
+
+    def interrupted_summary(self) -> str:
+        """The Ctrl-C line: where tuning stood and what was saved."""
+        if not self.done:
+            return f"interrupted at step {self.step} while tuning (it needed {self.schedule.total} steps); " \
+                "nothing was saved"
+        return f"interrupted at step {self.step}, after tuning had finished ({self.outcome})"
 
     # --- the loop --------------------------------------------------------------
     def before_step(self) -> None:
@@ -428,6 +436,7 @@ class OnlineTuner:
                  f"{result_ms:.2f} ms vs baseline {base_ms:.2f} ms ({change}); {verdict.reason}")
         try:
             path = report.write(self.ctx.config.work_path)
+            self.outcome = f"{outcome}; report {path}"
             log.info(f"report: {path}")
             self._chart(path, winner)
         except OSError as e:

@@ -23,13 +23,13 @@ from typing import Any, Sequence
 
 import torch
 
-from gdat.errors import PlanError
+from gdat.errors import GdatWarning, PlanError
 from gdat.plan import MIB, BucketPlan, ddp_supports_cap_list, plan_from_caps
 
 __all__ = ["ddp_bucket_arguments", "closest_uniform_cap_mb", "switch_buckets", "PlanApproximated"]
 
 
-class PlanApproximated(UserWarning):
+class PlanApproximated(GdatWarning):
     """This torch cannot express a per-bucket plan; a uniform cap approximates it."""
 
 

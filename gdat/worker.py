@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
 import sys
 
 __all__ = ["install", "main"]
@@ -85,15 +86,19 @@ def end_process(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the script; a :class:`~gdat.errors.GdatError` it raises (bad plan, models
-    differing between ranks) ends the process with one line and status 2.  A script
-    that finishes, or calls ``sys.exit``, ends through :func:`end_process`."""
+    """Run the script.  A :class:`~gdat.errors.GdatError` it raises (bad plan, models
+    differing between ranks) ends the process with one line and status 2, Ctrl-C
+    with one line (rank 0) and status 130, both through :mod:`gdat.job_end`.  A
+    script that finishes, or calls ``sys.exit``, ends through :func:`end_process`
+    with its own status."""
+    from gdat import job_end, log
     from gdat.errors import GdatError
 
     argv = sys.argv[1:] if argv is None else argv
     kind, target, *rest = argv
     install()
     isolate_restart_store()
+    log.show_warnings_as_lines()
     sys.argv = [target, *rest]
     try:
         if kind == "script":
@@ -102,8 +107,13 @@ def main(argv: list[str] | None = None) -> None:
         else:
             runpy.run_module(target, run_name="__main__", alter_sys=True)
     except GdatError as e:
-        print(f"gdat: error: {e}", file=sys.stderr, flush=True)
+        job_end.report(2, f"gdat: error: {e}")
         end_process(2)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if log.rank() == 0:
+            job_end.report(130, f"gdat: {log.interrupted_summary()}")
+        end_process(130)
     except SystemExit as e:
         code = e.code
         if code is not None and not isinstance(code, int):
@@ -111,7 +121,6 @@ def main(argv: list[str] | None = None) -> None:
             code = 1
         end_process(code or 0)
     end_process(0)
-
 
 if __name__ == "__main__":
     main()
