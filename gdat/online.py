@@ -264,11 +264,11 @@ class OnlineTuner:
         self.measured: list[WindowStats | None] = []
         if self.schedule.candidates == 0:
             log.warn(f"--gdat-max-tune-steps {c.max_tune_steps} leaves no room for a candidate "
-                     f"(needs at least {self.schedule.candidate_switch(1)}); not tuning")
+                     f"(needs at least {self.schedule.candidate_switch(1) + 1}); not tuning")
             self.done = True
         else:
             log.info(f"tune: knowledge base {'re-tune (REPEAT_TUNE)' if ctx.stored else 'miss'}; tuning in "
-                     f"steps 0..{self.schedule.total - 1} ({self.schedule.candidates} candidates)")
+                     f"steps 0..{self.schedule.total - 1} (up to {self.schedule.candidates} candidates)")
         log.warn_at_exit(self)
 
     # --- measurement -----------------------------------------------------------
@@ -281,7 +281,7 @@ class OnlineTuner:
     def _warn_if_incomplete(self) -> None:
         if not self.done:
             log.warn(f"tuning incomplete: the script ended after {self.step} steps; tuning needs "
-                     f"{self.schedule.total + 1} (lower --gdat-max-tune-steps); nothing was saved")
+                     f"{self.schedule.total} (lower --gdat-max-tune-steps); nothing was saved")
 
     def interrupted_summary(self) -> str:
         """The Ctrl-C line: where tuning stood and what was saved."""
