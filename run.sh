@@ -29,7 +29,7 @@ cmd="${1:-}"
 shift || true
 case "$cmd" in
   env) setup ;;
-  demo) setup; exec "$PY" -m gdat.demo "$@" ;;
+  demo) setup; exec "$PY" -m launch.demo "$@" ;;
   test) setup; exec "$PY" -m pytest -q -p no:cacheprovider tests "$@" ;;
   *) echo "usage: ./run.sh demo|test|env" >&2; exit 2 ;;
 esac

@@ -6,6 +6,13 @@ CPU machine.
 """
 from setuptools import setup
 
+# aoe_full's real models (Hugging Face BERT, GPT-2, ResNet from configs) and its
+# engines (ONNX Runtime through torch.onnx's exporter, OpenVINO); each accepts
+# torch 2.13.0 without replacing it.  The test extra includes them so that CI
+# runs the real models and the engines.
+AOE = ["transformers==5.24.0", "onnx==1.23.2", "onnxscript==0.7.2", "onnxruntime==1.31.1",
+       "openvino==2026.4.1"]
+
 setup(
     name="gdat",
     version="0.1.0",
@@ -16,11 +23,14 @@ setup(
     packages=["gdat", "gdat.profiling", "gdat.schedule", "aoe_full", "launch"],
     install_requires=["torch>=2.13", "numpy"],
     extras_require={
-        "test": ["pytest", "hypothesis", "matplotlib"],
+        # the frameworks are pinned to releases tested with torch 2.13.0; expecttest lets
+        # tests import PyTorch's own DDP suite (torch.testing._internal)
+        "test": ["pytest", "hypothesis", "matplotlib", "expecttest", "accelerate==1.15.0", "lightning==2.6.6",
+                 *AOE],
         "mpi": ["mpi4py", "mpich"],
         "npu": ["torch-npu"],
         "plot": ["matplotlib"],
-        "onnx": ["onnx2torch"],
+        "aoe": AOE,
     },
     entry_points={
         "console_scripts": [
@@ -28,6 +38,8 @@ setup(
             "gdat-run=gdat.run:main",
             "aoe=aoe_full.cli:main",
             "gdat-testbed=launch.testbed:main",
-        ]
+        ],
+        # aoe_full plugs its operator/subgraph bank into gdat's DDP (--gdat-aoe-bank)
+        "gdat.model_transforms": ["aoe_bank=aoe_full:apply_bank"],
     },
 )

@@ -7,7 +7,8 @@ give the same outputs and gradients as the default, within the tolerances of
 :mod:`aoe_full.measure`.  Entries match by operator identity (target and module
 configuration) or subgraph structural hash; each tuned node dispatches on the
 call's shapes at run time, and a call with shapes no entry covers runs the
-default.  Subgraph entries take precedence over operator entries inside them.
+default.  Subgraph entries take precedence over operator entries inside them,
+and an entry for the whole model (SGAT's whole-model item) over every other.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from aoe_full.choices import Choices, OpChoice, SubgraphChoice, apply_choices, i
 from aoe_full.errors import TraceError
 from aoe_full.graph_capture import trace
 from aoe_full.operators import classify, static_identity
-from aoe_full.partition import partition, structure_hash
+from aoe_full.partition import partition, structure_hash, whole_graph
 from aoe_full.signature import from_json
 from gdat import settings
 from gdat.device import device_type_of
@@ -59,7 +60,8 @@ def bank_choices(module: torch.nn.Module, bank_root: str, scene: str = "train") 
         for item, payload in sg_entries:
             by_structure.setdefault(str(item["structure"]), []).append(
                 (from_json(item["inputs"]), str(payload["strategy"])))
-        for sub in partition(graph, module):
+        subs = partition(graph, module)
+        for sub in subs + [whole_graph(graph, len(subs))]:
             structure = structure_hash(sub, module)
             for call_key, strategy in by_structure.get(structure, []):
                 choices.subgraphs.append(SubgraphChoice(sub.first, structure, call_key, strategy))

@@ -13,7 +13,9 @@ A payload stores the verdict: ``strategy`` is the winning strategy, or
 ``"eager"`` when nothing beat the default (so a later run need not measure it
 again), with the medians measured.
 
-Outcomes, counted in AOE's ``repo_summary`` (:class:`gdat.knowledge_base.RepoSummary`):
+Outcomes, counted in AOE's ``repo_summary`` (:class:`gdat.knowledge_base.RepoSummary`),
+follow the rule gdat's plans follow too (:func:`gdat.knowledge_base.settle`, under
+the bank's lock):
 
 * no entry: ``add`` when a candidate beat the default (entry written), else
   ``unsatisfied`` (an ``"eager"`` verdict is written, and is no tuning result);
@@ -23,15 +25,13 @@ Outcomes, counted in AOE's ``repo_summary`` (:class:`gdat.knowledge_base.RepoSum
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
 from gdat.device import hardware_fingerprint
-from gdat.knowledge_base import KnowledgeBase, key_id
+from gdat.knowledge_base import KnowledgeBase, settle
 
 __all__ = ["BankContext", "Decision", "decide", "scan", "OPAT", "SGAT"]
 
@@ -68,53 +68,21 @@ def decide(kb: KnowledgeBase, key: dict[str, Any], winner: str, payload: dict[st
     """Record a measured result under the bank lock.  ``winner``: the strategy
     that won this run (``"eager"`` if none beat the default); ``beats_stored(s)``:
     whether this run's winner beat strategy ``s`` in this run's measurements."""
-    result: dict[str, Decision] = {}
+    def replaces(stored: dict[str, Any]) -> bool:
+        strategy = str(stored.get("strategy", EAGER))
+        return winner != strategy and beats_stored(strategy)
 
-    def choose(current: dict[str, Any] | None) -> dict[str, Any] | None:
-        if current is None:
-            result["d"] = Decision("add" if winner != EAGER else "unsatisfied", winner, True)
-            return payload
-        stored = str(current.get("strategy", EAGER))
-        if winner != stored and winner != EAGER and beats_stored(stored):
-            result["d"] = Decision("update", winner, True)
-            return payload
-        result["d"] = Decision("reserved", stored, False)
-        return None
-
-    kb.update(key, choose)
-    return result["d"]
-
-
-def _entry_keys(kb: KnowledgeBase) -> Iterator[dict[str, Any]]:
-    """Keys of the entries stored under ``kb`` (layout of gdat.knowledge_base:
-    one ``<id>.json`` a key, holding its ``key``).  Unreadable files are skipped
-    here and warned about by ``kb.get``."""
-    try:
-        names = sorted(os.listdir(kb.directory))
-    except OSError:
-        return
-    for name in names:
-        if not name.endswith(".json"):
-            continue
-        try:
-            with open(os.path.join(kb.directory, name), encoding="utf-8") as f:
-                key = json.load(f).get("key")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(key, dict) and key_id(key) + ".json" == name:
-            yield key
+    settled = settle(kb, key, payload, winner != EAGER, replaces)
+    kept = winner if settled.written else str(settled.found.get("strategy", EAGER))
+    return Decision(settled.outcome, kept, settled.written)
 
 
 def scan(root: str, mode: str, context: BankContext) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Every usable ``(item, payload)`` of ``mode`` stored under ``root`` for this
     run's context (scene, hardware, torch version, threads) whose strategy is not
     the default."""
-    kb = KnowledgeBase(root, mode)
     found = []
-    for key in _entry_keys(kb):
-        if key != context.key(mode, key.get("item")):
-            continue
-        payload = kb.get(key)
-        if payload is not None and payload.get("strategy", EAGER) != EAGER:
+    for key, payload in KnowledgeBase(root, mode).entries():
+        if key == context.key(mode, key.get("item")) and payload.get("strategy", EAGER) != EAGER:
             found.append((key["item"], payload))
     return found

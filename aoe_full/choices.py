@@ -9,8 +9,6 @@ model class), checks each subgraph's structural hash, and installs dispatchers
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,19 +16,19 @@ import torch
 
 from aoe_full.errors import TunedModelError
 from aoe_full.graph_capture import trace
-from aoe_full.partition import partition, structure_hash
+from aoe_full.partition import partition, structure_hash, whole_graph
 from aoe_full.rewrite import (ImplCache, OpDispatch, SubgraphDispatch, install,
                               make_op_dispatch, subgraph_functions)
 from aoe_full.signature import from_json, to_json
 from aoe_full.strategies import OP_STRATEGIES, SUBGRAPH_STRATEGIES
+from gdat.jsonio import digest
 
 __all__ = ["OpChoice", "SubgraphChoice", "Choices", "apply_choices", "identity_of"]
 
 
 def identity_of(static: dict[str, Any]) -> str:
     """A short stable id of an operator's static identity (16 hex digits)."""
-    text = json.dumps(static, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return digest(static, 16)
 
 
 @dataclass(frozen=True)
@@ -123,27 +121,36 @@ def apply_choices(root: torch.nn.Module, choices: Choices,
     dispatch: dict[str, OpDispatch] = {
         name: make_op_dispatch(nodes[name], table, op_ids[name], cache)
         for name, table in op_tables.items()}
-    sub_tables: dict[str, dict[Any, Any]] = {}
-    structures: dict[str, str] = {}
+    sub_tables: dict[tuple[str, str], dict[Any, Any]] = {}
     for c in choices.subgraphs:
-        sub_tables.setdefault(c.first, {})[c.call_key] = _strategy(
+        sub_tables.setdefault((c.first, c.structure), {})[c.call_key] = _strategy(
             SUBGRAPH_STRATEGIES, c.strategy, "subgraph")
-        structures[c.first] = c.structure
     installed_subs = []
     inside: set[str] = set()
+    whole_model = False
     if sub_tables:
-        by_first = {s.first: s for s in partition(graph, root)}
-        for first, table in sub_tables.items():
-            sub = by_first.get(first)
-            if sub is None or structure_hash(sub, root) != structures[first]:
+        subs = partition(graph, root)
+        by_key = {(s.first, structure_hash(s, root)): s for s in subs}
+        whole = whole_graph(graph, len(subs))
+        whole_key = (whole.first, structure_hash(whole, root))
+        if whole_key in sub_tables and whole_key not in by_key:
+            # the whole model as one subgraph replaces every other choice
+            sub_tables = {whole_key: sub_tables[whole_key]}
+            dispatch = {}
+            by_key = {whole_key: whole}
+            whole_model = True
+        for (first, structure), table in sub_tables.items():
+            sub = by_key.get((first, structure))
+            if sub is None:
                 raise TunedModelError(f"subgraph starting at {first!r} is not in the model's "
                                       "graph or its structure changed")
             functions = subgraph_functions(sub, dispatch)
             miss = choices.miss if choices.miss in functions else "plain"
             installed_subs.append((sub, SubgraphDispatch(functions, len(sub.refs), table,
-                                                         structures[first], cache, miss)))
+                                                         structure, cache, miss)))
             inside.update(sub.node_names)
     outside = {n: d for n, d in dispatch.items() if n not in inside}
-    applied = {"ops": sorted(op_tables), "subgraphs": sorted(sub_tables)}
+    applied = {"ops": [] if whole_model else sorted(op_tables), "subgraphs": sorted(f for f, _ in sub_tables),
+               "whole_model": whole_model}
     install(root, graph, names, root.training, outside, installed_subs, applied)
     return applied

@@ -5,14 +5,16 @@
 handed to gdat.run: see :mod:`aoe_full.gdat_job`).
 
 Every input is checked before anything is written; a bad one prints one line
-``aoe: error: <message>`` on stderr and exits with status 2.  A finished run
-prints where each artefact is and ``Aoe process finished``.
+``aoe: error: <message>`` on stderr and exits with status 2.  Every other
+failure is one line too: Ctrl-C exits 130 (``aoe: interrupted; ...``), an
+unexpected error 1 (``aoe: internal error: ...``).  A finished run prints where
+each artefact is and ``Aoe process finished``.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
-import json
 import math
 import os
 import sys
@@ -22,21 +24,24 @@ from typing import NoReturn
 import torch
 
 from aoe_full.gdat_job import gdat_command, run_gdat_job
-from aoe_full.graph_capture import check_input_names, trace
-from aoe_full.inputs import make_inputs, parse_input_shape
+from aoe_full.errors import CandidateError
+from aoe_full.graph_capture import check_input_names, graphable, trace
+from aoe_full.inputs import InputSpec, make_inputs, parse_inputs
 from aoe_full.measure import MeasureConfig
 from aoe_full.model_source import FRAMEWORKS, ModelSource, load_model, parse_model_spec
+from aoe_full.offline import OfflineResult, package_strategy, write_package
 from aoe_full.operators import KINDS, tunable_nodes
 from aoe_full.opat import tune_operators
-from aoe_full.pipeline import SCENES, TuneConfig, set_mode
+from aoe_full.pipeline import SCENES, TuneConfig, TuningRun, set_mode
 from aoe_full.progress import ProgressBar
 from aoe_full.report import result_section, tuning_result
 from aoe_full.sgat import tune_subgraphs
 from aoe_full.strategies import strategy_names
-from aoe_full.tuned_model import save_tuned
+from aoe_full.tuned_model import header_path, save_tuned
 from gdat import settings
 from gdat.aoe_result import write_result
 from gdat.errors import GdatError, UsageError
+from gdat.jsonio import read_json
 
 __all__ = ["main", "build_parser", "JOB_TYPES"]
 
@@ -54,8 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="path/to/file.py:factory or model.pt2 (job types 1, 2); "
                    "the training script (job type 4)")
     p.add_argument("--framework", default="pytorch",
-                   help=f"one of {', '.join(FRAMEWORKS)} (5 = ONNX, needs onnx2torch); default pytorch")
+                   help=f"{', '.join(FRAMEWORKS)} (the default and only one: ONNX, AOE's 5, "
+                   "is refused with the reason)")
     p.add_argument("--input_shape", help='e.g. "x:8,3,64,64" or "x:8,16,64;mask:8,16"')
+    p.add_argument("--input_dtype", help='per input, default float32: e.g. "input_ids:int64"')
+    p.add_argument("--input_range", help='per input, values in [LOW, HIGH): e.g. '
+                   '"input_ids:0,30522" (required for integer inputs)')
     p.add_argument("--job_type", required=True, help="1 = SGAT, 2 = OPAT, 4 = GDAT")
     p.add_argument("--scene", default="infer", help="infer (default) or train")
     p.add_argument("--tune_ops_file", help='JSON {"tune_ops_name": [...], "tune_ops_type": [...]} (OPAT)')
@@ -75,22 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
 class _TuneJob:
     mode: str
     source: ModelSource
-    shapes: dict[str, tuple[int, ...]]
+    specs: list[InputSpec]
+    inputs: list[torch.Tensor]
     cfg: TuneConfig
     output: str
     model: torch.nn.Module
+    capture: str
 
 
 def _tune_ops(path: str | None) -> tuple[frozenset[str] | None, frozenset[str] | None]:
     if path is None:
         return None, None
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except OSError as e:
-        raise UsageError(f"--tune_ops_file {path!r} cannot be read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(f"--tune_ops_file {path!r} is not JSON ({e.msg} at line {e.lineno})") from None
+        doc = read_json(path, UsageError, max_bytes=1 << 20)
+    except UsageError as e:
+        raise UsageError(f"--tune_ops_file {e}") from None
     allowed = {"tune_ops_name", "tune_ops_type"}
     if not isinstance(doc, dict) or not doc or set(doc) - allowed:
         raise UsageError(f"--tune_ops_file {path!r} must be an object with tune_ops_name "
@@ -128,10 +136,10 @@ def _validate_tuning(args: argparse.Namespace, mode: str, bank: str, repeat: boo
         raise UsageError("--tune_ops_file is only for --job_type 2 (OPAT)")
     if not args.input_shape:
         raise UsageError("--input_shape is required for job types 1 and 2")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    if args.rounds < 3:
-        raise UsageError(f"--rounds must be at least 3, got {args.rounds}")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise UsageError(f"--threads must be between 1 and 1024, got {args.threads}")
+    if not 3 <= args.rounds <= 10000:
+        raise UsageError(f"--rounds must be between 3 and 10000, got {args.rounds}")
     if not math.isfinite(args.compile_budget) or args.compile_budget < 0:
         raise UsageError("--compile_budget must be a non-negative number of seconds")
     candidates = None
@@ -144,8 +152,8 @@ def _validate_tuning(args: argparse.Namespace, mode: str, bank: str, repeat: boo
     output = os.path.abspath(args.output)
     if os.path.exists(output) and not os.path.isdir(output):
         raise UsageError(f"--output {args.output!r} exists and is not a directory")
+    specs = parse_inputs(args.input_shape, args.input_dtype, args.input_range)
     source = parse_model_spec(args.model, args.framework)
-    shapes = parse_input_shape(args.input_shape)
     names, types = _tune_ops(args.tune_ops_file)
     cfg = TuneConfig(scene=args.scene, bank_root=bank, repeat=repeat, candidates=candidates,
                      measure=MeasureConfig(rounds=args.rounds),
@@ -153,10 +161,25 @@ def _validate_tuning(args: argparse.Namespace, mode: str, bank: str, repeat: boo
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = load_model(source)
-    check_input_names(model, list(shapes))
+    arg_names = [s.name for s in specs]
+    check_input_names(model, arg_names)
     set_mode(model, args.scene)
-    _check_selection(model, list(shapes), cfg)
-    return _TuneJob(mode, source, shapes, cfg, output, model)
+    inputs = list(make_inputs(specs).values())
+    model, how = graphable(model, inputs, arg_names)
+    _check_selection(model, arg_names, cfg)
+    return _TuneJob(mode, source, specs, inputs, cfg, output, model, how)
+
+
+def _offline(job: _TuneJob, run: TuningRun, path: str) -> OfflineResult:
+    strategy, reason = package_strategy(run)
+    if strategy is None:
+        return OfflineResult(None, reason=reason)
+    untuned = copy.deepcopy(job.model)
+    set_mode(untuned, job.cfg.scene)
+    try:
+        return write_package(untuned, job.inputs, strategy, path)
+    except CandidateError as e:
+        return OfflineResult(None, strategy, reason=str(e))
 
 
 def _run_tuning(job: _TuneJob) -> None:
@@ -165,33 +188,41 @@ def _run_tuning(job: _TuneJob) -> None:
     now = datetime.datetime.now()
     stamp = now.strftime("%Y%m%d%H%M%S") + f"{now.microsecond // 1000:03d}"
     name = f"{job.source.name}_{stamp}"
-    inputs = list(make_inputs(job.shapes).values())
     bar = ProgressBar(1, job.mode.upper())
     tune = tune_operators if job.mode == "opat" else tune_subgraphs
-    run = tune(job.model, inputs, list(job.shapes), job.cfg, bar)
-    tuned_path = os.path.join(job.output, "aoe_workspace", name, "tunespace", "result",
-                              f"{name}_tune.pt")
-    save_tuned(tuned_path, run, job.source, job.shapes, job.model)
+    arg_names = [s.name for s in job.specs]
+    run = tune(job.model, job.inputs, arg_names, job.cfg, bar)
+    result_dir = os.path.join(job.output, "aoe_workspace", name, "tunespace", "result")
+    tuned_path = os.path.join(result_dir, f"{name}_tune.pt")
+    save_tuned(tuned_path, run, job.source, job.capture, job.specs, job.model)
+    offline = _offline(job, run, os.path.join(result_dir, f"{name}_tune.pt2"))
     result = write_result(job.output, job.mode, name, run.tuning_time_s,
-                          result_section(run, tuned_path))
+                          result_section(run, tuned_path, offline))
+    _print_summary(job, run, tuned_path, offline, result)
+
+
+def _print_summary(job: _TuneJob, run: TuningRun, tuned_path: str, offline: OfflineResult,
+                   result: str) -> None:
     s = run.summary
     what = "operators" if job.mode == "opat" else "subgraphs"
     tag = f"[{job.mode.upper()}]"
     print(f"{tag} {s.total_num} {what}: add {s.repo_add_num}, hit {s.repo_hit_num}, "
           f"reserved {s.repo_reserved_num}, unsatisfied {s.repo_unsatisfied_num}, "
           f"update {s.repo_update_num}; measured {run.measured_items}")
-    c = run.comparison
-    if c is not None:
-        kept = "tuned model delivered" if run.improved else "untuned model delivered"
-        print(f"{tag} model {c.baseline_ms:.4f} ms untuned, {c.tuned_ms:.4f} ms with "
-              f"{len(run.candidate_choices.ops) + len(run.candidate_choices.subgraphs)} choices "
+    for config, c in run.configurations.items():
+        print(f"{tag} {config}: {c.baseline_ms:.4f} ms untuned, {c.tuned_ms:.4f} ms tuned "
               f"(median ratio {c.ratio:.3f}, {c.comparison.wins}/{c.comparison.rounds} rounds "
-              f"faster): {tuning_result(run)}, {kept}")
-        if c.relative_error > 1.0:
-            print(f"{tag} warning: the tuned model differs from the untuned one by "
-                  f"{c.relative_error:.3g} x the tolerance", file=sys.stderr)
-    print(f"tuned model: {tuned_path}")
-    print(f"  load with: aoe_full.load_tuned({tuned_path!r})")
+              f"faster, error {c.relative_error:.2g} x tolerance)")
+    delivered = "untuned model" if run.delivered == "untuned" else f"tuned model ({run.delivered})"
+    print(f"{tag} {tuning_result(run)}: {delivered} delivered")
+    print(f"tuned model: {tuned_path} (header {os.path.basename(header_path(tuned_path))})")
+    print(f"  load with: aoe_full.load_tuned({tuned_path!r}, source={job.source.spec!r})")
+    if offline.path is not None:
+        print(f"offline model: {offline.path} ({offline.strategy}, compiled in "
+              f"{offline.compile_s:.1f} s)")
+        print(f"  load with: aoe_full.load_tuned({offline.path!r})")
+    elif job.cfg.scene == "infer":
+        print(f"offline model: none ({offline.reason})")
     print(f"result file: {result}")
     print(f"knowledge base: {os.path.join(job.cfg.bank_root, job.mode)}")
     print("Aoe process finished")
@@ -204,35 +235,47 @@ def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``aoe``; returns the exit status."""
-    own, passthrough = _split_passthrough(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(own)
-        repeat = settings.repeat_tune()
-        bank = settings.bank_root()
-        mode = JOB_TYPES.get(args.job_type)
-        if mode is None:
-            raise UsageError(f"unknown --job_type {args.job_type!r}; expected 1 (SGAT), "
-                             "2 (OPAT) or 4 (GDAT)")
-        if mode == "gdat":
-            if not args.model:
-                raise UsageError("--model (the training script) is required")
-            command = gdat_command(args.model, args.output, args.gdat_args, passthrough)
-            settings.check_writable_dir(os.path.abspath(args.output), "--output")
-        else:
-            if passthrough:
-                raise UsageError("arguments after -- are only for --job_type 4")
-            job = _validate_tuning(args, mode, bank, repeat)
-            _run_tuning(job)
-            return 0
-    except GdatError as e:
-        print(f"aoe: error: {e}", file=sys.stderr)
-        return 2
+def _run(argv: list[str]) -> int:
+    own, passthrough = _split_passthrough(argv)
+    args = build_parser().parse_args(own)
+    repeat = settings.repeat_tune()
+    bank = settings.bank_root()
+    mode = JOB_TYPES.get(args.job_type)
+    if mode is None:
+        raise UsageError(f"unknown --job_type {args.job_type!r}; expected 1 (SGAT), "
+                         "2 (OPAT) or 4 (GDAT)")
+    if mode != "gdat":
+        if passthrough:
+            raise UsageError("arguments after -- are only for --job_type 4")
+        _run_tuning(_validate_tuning(args, mode, bank, repeat))
+        return 0
+    if not args.model:
+        raise UsageError("--model (the training script) is required")
+    command = gdat_command(args.model, args.output, args.gdat_args, passthrough)
+    settings.check_writable_dir(os.path.abspath(args.output), "--output")
     code = run_gdat_job(command)
     print(f"gdat work path: {os.path.abspath(args.output)}")
     print("Aoe process finished")
     return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``aoe``; returns the exit status: 0 done, 2 bad input,
+    130 interrupted, 1 an unexpected failure (each failure one line on stderr)."""
+    try:
+        return _run(sys.argv[1:] if argv is None else argv)
+    except GdatError as e:
+        print(f"aoe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aoe: interrupted; nothing more was written (bank entries "
+              "already recorded are kept)", file=sys.stderr)
+        return 130
+    except Exception as e:  # the boundary: anything else is one line too
+        text = str(e).strip().splitlines()
+        print(f"aoe: internal error: {type(e).__name__}: {text[0][:300] if text else ''}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,5 +20,7 @@ class TunedModelError(GdatError):
     """A tuned-model file is unreadable or no longer matches its source model."""
 
 
+
 class CandidateError(GdatError):
-    """A candidate implementation cannot be built, fails, or is not equivalent."""
+    """A candidate implementation (an engine, the offline package) cannot be built,
+    fails, or is not equivalent to the model."""

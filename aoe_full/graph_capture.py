@@ -2,13 +2,18 @@
 
 :func:`trace` gives the graph whose attribute paths resolve on the model itself:
 
-* a ``torch.fx.GraphModule`` (an exported program's ``.module()``, an ONNX
-  conversion) is used as it is: its graph is copied;
+* a ``torch.fx.GraphModule`` (an exported program's ``.module()``) is used
+  as it is: its graph is copied;
 * any other module is traced with ``torch.fx``'s symbolic tracer, which keeps
   ``torch.nn`` modules as single ``call_module`` nodes and inlines user-defined
   modules.  Forward parameters that are not provided are traced at their default
   values.  Python control flow is evaluated at trace time, in the module's
   current training mode.
+
+:func:`graphable` gives a module :func:`trace` can handle: the model itself when
+torch.fx can trace it, else the module of its ``torch.export`` program
+(non-strict, on the sample inputs, in the model's current training mode), whose
+graph is made of aten operators.  Both failing is a :class:`TraceError`.
 
 :func:`record` runs the graph once on sample inputs and keeps a snapshot of every
 node's output (tensors detached, same strides, same ``requires_grad``), which
@@ -28,7 +33,11 @@ from torch.utils._pytree import tree_map
 from aoe_full.errors import ModelLoadError, TraceError
 from gdat.errors import UsageError
 
-__all__ = ["Capture", "trace", "record", "forward_arg_names", "check_input_names", "capture"]
+__all__ = ["Capture", "trace", "record", "forward_arg_names", "check_input_names", "capture",
+           "graphable", "CAPTURES"]
+
+#: How a model became a graph: torch.fx symbolic tracing, or torch.export.
+CAPTURES = ("fx", "export")
 
 
 @dataclass
@@ -94,11 +103,32 @@ def trace(root: torch.nn.Module, provided: Iterable[str] | None = None) -> tuple
     try:
         graph = fx.Tracer().trace(root, concrete_args=concrete or None)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TraceError(f"{type(root).__name__} cannot be traced by torch.fx ({first}); "
-                         "export it with torch.export.save and pass the .pt2") from None
+        raise TraceError(f"{type(root).__name__} cannot be traced by torch.fx "
+                         f"({_first_line(e)})") from None
     names = tuple(n for n in params if n not in concrete)
     return graph, names
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+def graphable(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names: list[str]
+              ) -> tuple[torch.nn.Module, str]:
+    """``(module, capture)``: ``model`` itself and ``"fx"`` when torch.fx traces
+    it, else its ``torch.export`` module (non-strict, in the current training
+    mode) and ``"export"``.  Raises :class:`TraceError` naming both failures."""
+    try:
+        trace(model, arg_names)
+        return model, "fx"
+    except TraceError as e:
+        fx_error = str(e)
+    try:
+        exported = torch.export.export(model, tuple(inputs), strict=False).module()
+    except Exception as e:
+        raise TraceError(f"{fx_error}; torch.export failed too ({_first_line(e)})") from None
+    return exported, "export"
 
 
 def _snapshot(value: Any) -> Any:

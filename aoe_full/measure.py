@@ -20,9 +20,13 @@ candidate is faster in enough rounds for a one-sided sign test at level
 ``alpha`` (e.g. at least 12 of 15 rounds for ``alpha = 0.05``).
 
 **Equivalence.**  Outputs and gradients are compared tensor by tensor with a
-norm-wise relative error ``max|got - ref| / max|ref|``, which must not exceed
-:data:`REL_TOLERANCE` for the dtype (float32: 1e-4).  Non-finite values must
-sit at the same places with the same values.
+norm-wise relative error ``max|got - ref| / max(max|ref|, floor)``, which must
+not exceed :data:`REL_TOLERANCE` for the dtype (float32: 1e-4).  The floor is
+:data:`SCALE_FLOOR` (1e-3) times the largest ``max|ref|`` over all tensors of the
+result, so a tensor that is analytically zero and holds only rounding noise
+(the gradient of an attention key bias, which softmax cancels: entries of 1e-9
+against gradients of order 1) is judged against the result's scale, not its
+own noise.  Non-finite values must sit at the same places with the same values.
 """
 from __future__ import annotations
 
@@ -36,12 +40,15 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 __all__ = ["MeasureConfig", "Timing", "Step", "make_step", "relative_error", "REL_TOLERANCE",
-           "tolerance_for", "measure", "Comparison", "compare", "clone_inputs"]
+           "tolerance_for", "measure", "Comparison", "compare", "clone_inputs", "SCALE_FLOOR"]
 
 #: Norm-wise relative tolerance per dtype for outputs and gradients.
 REL_TOLERANCE: dict[torch.dtype, float] = {
     torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2,
 }
+
+#: A tensor's scale is at least this fraction of the largest scale in the result.
+SCALE_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,7 @@ def relative_error(ref: Any, got: Any) -> float:
     got_leaves, got_spec = tree_flatten(got)
     if ref_spec != got_spec or len(ref_leaves) != len(got_leaves):
         return math.inf
+    largest = max((_scale(r) for r in ref_leaves), default=0.0)
     worst = 0.0
     for r, g in zip(ref_leaves, got_leaves):
         if not isinstance(r, torch.Tensor) or not isinstance(g, torch.Tensor):
@@ -158,12 +166,21 @@ def relative_error(ref: Any, got: Any) -> float:
             return math.inf
         if r.numel() == 0 or not finite.any():
             continue
-        scale = r[finite].abs().max().item()
+        scale = max(_scale(r), SCALE_FLOOR * largest)
         err = (g[finite] - r[finite]).abs().max().item()
         tol = tolerance_for(r.dtype)
         rel = 0.0 if err == 0 else (math.inf if tol == 0 or scale == 0 else err / scale / tol)
         worst = max(worst, rel)
     return worst
+
+
+def _scale(t: Any) -> float:
+    """``max|t|`` over the finite entries of a floating tensor (0 otherwise)."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.numel() == 0:
+        return 0.0
+    t = t.detach()
+    finite = t[torch.isfinite(t)]
+    return finite.abs().max().item() if finite.numel() else 0.0
 
 
 def _inner_calls(step: Step, cfg: MeasureConfig) -> int:

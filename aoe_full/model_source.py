@@ -1,6 +1,6 @@
 """Where a model comes from, and loading it.
 
-Three sources (``--framework`` / ``--model``):
+Two sources (``--model``; ``--framework`` is ``pytorch``):
 
 * ``pytorch`` with ``path/to/file.py:factory``: the file is imported as a module
   (its directory first on ``sys.path`` while it loads) and ``factory()`` is called
@@ -8,17 +8,24 @@ Three sources (``--framework`` / ``--model``):
 * ``pytorch`` with ``path/to/model.pt2``: a program saved by ``torch.export.save``,
   loaded with ``torch.export.load(path).module()``.  Such a module runs in the mode
   it was exported in (torch does not support ``.train()``/``.eval()`` on it);
-* ``5`` (ONNX) with ``path/to/model.onnx``: converted with the optional
-  ``onnx2torch`` package.
 
-A :class:`ModelSource` records the absolute path and the file's SHA-256, so a
-tuned-model file can rebuild the model later and tell when the source changed.
+ONNX input (AOE's ``--framework 5``) is refused with the reason: the converter
+it would need, ``onnx2torch``, requires torchvision, whose PyPI wheels are CUDA
+builds that pull a second torch and do not import beside the CPU-only torch this
+project pins.  (ONNX Runtime is still one of the engines a model is tuned on:
+see :mod:`aoe_full.engines`.)
+
+A :class:`ModelSource` records the absolute path and the file's SHA-256.
+:func:`load_model` reads the file's bytes once, refuses them unless their SHA-256
+is the recorded one, and builds the model from those same bytes (the code that
+runs is the code that was hashed, even if the file changes meanwhile).
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import io
 import os
+import types
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,18 +37,23 @@ from gdat.errors import UsageError
 
 __all__ = ["ModelSource", "parse_model_spec", "load_model", "FRAMEWORKS"]
 
-#: ``--framework`` values: PyTorch (a factory file or an exported program), ONNX (AOE's 5).
-FRAMEWORKS = ("pytorch", "5")
+#: ``--framework`` values: PyTorch (a factory file or an exported program).
+FRAMEWORKS = ("pytorch",)
 
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A model's origin: ``kind`` is ``factory``, ``exported`` or ``onnx``."""
+    """A model's origin: ``kind`` is ``factory`` or ``exported``."""
 
     kind: str
     path: str
     factory: str | None
     sha256: str
+
+    @property
+    def spec(self) -> str:
+        """The ``--model`` text that names this source."""
+        return f"{self.path}:{self.factory}" if self.factory else self.path
 
     @property
     def name(self) -> str:
@@ -79,14 +91,12 @@ def _existing_file(path: str, what: str) -> str:
 
 def parse_model_spec(model: str, framework: str) -> ModelSource:
     """Check ``--model`` for ``--framework`` without loading anything."""
-    if framework not in FRAMEWORKS:
-        raise UsageError(f"unknown --framework {framework!r}; expected one of "
-                         f"{', '.join(FRAMEWORKS)} (pytorch, or 5 for ONNX)")
     if framework == "5":
-        if not model.endswith(".onnx"):
-            raise UsageError(f"--framework 5 expects an .onnx file, got {model!r}")
-        path = _existing_file(model, "model file")
-        return ModelSource("onnx", path, None, file_sha256(path))
+        raise UsageError("--framework 5 (ONNX) is not supported: its converter, onnx2torch, "
+                         "needs torchvision, which does not install beside the CPU-only torch; "
+                         "tune the PyTorch model instead")
+    if framework not in FRAMEWORKS:
+        raise UsageError(f"unknown --framework {framework!r}; expected pytorch")
     if model.endswith(".pt2"):
         path = _existing_file(model, "model file")
         return ModelSource("exported", path, None, file_sha256(path))
@@ -97,19 +107,29 @@ def parse_model_spec(model: str, framework: str) -> ModelSource:
     return ModelSource("factory", path, factory, file_sha256(path))
 
 
-def _load_factory(source: ModelSource) -> torch.nn.Module:
+def _read_verified(source: ModelSource) -> bytes:
+    try:
+        with open(source.path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {source.path}: {e.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != source.sha256:
+        raise ModelLoadError(f"{source.path} changed since it was checked "
+                             "(its SHA-256 differs); nothing was loaded")
+    return data
+
+
+def _load_factory(source: ModelSource, data: bytes) -> torch.nn.Module:
     module_name = f"aoe_user_model_{source.sha256[:16]}"
     module = sys.modules.get(module_name)
     if module is None:
-        spec = importlib.util.spec_from_file_location(module_name, source.path)
-        if spec is None or spec.loader is None:
-            raise ModelLoadError(f"cannot import {source.path}")
-        module = importlib.util.module_from_spec(spec)
+        module = types.ModuleType(module_name)
+        module.__file__ = source.path
         directory = os.path.dirname(source.path)
         sys.path.insert(0, directory)
         sys.modules[module_name] = module
         try:
-            spec.loader.exec_module(module)
+            exec(compile(data, source.path, "exec"), module.__dict__)
         except Exception as e:
             del sys.modules[module_name]
             raise ModelLoadError(f"importing {source.path} failed: "
@@ -130,28 +150,16 @@ def _load_factory(source: ModelSource) -> torch.nn.Module:
     return model
 
 
-def _load_exported(source: ModelSource) -> torch.nn.Module:
+def _load_exported(source: ModelSource, data: bytes) -> torch.nn.Module:
     try:
-        return torch.export.load(source.path).module()
+        return torch.export.load(io.BytesIO(data)).module()
     except Exception as e:
         raise ModelLoadError(f"cannot load exported program {source.path}: "
                              f"{type(e).__name__}: {e}") from None
 
 
-def _load_onnx(source: ModelSource) -> torch.nn.Module:
-    try:
-        import onnx2torch  # optional: pip install onnx2torch
-    except ImportError:
-        raise ModelLoadError("--framework 5 (ONNX) needs the optional onnx2torch package "
-                             "(pip install onnx2torch)") from None
-    try:
-        return onnx2torch.convert(source.path)
-    except Exception as e:
-        raise ModelLoadError(f"cannot convert {source.path} from ONNX: "
-                             f"{type(e).__name__}: {e}") from None
-
-
 def load_model(source: ModelSource) -> torch.nn.Module:
-    """Build the module ``source`` describes (raises :class:`ModelLoadError`)."""
-    loaders = {"factory": _load_factory, "exported": _load_exported, "onnx": _load_onnx}
-    return loaders[source.kind](source)
+    """Build the module ``source`` describes from the file's bytes, refused
+    unless they have the recorded SHA-256 (raises :class:`ModelLoadError`)."""
+    loaders = {"factory": _load_factory, "exported": _load_exported}
+    return loaders[source.kind](source, _read_verified(source))

@@ -75,7 +75,7 @@ def tune_operators(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names
             choices.ops.extend(OpChoice(o.node, ident, o.call_key, strategy) for o in group)
         if progress is not None:
             progress.step(f"{outcome:<11} {label}")
-    return complete(OPAT, model, choices, inputs, arg_names, cfg, items, summary, t0, budget.spent_s, progress)
+    return complete(OPAT, model, {"operators": choices}, inputs, arg_names, cfg, items, summary, t0, budget.spent_s, progress)
 
 
 def _tune_one(kb: KnowledgeBase, key: dict, op: OpInstance, node, work: torch.nn.Module,

@@ -5,8 +5,10 @@ into maximal runs of consecutive nodes such that
 
 1. nodes inside a *user-defined block* stay together: a node's block is the
    outermost module on its module stack whose class is not part of ``torch.nn``
-   (a ``Block`` in an ``nn.Sequential``, say); consecutive nodes with the same
-   block form one subgraph;
+   and that is an element of a container (``blocks.0``, ``encoder.layer.3``: the
+   repeated blocks of a model), or, on a stack with no such element, the
+   outermost module whose class is not part of ``torch.nn`` (``embeddings``);
+   consecutive nodes with the same block form one subgraph;
 2. nodes in no user-defined block (the model's own forward, ``nn.Sequential``
    chains of ``torch.nn`` layers) are cut before every *anchor* operator: conv,
    linear, matmul, bmm, attention, or a ``torch.nn`` module with parameters that
@@ -35,8 +37,6 @@ bank key.
 from __future__ import annotations
 
 import builtins
-import hashlib
-import json
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -47,8 +47,10 @@ import torch.nn as nn
 
 from aoe_full.operators import classify, get_path, invoke_module
 from aoe_full.signature import module_config
+from gdat.jsonio import digest
 
-__all__ = ["Subgraph", "partition", "build_function", "structure_hash", "get_path"]
+__all__ = ["Subgraph", "partition", "whole_graph", "WHOLE", "build_function", "structure_hash",
+           "get_path"]
 
 _ANCHOR_KINDS = {"conv", "linear", "matmul", "bmm", "attention"}
 _SHAPE_METHODS = {"size", "dim", "view", "reshape", "flatten", "permute", "transpose",
@@ -94,16 +96,32 @@ def _class_name(cls: Any) -> str:
     return f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', '')}"
 
 
-def block_owner(node: fx.Node) -> str | None:
-    """The outermost user-defined module on a node's module stack (``None``: none)."""
+def _user_modules(node: fx.Node) -> list[str]:
+    """Paths of the user-defined modules on a node's module stack, outermost first."""
     stack = node.meta.get("nn_module_stack") or {}
+    paths = []
     for value in stack.values():
         path, cls = value if isinstance(value, tuple) else (None, value)
-        if not path:
-            continue
-        if not _class_name(cls).startswith("torch.nn."):
-            return str(path)
-    return None
+        if path and not _class_name(cls).startswith("torch.nn."):
+            paths.append(str(path))
+    return paths
+
+
+def _is_element(path: str) -> bool:
+    """Whether a module path names an element of a container (``layer.0``)."""
+    last = path.replace("[", ".").rstrip("]").rsplit(".", 1)[-1]
+    return last.isdigit()
+
+
+def block_owner(node: fx.Node) -> str | None:
+    """A node's user-defined block (``None``: none): the outermost user-defined
+    module on its module stack that is an element of a container
+    (``encoder.layer.3``), else the outermost user-defined module."""
+    paths = _user_modules(node)
+    elements = [p for p in paths if _is_element(p)]
+    if elements:
+        return elements[0]
+    return paths[0] if paths else None
 
 
 def _is_trivial(node: fx.Node, root: nn.Module) -> bool:
@@ -153,25 +171,37 @@ def _runs(graph: fx.Graph, root: nn.Module) -> list[tuple[str | None, list[fx.No
     return merged
 
 
+def _subgraph(index: int, owner: str | None, nodes: list[fx.Node]) -> Subgraph:
+    members = set(nodes)
+    inputs: list[fx.Node] = []
+    refs: list[str] = []
+    for n in nodes:
+        if n.op == "call_module" and str(n.target) not in refs:
+            refs.append(str(n.target))
+        for a in n.all_input_nodes:
+            if a.op == "get_attr":
+                if str(a.target) not in refs:
+                    refs.append(str(a.target))
+            elif a not in members and a not in inputs:
+                inputs.append(a)
+    outputs = [n for n in nodes if any(u not in members for u in n.users)]
+    return Subgraph(index, nodes, owner, inputs, refs, outputs)
+
+
 def partition(graph: fx.Graph, root: nn.Module) -> list[Subgraph]:
     """The subgraphs of ``graph`` by the partitioning rule (module docstring)."""
-    subgraphs = []
-    for index, (owner, nodes) in enumerate(_runs(graph, root)):
-        members = set(nodes)
-        inputs: list[fx.Node] = []
-        refs: list[str] = []
-        for n in nodes:
-            if n.op == "call_module" and str(n.target) not in refs:
-                refs.append(str(n.target))
-            for a in n.all_input_nodes:
-                if a.op == "get_attr":
-                    if str(a.target) not in refs:
-                        refs.append(str(a.target))
-                elif a not in members and a not in inputs:
-                    inputs.append(a)
-        outputs = [n for n in nodes if any(u not in members for u in n.users)]
-        subgraphs.append(Subgraph(index, nodes, owner, inputs, refs, outputs))
-    return subgraphs
+    return [_subgraph(index, owner, nodes) for index, (owner, nodes) in enumerate(_runs(graph, root))]
+
+
+#: The owner name of the whole-model subgraph.
+WHOLE = "<whole model>"
+
+
+def whole_graph(graph: fx.Graph, index: int) -> Subgraph:
+    """Every call node of ``graph`` as one subgraph (the whole model: its inputs
+    are the graph's placeholders, its outputs what the graph returns)."""
+    nodes = [n for n in graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+    return _subgraph(index, WHOLE, nodes)
 
 
 def build_function(sub: Subgraph, op_dispatch: dict[str, Callable[..., Any]] | None = None
@@ -243,5 +273,4 @@ def structure_hash(sub: Subgraph, root: nn.Module) -> str:
         nodes.append([n.op, target, enc(n.args), enc(dict(n.kwargs))])
     desc = {"refs": refs, "inputs": len(sub.inputs), "nodes": nodes,
             "outputs": [position[o] for o in sub.outputs]}
-    text = json.dumps(desc, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+    return digest(desc, 24)

@@ -23,8 +23,8 @@ from aoe_full.tuner import ModelComparison, compare_models
 from gdat.device import device_type_of
 from gdat.knowledge_base import RepoSummary
 
-__all__ = ["TuneConfig", "ItemReport", "TuningRun", "prepare", "finish", "SCENES", "set_mode",
-           "tuned_copy"]
+__all__ = ["TuneConfig", "ItemReport", "TuningRun", "GateResult", "prepare", "finish", "complete",
+           "SCENES", "set_mode", "tuned_copy"]
 
 SCENES = ("infer", "train")
 
@@ -68,7 +68,14 @@ class ItemReport:
 
 @dataclass
 class TuningRun:
-    """Everything one OPAT or SGAT run found and made."""
+    """Everything one OPAT or SGAT run found and made.
+
+    ``configurations``: every tuned configuration measured against the untuned
+    model in the whole-model gate (OPAT: ``operators``; SGAT: ``subgraphs``, the
+    per-subgraph choices, and ``whole model``, the whole model's own choice);
+    ``delivered``: the name of the delivered one, or ``untuned``.
+    ``candidate_choices`` / ``comparison``: the delivered configuration, or,
+    when none beat the untuned model, the one with the lowest median ratio."""
 
     mode: str
     scene: str
@@ -80,6 +87,8 @@ class TuningRun:
     comparison: ModelComparison | None
     tuning_time_s: float
     compile_spent_s: float
+    configurations: dict[str, ModelComparison] = field(default_factory=dict)
+    delivered: str = "untuned"
 
     @property
     def measured_items(self) -> int:
@@ -87,7 +96,7 @@ class TuningRun:
 
     @property
     def improved(self) -> bool:
-        """Whether the delivered model is the tuned one (see :func:`finish`)."""
+        """Whether the delivered model is a tuned one (see :func:`finish`)."""
         return bool(self.choices)
 
 
@@ -119,33 +128,53 @@ def tuned_copy(model: torch.nn.Module, scene: str, choices: Choices, arg_names: 
     return tuned
 
 
-def finish(model: torch.nn.Module, candidate: Choices, inputs: list[torch.Tensor],
+@dataclass
+class GateResult:
+    """The whole-model gate's verdict (see :func:`finish`)."""
+
+    delivered: str
+    choices: Choices
+    model: torch.nn.Module
+    best: str | None
+    comparisons: dict[str, ModelComparison]
+
+
+def finish(model: torch.nn.Module, candidates: dict[str, Choices], inputs: list[torch.Tensor],
            arg_names: list[str], scene: str, cfg: MeasureConfig,
-           install: Callable[[torch.nn.Module, Choices, list[str]], Any]
-           ) -> tuple[Choices, torch.nn.Module, ModelComparison | None]:
-    """The whole-model gate.  The model with the items' choices (``candidate``)
-    is measured side by side with the untuned one; it is delivered only when it
-    beats it by more than the noise and is equivalent within tolerance.
-    Otherwise the untuned model is delivered and the choices are dropped
-    ("tuning unsatisfied"), since items that win in isolation can lose together.
-    Returns (delivered choices, delivered model, comparison)."""
+           install: Callable[[torch.nn.Module, Choices, list[str]], Any]) -> GateResult:
+    """The whole-model gate.  The model with each candidate configuration's
+    choices is measured side by side with the untuned one (one set of
+    interleaved rounds for all).  A configuration qualifies when it beats the
+    untuned model by more than the noise and is equivalent within tolerance;
+    the qualifying one with the lowest median ratio is delivered.  When none
+    qualifies the untuned model is delivered and the choices are dropped
+    ("tuning unsatisfied"), since items that win in isolation can lose together."""
     baseline = copy.deepcopy(model)
     set_mode(baseline, scene)
-    tuned = tuned_copy(model, scene, candidate, arg_names, install)
-    comparison = compare_models(baseline, tuned, inputs, scene, cfg)
-    if candidate and comparison.comparison.beats and comparison.relative_error <= 1.0:
-        return candidate, tuned, comparison
-    return Choices(), baseline, comparison
+    live = {n: c for n, c in candidates.items() if c} or {"tuned": Choices()}
+    tuned = {n: tuned_copy(model, scene, c, arg_names, install) for n, c in live.items()}
+    comparisons = compare_models(baseline, tuned, inputs, scene, cfg)
+    ranked = sorted(comparisons, key=lambda n: comparisons[n].ratio)
+    qualified = [n for n in ranked if live[n] and comparisons[n].comparison.beats
+                 and comparisons[n].relative_error <= 1.0]
+    if qualified:
+        name = qualified[0]
+        return GateResult(name, live[name], tuned[name], name, comparisons)
+    return GateResult("untuned", Choices(), baseline, ranked[0], comparisons)
 
 
-def complete(mode: str, model: torch.nn.Module, candidate: Choices, inputs: list[torch.Tensor],
-             arg_names: list[str], cfg: TuneConfig, items: list[ItemReport], summary: RepoSummary,
-             started_s: float, compile_spent_s: float, progress: ProgressBar | None) -> TuningRun:
-    """End an OPAT or SGAT run: the whole-model gate (:func:`finish`), then its
-    :class:`TuningRun` (``started_s`` is the run's ``perf_counter`` start)."""
-    delivered, tuned, comparison = finish(model, candidate, inputs, arg_names, cfg.scene,
-                                          cfg.measure, apply_choices)
+def complete(mode: str, model: torch.nn.Module, candidates: dict[str, Choices],
+             inputs: list[torch.Tensor], arg_names: list[str], cfg: TuneConfig,
+             items: list[ItemReport], summary: RepoSummary, started_s: float,
+             compile_spent_s: float, progress: ProgressBar | None) -> TuningRun:
+    """End an OPAT or SGAT run: the whole-model gate (:func:`finish`) over the
+    candidate configurations, then its :class:`TuningRun` (``started_s`` is the
+    run's ``perf_counter`` start)."""
+    gate = finish(model, candidates, inputs, arg_names, cfg.scene, cfg.measure, apply_choices)
     if progress is not None:
         progress.step("whole model measured")
-    return TuningRun(mode, cfg.scene, items, summary, candidate, delivered, tuned, comparison,
-                     time.perf_counter() - started_s, compile_spent_s)
+    best = gate.best
+    return TuningRun(mode, cfg.scene, items, summary, candidates.get(best, Choices()),
+                     gate.choices, gate.model, gate.comparisons.get(best),
+                     time.perf_counter() - started_s, compile_spent_s, gate.comparisons,
+                     gate.delivered)

@@ -17,15 +17,23 @@ holds ``basic`` and one section, ``OPAT`` or ``SGAT``, with AOE's keys:
 * ``repo_summary``: AOE's counters.
 
 and these of aoe_full's own: ``scene``, ``tuned_candidate_performance(ms)`` (the
-model with every item's choice, delivered or not), ``whole_model`` (ratio, rounds won,
-sign-test p, worst relative error in tolerance units), ``measured_items``,
-``compile_time(s)``, ``tuned_model``, ``items`` (every item and candidate).
+delivered configuration, or the best one measured when none was delivered),
+``whole_model`` (its ratio, rounds won, sign-test p, worst relative error in
+tolerance units), ``configurations`` (the same for every tuned configuration
+the gate measured: OPAT ``operators``; SGAT ``subgraphs`` and ``whole model``),
+``delivered`` (the delivered configuration or ``untuned``), ``measured_items``,
+``compile_time(s)`` (every candidate's compilation, engines' conversions
+included; each candidate's own is in ``items``), ``tuned_model``,
+``offline_model`` (the AOTInductor package, or why none was written) and
+``items`` (every item and candidate).
 """
 from __future__ import annotations
 
 from typing import Any
 
+from aoe_full.offline import OfflineResult
 from aoe_full.pipeline import TuningRun
+from aoe_full.tuner import ModelComparison
 from gdat.aoe_result import improvement_percent
 
 __all__ = ["result_section", "tuning_result"]
@@ -35,7 +43,15 @@ def tuning_result(run: TuningRun) -> str:
     return "tuning successful" if run.improved else "tuning unsatisfied"
 
 
-def result_section(run: TuningRun, tuned_model_path: str) -> dict[str, Any]:
+def _gate(c: ModelComparison) -> dict[str, Any]:
+    return {"median_ratio": round(c.ratio, 4), "tuned_ms": round(c.tuned_ms, 4),
+            "rounds_won": f"{c.comparison.wins}/{c.comparison.rounds}",
+            "p_value": round(c.comparison.p_value, 4),
+            "relative_error_in_tolerances": c.relative_error}
+
+
+def result_section(run: TuningRun, tuned_model_path: str,
+                   offline: OfflineResult | None = None) -> dict[str, Any]:
     """The result-file section for ``run``."""
     comp = run.comparison
     baseline = round(comp.baseline_ms, 4) if comp else None
@@ -54,14 +70,13 @@ def result_section(run: TuningRun, tuned_model_path: str) -> dict[str, Any]:
         "repo_summary": run.summary.to_dict(),
         "scene": run.scene,
         "tuned_candidate_performance(ms)": candidate,
-        "whole_model": None if comp is None else {
-            "median_ratio": round(comp.ratio, 4),
-            "rounds_won": f"{comp.comparison.wins}/{comp.comparison.rounds}",
-            "p_value": round(comp.comparison.p_value, 4),
-            "relative_error_in_tolerances": comp.relative_error},
+        "whole_model": None if comp is None else _gate(comp),
+        "configurations": {n: _gate(c) for n, c in run.configurations.items()},
+        "delivered": run.delivered,
         "measured_items": run.measured_items,
         "compile_time(s)": round(run.compile_spent_s, 3),
         "tuned_model": tuned_model_path,
+        "offline_model": None if offline is None else offline.to_dict(),
         "items": [i.to_dict() for i in run.items],
     }
     return section

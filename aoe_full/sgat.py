@@ -5,8 +5,14 @@ subgraph (structural hash + input signature), in graph order: look it up in the
 subgraph bank; on a hit (``REPEAT_TUNE`` off) use the stored strategy without
 measuring; otherwise measure the subgraph's strategies in isolation on the
 recorded activations, the ``opat`` one built from the operator bank's entries
-for its operators, and record the verdict.  Then the tuned model is built and
-measured against the untuned one.
+for its operators, and record the verdict.
+
+The whole model is one more item, tuned first (so the compile budget never
+runs out before ``torch.compile`` of the whole model and the engines were
+tried): its strategies are those of any subgraph.  Two tuned configurations
+come out, the per-subgraph choices and the whole model's choice; the
+whole-model gate measures both against the untuned model side by side and
+delivers the fastest that beats it (:func:`aoe_full.pipeline.finish`).
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import torch
 from aoe_full.bank import OPAT, SGAT, BankContext, decide
 from aoe_full.choices import Choices, OpChoice, SubgraphChoice, identity_of
 from aoe_full.operators import OpInstance, find_operators
-from aoe_full.partition import Subgraph, get_path, partition, structure_hash
+from aoe_full.partition import WHOLE, Subgraph, get_path, partition, structure_hash, whole_graph
 from aoe_full.progress import ProgressBar
 from aoe_full.pipeline import ItemReport, TuneConfig, TuningRun, complete, prepare
 from aoe_full.rewrite import ImplCache, make_op_dispatch, subgraph_functions
@@ -74,13 +80,15 @@ def tune_subgraphs(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names
     grad = cfg.scene == "train"
     work, cap, ctx = prepare(model, inputs, arg_names, cfg.scene)
     subs = partition(cap.graph, work)
+    if len(subs) > 1:
+        subs.insert(0, whole_graph(cap.graph, len(subs)))
     ops = find_operators(cap.graph, work, cap.values, grad)
     sg_kb = KnowledgeBase(cfg.bank_root, SGAT)
     opat_kb = KnowledgeBase(cfg.bank_root, OPAT)
     budget = CompileBudget(cfg.compile_budget_s)
     summary = RepoSummary()
     items: list[ItemReport] = []
-    choices = Choices()
+    configurations = {"whole model": Choices(), "subgraphs": Choices()}
     groups: dict[str, list[tuple[Subgraph, str, tuple]]] = {}
     keys: dict[str, dict] = {}
     for sub in subs:
@@ -103,13 +111,15 @@ def tune_subgraphs(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names
         items.append(ItemReport(SGAT, kid, label, [s.first for s, _, _ in group], outcome,
                                 strategy, measured, written, table))
         if strategy != DEFAULT:
+            choices = configurations["whole model" if sub.owner == WHOLE else "subgraphs"]
             for s, st, sg in group:
                 choices.subgraphs.append(SubgraphChoice(s.first, st, sg, strategy))
                 if strategy == "opat":
                     choices.ops.extend(_op_choices_inside(s, ops, ctx, opat_kb))
         if progress is not None:
             progress.step(f"{outcome:<11} {label}")
-    return complete(SGAT, model, choices, inputs, arg_names, cfg, items, summary, t0, budget.spent_s, progress)
+    return complete(SGAT, model, configurations, inputs, arg_names, cfg, items, summary, t0,
+                    budget.spent_s, progress)
 
 
 def _tune_one(kb: KnowledgeBase, key: dict, sub: Subgraph, inside: list[OpChoice],

@@ -20,10 +20,18 @@ compiled              all                          torch.compile (Inductor, defa
 compiled_max_autotune conv, linear, matmul, bmm    Inductor max-autotune (GEMM templates)
 ===================== ============================ ====================================
 
-Subgraph strategies (SGAT): ``eager``, ``compiled``, ``compiled_max_autotune``,
-``compiled_aggressive_fusion`` (Inductor's ``aggressive_fusion``),
-``channels_last`` and ``channels_last_compiled`` (when a subgraph input is 4-D),
-and ``opat`` (the subgraph with the operator bank's choices for its operators).
+Subgraph strategies (SGAT), which also apply to the whole model as one subgraph:
+``eager``, ``compiled``, ``compiled_max_autotune``, ``compiled_aggressive_fusion``
+(Inductor's ``aggressive_fusion``), ``compiled_freezing`` (scene infer: Inductor
+with ``freezing``, weights constant-folded and prepacked), ``channels_last`` and
+``channels_last_compiled`` (when a subgraph input is 4-D), ``onnxrt`` and
+``openvino`` (scene infer, when the package is installed: the engines of
+:mod:`aoe_full.engines`), and ``opat`` (the subgraph with the operator bank's
+choices for its operators).
+
+A strategy that cannot run here is skipped with the reason in the report:
+``compile_unavailable_reason`` for Inductor, a missing package for an engine,
+"inference only" for freezing and the engines in scene train.
 
 Every compiled strategy compiles a fresh copy of its function with
 ``dynamic=False``, so each (strategy, signature) has its own Dynamo cache and
@@ -41,8 +49,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._pytree import tree_map
 
+from aoe_full.engines import engine_strategy_wrap, engine_unavailable_reason
+
 __all__ = ["Strategy", "OP_STRATEGIES", "SUBGRAPH_STRATEGIES", "DEFAULT", "op_strategies",
-           "subgraph_strategies", "compile_unavailable_reason", "CompileBudget", "strategy_names"]
+           "subgraph_strategies", "compile_unavailable_reason", "CompileBudget", "strategy_names",
+           "INDUCTOR_WHOLE"]
 
 DEFAULT = "eager"
 
@@ -126,7 +137,9 @@ class Strategy:
 
     ``kinds``: operator kinds it applies to (``None``: all); ``needs_4d``: only
     when a data argument is a 4-D float tensor; ``functional_only``: not for
-    module ops; ``compiled``: costs a compilation (counted in the budget)."""
+    module ops; ``compiled``: costs a compilation (counted in the budget);
+    ``infer_only``: not in scene train; ``unavailable``: why it cannot run on
+    this machine (``None``: it can)."""
 
     name: str
     wrap: Callable[[Callable[..., Any], int, str], Callable[..., Any]]
@@ -135,6 +148,16 @@ class Strategy:
     functional_only: bool = False
     compiled: bool = False
     multi_thread: bool = False
+    infer_only: bool = False
+    unavailable: Callable[[], str | None] | None = None
+
+    def skip_reason(self, scene: str) -> str | None:
+        """Why this strategy is not tried in ``scene`` here (``None``: it is)."""
+        if self.infer_only and scene == "train":
+            return "inference only (no backward)"
+        if self.unavailable is not None:
+            return self.unavailable()
+        return compile_unavailable_reason() if self.compiled else None
 
     def applies(self, kind: str, data_args: tuple[Any, ...], module_op: bool) -> bool:
         if self.kinds is not None and kind not in self.kinds:
@@ -169,10 +192,24 @@ SUBGRAPH_STRATEGIES: dict[str, Strategy] = {s.name: s for s in [
     Strategy("compiled_max_autotune", _compiled("max-autotune-no-cudagraphs"), compiled=True),
     Strategy("compiled_aggressive_fusion", _compiled(options={"aggressive_fusion": True}),
              compiled=True),
+    Strategy("compiled_freezing", _compiled(options={"freezing": True}), compiled=True,
+             infer_only=True),
     Strategy("channels_last", _channels_last, needs_4d=True),
     Strategy("channels_last_compiled", _channels_last_compiled, needs_4d=True, compiled=True),
+    Strategy("onnxrt", engine_strategy_wrap("onnxrt"), compiled=True, infer_only=True,
+             unavailable=lambda: engine_unavailable_reason("onnxrt")),
+    Strategy("openvino", engine_strategy_wrap("openvino"), compiled=True, infer_only=True,
+             unavailable=lambda: engine_unavailable_reason("openvino")),
     Strategy("opat", _eager),  # the base passed in is the OPAT-rewritten subgraph
 ]}
+
+#: Subgraph strategies that compile the whole function with Inductor alone, so
+#: a whole model tuned with one of them can be written as an AOTInductor
+#: package (:mod:`aoe_full.offline`): name -> Inductor options.
+INDUCTOR_WHOLE: dict[str, dict[str, Any]] = {
+    "compiled": {}, "compiled_max_autotune": {"max_autotune": True},
+    "compiled_aggressive_fusion": {"aggressive_fusion": True}, "compiled_freezing": {"freezing": True},
+}
 
 
 def strategy_names() -> list[str]:

@@ -19,7 +19,7 @@ import torch
 
 from aoe_full.measure import (Comparison, MeasureConfig, Timing, compare, make_step, measure,
                               relative_error)
-from aoe_full.strategies import DEFAULT, CompileBudget, Strategy, compile_unavailable_reason
+from aoe_full.strategies import DEFAULT, CompileBudget, Strategy
 
 __all__ = ["ItemTuning", "tune_item", "ModelComparison", "compare_models", "diff_tensors"]
 
@@ -34,6 +34,7 @@ class ItemTuning:
     status: dict[str, str]
     comparisons: dict[str, Comparison] = field(default_factory=dict)
     cfg: MeasureConfig = field(default_factory=MeasureConfig)
+    compile_s: dict[str, float] = field(default_factory=dict)
 
     def beats(self, other: str) -> bool:
         """Whether the winner beat strategy ``other`` by more than the noise in
@@ -48,6 +49,8 @@ class ItemTuning:
         base = self.timings.get(DEFAULT)
         for name, status in self.status.items():
             row: dict[str, Any] = {"status": status}
+            if name in self.compile_s:
+                row["compile_s"] = round(self.compile_s[name], 3)
             t = self.timings.get(name)
             if t is not None:
                 row["median_ms"] = round(t.median_ms, 6)
@@ -97,13 +100,14 @@ def tune_item(strategies: list[Strategy], bases: dict[str, Callable[..., Any]],
     name to the function it wraps (``"*"`` for all others)."""
     steps: dict[str, Callable[[], Any]] = {}
     status: dict[str, str] = {}
+    compile_s: dict[str, float] = {}
     reference = None
     for s in strategies:
+        reason = s.skip_reason(scene)
+        if reason is not None:
+            status[s.name] = f"skipped: {reason}"
+            continue
         if s.compiled:
-            reason = compile_unavailable_reason()
-            if reason is not None:
-                status[s.name] = f"skipped: {reason}"
-                continue
             if not budget.allows():
                 status[s.name] = f"skipped: compile budget of {budget.limit_s:g} s spent"
                 continue
@@ -116,11 +120,12 @@ def tune_item(strategies: list[Strategy], bases: dict[str, Callable[..., Any]],
         except Exception as e:  # a candidate that cannot run is rejected, not fatal
             status[s.name] = f"rejected: {_first_line(e)}"
             if s.name == DEFAULT:
-                return ItemTuning(DEFAULT, {}, status, {}, cfg)
+                return ItemTuning(DEFAULT, {}, status, {}, cfg, compile_s)
             continue
         finally:
             if s.compiled:
-                budget.charge(time.perf_counter() - t0)
+                compile_s[s.name] = time.perf_counter() - t0
+                budget.charge(compile_s[s.name])
         if reference is None:
             reference = result
         else:
@@ -134,7 +139,7 @@ def tune_item(strategies: list[Strategy], bases: dict[str, Callable[..., Any]],
     comparisons = {n: compare(t, timings[DEFAULT], cfg) for n, t in timings.items() if n != DEFAULT}
     winners = [(c.median_ratio, n) for n, c in comparisons.items() if c.beats]
     winner = min(winners)[1] if winners else DEFAULT
-    return ItemTuning(winner, timings, status, comparisons, cfg)
+    return ItemTuning(winner, timings, status, comparisons, cfg, compile_s)
 
 
 @dataclass(frozen=True)
@@ -153,15 +158,23 @@ class ModelComparison:
         return self.comparison.median_ratio
 
 
-def compare_models(baseline: torch.nn.Module, tuned: torch.nn.Module, inputs: list[torch.Tensor],
-                   scene: str, cfg: MeasureConfig) -> ModelComparison:
-    """Measure ``baseline`` and ``tuned`` (same weights and buffers) side by side."""
+def compare_models(baseline: torch.nn.Module, tuned: dict[str, torch.nn.Module],
+                   inputs: list[torch.Tensor], scene: str, cfg: MeasureConfig
+                   ) -> dict[str, ModelComparison]:
+    """Measure ``baseline`` and every ``tuned`` model (same weights and buffers)
+    side by side in one set of interleaved rounds."""
     def step_for(model: torch.nn.Module) -> Callable[[], Any]:
         diff = [p for p in model.parameters() if p.requires_grad]
         return make_step(model, tuple(inputs), {}, diff, scene)
 
-    steps = {"baseline": step_for(baseline), "tuned": step_for(tuned)}
-    err = relative_error(steps["baseline"](), steps["tuned"]())
+    steps = {"baseline": step_for(baseline)}
+    steps.update((f"tuned:{n}", step_for(m)) for n, m in tuned.items())
+    reference = steps["baseline"]()
+    errors = {n: relative_error(reference, steps[f"tuned:{n}"]()) for n in tuned}
     timings = measure(steps, "baseline", cfg)
-    comp = compare(timings["tuned"], timings["baseline"], cfg)
-    return ModelComparison(timings["baseline"].median_ms, timings["tuned"].median_ms, comp, err)
+    out = {}
+    for n in tuned:
+        t = timings[f"tuned:{n}"]
+        out[n] = ModelComparison(timings["baseline"].median_ms, t.median_ms,
+                                 compare(t, timings["baseline"], cfg), errors[n])
+    return out

@@ -58,10 +58,9 @@ def worker(args: argparse.Namespace) -> None:
     plans.append(optimal_plan(timeline, cost, contention))
     plans.append(mgwfbp_plan(timeline, cost, contention))
     measured: dict[str, list[float]] = {p.label: [] for p in plans}
-    order, sizes, dtypes = list(timeline.order), list(timeline.nbytes), list(timeline.dtypes)
     for r in range(args.rounds):
         for plan in (plans if r % 2 == 0 else plans[::-1]):
-            switch_buckets(tr.ddp, **ddp_bucket_arguments(plan, order, sizes, dtypes))
+            switch_buckets(tr.ddp, **ddp_bucket_arguments(plan, timeline.layout))
             tr.window(2)
             measured[plan.label] += max_over_ranks(tr.window(args.measure_steps))
     if dist.get_rank() == 0:

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gdat.cost_model import AllreduceCostModel, Contention  # noqa: E402
 from gdat.schedule.search import optimal_plan  # noqa: E402
+from gdat.layout import GradientLayout  # noqa: E402
 from gdat.timeline import ReadyTimeline  # noqa: E402
 
 
@@ -27,8 +28,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     n = args.params
-    timeline = ReadyTimeline(order=tuple(range(n)), nbytes=tuple(16 * 4 ** (k % 7) for k in range(n)),
-                             dtypes=("float32",) * n, ready_s=tuple(0.01 + 5e-5 * k for k in range(n)),
+    grads = GradientLayout(tuple(range(n)), tuple(16 * 4 ** (k % 7) for k in range(n)), ("float32",) * n)
+    timeline = ReadyTimeline(layout=grads, ready_s=tuple(0.01 + 5e-5 * k for k in range(n)),
                              backward_start_s=0.01, backward_end_s=0.01 + 5e-5 * n, post_s=0.002)
     cost = AllreduceCostModel.linear(1e-4, 2e-9)
     for limit in (None, 8):

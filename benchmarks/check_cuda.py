@@ -23,6 +23,7 @@ def _rank(rank: int, world: int, port: int) -> None:
 
     from gdat.ddp_model import reducer_parameters
     from gdat.device import Clock, default_backend, device_for_local_rank
+    from gdat.layout import GradientLayout
     from gdat.plan import BucketPlan
     from gdat.plan_switch import ddp_bucket_arguments, switch_buckets
     from gdat.profiling.comm_trace import BucketTracer, tracing_allreduce_hook
@@ -83,8 +84,9 @@ def _rank(rank: int, world: int, port: int) -> None:
     live = DDP(model())
     order = list(range(n - 1, -1, -1))
     sizes = [p.numel() * p.element_size() for p in list(live.parameters())[::-1]]
-    plan = BucketPlan.from_ends(order, sizes, ["float32"] * n, [2, 6, n])
-    switch_buckets(live, **ddp_bucket_arguments(plan, order, sizes, ["float32"] * n))
+    grads = GradientLayout(tuple(order), tuple(sizes), ("float32",) * n)
+    plan = BucketPlan.from_ends(grads, [2, 6, n])
+    switch_buckets(live, **ddp_bucket_arguments(plan, grads))
     seen = []
 
     def hook(state, bucket):

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     show = sub.add_parser("show", help="summarise a gdat JSON file")
     show.add_argument("file")
     sim = sub.add_parser("simulate", help="predict step times of bucket plans from a profile")
-    from gdat.schedule.whatif import add_simulate_arguments, simulate_command
+    from gdat.cli_simulate import add_simulate_arguments, simulate_command
 
     add_simulate_arguments(sim)
     args = parser.parse_args(argv)

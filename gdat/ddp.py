@@ -3,22 +3,33 @@
 A subclass of ``torch.nn.parallel.DistributedDataParallel`` taking the same
 arguments plus ``gdat_config`` (default: from ``GDAT_*`` variables, see
 :mod:`gdat.config`).  ``gdat-run`` substitutes it for stock DDP in an unmodified
-script.  A synchronised training step starts at each forward with grad enabled
-outside ``no_sync()``; at that moment the mode's controller may act (record,
-switch plans, decide), always on the same step on every rank.
+script.  Construction (:mod:`gdat.construction`) decides the arguments stock DDP
+is built with; this class then builds the mode's controller: the tuning loop
+(:class:`gdat.tune_loop.OnlineTuner`), the profile job
+(:class:`gdat.profile_job.ProfileJob`) or none.  Both need DDP's private members,
+checked first (:func:`gdat.ddp_internals.internals_available`): where this torch
+lacks one, the model runs as stock DDP.  A synchronised training step starts at
+each forward with grad enabled outside ``no_sync()``; at that moment the
+controller may act (record, switch plans, decide), always on the same step on
+every rank.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Protocol
+from importlib.metadata import entry_points
+from typing import Any, Protocol
 
 import torch
 
+from gdat import log
 from gdat.config import GdatConfig
+from gdat.construction import TuneContext, check_model_across_ranks, prepare_construction
+from gdat.ddp_internals import STOCK_DDP, internals_available
+from gdat.profile_job import ProfileJob
+from gdat.tune_loop import OnlineTuner
 
-__all__ = ["DistributedDataParallel", "STOCK_DDP"]
+__all__ = ["DistributedDataParallel", "STOCK_DDP", "MODEL_TRANSFORMS"]
 
-STOCK_DDP = torch.nn.parallel.DistributedDataParallel
+MODEL_TRANSFORMS = "gdat.model_transforms"
 
 
 class Controller(Protocol):
@@ -29,6 +40,17 @@ class Controller(Protocol):
     def after_forward(self, output: Any) -> None: ...
 
 
+def _aoe_bank(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with aoe_full's operator and subgraph bank applied.  aoe_full
+    plugs in through the ``gdat.model_transforms`` entry point named ``aoe_bank``
+    (gdat does not import it)."""
+    found = entry_points(group=MODEL_TRANSFORMS, name="aoe_bank")
+    if not found:
+        log.warn("--gdat-aoe-bank: aoe_full is not installed; the model is used as built")
+        return module
+    return next(iter(found)).load()(module)
+
+
 class DistributedDataParallel(STOCK_DDP):
     """Drop-in DDP with online gradient-bucket tuning (see the module docstring)."""
 
@@ -36,32 +58,51 @@ class DistributedDataParallel(STOCK_DDP):
                  **kwargs: Any) -> None:
         config = gdat_config or GdatConfig.from_env()
         if config.aoe_bank:
-            import aoe_full
-
-            module = aoe_full.apply_bank(module)
-        make: Callable[[STOCK_DDP], Controller | None] | None = None
-        if config.mode != "off":
-            from gdat.online import check_model_across_ranks
-
+            module = _aoe_bank(module)
+        mode = config.mode
+        if mode in ("tune", "profile") and not internals_available():
+            mode = "off"
+        if mode != "off":
             check_model_across_ranks(module, args, kwargs)
-        if config.mode == "profile":
-            from gdat.profile_job import ProfileJob
-
-            make = functools.partial(ProfileJob, config=config)
-        elif config.mode in ("tune", "apply") or config.plan:
-            from gdat.online import prepare_construction
-
-            prepared = prepare_construction(module, args, kwargs, config)
-            kwargs, make = prepared.kwargs, prepared.make
+        tune: TuneContext | None = None
+        if mode in ("tune", "apply") or config.plan:
+            built = prepare_construction(module, args, kwargs, config)
+            kwargs, tune = built.kwargs, built.tune
         super().__init__(module, *args, **kwargs)
         self._gdat_config = config
-        self._gdat: Controller | None = make(self) if make is not None else None
+        self._gdat: Controller | None = None
+        if (tune is not None or mode == "profile") and internals_available(self):
+            self._gdat = OnlineTuner(self, tune) if tune is not None else ProfileJob(self, config)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Stock DDP's state without gdat's controller and comm hooks: a deep copy or
+        an unpickled instance is a stock-behaving DDP (``_gdat`` is ``None``) with the
+        user's comm hooks, as stock DDP keeps them; tuning stays with the original."""
+        state = super().__getstate__()
+        state["_gdat"] = None
+        state["_comm_hooks"] = [(hook, hook_state) for hook, hook_state in state.get("_comm_hooks", [])
+                                if not getattr(hook, "__module__", "").startswith("gdat.")]
+        return state
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        """Stock DDP's forward; at the start of a synchronised step the controller
+        acts.  Under ``torch.compile`` Dynamo traces this forward as it traces stock
+        DDP's, except the controller's two calls, which run eagerly (they measure,
+        communicate and switch plans): each is a graph break."""
         ctl = self._gdat
         if ctl is None or ctl.done or not (torch.is_grad_enabled() and self.require_backward_grad_sync):
             return super().forward(*inputs, **kwargs)
-        ctl.before_step()
+        _before_step(ctl)
         output = super().forward(*inputs, **kwargs)
-        ctl.after_forward(output)
+        _after_forward(ctl, output)
         return output
+
+
+@torch.compiler.disable
+def _before_step(ctl: Controller) -> None:
+    ctl.before_step()
+
+
+@torch.compiler.disable
+def _after_forward(ctl: Controller, output: Any) -> None:
+    ctl.after_forward(output)

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gdat.timeline import ParamInfo, params_of
+from gdat.ddp_internals import ignored_parameter_names
+from gdat.layout import ParamInfo, params_of
 
-__all__ = ["reducer_parameters", "param_infos", "process_group_of", "world_size_of", "backend_of", "WeakAttribute"]
+__all__ = ["reducer_parameters", "param_infos", "process_group_of", "WeakAttribute"]
 
 
 def reducer_parameters(
@@ -25,12 +26,12 @@ def reducer_parameters(
 ) -> list[tuple[str, torch.nn.Parameter]]:
     """``(name, parameter)`` in the order of DDP's reducer for ``module`` (a DDP
     instance or the module it wraps; ``ignore`` defaults to DDP's
-    ``parameters_to_ignore`` or the module's ``_ddp_params_and_buffers_to_ignore``)."""
+    ``parameters_to_ignore`` or the names DDP is told to ignore on the module)."""
     if hasattr(module, "parameters_to_ignore") and hasattr(module, "module"):
         ignore = module.parameters_to_ignore if ignore is None else ignore
         module = module.module
     if ignore is None:
-        ignore = set(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))
+        ignore = ignored_parameter_names(module)
     seen: set[int] = set()
     out = []
     for mname, sub in module.named_modules():
@@ -50,14 +51,6 @@ def param_infos(module: torch.nn.Module) -> tuple[ParamInfo, ...]:
 def process_group_of(ddp: torch.nn.Module):
     """The process group DDP reduces over."""
     return getattr(ddp, "process_group", None) or dist.group.WORLD
-
-
-def world_size_of(ddp: torch.nn.Module) -> int:
-    return dist.get_world_size(process_group_of(ddp))
-
-
-def backend_of(ddp: torch.nn.Module) -> str:
-    return str(dist.get_backend(process_group_of(ddp)))
 
 
 class WeakAttribute:

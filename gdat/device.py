@@ -28,7 +28,6 @@ __all__ = [
     "Clock",
     "default_backend",
     "device_type_of",
-    "make_clock",
     "synchronize",
     "hardware_fingerprint",
     "device_for_local_rank",
@@ -119,11 +118,6 @@ class Clock:
             return [float(m) for m in marks]
         synchronize(self.device_type)
         return [self._anchor_s + self._anchor.elapsed_time(m) / 1000.0 for m in marks]
-
-
-def make_clock(device_type: str) -> Clock:
-    """The clock for ``device_type``."""
-    return Clock(device_type)
 
 
 def _cpu_model() -> str:

@@ -7,7 +7,6 @@ points catch it, print its one-line message and exit with status 2.
 __all__ = [
     "GdatError",
     "UsageError",
-    "TestbedError",
     "PlanError",
     "PlanNotExpressible",
     "BankError",
@@ -23,12 +22,6 @@ class GdatError(Exception):
 
 class UsageError(GdatError):
     """A command-line option or environment variable has an invalid value."""
-
-
-class TestbedError(GdatError):
-    """The emulated-network testbed cannot be made (not root, no namespaces, no tc)."""
-
-    __test__ = False  # not a pytest test class despite the name
 
 
 class PlanError(GdatError):

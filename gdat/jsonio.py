@@ -3,7 +3,9 @@
 Every file gdat writes (profile, plan, bank entry, report) is a JSON object with
 ``"schema"`` (the document kind) and ``"version"``.  Writes are atomic: the text
 goes to a temporary file in the same directory, is flushed to disk and renamed
-over the target, so a reader sees the old file or the new one, never half.
+over the target, so a reader sees the old file or the new one, never half
+(:func:`atomic_file`, also for files that are not JSON).  :func:`digest` is the one
+stable hash of a JSON value (bank entry ids, operator and subgraph identities).
 
 Reads are bounded, because a document may come from someone else (a shared
 knowledge base, a plan or report received by mail).  :func:`read_json` opens
@@ -15,14 +17,16 @@ most 6 deep); every failure is the caller's error type, never ``RecursionError``
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
 import tempfile
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from typing import IO, Any, Callable, Iterator, TypeVar
 
-__all__ = ["atomic_write_text", "write_document", "read_json", "read_document", "check_document", "require",
-           "MAX_DOCUMENT_BYTES", "MAX_NESTING"]
+__all__ = ["atomic_file", "atomic_write_text", "canonical_json", "digest", "write_document", "read_json",
+           "read_document", "check_document", "require", "MAX_DOCUMENT_BYTES", "MAX_NESTING"]
 
 T = TypeVar("T")
 
@@ -30,8 +34,12 @@ MAX_DOCUMENT_BYTES = 256 << 20
 MAX_NESTING = 32
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file + fsync + rename)."""
+@contextmanager
+def atomic_file(path: str, mode: str = "w") -> Iterator[IO[Any]]:
+    """An open temporary file beside ``path`` (``mode`` ``"w"``: UTF-8 text, or
+    ``"wb"``); when the block ends it is flushed to disk and renamed over ``path``,
+    so a reader sees the old file or the new one, never half.  On an error it is
+    removed and ``path`` is untouched."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
@@ -39,8 +47,8 @@ def atomic_write_text(path: str, text: str) -> None:
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -50,6 +58,23 @@ def atomic_write_text(path: str, text: str) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write(text)
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as canonical JSON: sorted keys, no spaces, non-JSON values as ``str``."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def digest(value: Any, hex_digits: int) -> str:
+    """A stable identifier of ``value``: the SHA-256 of :func:`canonical_json`,
+    its first ``hex_digits`` hex digits."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()[:hex_digits]
 
 
 def write_document(path: str, schema: str, version: int, body: dict[str, Any]) -> None:

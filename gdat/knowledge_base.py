@@ -11,11 +11,22 @@ bank stays valid.
 
 Robustness: an entry that cannot be read or parsed, or that is of another schema
 version, is reported with a warning and treated as absent, never as an error.
+
+Outcome (:func:`settle`, AOE's rule, the same for gdat's plans and aoe_full's
+operators and subgraphs).  A tuned item is counted in :class:`RepoSummary` by what
+its run found in the bank:
+
+* found usable and not re-tuned: ``hit`` (decided at lookup, nothing written);
+* otherwise the run measured; under the bank's lock it reads the entry again (a
+  concurrent job may have written it meanwhile) and, with no usable entry, writes
+  its result: ``add`` when a candidate beat the default, else ``unsatisfied`` (the
+  default is recorded as the verdict); with an entry: ``update`` (written) when a
+  candidate won and replaces the stored one by the caller's test (a different
+  choice that beat it), else ``reserved`` (the entry is kept).
 """
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import time
@@ -25,9 +36,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from gdat.errors import BankError, GdatWarning
-from gdat.jsonio import read_document, write_document
+from gdat.jsonio import canonical_json, digest, read_document, write_document
 
-__all__ = ["KnowledgeBase", "RepoSummary", "BankWarning"]
+__all__ = ["KnowledgeBase", "RepoSummary", "BankWarning", "Settled", "settle", "key_id"]
 
 BANK_VERSION = 1
 
@@ -79,8 +90,7 @@ class RepoSummary:
 
 def key_id(key: dict[str, Any]) -> str:
     """Stable identifier of a key: SHA-256 of its canonical JSON, 32 hex digits."""
-    canon = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:32]
+    return digest(key, 32)
 
 
 class KnowledgeBase:
@@ -103,15 +113,33 @@ class KnowledgeBase:
             return None
         try:
             doc = read_document(path, self.schema, BANK_VERSION, BankError)
-            if doc.get("key") != json.loads(json.dumps(key, default=str)):
+            if doc.get("key") != json.loads(canonical_json(key)):
                 raise BankError(f"{path}: entry key differs from the requested key")
-            payload = doc.get("payload")
-            if not isinstance(payload, dict):
-                raise BankError(f"{path}: entry has no payload object")
-            return payload
+            return _payload(doc, path)
         except BankError as e:
             warnings.warn(f"ignoring unusable knowledge-base entry: {e}", BankWarning, stacklevel=2)
             return None
+
+    def entries(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """``(key, payload)`` of every usable entry (unusable ones are warned about)."""
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError:
+            return
+        for name in names:
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                doc = read_document(path, self.schema, BANK_VERSION, BankError)
+                key = doc.get("key")
+                if not isinstance(key, dict) or key_id(key) + ".json" != name:
+                    raise BankError(f"{path}: entry key does not match its file name")
+                payload = _payload(doc, path)
+            except BankError as e:
+                warnings.warn(f"ignoring unusable knowledge-base entry: {e}", BankWarning, stacklevel=2)
+                continue
+            yield key, payload
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -136,24 +164,50 @@ class KnowledgeBase:
                            {"key": key, "updated_unix_s": time.time(), "payload": new})
             return True
 
-    def keys(self) -> list[dict[str, Any]]:
-        """The keys of every readable entry (unreadable ones are warned about)."""
-        if not os.path.isdir(self.directory):
-            return []
-        out = []
-        for name in sorted(os.listdir(self.directory)):
-            if not name.endswith(".json"):
-                continue
-            path = os.path.join(self.directory, name)
-            try:
-                doc = read_document(path, self.schema, BANK_VERSION, BankError)
-            except BankError as e:
-                warnings.warn(f"ignoring unusable knowledge-base entry: {e}", BankWarning, stacklevel=2)
-                continue
-            if isinstance(doc.get("key"), dict):
-                out.append(doc["key"])
-        return out
-
     def put(self, key: dict[str, Any], payload: dict[str, Any]) -> None:
-        """Store ``payload`` under ``key`` unconditionally."""
+        """Store ``payload`` under ``key`` unconditionally (to seed a bank; tuning
+        results go through :func:`settle`)."""
         self.update(key, lambda _old: payload)
+
+
+def _payload(doc: dict[str, Any], path: str) -> dict[str, Any]:
+    payload = doc.get("payload")
+    if not isinstance(payload, dict):
+        raise BankError(f"{path}: entry has no payload object")
+    return payload
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What :func:`settle` decided for one item: the ``outcome`` (add, reserved,
+    unsatisfied, update), the usable entry ``found`` under the lock (``None`` when
+    there was none) and whether the bank was ``written``."""
+
+    outcome: str
+    found: dict[str, Any] | None
+    written: bool
+
+
+def settle(bank: KnowledgeBase, key: dict[str, Any], payload: dict[str, Any], won: bool,
+           replaces: Callable[[dict[str, Any]], bool],
+           usable: Callable[[dict[str, Any]], bool] = lambda _payload: True) -> Settled:
+    """Record a measured result for ``key`` by the module docstring's rule, under
+    the bank's lock.  ``payload``: this run's verdict (its winner, or the default
+    when ``won`` is false); ``usable(entry)``: whether a stored payload counts (an
+    unusable one is treated as absent and overwritten); ``replaces(entry)``: whether
+    this run's winner differs from the stored choice and beat it."""
+    result: list[Settled] = []
+
+    def choose(current: dict[str, Any] | None) -> dict[str, Any] | None:
+        found = current if current is not None and usable(current) else None
+        if found is None:
+            result.append(Settled("add" if won else "unsatisfied", None, True))
+            return payload
+        if won and replaces(found):
+            result.append(Settled("update", found, True))
+            return payload
+        result.append(Settled("reserved", found, False))
+        return None
+
+    bank.update(key, choose)
+    return result[0]

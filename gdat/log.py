@@ -4,14 +4,12 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-import weakref
 from typing import Any
 
 import torch.distributed as dist
 
 __all__ = ["rank", "info", "warn", "warn_at_exit", "interrupted_summary", "show_warnings_as_lines"]
 
-_controllers: list[weakref.ref] = []
 _interrupted = False
 
 
@@ -34,31 +32,41 @@ def warn(message: str, all_ranks: bool = False) -> None:
         print(f"gdat: warning: {message}", file=sys.stderr, flush=True)
 
 
+_watched: list[Any] = []
+_registered = False
+
+
 def warn_at_exit(controller: Any) -> None:
-    """At exit, call ``controller._warn_if_incomplete()`` if it still exists, without
-    keeping it (and the DDP and process group it holds) alive until interpreter
-    shutdown, where a late gloo teardown can abort the process."""
-    ref = weakref.ref(controller)
-    _controllers.append(ref)
+    """At exit, call ``controller._warn_if_incomplete()``.
 
-    def check() -> None:
-        live = ref()
-        if live is not None and not _interrupted:
-            live._warn_if_incomplete()
+    The controller is kept until then even when the script has dropped its DDP
+    (controllers refer to their DDP by weak reference, so this keeps neither the
+    DDP nor its reducer alive); the list is emptied at exit, before interpreter
+    teardown, so nothing it holds is left for a late gloo teardown."""
+    global _registered
+    if not _registered:
+        atexit.register(_check_watched)
+        _registered = True
+    _watched[:] = [c for c in _watched if not c.done]
+    _watched.append(controller)
 
-    atexit.register(check)
+
+def _check_watched() -> None:
+    while _watched:
+        controller = _watched.pop(0)
+        if not _interrupted:
+            controller._warn_if_incomplete()
 
 
 def interrupted_summary() -> str:
     """What gdat had done when the script was interrupted (Ctrl-C), for the one
-    line the worker prints: the first live controller's ``interrupted_summary()``.
+    line the worker prints: the first watched controller's ``interrupted_summary()``.
     The at-exit warnings of :func:`warn_at_exit` are not given after this line."""
     global _interrupted
     _interrupted = True
-    for ref in _controllers:
-        live = ref()
-        if live is not None and hasattr(live, "interrupted_summary"):
-            return live.interrupted_summary()
+    for controller in _watched:
+        if hasattr(controller, "interrupted_summary"):
+            return controller.interrupted_summary()
     return "interrupted; nothing was saved"
 
 

@@ -1,42 +1,29 @@
 """Bucket plans: which gradients DDP reduces together, and how to tell DDP.
 
 A :class:`BucketPlan` is an ordered list of buckets over DDP's parameters in
-gradient-ready order.  Bucket ``k`` is launched once all its gradients are ready and
+bucket-fill order.  Bucket ``k`` is launched once all its gradients are ready and
 bucket ``k-1`` has been launched.  Each bucket holds one dtype, as DDP splits
 buckets per (dtype, device).
 
-DDP's bucketing rule (torch 2.13, ``bucket_cap_mb_list``), reproduced by
-:func:`ddp_buckets`: walking the parameters in ready order, each dtype keeps an
-open bucket and its own position in the cap list; a parameter joins its dtype's open
-bucket, and the bucket closes as soon as its size is ``>=`` its cap; the next bucket
-of that dtype takes the next cap, the last cap repeating.  Buckets are listed in
-the order they close, then the buckets still open at the end, in reverse order of
-their dtype's first appearance (the iteration order of the C++ reducer's hash map;
-checked against ``torch.distributed._compute_bucket_assignment_by_size`` in the tests).  A parameter is never
-split.  Hence a plan is expressed exactly by ``cap_k = bytes of bucket k`` (for
-each dtype stream), which :meth:`BucketPlan.ddp_caps_mb` returns after checking
-with :func:`ddp_buckets` that DDP would form exactly the plan's buckets.
+Plans are made against a :class:`~gdat.layout.GradientLayout` (the gradients in
+fill order, their sizes and dtypes, and DDP's bucket-order rule).  A plan is
+expressed exactly by per-bucket caps, ``cap_k = bytes of bucket k`` for each dtype
+stream, which :meth:`BucketPlan.ddp_caps_mb` returns after checking with the
+layout's rule that DDP would form exactly the plan's buckets.  A plan from outside
+(a file, the knowledge base) is checked against the model once, by
+:meth:`BucketPlan.layout_on`, which also gives the layout in the plan's order.
 """
 from __future__ import annotations
 
-import inspect
 import itertools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from gdat.errors import PlanError, PlanNotExpressible
 from gdat.jsonio import check_document, read_document, require, write_document
+from gdat.layout import GradientLayout
 
-__all__ = [
-    "Bucket",
-    "BucketPlan",
-    "ddp_buckets",
-    "plan_from_caps",
-    "ddp_supports_cap_list",
-    "MIB",
-    "PLAN_SCHEMA",
-    "PLAN_VERSION",
-]
+__all__ = ["Bucket", "BucketPlan", "plan_from_caps", "MIB", "PLAN_SCHEMA", "PLAN_VERSION"]
 
 MIB = 1 << 20
 PLAN_SCHEMA = "gdat.plan"
@@ -87,14 +74,11 @@ class BucketPlan:
         return [b.params for b in self.buckets] == [b.params for b in other.buckets]
 
     @classmethod
-    def from_ends(
-        cls, order: Sequence[int], nbytes: Sequence[int], dtypes: Sequence[str],
-        ends: Sequence[int], label: str = "",
-    ) -> "BucketPlan":
-        """A single-stream plan from bucket end positions in ready order (exclusive
-        ends, increasing, the last equal to ``len(order)``).  Bucket boundaries
-        also fall wherever the dtype changes only if ``ends`` say so; a bucket
-        mixing dtypes is rejected."""
+    def from_ends(cls, layout: GradientLayout, ends: Sequence[int], label: str = "") -> "BucketPlan":
+        """A plan cutting ``layout`` at bucket end positions (exclusive ends,
+        increasing, the last equal to ``len(layout)``).  A bucket mixing dtypes is
+        rejected: boundaries fall where the dtype changes only if ``ends`` say so."""
+        order, nbytes, dtypes = layout.order, layout.nbytes, layout.dtypes
         if not ends or ends[-1] != len(order) or any(b <= a for a, b in zip([0, *ends], ends)):
             raise PlanError("bucket ends must increase strictly and end at the last parameter")
         buckets, start = [], 0
@@ -106,11 +90,10 @@ class BucketPlan:
             start = end
         return cls(tuple(buckets), label)
 
-    def check_matches(self, order: Sequence[int], nbytes: Sequence[int], dtypes: Sequence[str]) -> None:
-        """Raise :class:`PlanError` unless the plan covers exactly these parameters
-        (any order), with matching bucket sizes and dtypes."""
-        size = dict(zip(order, nbytes))
-        kind = dict(zip(order, dtypes))
+    def check_matches(self, layout: GradientLayout) -> None:
+        """Raise :class:`PlanError` unless the plan covers exactly the parameters of
+        ``layout`` (in any order), with matching bucket sizes and dtypes."""
+        size, kind = layout.size_of, layout.dtype_of
         for k, b in enumerate(self.buckets):
             for p in b.params:
                 if p not in size:
@@ -120,38 +103,45 @@ class BucketPlan:
             if sum(size[p] for p in b.params) != b.nbytes:
                 raise PlanError(f"plan bucket {k} claims {b.nbytes} bytes, the model's parameters hold "
                                 f"{sum(size[p] for p in b.params)}")
-        missing = set(order) - set(self.param_order)
+        missing = set(layout.order) - set(self.param_order)
         if missing:
             raise PlanError(f"plan does not cover parameter {min(missing)}")
 
-    def ddp_caps_mb(self, order: Sequence[int], nbytes: Sequence[int], dtypes: Sequence[str]) -> list[float]:
-        """``bucket_cap_mb_list`` that makes DDP form exactly this plan when its
-        gradients become ready in ``order``.
+    def layout_on(self, model: GradientLayout) -> GradientLayout:
+        """``model``'s gradients in this plan's order, after :meth:`check_matches`:
+        the layout DDP fills when its gradients become ready as the plan assumes."""
+        self.check_matches(model)
+        return model.reordered(self.param_order)
+
+    def ddp_caps_mb(self, layout: GradientLayout) -> list[float]:
+        """``bucket_cap_mb_list`` that makes DDP form exactly this plan's buckets from
+        the gradients of ``layout``.
 
         Cap ``k`` must close the ``k``-th bucket of every dtype at its last gradient:
         ``bytes - last_gradient_bytes < cap <= bytes``.  The last bucket of a dtype
         may instead stay open to the end (``cap > bytes``), which moves it behind the
         closed ones; both choices are tried per dtype and the caps are checked with
-        :func:`ddp_buckets`.  Caps are MiB as floats: ``bytes / 2**20`` is exact in
-        binary floating point, so DDP's ``int(cap_mb * 2**20)`` recovers the byte
-        count.  Raises :class:`PlanNotExpressible` when no cap list works (mixed
-        dtypes whose k-th buckets need incompatible caps, or a bucket ending in a
-        zero-byte gradient).
+        the layout's rule.  Bucket sizes and dtypes are the layout's (a plan from
+        outside is checked against the model by :meth:`layout_on`).  Caps are MiB as
+        floats: ``bytes / 2**20`` is exact in binary floating point, so DDP's
+        ``int(cap_mb * 2**20)`` recovers the byte count.  Raises
+        :class:`PlanNotExpressible` when no cap list works (mixed dtypes whose k-th
+        buckets need incompatible caps, a bucket ending in a zero-byte gradient, or
+        an order the layout's rule cannot produce).
         """
-        self.check_matches(order, nbytes, dtypes)
-        size = dict(zip(order, nbytes))
-        streams: dict[str, list[Bucket]] = {}
+        size, kind = layout.size_of, layout.dtype_of
+        unknown = [p for p in self.param_order if p not in size]
+        if unknown:
+            raise PlanError(f"plan names parameter {unknown[0]}, which the layout does not have")
+        streams: dict[str, list[tuple[int, ...]]] = {}
         for b in self.buckets:
-            streams.setdefault(b.dtype, []).append(b)
+            streams.setdefault(kind[b.params[0]], []).append(b.params)
         want = [b.params for b in self.buckets]
         for close_last in itertools.product((True, False), repeat=len(streams)):
             caps = _caps_for(list(streams.values()), close_last, size)
-            if caps is not None and [tuple(order[i] for i in g)
-                                     for g in ddp_buckets(order, nbytes, dtypes, caps)] == want:
-                break
-        else:
-            raise PlanNotExpressible(f"plan {self.label!r} cannot be expressed with bucket_cap_mb_list")
-        return [c / MIB for c in caps]
+            if caps is not None and [tuple(layout.order[i] for i in g) for g in layout.ddp_buckets(caps)] == want:
+                return [c / MIB for c in caps]
+        raise PlanNotExpressible(f"plan {self.label!r} cannot be expressed with bucket_cap_mb_list")
 
     def hccl_split_indices(self, n_params: int) -> list[int]:
         """AOE/HCCL ``set_split_strategy_by_idx`` list: the largest gradient index of
@@ -214,72 +204,33 @@ class BucketPlan:
         """A plan from a parsed versioned document."""
         return cls.from_dict(check_document(doc, PLAN_SCHEMA, PLAN_VERSION, PlanError, where), where)
 
-    def to_document(self) -> dict[str, Any]:
-        return {"schema": PLAN_SCHEMA, "version": PLAN_VERSION, **self.to_dict()}
 
-
-def _caps_for(streams: list[list[Bucket]], close_last: Sequence[bool], size: dict[int, int]) -> list[int] | None:
-    """Byte caps meeting every stream's constraint at each bucket position, or None."""
+def _caps_for(streams: list[list[tuple[int, ...]]], close_last: Sequence[bool],
+              size: dict[int, int]) -> list[int] | None:
+    """Byte caps meeting every dtype stream's constraint at each bucket position, or
+    None (a stream is its buckets' parameter tuples, in plan order)."""
     caps = []
     for k in range(max(len(s) for s in streams)):
         lo, hi = 0, None
         for stream, close in zip(streams, close_last):
             if k >= len(stream):
                 continue
-            b = stream[k]
+            params = stream[k]
+            nbytes = sum(size[p] for p in params)
             if k < len(stream) - 1 or close:
-                if len(b.params) > 1:
-                    lo = max(lo, b.nbytes - size[b.params[-1]] + 1)
-                hi = b.nbytes if hi is None else min(hi, b.nbytes)
+                if len(params) > 1:
+                    lo = max(lo, nbytes - size[params[-1]] + 1)
+                hi = nbytes if hi is None else min(hi, nbytes)
             else:
-                lo = max(lo, b.nbytes + 1)
+                lo = max(lo, nbytes + 1)
         if hi is not None and lo > hi:
             return None
         caps.append(lo if hi is None else hi)
     return caps
 
 
-def ddp_buckets(
-    order: Sequence[int], nbytes: Sequence[int], dtypes: Sequence[str], caps_bytes: Sequence[int],
-) -> list[list[int]]:
-    """Positions (into ``order``) of the buckets DDP forms from gradients ready in
-    ``order`` with per-bucket caps ``caps_bytes`` (see the module docstring)."""
-    if not caps_bytes:
-        raise PlanError("need at least one bucket cap")
-    open_: dict[str, list[int]] = {}
-    used: dict[str, int] = {}
-    size: dict[str, int] = {}
-    closed: list[list[int]] = []
-    for pos, (nb, dt) in enumerate(zip(nbytes, dtypes)):
-        open_.setdefault(dt, []).append(pos)
-        size[dt] = size.get(dt, 0) + nb
-        cap = caps_bytes[min(used.get(dt, 0), len(caps_bytes) - 1)]
-        if size[dt] >= cap:
-            closed.append(open_[dt])
-            open_[dt] = []
-            size[dt] = 0
-            used[dt] = used.get(dt, 0) + 1
-    tail = [b for b in reversed(open_.values()) if b]
-    return closed + tail
-
-
-def plan_from_caps(
-    order: Sequence[int], nbytes: Sequence[int], dtypes: Sequence[str], caps_bytes: Sequence[int],
-    label: str = "",
-) -> BucketPlan:
-    """The plan DDP forms with per-bucket caps ``caps_bytes`` (bytes)."""
-    groups = ddp_buckets(order, nbytes, dtypes, caps_bytes)
+def plan_from_caps(layout: GradientLayout, caps_bytes: Sequence[int], label: str = "") -> BucketPlan:
+    """The plan DDP forms from ``layout`` with per-bucket caps ``caps_bytes`` (bytes)."""
     return BucketPlan(tuple(
-        Bucket(tuple(order[i] for i in g), int(sum(nbytes[i] for i in g)), dtypes[g[0]]) for g in groups
-    ), label)
-
-
-def ddp_supports_cap_list() -> bool:
-    """Whether this torch's DDP accepts ``bucket_cap_mb_list`` (torch >= 2.13).
-
-    Inspects torch's own class even when ``gdat-run`` has put its subclass in its
-    place."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    stock = next(c for c in DistributedDataParallel.__mro__ if c.__module__ == "torch.nn.parallel.distributed")
-    return "bucket_cap_mb_list" in inspect.signature(stock.__init__).parameters
+        Bucket(tuple(layout.order[i] for i in g), int(sum(layout.nbytes[i] for i in g)), layout.dtypes[g[0]])
+        for g in layout.ddp_buckets(caps_bytes)), label)

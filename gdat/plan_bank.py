@@ -7,10 +7,21 @@ and node count, backend, device type, torch version, the compute hardware
 ``floor(log2(bandwidth in bytes/s))`` from the start-up allreduce benchmark.
 
 Lookup tolerates measurement noise at a class boundary: the classes ``c``, ``c-1``
-and ``c+1`` are tried, and an entry counts only if the bandwidth it was tuned at
-is within a factor of 1.5 of the one measured now.  Entries live in a
-:class:`~gdat.knowledge_base.KnowledgeBase` of kind ``"gdat"`` (atomic, locked,
-corrupt entries warned about and ignored).
+and ``c+1`` are tried, and an entry counts only if its plan fits the model and the
+bandwidth it was tuned at is within a factor of 1.5 of the one measured now.  A
+near miss (:func:`lookup_near`: an entry of the same key two classes away at most,
+whatever its bandwidth) is not trusted on one microbenchmark either way: the caller
+measures the link again, longer, and looks up again (:mod:`gdat.construction`).
+Entries live in a :class:`~gdat.knowledge_base.KnowledgeBase` of kind ``"gdat"``
+(atomic, locked, corrupt entries warned about and ignored).
+
+Keeping a tuning result (:func:`keep`) follows AOE's outcome rule
+(:func:`gdat.knowledge_base.settle`), decided under the bank's lock against the
+entry stored at that moment, so a plan a concurrent job stored is never replaced
+by a worse one.  This run's winner replaces a stored plan when it groups gradients
+differently and beat it: beyond the noise (:func:`gdat.decide.beats`) when this run
+measured the stored plan (as a candidate, or as the user's configuration), else
+when its measured median step is shorter than the one the stored entry records.
 """
 from __future__ import annotations
 
@@ -20,12 +31,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from gdat.decide import beats
 from gdat.errors import BankError, PlanError
-from gdat.knowledge_base import BankWarning, KnowledgeBase
+from gdat.knowledge_base import BankWarning, KnowledgeBase, Settled, settle
+from gdat.layout import GradientLayout, ParamInfo
+from gdat.measure import WindowStats
 from gdat.plan import BucketPlan
-from gdat.timeline import ParamInfo
 
-__all__ = ["BankedPlan", "bank_key", "lookup", "BANDWIDTH_TOLERANCE"]
+__all__ = ["BankedPlan", "BankHit", "bank_key", "link_class", "lookup", "lookup_near", "keep", "BANDWIDTH_TOLERANCE"]
 
 BANDWIDTH_TOLERANCE = 1.5
 
@@ -73,26 +86,75 @@ def bank_key(
     }
 
 
-def lookup(bank: KnowledgeBase, key: dict[str, Any], bandwidth_bytes_per_s: float,
-           params: Sequence[ParamInfo]) -> tuple[dict[str, Any], BankedPlan] | None:
-    """The stored entry for ``key`` (or a neighbouring link class within the
-    bandwidth tolerance) whose plan fits ``params``; ``None`` if there is none.
-    Unusable entries are warned about and skipped."""
-    order = [p.index for p in params]
-    nbytes = [p.nbytes for p in params]
-    dtypes = [p.dtype for p in params]
-    for delta in (0, -1, 1):
+@dataclass(frozen=True)
+class BankHit:
+    """A usable entry: the key it is stored under, the entry, and the model's
+    gradients in the entry's plan order (the layout to apply the plan with)."""
+
+    key: dict[str, Any]
+    entry: BankedPlan
+    layout: GradientLayout
+
+
+def _usable(payload: dict[str, Any], where: str, bandwidth_bytes_per_s: float,
+            model: GradientLayout, tolerance: float = BANDWIDTH_TOLERANCE) -> tuple[BankedPlan, GradientLayout] | None:
+    """The entry in ``payload`` and the model's layout in its plan's order, if the
+    plan fits ``model`` and was tuned within a factor ``tolerance`` of the
+    bandwidth; an unusable entry is warned about."""
+    try:
+        entry = BankedPlan.from_payload(payload, where)
+        layout = entry.plan.layout_on(model)
+    except (BankError, PlanError) as e:
+        warnings.warn(f"ignoring unusable knowledge-base entry: {e}", BankWarning, stacklevel=3)
+        return None
+    ratio = entry.bandwidth_bytes_per_s / bandwidth_bytes_per_s
+    if not 1 / tolerance <= ratio <= tolerance:
+        return None
+    return entry, layout
+
+
+def _probe(bank: KnowledgeBase, key: dict[str, Any], bandwidth_bytes_per_s: float, model: GradientLayout,
+           deltas: Sequence[int], tolerance: float) -> BankHit | None:
+    for delta in deltas:
         probe = {**key, "link_class": key["link_class"] + delta}
         payload = bank.get(probe)
-        if payload is None:
-            continue
-        try:
-            entry = BankedPlan.from_payload(payload, bank.path_for(probe))
-            entry.plan.check_matches(order, nbytes, dtypes)
-        except (BankError, PlanError) as e:
-            warnings.warn(f"ignoring unusable knowledge-base entry: {e}", BankWarning, stacklevel=2)
-            continue
-        ratio = entry.bandwidth_bytes_per_s / bandwidth_bytes_per_s
-        if 1 / BANDWIDTH_TOLERANCE <= ratio <= BANDWIDTH_TOLERANCE:
-            return probe, entry
+        found = None if payload is None else _usable(payload, bank.path_for(probe), bandwidth_bytes_per_s, model,
+                                                     tolerance)
+        if found is not None:
+            return BankHit(probe, *found)
     return None
+
+
+def lookup(bank: KnowledgeBase, key: dict[str, Any], bandwidth_bytes_per_s: float,
+           model: GradientLayout) -> BankHit | None:
+    """The usable entry for ``key``, or for a neighbouring link class (module
+    docstring); ``None`` if there is none."""
+    return _probe(bank, key, bandwidth_bytes_per_s, model, (0, -1, 1), BANDWIDTH_TOLERANCE)
+
+
+def lookup_near(bank: KnowledgeBase, key: dict[str, Any], model: GradientLayout) -> BankHit | None:
+    """An entry for ``key`` up to two link classes away whose plan fits ``model``,
+    whatever bandwidth it was tuned at (the nearest class first)."""
+    return _probe(bank, key, 1.0, model, (0, -1, 1, -2, 2), math.inf)
+
+
+def keep(bank: KnowledgeBase, key: dict[str, Any], entry: BankedPlan, won: bool, model: GradientLayout,
+         measured: Sequence[tuple[BucketPlan, WindowStats]], winner: WindowStats | None) -> Settled:
+    """Store this run's result under ``key`` by the rule of the module docstring.
+
+    ``entry``: the winner's plan (or, when ``won`` is false, the user's
+    configuration as the verdict) with the medians measured; ``measured``: every
+    plan this run measured with its window; ``winner``: the winner's window."""
+    def usable(payload: dict[str, Any]) -> bool:
+        return _usable(payload, bank.path_for(key), entry.bandwidth_bytes_per_s, model) is not None
+
+    def replaces(payload: dict[str, Any]) -> bool:
+        stored = BankedPlan.from_payload(payload, bank.path_for(key))
+        if winner is None or entry.plan.same_buckets(stored.plan):
+            return False
+        ran = next((stats for plan, stats in measured if plan.same_buckets(stored.plan)), None)
+        if ran is not None:
+            return beats(ran, winner)
+        return winner.median_s * 1e3 < stored.result_ms
+
+    return settle(bank, key, entry.to_payload(), won, replaces, usable)

@@ -36,7 +36,7 @@ __all__ = ["ProfileJob", "write_profile_outputs", "profile_summary"]
 def profile_summary(profile: Profile) -> list[str]:
     """Short human-readable lines about a profile."""
     ready = profile.ready_timeline("compute")
-    lines = [f"{len(profile.params)} gradients, {ready.total_bytes / 2**20:.1f} MiB, "
+    lines = [f"{len(profile.params)} gradients, {ready.layout.total_bytes / 2**20:.1f} MiB, "
              f"{profile.world_size} ranks ({profile.backend})",
              f"backward compute {(ready.backward_end_s - ready.backward_start_s) * 1e3:.1f} ms, "
              f"rest of step {ready.post_s * 1e3:.1f} ms"]

@@ -21,7 +21,7 @@ from gdat.config import GdatConfig, add_arguments, config_from_args
 from gdat.errors import GdatError, UsageError
 from gdat.settings import bank_root, check_usable_dir, check_writable_dir, repeat_tune
 
-__all__ = ["main", "build_parser", "prepare_job"]
+__all__ = ["main", "build_parser", "prepare_job", "fresh_store_per_round"]
 
 
 def build_parser(prog: str = "gdat-run") -> argparse.ArgumentParser:
@@ -89,6 +89,21 @@ def prepare_job(
     return args, config
 
 
+def fresh_store_per_round(args: argparse.Namespace) -> None:
+    """Under the c10d rendezvous, give every rendezvous round a fresh worker store.
+
+    torchrun 2.13 shares the rendezvous TCPStore with the workers.  When one node's
+    ranks die, that node's agent restarts with ``TORCHELASTIC_RESTART_COUNT`` 1
+    while the healthy nodes restart theirs as a membership change with count 0, so
+    no per-attempt key prefix can agree across nodes, and the failed attempt's keys
+    send gloo to dead ports (the restarted job hangs).  torch's own opt-out,
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, makes rank 0's node serve a new store
+    on a free port each round; a value the user set is kept.
+    """
+    if args.rdzv_backend == "c10d" or args.standalone:
+        os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+
+
 def main(argv: list[str] | None = None, prog: str = "gdat-run", mode: str | None = None) -> int:
     """Run a job; returns the exit status (2 for bad input, 1 if a worker failed)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -100,7 +115,7 @@ def main(argv: list[str] | None = None, prog: str = "gdat-run", mode: str | None
     os.environ.update(config.to_env())
     os.environ["GDAT_SCRIPT"] = args.training_script_args[1]
     if config.launcher == "mpi":
-        from launch.mpi import run_under_mpi
+        from gdat.mpi_launch import run_under_mpi
 
         try:
             return run_under_mpi(args)
@@ -116,6 +131,8 @@ def _run_torchrun(args: argparse.Namespace, prog: str) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import run
+
+    fresh_store_per_round(args)
 
     with job_end.end_directory() as directory:
         try:

@@ -50,7 +50,7 @@ def _problem(path: str, writable: bool) -> str | None:
     while True:
         try:
             info = os.stat(probe)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             parent = os.path.dirname(probe)
             if parent == probe:
                 return "cannot be created"

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from gdat.errors import ProfileError
-from gdat.jsonio import check_document, read_document, require, write_document
 from gdat.cost_model import AllreduceCostModel
+from gdat.jsonio import check_document, read_document, require, write_document
+from gdat.layout import GradientLayout, ParamInfo
 
 __all__ = [
-    "ParamInfo",
     "BucketSpan",
     "StepRecord",
     "RankTimeline",
@@ -38,7 +38,6 @@ __all__ = [
     "ReadyTimeline",
     "PROFILE_SCHEMA",
     "PROFILE_VERSION",
-    "params_of",
 ]
 
 PROFILE_SCHEMA = "gdat.profile"
@@ -50,40 +49,6 @@ def _num(d: dict, key: str, where: str, optional: bool = False) -> float | None:
     if optional and d.get(key) is None:
         return None
     return float(require(d, key, (int, float), ProfileError, where))
-
-
-@dataclass(frozen=True)
-class ParamInfo:
-    """One trainable parameter as DDP's reducer sees it.
-
-    ``index`` is its position in DDP's parameter list (``named_parameters()`` order,
-    trainable and not ignored); ``nbytes`` = numel x element size.
-    """
-
-    index: int
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    nbytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "shape": list(self.shape),
-                "dtype": self.dtype, "nbytes": self.nbytes}
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str) -> "ParamInfo":
-        if not isinstance(d, dict):
-            raise ProfileError(f"{where}: expected an object")
-        shape = require(d, "shape", list, ProfileError, where)
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
-            raise ProfileError(f"{where}: field 'shape' must hold non-negative integers")
-        return cls(
-            index=require(d, "index", int, ProfileError, where, lambda v: v >= 0),
-            name=require(d, "name", str, ProfileError, where),
-            shape=tuple(shape),
-            dtype=require(d, "dtype", str, ProfileError, where),
-            nbytes=require(d, "nbytes", int, ProfileError, where, lambda v: v >= 0),
-        )
 
 
 @dataclass(frozen=True)
@@ -212,52 +177,26 @@ class RankTimeline:
 class ReadyTimeline:
     """The schedule's input: the compute timeline of one step, all ranks combined.
 
-    Parameters are listed in DDP's ready order.  ``ready_s[j]`` is the time (seconds
-    since step start) from which gradient ``order[j]`` and all before it are ready on
-    every rank; it is non-decreasing.  ``backward_end_s`` is when backward compute
-    ends; ``post_s`` is the rest of the step after both backward and communication
-    end (DDP's copy-back, optimizer, data loading).  A plan whose last allreduce
-    ends at ``c`` predicts a step of ``max(backward_end_s, c) + post_s`` seconds.
+    ``layout`` lists the gradients in DDP's ready order.  ``ready_s[j]`` is the time
+    (seconds since step start) from which gradient ``layout.order[j]`` and all
+    before it are ready on every rank; it is non-decreasing.  ``backward_end_s`` is
+    when backward compute ends; ``post_s`` is the rest of the step after both
+    backward and communication end (DDP's copy-back, optimizer, data loading).  A
+    plan whose last allreduce ends at ``c`` predicts a step of
+    ``max(backward_end_s, c) + post_s`` seconds.
     """
 
-    order: tuple[int, ...]
-    nbytes: tuple[int, ...]
-    dtypes: tuple[str, ...]
+    layout: GradientLayout
     ready_s: tuple[float, ...]
     backward_start_s: float
     backward_end_s: float
     post_s: float
 
     def __post_init__(self) -> None:
-        n = len(self.order)
-        if not (len(self.nbytes) == len(self.dtypes) == len(self.ready_s) == n):
-            raise ProfileError("ready timeline: order, nbytes, dtypes and ready_s differ in length")
+        if len(self.ready_s) != len(self.layout):
+            raise ProfileError("ready timeline: ready_s and the gradient layout differ in length")
         if any(b > a for a, b in zip(self.ready_s[1:], self.ready_s)):
             raise ProfileError("ready timeline: ready times must be non-decreasing")
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.nbytes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"order": list(self.order), "nbytes": list(self.nbytes), "dtypes": list(self.dtypes),
-                "ready_s": list(self.ready_s), "backward_start_s": self.backward_start_s,
-                "backward_end_s": self.backward_end_s, "post_s": self.post_s}
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str) -> "ReadyTimeline":
-        if not isinstance(d, dict):
-            raise ProfileError(f"{where}: expected an object")
-        lists = {k: require(d, k, list, ProfileError, where) for k in ("order", "nbytes", "dtypes", "ready_s")}
-        return cls(
-            order=tuple(int(v) for v in lists["order"]),
-            nbytes=tuple(int(v) for v in lists["nbytes"]),
-            dtypes=tuple(str(v) for v in lists["dtypes"]),
-            ready_s=tuple(float(v) for v in lists["ready_s"]),
-            backward_start_s=_num(d, "backward_start_s", where),
-            backward_end_s=_num(d, "backward_end_s", where),
-            post_s=_num(d, "post_s", where),
-        )
 
 
 def _median(values: Iterable[float]) -> float:
@@ -313,11 +252,8 @@ class Profile:
         for j, t in enumerate(ready):
             running = max(running, t)
             ready[j] = running
-        by_index = {p.index: p for p in self.params}
         return ReadyTimeline(
-            order=order,
-            nbytes=tuple(by_index[p].nbytes for p in order),
-            dtypes=tuple(by_index[p].dtype for p in order),
+            layout=GradientLayout.of(self.params, order),
             ready_s=tuple(ready),
             backward_start_s=bwd_start,
             backward_end_s=max(bwd_end, running),
@@ -369,11 +305,3 @@ class Profile:
         """Read a profile written by :meth:`save`; raises :class:`ProfileError`."""
         return cls.from_dict(read_document(path, PROFILE_SCHEMA, PROFILE_VERSION, ProfileError), path)
 
-
-def params_of(named: Sequence[tuple[str, Any]]) -> tuple[ParamInfo, ...]:
-    """:class:`ParamInfo` for DDP's parameter list given as ``(name, tensor)`` pairs."""
-    return tuple(
-        ParamInfo(index=i, name=n, shape=tuple(p.shape), dtype=str(p.dtype).replace("torch.", ""),
-                  nbytes=p.numel() * p.element_size())
-        for i, (n, p) in enumerate(named)
-    )

@@ -10,23 +10,36 @@ subclass, which is an instance of stock DDP.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import io
 import os
 import runpy
 import signal
 import sys
+import weakref
+from typing import Any
 
 __all__ = ["install", "main"]
 
 
 def install() -> None:
-    """Make ``torch.nn.parallel.DistributedDataParallel`` gdat's subclass."""
+    """Make ``torch.nn.parallel.DistributedDataParallel`` gdat's subclass (where the
+    package, its ``distributed`` module and Dynamo name it)."""
     import torch.nn.parallel
     import torch.nn.parallel.distributed
 
     from gdat.ddp import DistributedDataParallel
 
+    import torch._dynamo.convert_frame
+
     torch.nn.parallel.DistributedDataParallel = DistributedDataParallel
     torch.nn.parallel.distributed.DistributedDataParallel = DistributedDataParallel
+    # DDP's forward marks the DDP being run on the class its module names
+    # (``DistributedDataParallel._active_ddp_module``), and Dynamo asks the class its
+    # own module imported whether a DDP is running, to split the compiled graph at
+    # bucket boundaries (DDPOptimizer): both must name the same class.
+    torch._dynamo.convert_frame.DistributedDataParallel = DistributedDataParallel
 
 
 def isolate_restart_store() -> None:
@@ -56,33 +69,70 @@ def isolate_restart_store() -> None:
     rendezvous._create_c10d_store = per_attempt
 
 
-def end_process(code: int) -> None:
-    """End this training process after its script: run the ``atexit`` handlers, flush
-    every open file, then exit without interpreter teardown.
+_open_files: "weakref.WeakSet[io.IOBase]" = weakref.WeakSet()
 
-    torch 2.13's gloo process groups can abort a process that has finished its work
-    during C++ teardown at interpreter exit ("terminate called without an active
-    exception", seen here in a few percent of runs under load, with stock torchrun
-    too), which would make torchrun report a finished job as failed.
+
+def track_open_files() -> None:
+    """Make ``open()`` (``builtins.open`` and ``io.open``, the same function) remember
+    each file it returns, by weak reference, so that :func:`end_process` can flush
+    the files a script leaves open without looking at any other object."""
+    import builtins
+
+    original = io.open
+
+    @functools.wraps(original)
+    def open(*args: Any, **kwargs: Any) -> Any:  # noqa: A001  (replaces the builtin)
+        f = original(*args, **kwargs)
+        _open_files.add(f)
+        return f
+
+    builtins.open = io.open = open
+
+
+def _flush(f: Any) -> None:
+    try:
+        if not f.closed:
+            f.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def end_process(code: int) -> None:
+    """End this training process after its script with exit status ``code``.
+
+    It does what the interpreter does at exit, in the same order, while the
+    interpreter is still whole, and then skips the interpreter's teardown:
+
+    1. wait for the script's non-daemon threads (and run ``threading``'s own exit
+       callbacks, which stop ``concurrent.futures`` workers), as Python does;
+    2. run the ``atexit`` handlers (logging's flush, multiprocessing's clean-up, ...);
+    3. flush every file ``open()`` returned that is still open, ``sys.stdout``,
+       ``sys.stderr`` and C stdio buffers;
+    4. ``os._exit(code)``.
+
+    The teardown is skipped because torch 2.13's gloo process groups can abort a
+    process that has finished its work during interpreter finalization ("terminate
+    called without an active exception": gloo's threads release tensors that need
+    the interpreter being torn down; seen here in a few percent of runs under load,
+    with stock torchrun too), which would make torchrun report a finished job as
+    failed.  No object but the files ``open()`` returned is looked at, so whatever
+    the script left alive (weak proxies to dead objects, compiled graphs, threads,
+    process groups) cannot make this step fail.
     """
     import atexit
-    import gc
-    import io
-    import warnings
+    import threading
 
-    atexit._run_exitfuncs()
-    with warnings.catch_warnings():  # isinstance() on some torch objects warns of deprecations
-        warnings.simplefilter("ignore")
-        files = [obj for obj in gc.get_objects() if isinstance(obj, io.IOBase)]
-    for f in files:
-        try:
-            if not f.closed:
-                f.flush()
-        except (OSError, ValueError):
-            pass
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    try:
+        if threading.current_thread() is threading.main_thread():
+            threading._shutdown()  # what Py_FinalizeEx calls first: joins non-daemon threads
+        atexit._run_exitfuncs()
+        for f in list(_open_files):
+            _flush(f)
+        for f in (sys.stdout, sys.stderr):
+            _flush(f)
+        ctypes.CDLL(None).fflush(None)
+    finally:
+        os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     install()
     isolate_restart_store()
     log.show_warnings_as_lines()
+    track_open_files()
     sys.argv = [target, *rest]
     try:
         if kind == "script":
@@ -121,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             code = 1
         end_process(code or 0)
     end_process(0)
+
 
 if __name__ == "__main__":
     main()

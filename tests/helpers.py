@@ -18,6 +18,18 @@ def run_cmd(args: list[str], cwd: str | None = None, env: dict[str, str] | None 
                           timeout=timeout)
 
 
+def run_in_process(args: list[str]) -> int:
+    """Run ``gdat-run ...`` or ``gdat ...`` in this process (for input errors caught
+    before any process starts); returns the exit status."""
+    from gdat import cli, run
+
+    if args[0] == "gdat-run":
+        return run.main(args[1:])
+    if args[0] == "gdat":
+        return cli.main(args[1:])
+    raise ValueError(f"not a gdat command: {args[0]}")
+
+
 def error_lines(stderr: str) -> list[str]:
     """stderr lines that are not torch's own launcher chatter."""
     return [line for line in stderr.splitlines() if line.strip()]

@@ -52,9 +52,25 @@ def _bad(tmp_path, capsys, monkeypatch, argv, match, env=None):
       "--candidates", "warp_drive"], "unknown --candidates"),
     (["--job_type", "2", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
       "--framework", "3"], "unknown --framework"),
+    (["--job_type", "1", "--model", "m.onnx", "--input_shape", "x:1,3,8,8", "--framework", "5"],
+     "ONNX) is not supported"),
     (["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
       "--", "extra"], "only for --job_type 4"),
     (["--job_type", "4", "--model", "missing_train.py"], "does not exist"),
+    (["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape",
+      "input:100000000000,16"], "larger than"),
+    (["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape",
+      "x:100000,3,1000,10"], "byte limit"),
+    (["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
+      "--input_dtype", "x:complex64"], "unknown dtype"),
+    (["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
+      "--input_dtype", "x:int64"], "--input_range x:LOW,HIGH"),
+    (["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
+      "--input_range", "y:0,1"], "which --input_shape does not"),
+    (["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
+      "--input_range", "x:1,0"], "LOW < HIGH"),
+    (["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
+      "--rounds", "100000000"], "--rounds"),
     (["--job_type", "4", "--model", MODEL, "--gdat_args", "--gdat-mode off"], "must not set"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch, argv, match):
@@ -76,7 +92,11 @@ def test_bad_tune_ops_file(tmp_path, capsys, monkeypatch):
     ops.write_text("{not json")
     _bad(tmp_path, capsys, monkeypatch,
          ["--job_type", "2", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
-          "--tune_ops_file", str(ops)], "is not JSON")
+          "--tune_ops_file", str(ops)], "not valid JSON")
+    ops.write_text("[" * 1000 + "]" * 1000)
+    _bad(tmp_path, capsys, monkeypatch,
+         ["--job_type", "2", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
+          "--tune_ops_file", str(ops)], "nested deeper")
 
 
 def _run(tmp_path, monkeypatch, capsys, extra=()):
@@ -112,7 +132,7 @@ def test_opat_run_writes_artefacts_and_second_run_only_hits(tmp_path, monkeypatc
     assert "/aoe_workspace/sample_models_small_convnet_" in tuned_path
     assert tuned_path.endswith("_tune.pt") and "/tunespace/result/" in tuned_path
 
-    model = aoe_full.load_tuned(tuned_path)
+    model = aoe_full.load_tuned(tuned_path, source=f"{MODEL}:small_convnet")
     x = torch.randn(2, 3, 16, 16)
     ref = small_convnet().train()
     assert torch.allclose(model(x), ref(x), rtol=1e-4, atol=1e-5)
@@ -145,6 +165,23 @@ def test_sgat_on_an_exported_program(tmp_path, monkeypatch, capsys):
     assert code == 0 and "Aoe process finished" in capsys.readouterr().out
     (result,) = glob.glob(str(out / "aoe_result_sgat_*.json"))
     section = json.loads(open(result).read())["SGAT"]
-    assert section["repo_summary"]["total_num"] == 7
-    model = aoe_full.load_tuned(section["tuned_model"])
+    assert section["repo_summary"]["total_num"] == 8  # the whole model and 7 subgraphs
+    model = aoe_full.load_tuned(section["tuned_model"], source=str(tmp_path / "convnet.pt2"))
     assert torch.allclose(model(x), small_convnet().eval()(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("raised,code,text", [
+    (KeyboardInterrupt(), 130, "aoe: interrupted"),
+    (RuntimeError("boom\nsecond line"), 1, "aoe: internal error: RuntimeError: boom"),
+])
+def test_any_failure_is_one_line_with_its_exit_status(tmp_path, capsys, monkeypatch, raised,
+                                                      code, text):
+    def fail(*args, **kwargs):
+        raise raised
+    monkeypatch.setattr("aoe_full.cli.tune_subgraphs", fail)
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
+    rc = main(["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape",
+               "x:1,3,8,8", "--output", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == code and len(lines) == 1 and lines[0].startswith(text), lines
+    assert not glob.glob(str(tmp_path / "out" / "aoe_result_*"))

@@ -50,3 +50,12 @@ def test_relative_error():
     nan = torch.tensor([1.0, float("nan")])
     assert relative_error(nan, nan.clone()) == 0.0
     assert relative_error(nan, torch.tensor([1.0, 2.0])) == math.inf
+
+
+def test_analytically_zero_tensors_are_judged_against_the_result_scale():
+    big = torch.ones(4)
+    noise_ref, noise_got = torch.full((3,), 1e-9), torch.full((3,), 0.9e-9)
+    assert relative_error((big, noise_ref), (big, noise_got)) <= 1.0
+    # alone, or with a real difference, the same noise still counts
+    assert relative_error(noise_ref, noise_got) > 1.0
+    assert relative_error((big, torch.full((3,), 1e-2)), (big, torch.full((3,), 2e-2))) > 1.0

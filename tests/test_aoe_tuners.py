@@ -13,6 +13,7 @@ from aoe_full.bank import decide
 from aoe_full.choices import Choices, SubgraphChoice
 from aoe_full.errors import TunedModelError
 from aoe_full.graph_capture import capture
+from aoe_full.inputs import InputSpec
 from aoe_full.measure import MeasureConfig, make_step, relative_error
 from aoe_full.model_source import parse_model_spec
 from aoe_full.partition import partition, structure_hash
@@ -60,11 +61,14 @@ def test_sgat_convnet_then_all_hits(tmp_path):
     model = small_convnet()
     cfg = _cfg(bank, "train", {"channels_last"})
     first = tune_subgraphs(model, [x], ["x"], cfg)
-    assert first.summary.total_num == len(first.items) == 7
+    # the whole model first, then the seven subgraphs of the partition
+    assert first.summary.total_num == len(first.items) == 8
+    assert first.items[0].label.startswith("subgraph <whole model>")
     # every subgraph with a 4-D input (all but the linear head) tried channels_last
-    assert ["channels_last" in i.candidates for i in first.items] == [True] * 6 + [False]
+    assert ["channels_last" in i.candidates for i in first.items] == [True] * 7 + [False]
+    assert set(first.configurations) <= {"whole model", "subgraphs", "tuned"}
     second = tune_subgraphs(model, [x], ["x"], cfg)
-    assert second.summary.repo_hit_num == 7 and second.measured_items == 0
+    assert second.summary.repo_hit_num == 8 and second.measured_items == 0
     assert second.candidate_choices == first.candidate_choices
 
 
@@ -86,11 +90,12 @@ def test_tuned_model_file_round_trip_and_errors(tmp_path):
     src_file = tmp_path / "models.py"
     shutil.copy(os.path.join(os.path.dirname(__file__), "..", "aoe_full", "sample_models.py"),
                 src_file)
-    source = parse_model_spec(f"{src_file}:small_convnet", "pytorch")
+    spec = f"{src_file}:small_convnet"
+    source = parse_model_spec(spec, "pytorch")
     x = torch.randn(2, 3, 16, 16)
     run = tune_subgraphs(small_convnet(), [x], ["x"],
                          _cfg(str(tmp_path / "bank"), "train", {"channels_last"}))
-    first = run.items[0].instances[0]
+    first = run.items[1].instances[0]
     # record a real strategy choice for the first block, so the file carries one
     work = small_convnet().train()
     cap = capture(work, [x], ["x"], grad=True)
@@ -103,16 +108,18 @@ def test_tuned_model_file_round_trip_and_errors(tmp_path):
     with torch.no_grad():
         model.head.bias.fill_(0.5)
     path = str(tmp_path / "out" / "m_tune.pt")
-    save_tuned(path, run, source, {"x": (2, 3, 16, 16)}, model)
-    loaded = load_tuned(path)
+    save_tuned(path, run, source, "fx", [InputSpec("x", (2, 3, 16, 16))], model)
+    loaded = load_tuned(path, source=spec)
     assert loaded.__dict__["_aoe_tuning"].applied["subgraphs"] == [first]
     assert relative_error(_grads(model.train(), x), _grads(loaded, x)) <= 1.0
 
+    with pytest.raises(TunedModelError, match="pass that file"):
+        load_tuned(path)
     src_file.write_text(src_file.read_text() + "\n# edited\n")
-    with pytest.warns(UserWarning, match="changed since it was tuned"):
-        load_tuned(path)
+    with pytest.raises(TunedModelError, match="does not match"):
+        load_tuned(path, source=spec)
     os.remove(src_file)
-    with pytest.raises(TunedModelError, match="no longer exists"):
-        load_tuned(path)
+    with pytest.raises(TunedModelError, match="does not exist"):
+        load_tuned(path, source=spec)
     with pytest.raises(TunedModelError):
-        load_tuned(str(tmp_path / "missing.pt"))
+        load_tuned(str(tmp_path / "missing.pt"), source=spec)

@@ -13,7 +13,7 @@ from gdat.knowledge_base import BankWarning, KnowledgeBase
 from gdat.plan import BucketPlan
 from gdat.plan_bank import BankedPlan
 from gdat.timeline import Profile
-from tests.helpers import REPO, run_cmd
+from tests.helpers import REPO, run_cmd, run_in_process
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10, 10 ** 9) | st.floats(allow_nan=False) | st.text(max_size=8),
@@ -80,17 +80,26 @@ def test_profile_loader_raises_only_profile_error(doc):
         pass
 
 
+BANK_KEY = {"model": 1}
+VALID_ENTRY = json.dumps({"schema": "gdat.bank.gdat", "version": 1, "key": BANK_KEY, "payload": {"x": 1}}).encode()
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.binary(max_size=400))
+@given(st.binary(max_size=400) | st.just(VALID_ENTRY) | st.integers(0, len(VALID_ENTRY) - 1).map(
+    lambda cut: VALID_ENTRY[:cut]))
 def test_a_corrupt_bank_entry_never_raises(tmp_path, raw):
     bank = KnowledgeBase(str(tmp_path), "gdat")
-    key = {"model": 1}
     os.makedirs(bank.directory, exist_ok=True)
-    with open(bank.path_for(key), "wb") as f:
+    with open(bank.path_for(BANK_KEY), "wb") as f:
         f.write(raw)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BankWarning)
-        assert bank.get(key) is None or isinstance(bank.get(key), dict)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = bank.get(BANK_KEY)
+    if raw == VALID_ENTRY:
+        assert got == {"x": 1} and not caught
+    else:  # anything else is warned about and treated as absent
+        assert got is None
+        assert [w.category for w in caught] == [BankWarning]
 
 
 def test_bank_entry_of_another_version_is_warned_about_and_ignored(tmp_path):
@@ -112,31 +121,37 @@ SCRIPT = os.path.join(REPO, "tests", "scripts", "train_faults.py")
     ({"TUNE_BANK_PATH": "/dev/null/bank"}, "knowledge base (TUNE_BANK_PATH) '/dev/null/bank' cannot be created"),
     ({"TUNE_BANK_PATH": ""}, "TUNE_BANK_PATH is set but empty"),
 ])
-def test_bad_environment_is_one_line_with_status_2(tmp_path, env, message):
-    done = run_cmd(["gdat-run", "--gdat-work-path", str(tmp_path / "w"), "--nproc-per-node", "2", SCRIPT],
-                   cwd=str(tmp_path), env=env)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], done.stderr
+def test_bad_environment_is_one_line_with_status_2(tmp_path, monkeypatch, capsys, env, message):
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = run_in_process(["gdat-run", "--gdat-work-path", str(tmp_path / "w"), "--nproc-per-node", "2", SCRIPT])
+    stderr = capsys.readouterr().err
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], stderr
 
 
-def test_bad_plan_files_on_the_command_line(tmp_path):
+def test_bad_plan_files_on_the_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     truncated = tmp_path / "truncated.json"
     truncated.write_text(json.dumps(VALID_PLAN)[:30])
-    done = run_cmd(["gdat-run", "--gdat-plan", str(truncated), "--nproc-per-node", "2", SCRIPT], cwd=str(tmp_path))
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
-    assert "not valid JSON" in done.stderr and not (tmp_path / "gdat_work").exists()
+    code = run_in_process(["gdat-run", "--gdat-plan", str(truncated), "--nproc-per-node", "2", SCRIPT])
+    stderr = capsys.readouterr().err
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert "not valid JSON" in stderr and not (tmp_path / "gdat_work").exists()
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({**VALID_PLAN, "version": 3}))
-    done = run_cmd(["gdat-run", "--gdat-plan", str(wrong), "--nproc-per-node", "2", SCRIPT], cwd=str(tmp_path))
-    assert done.returncode == 2 and "gdat.plan schema version 3 is not supported" in done.stderr
+    code = run_in_process(["gdat-run", "--gdat-plan", str(wrong), "--nproc-per-node", "2", SCRIPT])
+    assert code == 2 and "gdat.plan schema version 3 is not supported" in capsys.readouterr().err
 
 
 def test_a_plan_for_another_model_stops_the_job_with_a_clear_error(tmp_path):
     other = tmp_path / "other.json"
     BucketPlan.from_document(VALID_PLAN, "x").save(str(other))
     done = run_cmd(["gdat-run", "--gdat-plan", str(other), "--gdat-work-path", str(tmp_path / "w"),
-                    "--nproc-per-node", "2", SCRIPT, "--steps", "3"], cwd=str(tmp_path),
+                    "--nproc-per-node", "2", SCRIPT, "--steps", "3"],
+                   cwd=str(tmp_path),
                    env={"TUNE_BANK_PATH": str(tmp_path / "bank")})
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip() and "run.py:" not in line]

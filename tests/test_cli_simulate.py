@@ -1,4 +1,4 @@
-"""``gdat simulate``: plans and predictions from a profile, what-if at scale, saved plans."""
+"""``gdat simulate``: plans and predictions from a profile, what-if networks and scale, saved plans."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,9 @@ import pytest
 
 from gdat.cost_model import AllreduceCostModel
 from gdat.plan import BucketPlan
-from gdat.schedule.whatif import scaled_cost
+from gdat.cli import main as gdat_main
+from gdat.schedule.whatif import Network, hops, link_beta, queue_loads, whatif_cost, wire_factor
 from gdat.timeline import BucketSpan, ParamInfo, Profile, RankTimeline, StepRecord
-from tests.helpers import run_cmd
 
 N = 24
 
@@ -38,10 +38,17 @@ def profile_path(tmp_path):
     return path
 
 
-def test_simulate_prints_plans_sorted_with_the_lower_bound(profile_path):
-    done = run_cmd(["gdat", "simulate", str(profile_path)])
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+def _simulate(capsys, *args):
+    """``gdat simulate`` in-process: (status, stdout, stderr)."""
+    code = gdat_main(["simulate", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_simulate_prints_plans_sorted_with_the_lower_bound(profile_path, capsys):
+    code, out, err = _simulate(capsys, profile_path)
+    assert code == 0, err
+    lines = out.splitlines()
     assert lines[0] == "measured: 2 ranks"
     rows = [line for line in lines[3:] if not line.startswith("lower bound")]
     steps = [float(line.split()[-3]) for line in rows]
@@ -50,14 +57,33 @@ def test_simulate_prints_plans_sorted_with_the_lower_bound(profile_path):
     assert bound <= steps[0]
 
 
-def test_what_if_at_64_ranks_and_saved_plan(profile_path, tmp_path):
+def test_what_if_at_64_ranks_and_saved_plan(profile_path, tmp_path, capsys):
     saved = tmp_path / "plan.json"
-    done = run_cmd(["gdat", "simulate", str(profile_path), "--world-size", "64", "--bandwidth", "100gbit",
-                    "--algo", "tree", "--max-buckets", "8", "--save-plan", str(saved)])
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("what-if: 64 ranks, tree, 100 Gbit/s per rank")
+    code, out, err = _simulate(capsys, profile_path, "--world-size", "64", "--bandwidth", "100gbit",
+                               "--algo", "tree", "--max-buckets", "8", "--save-plan", saved)
+    assert code == 0, err
+    assert out.startswith("what-if: tree: 64 nodes x 1 rank, inter-node 100 Gbit/s each way")
     plan = BucketPlan.load(str(saved))
     assert len(plan.buckets) <= 8 and sorted(plan.param_order) == list(range(N))
+
+
+def test_slower_link_predicts_slower_steps_and_the_sweep_plots(profile_path, tmp_path, capsys):
+    def step_of_optimum(*args):
+        code, out, err = _simulate(capsys, profile_path, *args)
+        assert code == 0, err
+        return float(next(l for l in out.splitlines() if l.startswith("optimal")).split()[-3])
+
+    # the synthetic profile's link: 4 ns/B on one node of 2 ranks = a shared 4 Gbit/s queue
+    same = step_of_optimum("--intra-node-bandwidth", "4gbit", "--measured-intra-node-bandwidth", "4gbit")
+    assert same == pytest.approx(step_of_optimum(), rel=1e-3)
+    assert step_of_optimum("--intra-node-bandwidth", "1gbit", "--measured-intra-node-bandwidth", "4gbit") > same
+    png = tmp_path / "sweep.png"
+    code, out, err = _simulate(capsys, profile_path, "--sweep", "2,16,1024", "--bandwidth", "10gbit", "--plot", png)
+    assert code == 0, err
+    rows = [l.split() for l in out.splitlines()[2:5]]
+    assert [int(r[0]) for r in rows] == [2, 16, 1024]
+    assert float(rows[-1][1]) > float(rows[0][1])  # ring latency grows with the ranks
+    assert png.stat().st_size > 1000
 
 
 @pytest.mark.parametrize("args, message", [
@@ -65,17 +91,52 @@ def test_what_if_at_64_ranks_and_saved_plan(profile_path, tmp_path):
     (["--bandwidth", "fast"], "invalid rate 'fast'"),
     (["--world-size", "1"], "world sizes of at least 2"),
     (["--max-buckets", "0"], "--max-buckets must be at least 1"),
+    (["--world-size", "6", "--ranks-per-node", "4"], "not a multiple of 4"),
+    (["--sweep", "2,x"], "--sweep must be world sizes"),
+    (["--plot", "x.png"], "--plot needs --sweep"),
 ])
-def test_simulate_bad_options(profile_path, args, message):
-    done = run_cmd(["gdat", "simulate", str(profile_path), *args])
-    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+def test_simulate_bad_options(profile_path, capsys, args, message):
+    code, _, err = _simulate(capsys, profile_path, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_alpha_beta_scaling_formulas():
-    measured = AllreduceCostModel.linear(2e-4, 8e-9)  # at p0 = 2: hop latency 1e-4, link 8e-9 s/B
-    ring = scaled_cost(measured, 2, 64, "ring")
-    assert ring.alpha_s == pytest.approx(2 * 63 * 1e-4)
-    assert ring.beta_s_per_byte == pytest.approx(2 * 63 / 64 * 8e-9)
-    tree = scaled_cost(measured, 2, 64, "tree", bandwidth_bytes_per_s=1.25e10)
-    assert tree.alpha_s == pytest.approx(2 * math.ceil(math.log2(64)) * 1e-4)
-    assert tree.beta_s_per_byte == pytest.approx(2 / 1.25e10)
+def test_wire_factor_counts_ethernet_ip_and_tcp_headers():
+    assert wire_factor(1500) == pytest.approx(1514 / 1448)
+    assert wire_factor(65536) == pytest.approx(1.001, abs=1e-3)
+
+
+def test_queue_loads_of_ring_and_tree():
+    one_node = Network(1, 2, intra_bytes_per_s=2.5e8)
+    assert queue_loads(one_node, "ring") == {"intra": 2.0}  # two ring edges share the loopback
+    assert link_beta(one_node, "ring") == pytest.approx(2 * wire_factor(65536) / 2.5e8)
+    two_nodes = Network(2, 1, inter_bytes_per_s=1.25e8)
+    assert queue_loads(two_nodes, "ring") == {"intra": 0.0, "inter": 1.0}
+    assert link_beta(two_nodes, "ring") == pytest.approx(wire_factor(1500) / 1.25e8)
+    big = Network(128, 8, 1.25e10, 1e11)
+    assert queue_loads(big, "ring")["inter"] == pytest.approx(2 * 1023 / 1024)
+    assert queue_loads(big, "ring")["intra"] == pytest.approx(7 * 2 * 1023 / 1024)
+    assert queue_loads(big, "tree") == {"intra": 14.0, "inter": 2.0}
+    assert hops(big, "ring") == 2 * 1023 and hops(big, "tree") == 2 * (7 + 7)
+
+
+def test_what_if_carries_the_measured_efficiency_and_hop_latency():
+    measured = Network(1, 2, intra_bytes_per_s=2.5e8)
+    nominal = link_beta(measured, "ring")
+    cost = AllreduceCostModel.linear(2e-4, 1.05 * nominal)  # in situ 5% slower than the link
+    slower = whatif_cost(cost, measured, Network(1, 2, intra_bytes_per_s=1.25e8))
+    assert slower.beta_s_per_byte == pytest.approx(2 * 1.05 * nominal)
+    assert slower.alpha_s == pytest.approx(2e-4)
+    nodes = whatif_cost(cost, measured, Network(2, 1, inter_bytes_per_s=1.25e8))
+    assert nodes.beta_s_per_byte == pytest.approx(1.05 * wire_factor(1500) / 1.25e8)
+    wide = whatif_cost(cost, measured, Network(64, 1, inter_bytes_per_s=1.25e10), "tree")
+    assert wide.alpha_s == pytest.approx(1e-4 * 2 * math.ceil(math.log2(64)))
+    assert wide.beta_s_per_byte == pytest.approx(1.05 * 2 * wire_factor(1500) / 1.25e10)
+
+
+def test_unknown_measured_rate_is_recovered_from_beta():
+    cost = AllreduceCostModel.linear(2e-4, 8e-9)
+    same = whatif_cost(cost, Network(1, 2), Network(1, 2))
+    assert same.beta_s_per_byte == pytest.approx(8e-9)
+    # the rank's share of the recovered loopback rate becomes the inter-node rate
+    spread = whatif_cost(cost, Network(1, 2), Network(2, 1))
+    assert spread.beta_s_per_byte == pytest.approx(8e-9 * wire_factor(1500) / wire_factor(65536))

@@ -1,7 +1,15 @@
-"""gdat's DDP is a drop-in for stock DDP, with and without tuning (real 2-rank gloo jobs)."""
+"""gdat's DDP is a drop-in for stock DDP, with and without tuning (real 2-rank gloo jobs).
+
+Every configuration runs in one 2-rank job (:func:`_all_configurations`), each on a
+fresh pair of DDPs; the tests read its results.
+"""
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import os
+import pickle
 import warnings
 
 import pytest
@@ -14,6 +22,17 @@ from tests.distributed import run_ranks
 from tests.models import batch, mlp
 
 STEPS = 40
+
+CONFIGURATIONS = {
+    "plain": ({}, 1, False, None),
+    "accumulation": ({}, 3, False, None),                                  # gradient accumulation with no_sync()
+    "static graph, bucket view": ({"static_graph": True, "gradient_as_bucket_view": True}, 1, False, None),
+    "user comm hook": ({"bucket_cap_mb": 0.05}, 1, True, None),            # runs, not tuned
+    "find_unused_parameters": ({"find_unused_parameters": True}, 1, False, None),  # refused loudly, stock DDP
+    "torch without a DDP internal": ({}, 1, False, "_remove_autograd_hooks"),  # warned once, stock DDP
+}
+EXPECT_TUNED = {"plain": True, "accumulation": True, "static graph, bucket view": True, "user comm hook": False,
+                "find_unused_parameters": False, "torch without a DDP internal": False}
 
 
 def _train(ddp, rank, accumulate=1):
@@ -28,39 +47,91 @@ def _train(ddp, rank, accumulate=1):
     return [p.detach().clone() for p in ddp.module.parameters()]
 
 
-def _job(rank, world, work, options, accumulate, user_hook):
+@contextlib.contextmanager
+def _without(member):
+    """This torch's DDP without ``member`` (a private one gdat needs)."""
+    if member is None:
+        yield
+        return
+    import gdat.ddp_internals as internals
+
+    saved = getattr(internals.STOCK_DDP, member)
+    delattr(internals.STOCK_DDP, member)
+    internals._warned = False
+    try:
+        yield
+    finally:
+        setattr(internals.STOCK_DDP, member, saved)
+
+
+def _one(rank, work, options, accumulate, user_hook, missing):
     from gdat.ddp import DistributedDataParallel
 
-    os.environ["TUNE_BANK_PATH"] = os.path.join(work, "bank")
+    os.environ["TUNE_BANK_PATH"] = os.path.join(work, "bank")  # a bank of its own: tuned, not a hit
     config = GdatConfig(mode="tune", work_path=work, comm_budget_s=0.3)
     stock_model, gdat_model = mlp(256, 6), mlp(256, 6)
     stock = StockDDP(stock_model, **options)
-    with warnings.catch_warnings(record=True):
-        tuned = DistributedDataParallel(gdat_model, gdat_config=config, **options)
-    if user_hook:
-        stock.register_comm_hook(None, allreduce_hook)
-        tuned.register_comm_hook(None, allreduce_hook)
-    facts = {
-        "isinstance": isinstance(tuned, StockDDP),
-        "module": tuned.module is gdat_model,
-        "state_dict": list(tuned.state_dict()) == list(stock.state_dict()),
-        "controller": tuned._gdat is not None,
-    }
-    a, b = _train(stock, rank, accumulate), _train(tuned, rank, accumulate)
-    facts["equal"] = all(torch.equal(x, y) for x, y in zip(a, b))
+    stderr = io.StringIO()
+    with _without(missing):
+        with warnings.catch_warnings(record=True), contextlib.redirect_stderr(stderr):
+            tuned = DistributedDataParallel(gdat_model, gdat_config=config, **options)
+        if user_hook:
+            stock.register_comm_hook(None, allreduce_hook)
+            tuned.register_comm_hook(None, allreduce_hook)
+        facts = {
+            "isinstance": isinstance(tuned, StockDDP),
+            "module": tuned.module is gdat_model,
+            "state_dict": list(tuned.state_dict()) == list(stock.state_dict()),
+            "stderr": stderr.getvalue(),
+        }
+        a, b = _train(stock, rank, accumulate), _train(tuned, rank, accumulate)
+    facts["equal"] = all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     facts["tuned"] = tuned._gdat is not None and tuned._gdat.done and bool(tuned._gdat.candidates)
+    copied, unpickled = copy.deepcopy(tuned), pickle.loads(pickle.dumps(tuned))
+    x = batch(rank, 999, 256)
+    with torch.no_grad():
+        facts["copies"] = all(type(c) is type(tuned) and c._gdat is None and torch.equal(c(x), tuned(x))
+                              for c in (copied, unpickled))
     return facts
 
 
-@pytest.mark.parametrize("options, accumulate, user_hook, expect_tuned", [
-    ({}, 1, False, True),
-    ({}, 3, False, True),                                   # gradient accumulation with no_sync()
-    ({"static_graph": True, "gradient_as_bucket_view": True}, 1, False, True),
-    ({"bucket_cap_mb": 0.05}, 1, True, False),               # user comm hook: runs, not tuned
-    ({"find_unused_parameters": True}, 1, False, False),     # refused loudly, runs as stock DDP
-])
-def test_gdat_ddp_trains_exactly_like_stock_ddp(tmp_path, options, accumulate, user_hook, expect_tuned):
-    for facts in run_ranks(_job, 2, (str(tmp_path), options, accumulate, user_hook)):
+def _all_configurations(rank, world, work):
+    return {name: _one(rank, os.path.join(work, str(k)), *config)
+            for k, (name, config) in enumerate(CONFIGURATIONS.items())}
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    return run_ranks(_all_configurations, 2, (str(tmp_path_factory.mktemp("dropin")),))
+
+
+@pytest.mark.parametrize("name", list(CONFIGURATIONS))
+def test_gdat_ddp_trains_exactly_like_stock_ddp(ranks, name):
+    for per_rank in ranks:
+        facts = per_rank[name]
         assert facts["isinstance"] and facts["module"] and facts["state_dict"]
         assert facts["equal"], "parameters after 40 steps equal stock DDP's, bitwise"
-        assert facts["tuned"] == expect_tuned
+        assert facts["tuned"] == EXPECT_TUNED[name]
+        assert facts["copies"], "deepcopy and pickle give a stock-behaving gdat DDP, as stock DDP does"
+
+
+def test_a_torch_without_a_needed_internal_is_named_once_and_left_stock(ranks):
+    said = ranks[0]["torch without a DDP internal"]["stderr"]
+    assert said.count("gdat: warning:") == 1
+    assert "lacks DistributedDataParallel._remove_autograd_hooks" in said and "runs as stock DDP" in said
+    assert "measuring allreduce" not in said  # decided before any tuning work
+
+
+def test_missing_internals_are_named(monkeypatch):
+    from gdat.ddp_internals import STOCK_DDP, missing_internals
+
+    assert missing_internals() == []
+    monkeypatch.delattr(STOCK_DDP, "_ddp_init_helper")
+    monkeypatch.delattr("torch.nn.parallel.distributed._BucketCapacityConfig")
+    assert missing_internals() == ["DistributedDataParallel._ddp_init_helper",
+                                   "torch.nn.parallel.distributed._BucketCapacityConfig.create"]
+    monkeypatch.undo()
+    not_a_ddp = torch.nn.Linear(2, 2)
+    assert missing_internals(not_a_ddp) == [f"DistributedDataParallel().{m}" for m in
+                                            ("_comm_hooks", "_use_python_reducer", "_bucket_config",
+                                             "_has_rebuilt_buckets")]

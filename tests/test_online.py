@@ -65,9 +65,10 @@ def test_tuned_run_trains_exactly_like_stock_ddp_with_the_chosen_plan(runs):
     assert g["tuning_steps"] <= 30
     assert len(g["candidates"]) >= 1  # the run switched plans while training
     assert "tune: candidate 1/" in stderr
-    assert len(tuned["losses"]) == STEPS >= 100
+    assert len(tuned["losses"]) == len(stock["losses"]) == STEPS >= 100
     for a, b in zip(tuned["losses"], stock["losses"]):
         assert a == pytest.approx(b, rel=1e-6)
+    assert len(tuned["checksum"]) == len(stock["checksum"]) > 0
     for a, b in zip(tuned["checksum"], stock["checksum"]):
         assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
 
@@ -100,6 +101,7 @@ def test_second_launch_hits_the_bank_and_runs_no_tuning_step(runs):
     assert g["repo_summary"]["repo_hit_num"] == 1 and g["repo_summary"]["total_num"] == 1
     assert g["chosen_plan"]["bucket_cap_mb_list"] == runs["first"][1]["GDAT"]["chosen_plan"]["bucket_cap_mb_list"]
     # same plan from the first rebuild: training identical to stock DDP with those caps
+    assert len(runs["second"][0]["losses"]) == len(runs["reference"][0]["losses"]) == STEPS
     for a, b in zip(runs["second"][0]["losses"], runs["reference"][0]["losses"]):
         assert a == pytest.approx(b, rel=1e-6)
 
@@ -110,7 +112,9 @@ def test_repeat_tune_tunes_again_and_keeps_or_replaces_the_entry(runs):
     summary = report["GDAT"]["repo_summary"]
     assert summary["total_num"] == 1
     assert summary["repo_reserved_num"] + summary["repo_update_num"] == 1
-    assert any(c["label"] == "stored" or c["buckets"] for c in report["GDAT"]["candidates"])
+    # the plan the first run stored was measured again, as a ranked candidate or appended as "stored"
+    stored = [b["params"] for b in runs["first"][1]["GDAT"]["chosen_plan"]["plan"]["buckets"]]
+    assert any([b["params"] for b in c["plan"]["buckets"]] == stored for c in report["GDAT"]["candidates"])
 
 
 def test_truncated_bank_entry_is_warned_about_and_tuned_afresh(runs):
@@ -126,5 +130,6 @@ def test_truncated_bank_entry_is_warned_about_and_tuned_afresh(runs):
 def test_a_plan_file_is_applied_without_tuning(runs):
     data, report, stderr = runs["given"]
     assert "applying plan" in stderr and "tune:" not in stderr and report is None
+    assert len(data["losses"]) == len(runs["reference"][0]["losses"]) == STEPS
     for a, b in zip(data["losses"], runs["reference"][0]["losses"]):
         assert a == pytest.approx(b, rel=1e-6)

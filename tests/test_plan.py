@@ -12,12 +12,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gdat.ddp_model import reducer_parameters
 from gdat.errors import PlanError, PlanNotExpressible
-from gdat.plan import MIB, Bucket, BucketPlan, ddp_buckets, plan_from_caps
+from gdat.layout import GradientLayout
+from gdat.plan import MIB, Bucket, BucketPlan, plan_from_caps
 from gdat.plan_switch import PlanApproximated, ddp_bucket_arguments, switch_buckets
 from tests.distributed import run_ranks
 from tests.models import batch, mlp
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+def layout(order, nbytes, dtypes) -> GradientLayout:
+    return GradientLayout(tuple(order), tuple(nbytes), tuple(dtypes))
+
 
 cases = st.integers(1, 14).flatmap(lambda n: st.tuples(
     st.lists(st.integers(0, 60), min_size=n, max_size=n),
@@ -33,7 +38,7 @@ def test_ddp_bucketing_rule_matches_torch(case):
     nbytes = [t.numel() * t.element_size() for t in tensors]
     order = list(range(len(tensors)))
     want, _ = dist._compute_bucket_assignment_by_size(tensors, caps, [], order)
-    assert ddp_buckets(order, nbytes, dtypes, caps) == want
+    assert layout(order, nbytes, dtypes).ddp_buckets(caps) == want
 
 
 @settings(max_examples=300, deadline=None)
@@ -44,8 +49,9 @@ def test_caps_reproduce_any_single_dtype_plan_exactly(numels, data):
     nbytes = [4 * numels[p] for p in order]
     cuts = data.draw(st.lists(st.booleans(), min_size=n - 1, max_size=n - 1))
     ends = [j + 1 for j, c in enumerate(cuts) if c] + [n]
-    plan = BucketPlan.from_ends(order, nbytes, ["float32"] * n, ends)
-    caps = plan.ddp_caps_mb(order, nbytes, ["float32"] * n)
+    grads = layout(order, nbytes, ["float32"] * n)
+    plan = BucketPlan.from_ends(grads, ends)
+    caps = plan.ddp_caps_mb(grads)
     tensors = [torch.empty(numels[p]) for p in order]
     formed, _ = dist._compute_bucket_assignment_by_size(tensors, [int(c * MIB) for c in caps], [], list(range(n)))
     assert [[order[i] for i in g] for g in formed] == [list(b.params) for b in plan.buckets]
@@ -54,21 +60,23 @@ def test_caps_reproduce_any_single_dtype_plan_exactly(numels, data):
 def test_mixed_dtype_plans_are_checked_against_ddp_rule():
     order, nbytes = [0, 1, 2, 3], [400, 800, 400, 800]
     dtypes = ["float32", "float64", "float32", "float64"]
-    formed = plan_from_caps(order, nbytes, dtypes, [400, 800])
-    assert formed.ddp_caps_mb(order, nbytes, dtypes)  # a plan DDP forms is expressible
+    grads = layout(order, nbytes, dtypes)
+    formed = plan_from_caps(grads, [400, 800])
+    assert formed.ddp_caps_mb(grads)  # a plan DDP forms is expressible
     odd = BucketPlan((Bucket((0, 2), 800, "float32"), Bucket((1,), 800, "float64"), Bucket((3,), 800, "float64")))
     with pytest.raises(PlanNotExpressible):
-        odd.ddp_caps_mb(order, nbytes, dtypes)
+        odd.ddp_caps_mb(grads)
 
 
 def test_zero_byte_gradient_cannot_end_a_bucket():
-    plan = BucketPlan.from_ends([0, 1, 2], [8, 0, 8], ["float32"] * 3, [2, 3])
+    grads = layout([0, 1, 2], [8, 0, 8], ["float32"] * 3)
+    plan = BucketPlan.from_ends(grads, [2, 3])
     with pytest.raises(PlanNotExpressible):
-        plan.ddp_caps_mb([0, 1, 2], [8, 0, 8], ["float32"] * 3)
+        plan.ddp_caps_mb(grads)
 
 
 def test_json_round_trip_and_version_check(tmp_path):
-    plan = BucketPlan.from_ends([3, 2, 1, 0], [4, 4, 8, 8], ["float32"] * 4, [1, 4], "demo")
+    plan = BucketPlan.from_ends(layout([3, 2, 1, 0], [4, 4, 8, 8], ["float32"] * 4), [1, 4], "demo")
     path = tmp_path / "plan.json"
     plan.save(str(path))
     assert BucketPlan.load(str(path)) == plan
@@ -83,43 +91,43 @@ def test_plan_validation():
         BucketPlan(())
     with pytest.raises(PlanError, match="more than one bucket"):
         BucketPlan((Bucket((0, 1), 8, "float32"), Bucket((1,), 4, "float32")))
-    plan = BucketPlan.from_ends([1, 0], [4, 4], ["float32"] * 2, [2])
+    plan = BucketPlan.from_ends(layout([1, 0], [4, 4], ["float32"] * 2), [2])
     with pytest.raises(PlanError, match="does not have"):
-        plan.check_matches([0, 2], [4, 4], ["float32"] * 2)
+        plan.check_matches(layout([0, 2], [4, 4], ["float32"] * 2))
     with pytest.raises(PlanError, match="claims"):
-        plan.check_matches([0, 1], [4, 8], ["float32"] * 2)
+        plan.check_matches(layout([0, 1], [4, 8], ["float32"] * 2))
 
 
 def test_hccl_and_mindspore_indices():
     order = list(range(9, -1, -1))  # ready order is reversed definition order
-    plan = BucketPlan.from_ends(order, [4] * 10, ["float32"] * 10, [3, 7, 10])
+    plan = BucketPlan.from_ends(layout(order, [4] * 10, ["float32"] * 10), [3, 7, 10])
     # buckets in definition order: [0..2], [3..6], [7..9]
     assert plan.hccl_split_indices(10) == [2, 6, 9]
     assert plan.mindspore_fusion_config(10) == [3, 7]
-    scrambled = BucketPlan.from_ends([0, 5, 1, 2, 3, 4], [4] * 6, ["float32"] * 6, [2, 6])
+    scrambled = BucketPlan.from_ends(layout([0, 5, 1, 2, 3, 4], [4] * 6, ["float32"] * 6), [2, 6])
     with pytest.raises(PlanNotExpressible):
         scrambled.hccl_split_indices(6)
 
 
 def test_fallback_without_cap_list_approximates_with_a_warning(monkeypatch):
-    order, nbytes, dtypes = list(range(8)), [4 * MIB] * 8, ["float32"] * 8
-    plan = BucketPlan.from_ends(order, nbytes, dtypes, [2, 4, 6, 8], "pairs")
-    assert ddp_bucket_arguments(plan, order, nbytes, dtypes)["bucket_cap_mb_list"] == [8.0] * 4
-    monkeypatch.setattr("gdat.plan_switch.ddp_supports_cap_list", lambda: False)
+    grads = layout(range(8), [4 * MIB] * 8, ["float32"] * 8)
+    plan = BucketPlan.from_ends(grads, [2, 4, 6, 8], "pairs")
+    assert ddp_bucket_arguments(plan, grads)["bucket_cap_mb_list"] == [8.0] * 4
+    monkeypatch.setattr("gdat.plan_switch.supports_cap_list", lambda: False)
     with pytest.warns(PlanApproximated, match="bucket_cap_mb=8"):
-        args = ddp_bucket_arguments(plan, order, nbytes, dtypes)
+        args = ddp_bucket_arguments(plan, grads)
     assert args == {"bucket_cap_mb": 8.0}
 
 
-def _plans_for(order, nbytes, dtypes):
+def _plans_for(grads):
     rng = random.Random(7)
-    n = len(order)
-    plans = [BucketPlan.from_ends(order, nbytes, dtypes, [n], "one"),
-             BucketPlan.from_ends(order, nbytes, dtypes, list(range(1, n + 1)), "each"),
-             plan_from_caps(order, nbytes, dtypes, [20000], "uniform")]
+    n = len(grads)
+    plans = [BucketPlan.from_ends(grads, [n], "one"),
+             BucketPlan.from_ends(grads, list(range(1, n + 1)), "each"),
+             plan_from_caps(grads, [20000], "uniform")]
     for k in range(3):
         ends = sorted(rng.sample(range(1, n), 3)) + [n]
-        plans.append(BucketPlan.from_ends(order, nbytes, dtypes, ends, f"random{k}"))
+        plans.append(BucketPlan.from_ends(grads, ends, f"random{k}"))
     return plans
 
 
@@ -143,26 +151,26 @@ def _observed(ddp, steps, rank):
 def _construct_job(rank, world):
     order = list(range(11, -1, -1))
     infos = [(n, p) for n, p in reducer_parameters(DDP(mlp()))]
-    nbytes = [infos[i][1].numel() * 4 for i in order]
-    dtypes = ["float32"] * 12
+    grads = layout(order, [infos[i][1].numel() * 4 for i in order], ["float32"] * 12)
     out = []
-    for plan in _plans_for(order, nbytes, dtypes):
-        ddp = DDP(mlp(), **ddp_bucket_arguments(plan, order, nbytes, dtypes))
+    for plan in _plans_for(grads):
+        ddp = DDP(mlp(), **ddp_bucket_arguments(plan, grads))
         out.append((plan.label, [list(b.params) for b in plan.buckets], [list(g) for g in _observed(ddp, 3, rank)[2]]))
     return out
 
 
-def test_buckets_ddp_forms_equal_the_plans():
-    for label, want, got in run_ranks(_construct_job, 2)[0]:
+def test_buckets_ddp_forms_equal_the_plans(two_ranks):
+    formed = two_ranks["construct"]
+    assert len(formed) == 6
+    for label, want, got in formed:
         assert [tuple(b) for b in want] == [tuple(b) for b in got], label
 
 
 def _switch_job(rank, world, static_graph, as_view):
     order = list(range(11, -1, -1))
     model = mlp()
-    nbytes = [p.numel() * 4 for p in list(model.parameters())[::-1]]
-    dtypes = ["float32"] * 12
-    plans = _plans_for(order, nbytes, dtypes)
+    grads = layout(order, [p.numel() * 4 for p in list(model.parameters())[::-1]], ["float32"] * 12)
+    plans = _plans_for(grads)
     live = DDP(model, static_graph=static_graph, gradient_as_bucket_view=as_view)
     index = {id(p): i for i, (_, p) in enumerate(reducer_parameters(live))}
     seen = []
@@ -176,7 +184,7 @@ def _switch_job(rank, world, static_graph, as_view):
     results = []
     step = 0
     for plan in plans:
-        args = ddp_bucket_arguments(plan, order, nbytes, dtypes)
+        args = ddp_bucket_arguments(plan, grads)
         switch_buckets(live, **args)
         ref_model = mlp()
         ref = DDP(ref_model, static_graph=static_graph, gradient_as_bucket_view=as_view, **args)
@@ -199,8 +207,24 @@ def _switch_job(rank, world, static_graph, as_view):
     return results
 
 
-@pytest.mark.parametrize("static_graph, as_view", [(False, False), (True, False), (False, True)])
-def test_switching_a_live_ddp_forms_the_plan_and_keeps_gradients_exact(static_graph, as_view):
-    for label, formed_ok, grads_ok in run_ranks(_switch_job, 2, (static_graph, as_view))[0]:
+SWITCH_OPTIONS = [(False, False), (True, False), (False, True)]
+
+
+def _plan_jobs(rank, world):
+    """Everything this module checks on 2 ranks, in one job."""
+    return {"construct": _construct_job(rank, world),
+            "switch": {options: _switch_job(rank, world, *options) for options in SWITCH_OPTIONS}}
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    return run_ranks(_plan_jobs, 2)[0]
+
+
+@pytest.mark.parametrize("static_graph, as_view", SWITCH_OPTIONS)
+def test_switching_a_live_ddp_forms_the_plan_and_keeps_gradients_exact(two_ranks, static_graph, as_view):
+    results = two_ranks["switch"][(static_graph, as_view)]
+    assert len(results) == 6  # every plan of _plans_for, nothing else
+    for label, formed_ok, grads_ok in results:
         assert formed_ok, label
         assert grads_ok, label

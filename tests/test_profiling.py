@@ -36,9 +36,20 @@ def _profile_job(rank: int, world: int, compute_mode: str) -> dict:
     return {"schema": "gdat.profile", "version": 1, **profile.to_dict()}
 
 
-@pytest.fixture(scope="module", params=["deferred", "no_sync"])
-def profile(request) -> Profile:
-    return Profile.from_dict(run_ranks(_profile_job, 2, (request.param,))[0])
+def _two_rank_jobs(rank: int, world: int) -> dict:
+    """Everything this module checks on 2 ranks, in one job."""
+    return {"profiles": {mode: _profile_job(rank, world, mode) for mode in ("deferred", "no_sync")},
+            "bitwise": _bitwise_jobs(rank, world), "reducer_order": _reducer_order_job(rank, world)}
+
+
+@pytest.fixture(scope="module")
+def two_ranks() -> list[dict]:
+    return run_ranks(_two_rank_jobs, 2)
+
+
+@pytest.fixture(params=["deferred", "no_sync"])
+def profile(request, two_ranks) -> Profile:
+    return Profile.from_dict(two_ranks[0]["profiles"][request.param])
 
 
 def test_every_parameter_once_per_step_monotone_and_inside_backward(profile: Profile):
@@ -88,7 +99,7 @@ def test_ready_timeline_reduces_ranks_by_max(profile: Profile):
     assert list(t.ready_s) == sorted(t.ready_s)
     assert t.backward_end_s >= t.ready_s[-1] > 0
     assert t.post_s > 0
-    assert t.total_bytes == sum(p.nbytes for p in profile.params)
+    assert t.layout.total_bytes == sum(p.nbytes for p in profile.params)
 
 
 def test_chrome_trace_parses_with_spans_for_every_rank(profile: Profile, tmp_path):
@@ -132,12 +143,17 @@ def _bitwise_job(rank: int, world: int, mode: str, as_view: bool) -> list[bool]:
     return equal
 
 
+def _bitwise_jobs(rank: int, world: int) -> dict:
+    return {(mode, as_view): _bitwise_job(rank, world, mode, as_view)
+            for mode in ("overlap", "deferred") for as_view in (False, True)}
+
+
 @pytest.mark.parametrize("world", [2, 3])
-@pytest.mark.parametrize("mode", ["overlap", "deferred"])
-def test_tracing_hook_gradients_bitwise_equal_to_stock_ddp(world, mode):
-    for as_view in (False, True):
-        for per_rank in run_ranks(_bitwise_job, world, (mode, as_view)):
-            assert per_rank == [True] * 5
+def test_tracing_hook_gradients_bitwise_equal_to_stock_ddp(two_ranks, world):
+    for per_rank in [r["bitwise"] for r in two_ranks] if world == 2 else run_ranks(_bitwise_jobs, world):
+        assert sorted(per_rank) == [("deferred", False), ("deferred", True), ("overlap", False), ("overlap", True)]
+        for equal in per_rank.values():
+            assert equal == [True] * 5
 
 
 def _reducer_order_job(rank: int, world: int) -> bool:
@@ -167,5 +183,5 @@ def _reducer_order_job(rank: int, world: int) -> bool:
     return sorted(map(id, seen)) == sorted(map(id, ours)) and len(ours) == 4
 
 
-def test_reducer_parameter_numbering_matches_ddp():
-    assert run_ranks(_reducer_order_job, 2) == [True, True]
+def test_reducer_parameter_numbering_matches_ddp(two_ranks):
+    assert [r["reducer_order"] for r in two_ranks] == [True, True]

@@ -14,13 +14,13 @@ from tests.helpers import BIN, REPO, run_cmd
 SCRIPT = os.path.join(REPO, "tests", "scripts", "train_faults.py")
 
 
-def _gdat_run(tmp, name, port, *extra, env=None, timeout=300):
-    """gdat-run on 2 ranks; ``port=None`` lets torchrun pick its rendezvous (needed for
-    restarts: a static --master-port store keeps the failed attempt's gloo keys)."""
+def _gdat_run(tmp, name, *extra, env=None, timeout=300):
+    """gdat-run on 2 ranks.  Without --master-port torchrun rendezvouses on a free
+    port of its own choosing (c10d on localhost:0): no fixed port can collide with
+    another job on this machine, and a restart does not meet the failed attempt's
+    gloo keys in a static store."""
     work = tmp / name
-    rendezvous = ["--master-port", str(port)] if port else []
-    cmd = ["gdat-run", "--gdat-work-path", str(work), "--gdat-comm-budget-s", "0.5", "--nproc-per-node", "2",
-           *rendezvous, *extra]
+    cmd = ["gdat-run", "--gdat-work-path", str(work), "--gdat-comm-budget-s", "0.5", "--nproc-per-node", "2", *extra]
     return run_cmd(cmd, cwd=str(tmp), env={"TUNE_BANK_PATH": str(tmp / "bank"), **(env or {})}, timeout=timeout)
 
 
@@ -37,11 +37,12 @@ def _bank_is_whole(bank):
 
 
 def test_rank_killed_during_tuning_restarts_and_completes(tmp_path):
-    done = _gdat_run(tmp_path, "killed", None, "--max-restarts", "1", SCRIPT, "--steps", "45",
+    done = _gdat_run(tmp_path, "killed", "--max-restarts", "1", SCRIPT, "--steps", "45",
                      "--kill-rank", "1", "--kill-step", "15", "--out", str(tmp_path / "out.json"))
     assert done.returncode == 0, done.stderr[-3000:]
+    # rank 0 of each attempt says so at construction, before rank 1 dies at step 15; whether the killed
+    # attempt's rank 0 lives to warn "tuning incomplete" depends on when torchrun stops it: not asserted
     assert done.stderr.count("tune: knowledge base miss") == 2, "tuning restarted with the job"
-    assert "tuning incomplete" in done.stderr
     reports = _reports(tmp_path / "killed")
     assert len(reports) == 1, "only the restarted attempt finished tuning and reported"
     assert reports[0]["GDAT"]["gdat_tuning_result"] in ("tuning successful", "tuning unsatisfied")
@@ -54,8 +55,7 @@ def test_two_jobs_writing_one_bank_both_finish_and_the_bank_stays_valid(tmp_path
     procs = []
     for k in range(2):
         cmd = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", str(tmp_path / f"job{k}"),
-               "--gdat-comm-budget-s", "0.5", "--nproc-per-node", "2", "--master-port", str(29651 + k),
-               SCRIPT, "--steps", "40"]
+               "--gdat-comm-budget-s", "0.5", "--nproc-per-node", "2", SCRIPT, "--steps", "40"]
         procs.append(subprocess.Popen(cmd, cwd=str(tmp_path), env={**os.environ, "TUNE_BANK_PATH": str(tmp_path / "bank")},
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for p in procs:
@@ -94,15 +94,18 @@ def test_concurrent_read_modify_write_of_one_entry_loses_nothing(tmp_path):
 
 
 def test_ranks_with_different_models_get_a_clear_error_not_a_hang(tmp_path):
-    done = _gdat_run(tmp_path, "mismatch", 29661, SCRIPT, "--mismatch-rank", "1", timeout=120)
+    done = _gdat_run(tmp_path, "mismatch", SCRIPT, "--mismatch-rank", "1", timeout=120)
     assert done.returncode == 2
     assert "gdat: error: ranks built different models: parameter #0 is 0.weight [256, 256] float32 on rank 0 " \
            "but 0.weight [512, 512] float32 on rank 1" in done.stderr
 
 
 def test_a_straggler_makes_the_run_noisy_and_nothing_is_adopted_on_noise(tmp_path):
-    done = _gdat_run(tmp_path, "straggler", 29671, SCRIPT, "--steps", "40",
-                     "--straggler-rank", "1", "--straggler-max-s", "0.15")
+    # rank 1 sleeps 0..300 ms in a 5-step cycle: every measured window holds the same spread of step
+    # times, so no plan can truly win, and the medians differ by far less than the noise threshold
+    # (at least 0.6 x 300 ms against at most 0.125 x 300 ms, whatever else loads the machine)
+    done = _gdat_run(tmp_path, "straggler", SCRIPT, "--steps", "40",
+                     "--straggler-rank", "1", "--straggler-max-s", "0.3")
     assert done.returncode == 0, done.stderr[-3000:]
     g = _reports(tmp_path / "straggler")[0]["GDAT"]
     assert g["noisy"] is True
@@ -121,7 +124,7 @@ def test_mpiexec_launch_tunes_and_reports_like_torchrun(tmp_path):
     assert mpi.returncode == 0, mpi.stderr[-3000:]
     assert "mpi launcher: 2 ranks" in mpi.stderr
     env["TUNE_BANK_PATH"] = str(tmp_path / "bank2")
-    torchrun = _gdat_run(tmp_path, "torchrun", 29681, SCRIPT, "--steps", "40", env={"TUNE_BANK_PATH": str(tmp_path / "bank2")})
+    torchrun = _gdat_run(tmp_path, "torchrun", SCRIPT, "--steps", "40", env={"TUNE_BANK_PATH": str(tmp_path / "bank2")})
     assert torchrun.returncode == 0, torchrun.stderr[-3000:]
     a, b = _reports(tmp_path / "mpi")[0], _reports(tmp_path / "torchrun")[0]
 

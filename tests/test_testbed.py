@@ -8,8 +8,12 @@ import sys
 
 import pytest
 
-from gdat.errors import TestbedError, UsageError
-from launch.testbed import _tool, emulated_network, expected_ring_beta, parse_rate, namespace_unavailable_reason
+from gdat.errors import UsageError
+from gdat.schedule.whatif import Network, link_beta
+from gdat.units import parse_rate
+from launch.errors import TestbedError
+from launch.netns import tool as _tool
+from launch.testbed import emulated_network, namespace_unavailable_reason
 from tests.helpers import REPO, run_cmd
 
 UNAVAILABLE = namespace_unavailable_reason()
@@ -90,7 +94,7 @@ dist.destroy_process_group()
 
 @needs_testbed
 def test_fitted_beta_matches_the_emulated_rate(tmp_path):
-    """Ring allreduce over p ranks on one shared link of R bytes/s: beta = 2 (p-1) / R.
+    """Ring allreduce over p ranks on one shared queue of R bytes/s: beta = 2 (p-1) w / R (the what-if's model).
 
     The ladder starts at 128 KiB: below that, tbf's 1 MB burst lets some messages
     pass unshaped and their times scatter (the fit then splits into two segments)."""
@@ -103,14 +107,58 @@ def test_fitted_beta_matches_the_emulated_rate(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     fit = json.loads(out.read_text())
     beta = fit["segments"][-1]["beta_s_per_byte"]
-    expected = expected_ring_beta(rate, 2)
+    expected = link_beta(Network(1, 2, intra_bytes_per_s=parse_rate(rate)), "ring")
     assert abs(beta / expected - 1) <= 0.25, (beta, expected)
-    # positive and not merely the fit's floor of 0.1 us: loopback TCP latency is tens of us
-    assert all(seg["alpha_s"] > 1e-6 for seg in fit["segments"]), fit
+    # no check of alpha: after every idle gap tbf's 1 MB burst passes unshaped, so the
+    # intercept of a line through these sizes is often negative and the fit floors it
 
 
 def test_testbed_error_when_unavailable(monkeypatch):
-    monkeypatch.setattr("launch.testbed.namespace_unavailable_reason", lambda: "network namespaces need root")
+    monkeypatch.setattr("launch.netns.namespace_unavailable_reason", lambda: "network namespaces need root")
     with pytest.raises(TestbedError, match="need root"):
         with emulated_network("1gbit"):
+            pass
+
+
+@needs_testbed
+def test_nodes_have_their_own_hostnames_and_shaped_links_and_everything_is_removed():
+    before = _namespaces()
+    done = run_cmd(["gdat-testbed", "--nodes", "2", "--rate", "1gbit", "--intra-rate", "4gbit", "--", "sh", "-c",
+                    f"hostname; getent ahostsv4 node0 node1 | grep -E \"STREAM node[01]\"; {_tool('tc')} qdisc show"])
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    lines = out.splitlines()
+    assert sorted(line for line in lines if line.startswith("node")) == ["node0", "node1"]  # own hostnames
+    assert sum("198.18.0.1 " in line for line in lines) == 2  # each node resolves both
+    assert sum("198.18.0.2 " in line for line in lines) == 2
+    assert out.count("rate 1Gbit") == 2 and out.count("rate 4Gbit") == 2  # each node's eth0 and lo
+    assert "2 nodes (node0, node1)" in done.stderr
+    assert _namespaces() == before
+
+
+@needs_testbed
+def test_nodes_are_removed_on_sigterm_and_a_failing_node_stops_the_others(tmp_path):
+    before = _namespaces()
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gdat-testbed"), "--nodes", "2",
+                             "--rate", "1gbit", "--", "sleep", "30"], stderr=subprocess.PIPE, text=True)
+    assert "2 nodes" in proc.stderr.readline()
+    proc.terminate()
+    assert proc.wait(timeout=30) != 0
+    assert _namespaces() == before
+    # node1 fails at once; node0 would sleep 30 s but is stopped after the 1 s grace
+    done = run_cmd(["gdat-testbed", "--nodes", "2", "--rate", "1gbit", "--grace", "1", "--", "sh", "-c",
+                    '[ "$(hostname)" = node0 ] && sleep 30; exit 3'], timeout=25)
+    assert done.returncode == 3
+    assert _namespaces() == before
+
+
+def test_cluster_error_when_unavailable(monkeypatch):
+    from launch.cluster import emulated_cluster
+
+    monkeypatch.setattr("launch.netns.namespace_unavailable_reason", lambda: "network namespaces need root")
+    with pytest.raises(TestbedError, match="emulated nodes unavailable: network namespaces need root"):
+        with emulated_cluster(2, "1gbit"):
+            pass
+    with pytest.raises(UsageError, match="--nodes must be between 1 and 200"):
+        with emulated_cluster(0, "1gbit"):
             pass

@@ -14,7 +14,9 @@ fitted.  That floor costs milliseconds on any real link (a 1 MiB ring allreduce 
 
 Every decision that changes which collectives run (repeats, whether to go on) is
 taken from values all ranks agree on through a small MAX allreduce, so ranks never
-diverge.  The caller's budget bounds the ladder; the last size started finishes.
+diverge.  The caller's budget bounds the ladder; the last size started finishes, and
+at least two sizes are measured (a fit needs them) even when the budget is spent
+sooner on a busy host.
 """
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ def measure_allreduce(
         median = statistics.median(b - a for a, b in zip(times, times[1:]))
         median, elapsed = _agreed_max([median, time.perf_counter() - began], group, device)
         out.append((nbytes, median))
-        if elapsed >= budget_s and nbytes >= min(MIN_TOP_BYTES, max_bytes):
+        if elapsed >= budget_s and len(out) >= 2 and nbytes >= min(MIN_TOP_BYTES, max_bytes):
             break
         nbytes *= 2
     return out

@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 
 from gdat.cost_model import AllreduceCostModel
-from gdat.timeline import ParamInfo, Profile, RankTimeline, StepRecord
+from gdat.layout import ParamInfo
+from gdat.timeline import Profile, RankTimeline, StepRecord
 
 __all__ = ["gather_profile"]
 

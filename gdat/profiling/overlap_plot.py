@@ -7,9 +7,9 @@ whether it is there.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
+from gdat.jsonio import atomic_file
 from gdat.timeline import StepRecord
 
 __all__ = ["plot_available", "plot_overlap"]
@@ -62,11 +62,8 @@ def plot_overlap(panels: Sequence[tuple[str, Sequence[tuple[str, StepRecord]]]],
         _draw(ax, rows)
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
+        with atomic_file(path, "wb") as f:
+            fig.savefig(f, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from gdat.cost_model import AllreduceCostModel
+from gdat.ddp_internals import remove_comm_hook
 from gdat.ddp_model import WeakAttribute, param_infos, process_group_of
 from gdat.device import Clock, device_type_of
 from gdat.errors import UsageError
@@ -65,14 +66,12 @@ class ProfileSession:
 
     def finish(self, cost_model: AllreduceCostModel | None = None, meta: dict[str, Any] | None = None) -> Profile:
         """Stop recording and gather (a collective).  The tracer stays on this reducer,
-        averaging untraced, but leaves ``ddp._comm_hooks``: a reducer rebuilt by
-        :func:`gdat.plan_switch.switch_buckets` does not get it back."""
+        averaging untraced, but is forgotten as a registered hook: a reducer rebuilt
+        by :func:`gdat.plan_switch.switch_buckets` does not get it back."""
         steps = self.recorder.finish()
         self.recorder.detach()
         self.tracer.set_mode("off")
-        hooks = getattr(self.ddp, "_comm_hooks", [])
-        if (tracing_allreduce_hook, self.tracer) in hooks:
-            hooks.remove((tracing_allreduce_hook, self.tracer))
+        remove_comm_hook(self.ddp, tracing_allreduce_hook, self.tracer)
         return gather_profile(steps, param_infos(self.ddp), self.device_type, self.group, cost_model, meta)
 
 

@@ -1,4 +1,4 @@
-"""The plans peers can express, and the ranked candidates the tuner measures.
+"""The plans peers can express, simulated beside gdat's own.
 
 * DDP uniform caps: ``bucket_cap_mb = c`` for a ladder of ``c``; with the default
   1 MiB first bucket (``[1 MiB, c]``, what DDP does when the user leaves the cap at
@@ -11,19 +11,15 @@
   anyway, or when waiting for it costs less than the start-up ``alpha`` a separate
   allreduce would pay; otherwise the open bucket closes.
 
-:func:`rank_candidates` simulates every plan and returns ``k`` distinct ones, the
-best predicted first: the tuner measures those on real steps.
+:func:`peer_plans` lists them all; :mod:`gdat.schedule.candidates` ranks them with
+the optima when the tuner generates its candidates.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 from gdat.cost_model import AllreduceCostModel, Contention
-from gdat.errors import PlanError, PlanNotExpressible
+from gdat.errors import PlanError
 from gdat.plan import MIB, BucketPlan, plan_from_caps
-from gdat.schedule.search import optimal_plan
-from gdat.schedule.simulator import Simulation, comm_end, simulate, stretched
+from gdat.schedule.simulator import comm_end, stretched
 from gdat.timeline import ReadyTimeline
 
 __all__ = [
@@ -32,8 +28,6 @@ __all__ = [
     "horovod_plan",
     "mgwfbp_plan",
     "peer_plans",
-    "RankedPlan",
-    "rank_candidates",
     "UNIFORM_CAPS_MIB",
 ]
 
@@ -48,7 +42,7 @@ def uniform_plan(timeline: ReadyTimeline, cap_mib: float, first_bucket: bool) ->
     if first_bucket:
         caps = [DDP_FIRST_BUCKET_MIB * MIB, caps[0]]
     label = f"ddp-{cap_mib:g}MiB" + ("+1MiB-first" if first_bucket else "")
-    return plan_from_caps(timeline.order, timeline.nbytes, timeline.dtypes, caps, label)
+    return plan_from_caps(timeline.layout, caps, label)
 
 
 def uniform_plans(timeline: ReadyTimeline, caps_mib: tuple[float, ...] = UNIFORM_CAPS_MIB) -> list[BucketPlan]:
@@ -61,18 +55,19 @@ def horovod_plan(timeline: ReadyTimeline, threshold_bytes: int, cycle_s: float) 
     if threshold_bytes <= 0 or cycle_s <= 0:
         raise PlanError("fusion threshold and cycle time must be positive")
     t0 = timeline.ready_s[0] if timeline.ready_s else 0.0
+    layout = timeline.layout
     ends, size, cycle = [], 0, None
-    for j, (r, nb) in enumerate(zip(timeline.ready_s, timeline.nbytes)):
+    for j, (r, nb) in enumerate(zip(timeline.ready_s, layout.nbytes)):
         tick = int((r - t0) // cycle_s)
-        dtype_change = j > 0 and timeline.dtypes[j] != timeline.dtypes[j - 1]
+        dtype_change = j > 0 and layout.dtypes[j] != layout.dtypes[j - 1]
         if j > 0 and (tick != cycle or size + nb > threshold_bytes or dtype_change):
             ends.append(j)
             size = 0
         size += nb
         cycle = tick
-    ends.append(len(timeline.order))
+    ends.append(len(layout))
     label = f"horovod-{threshold_bytes / MIB:g}MiB-{cycle_s * 1e3:g}ms"
-    return BucketPlan.from_ends(timeline.order, timeline.nbytes, timeline.dtypes, ends, label)
+    return BucketPlan.from_ends(layout, ends, label)
 
 
 def mgwfbp_plan(timeline: ReadyTimeline, cost: AllreduceCostModel,
@@ -81,21 +76,22 @@ def mgwfbp_plan(timeline: ReadyTimeline, cost: AllreduceCostModel,
     ready, bwd_end = stretched(timeline, contention.compute_stretch)
     kappa = contention.comm_slowdown
     alpha = cost.alpha_s
+    layout = timeline.layout
+    n, nbytes, dtypes = len(layout), layout.nbytes, layout.dtypes
     ends: list[int] = []
     prev_end = -float("inf")
-    size = timeline.nbytes[0]
-    for j in range(1, len(timeline.order) + 1):
+    size = nbytes[0]
+    for j in range(1, n + 1):
         start = max(ready[j - 1], prev_end)
-        can_join = j < len(timeline.order) and timeline.dtypes[j] == timeline.dtypes[j - 1] \
-            and timeline.nbytes[j - 1] > 0
+        can_join = j < n and dtypes[j] == dtypes[j - 1] and nbytes[j - 1] > 0
         if can_join and (ready[j] <= start or ready[j] - start < alpha):
-            size += timeline.nbytes[j]
+            size += nbytes[j]
             continue
         ends.append(j)
         prev_end = comm_end(start, cost.time_s(size), bwd_end, kappa)
-        if j < len(timeline.order):
-            size = timeline.nbytes[j]
-    return BucketPlan.from_ends(timeline.order, timeline.nbytes, timeline.dtypes, ends, "mg-wfbp")
+        if j < n:
+            size = nbytes[j]
+    return BucketPlan.from_ends(layout, ends, "mg-wfbp")
 
 
 def peer_plans(timeline: ReadyTimeline, cost: AllreduceCostModel,
@@ -107,74 +103,3 @@ def peer_plans(timeline: ReadyTimeline, cost: AllreduceCostModel,
             plans.append(horovod_plan(timeline, mib * MIB, cycle))
     plans.append(mgwfbp_plan(timeline, cost, contention))
     return plans
-
-
-@dataclass(frozen=True)
-class RankedPlan:
-    """A plan with its simulated step."""
-
-    plan: BucketPlan
-    sim: Simulation
-
-
-def rank_candidates(
-    timeline: ReadyTimeline, cost: AllreduceCostModel, contention: Contention, k: int,
-    max_buckets: int | None = None, exclude: tuple[BucketPlan, ...] = (),
-) -> list[RankedPlan]:
-    """``k`` distinct plans to measure: the best under the model first, near-ties
-    diversified (see :func:`_diverse`).
-
-    The pool: the optimum (and the optimum under the contention-free model, a hedge
-    against calibration error), optima with at most 2, 4 and 8 buckets, and every
-    peer plan.  Plans grouping gradients like one in ``exclude``, and plans DDP
-    cannot form, are skipped.
-    """
-    searches = [(contention, max_buckets, "optimal"), (Contention(), max_buckets, "optimal-no-contention")]
-    searches += [(contention, limit, f"optimal-max{limit}") for limit in (2, 4, 8)
-                 if max_buckets is None or limit < max_buckets]
-    pool = []
-    for model, limit, label in searches:
-        try:
-            pool.append(optimal_plan(timeline, cost, model, limit, label))
-        except PlanError:  # no dtype-homogeneous partition within the limit
-            continue
-    pool.extend(p for p in peer_plans(timeline, cost, contention)
-                if max_buckets is None or len(p.buckets) <= max_buckets)
-    ranked: list[RankedPlan] = []
-    for plan in pool:
-        if any(plan.same_buckets(q.plan) for q in ranked) or any(plan.same_buckets(e) for e in exclude):
-            continue
-        if not _ddp_can_form(plan, timeline):
-            continue
-        ranked.append(RankedPlan(plan, simulate(timeline, plan, cost, contention)))
-    ranked.sort(key=lambda r: r.sim.step_s)
-    return _diverse(ranked, k)
-
-
-TIE = 0.02
-
-
-def _ddp_can_form(plan: BucketPlan, timeline: ReadyTimeline) -> bool:
-    """Whether ``bucket_cap_mb_list`` can make DDP form ``plan`` (with several
-    gradient dtypes some partitions cannot be expressed)."""
-    try:
-        plan.ddp_caps_mb(timeline.order, timeline.nbytes, timeline.dtypes)
-    except PlanNotExpressible:
-        return False
-    return True
-
-
-def _diverse(ranked: list[RankedPlan], k: int) -> list[RankedPlan]:
-    """The best plan first; then, among the remaining plans predicted within
-    ``TIE`` (2%) of the best remaining one, the one whose bucket count is farthest
-    (in log scale) from those already chosen: near-ties are decided by measurement,
-    so measuring different shapes hedges against model error."""
-    chosen, rest = ranked[:1], ranked[1:]
-    while rest and len(chosen) < k:
-        limit = rest[0].sim.step_s * (1 + TIE)
-        near = [r for r in rest if r.sim.step_s <= limit]
-        pick = max(near, key=lambda r: min(abs(math.log(len(r.plan.buckets)) - math.log(len(c.plan.buckets)))
-                                           for c in chosen))
-        chosen.append(pick)
-        rest.remove(pick)
-    return chosen

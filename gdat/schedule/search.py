@@ -40,14 +40,14 @@ def allowed_cuts(timeline: ReadyTimeline) -> tuple[np.ndarray, np.ndarray]:
     """``(ok, first)``: ``ok[j]`` whether a bucket may end after gradient ``j-1``
     (``j = 0..n``); ``first[j]`` the smallest ``i`` such that gradients ``i..j-1``
     share one dtype (a bucket ending at ``j`` starts at ``i >= first[j]``)."""
-    n = len(timeline.order)
+    n = len(timeline.layout)
     ok = np.ones(n + 1, dtype=bool)
-    nbytes = np.asarray(timeline.nbytes)
+    nbytes = np.asarray(timeline.layout.nbytes)
     ok[1:n] = nbytes[: n - 1] > 0
     first = np.zeros(n + 1, dtype=np.int64)
     start = 0
     for j in range(1, n + 1):
-        if j > 1 and timeline.dtypes[j - 1] != timeline.dtypes[j - 2]:
+        if j > 1 and timeline.layout.dtypes[j - 1] != timeline.layout.dtypes[j - 2]:
             start = j - 1
         first[j] = start
     return ok, first
@@ -67,14 +67,14 @@ def optimal_plan(
     max_buckets: int | None = None, label: str = "optimal",
 ) -> BucketPlan:
     """The plan with the earliest communication end under the model (see above)."""
-    n = len(timeline.order)
+    n = len(timeline.layout)
     if n == 0:
         raise PlanError("the model has no gradients to bucket")
     if max_buckets is not None and max_buckets < 1:
         raise PlanError("max_buckets must be at least 1")
     ready, bwd_end = stretched(timeline, contention.compute_stretch)
     kappa = contention.comm_slowdown
-    prefix = np.concatenate([[0.0], np.cumsum(np.asarray(timeline.nbytes, dtype=np.float64))])
+    prefix = np.concatenate([[0.0], np.cumsum(np.asarray(timeline.layout.nbytes, dtype=np.float64))])
     ok, first = allowed_cuts(timeline)
     ready_at = np.concatenate([[0.0], ready])
     if max_buckets is None:
@@ -114,4 +114,4 @@ def optimal_plan(
         if not np.isfinite(finals[k_best]):
             raise PlanError("no bucket partition DDP can express exists within the bucket limit")
         ends = _backtrack(parents, n, True, k_best)
-    return BucketPlan.from_ends(timeline.order, timeline.nbytes, timeline.dtypes, ends, label)
+    return BucketPlan.from_ends(timeline.layout, ends, label)

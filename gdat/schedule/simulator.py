@@ -105,7 +105,7 @@ def stretched(timeline: ReadyTimeline, sigma: float) -> tuple[np.ndarray, float]
 
 
 def _bucket_ready(timeline: ReadyTimeline, ready: np.ndarray, plan: BucketPlan) -> list[float]:
-    pos = {p: j for j, p in enumerate(timeline.order)}
+    pos = {p: j for j, p in enumerate(timeline.layout.order)}
     out, latest = [], 0.0
     for k, b in enumerate(plan.buckets):
         try:
@@ -137,7 +137,7 @@ def lower_bound_s(timeline: ReadyTimeline, cost: AllreduceCostModel,
     """The shortest step any plan can have under the model (module docstring)."""
     ready, bwd_end = stretched(timeline, contention.compute_stretch)
     alpha, beta = cost.lower_line()
-    suffix = np.cumsum(np.asarray(timeline.nbytes, dtype=np.float64)[::-1])[::-1]
+    suffix = np.cumsum(np.asarray(timeline.layout.nbytes, dtype=np.float64)[::-1])[::-1]
     ends = comm_end(ready, alpha + beta * suffix, bwd_end, contention.comm_slowdown)
     return max(bwd_end, float(np.max(ends))) + timeline.post_s
 

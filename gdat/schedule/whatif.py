@@ -1,113 +1,234 @@
-"""What-if at scale: re-predict plans for another world size, link and algorithm.
+"""What-if: re-predict a profile's allreduce cost for another network, node layout or algorithm.
 
-Standard alpha-beta formulas for an allreduce of ``n`` bytes over ``p`` ranks, with
-per-message latency ``a`` (seconds) and per-rank link bandwidth ``b`` (bytes/s):
+Network (:class:`Network`).  ``N`` nodes of ``L`` ranks each (``p = N L``; ranks of
+a node are numbered consecutively, as torchrun and Slurm do).  Each node has one
+link to a switch of rate ``R_inter`` bytes/s in *each* direction (full duplex),
+and one queue of rate ``R_intra`` that *all* of the node's intra-node traffic
+shares, both directions together (a host's loopback; the emulated testbed's
+``tbf`` on ``lo``).  A link of MTU ``m`` carries ``w(m) = (m + 14) / (m - 52)``
+wire bytes per payload byte: ``tc``/NICs count Ethernet (14), IP (20) and TCP (20
++ 12 of timestamps) headers, so 4.6% at MTU 1500 and 0.1% on a 64 KiB loopback.
 
-* ring (reduce-scatter + all-gather): ``t = 2 (p-1) a + 2 (p-1)/p * n / b``
-* tree (pipelined binary-tree reduce + broadcast):
-  ``t = 2 ceil(log2 p) a + 2 n / b``
+Bandwidth term.  For an allreduce of ``n`` bytes, let ``q`` be the payload bytes
+per allreduced byte that cross a queue; the allreduce is a pipeline, so the
+slowest queue sets its rate:  ``beta = max_queues q w / R``.
 
-From a profile measured on ``p0`` ranks the per-message latency is recovered by
-inverting the same formula on the measured ``alpha`` (``a = alpha / (2 (p0-1))`` for
-ring, ``alpha / (2 ceil(log2 p0))`` for tree); the bandwidth is the one given, or
-recovered likewise from the measured ``beta``.  Backward compute per rank is taken
-as measured (data parallelism keeps the per-rank batch).
+* ring (reduce-scatter + all-gather; gloo's and NCCL's ring): each of the ``p``
+  ring edges carries ``e = 2 (p-1) / p`` bytes per byte.  One node: all ``L``
+  edges cross the node's shared queue, ``q_intra = L e`` (``= 2 (p-1)``: two
+  ranks on a shared loopback see half its rate each way).  ``N >= 2``: ``L - 1``
+  edges stay inside each node (``q_intra = (L-1) e``) and one leaves and one
+  enters it (``q_inter = e`` each direction).
+* tree (NCCL's: a chain inside each node, a double binary tree between nodes):
+  every chain edge carries ``n`` up and ``n`` down, ``q_intra = 2 (L-1)``; each
+  node sends and receives ``2 n`` over its link, ``q_inter = 2``.
+
+Latency term.  ``alpha = h a``: ``a`` is the per-hop latency, ``h`` the hops on
+the critical path, ``2 (p-1)`` for ring and ``2 (ceil(log2 N) + L - 1)`` for tree.
+
+Sources: ring allreduce cost ``2 (p-1) a + 2 (p-1)/p n / B`` and its bandwidth
+optimality (Patarasuk & Yuan, "Bandwidth optimal all-reduce algorithms for
+clusters of workstations", JPDC 2009; Thakur, Rabenseifner & Gropp, "Optimization
+of collective communication operations in MPICH", IJHPCA 2005); double binary
+trees (Sanders, Speck & Traeff, "Two-tree algorithms for full bandwidth broadcast,
+reduction and scan", Parallel Computing 2009) as NCCL uses them between nodes
+(NCCL 2.4 release notes and blog, 2019).  docs/whatif.md derives the loads.
+
+Transfer (:func:`whatif_cost`).  The profile's calibrated cost ``alpha_m + beta_m
+n`` was measured on network ``M``.  Its efficiency ``eta = beta_m /
+beta_link(M)`` (what the in-situ allreduces achieve against the nominal links;
+1 when ``M``'s rates are not known) carries over: ``beta_T = eta beta_link(T)``,
+and ``a = alpha_m / h(M)``, ``alpha_T = a h(T)``.  When ``M``'s rate is not
+known, it is recovered from ``beta_m`` (``R = q w / beta_m`` for ``M``'s
+bottleneck queue), and a target that names no new rate keeps it.  Backward
+compute per rank is taken as measured (data parallelism keeps the per-rank batch).
+
+Contention (:func:`whatif_contention`).  Overlapped communication steals CPU from
+backward in proportion to the bytes it moves per second: the stretch above 1
+scales with the ratio of link rates, ``sigma_T = 1 + (sigma_m - 1) beta_m /
+beta_T``; the comm slowdown ``kappa`` is kept.
 """
 from __future__ import annotations
 
-import argparse
 import math
+from dataclasses import dataclass, replace
 
-from gdat.cost_model import AllreduceCostModel
+from gdat.cost_model import AllreduceCostModel, Contention
 from gdat.errors import UsageError
-from gdat.plan import BucketPlan
-from gdat.schedule.baselines import mgwfbp_plan, uniform_plans
-from gdat.schedule.search import optimal_plan
-from gdat.schedule.simulator import calibrate, lower_bound_s, simulate
-from gdat.timeline import Profile
+from gdat.schedule.simulator import calibrate
+from gdat.timeline import Profile, ReadyTimeline
+from gdat.units import format_rate
 
-__all__ = ["scaled_cost", "add_simulate_arguments", "simulate_command", "ALGOS"]
+__all__ = ["ALGOS", "Network", "wire_factor", "queue_loads", "link_beta", "hops", "network_of",
+           "whatif_cost", "whatif_contention", "WhatIf", "whatif_model", "LOOPBACK_MTU", "ETHERNET_MTU"]
 
 ALGOS = ("ring", "tree")
+LOOPBACK_MTU = 65536
+ETHERNET_MTU = 1500
+_L2_BYTES = 14
+_L3_L4_BYTES = 52
 
 
-def _latency_factor(algo: str, p: int) -> float:
-    return 2.0 * (p - 1) if algo == "ring" else 2.0 * math.ceil(math.log2(p))
+def wire_factor(mtu: int) -> float:
+    """Wire bytes per payload byte of TCP over Ethernet at MTU ``mtu``: ``(m + 14) / (m - 52)``."""
+    return (mtu + _L2_BYTES) / (mtu - _L3_L4_BYTES)
 
 
-def _bandwidth_factor(algo: str, p: int) -> float:
-    return 2.0 * (p - 1) / p if algo == "ring" else 2.0
+@dataclass(frozen=True)
+class Network:
+    """``nodes`` x ``ranks_per_node`` ranks and their links (module docstring).
+
+    Rates are bytes per second, ``None`` where not known (or not used)."""
+
+    nodes: int
+    ranks_per_node: int
+    inter_bytes_per_s: float | None = None
+    intra_bytes_per_s: float | None = None
+    inter_mtu: int = ETHERNET_MTU
+    intra_mtu: int = LOOPBACK_MTU
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.ranks_per_node < 1:
+            raise UsageError("a network needs at least one node and one rank per node")
+        if self.nodes * self.ranks_per_node < 2:
+            raise UsageError("what-if needs world sizes of at least 2")
+        for mtu in (self.inter_mtu, self.intra_mtu):
+            if mtu <= _L3_L4_BYTES:
+                raise UsageError(f"MTU {mtu} leaves no room for a TCP payload")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+    def bottleneck(self) -> str:
+        """The link class that limits a ring when both rates are equal: ``inter``
+        across nodes, else ``intra``."""
+        return "inter" if self.nodes > 1 else "intra"
+
+    def describe(self) -> str:
+        parts = [f"{self.nodes} node{'s' if self.nodes > 1 else ''} x {self.ranks_per_node} rank"
+                 f"{'s' if self.ranks_per_node > 1 else ''}"]
+        if self.nodes > 1:
+            parts.append("inter-node " + (format_rate(self.inter_bytes_per_s) if self.inter_bytes_per_s
+                                          else "as measured") + " each way")
+        if self.ranks_per_node > 1:
+            parts.append("intra-node " + (format_rate(self.intra_bytes_per_s) if self.intra_bytes_per_s
+                                          else "as measured") + " shared")
+        return ", ".join(parts)
 
 
-def scaled_cost(
-    measured: AllreduceCostModel, measured_world: int, world: int, algo: str,
-    bandwidth_bytes_per_s: float | None = None,
-) -> AllreduceCostModel:
-    """The linear cost model for ``world`` ranks (module docstring)."""
+def queue_loads(net: Network, algo: str) -> dict[str, float]:
+    """Payload bytes per allreduced byte crossing each queue class (module docstring)."""
     if algo not in ALGOS:
         raise UsageError(f"--algo must be ring or tree, got {algo!r}")
-    if world < 2 or measured_world < 2:
-        raise UsageError("what-if needs world sizes of at least 2")
-    hop = measured.alpha_s / _latency_factor(algo, measured_world)
-    if bandwidth_bytes_per_s is None:
-        per_byte = measured.beta_s_per_byte / _bandwidth_factor(algo, measured_world)
-    else:
-        per_byte = 1.0 / bandwidth_bytes_per_s
-    return AllreduceCostModel.linear(hop * _latency_factor(algo, world),
-                                     per_byte * _bandwidth_factor(algo, world),
-                                     source=f"what-if {algo} p={world}")
+    p, n, lpn = net.world_size, net.nodes, net.ranks_per_node
+    if algo == "ring":
+        e = 2.0 * (p - 1) / p
+        return {"intra": lpn * e} if n == 1 else {"intra": (lpn - 1) * e, "inter": e}
+    loads = {"intra": 2.0 * (lpn - 1)}
+    if n > 1:
+        loads["inter"] = 2.0
+    return loads
 
 
-def _parse_bandwidth(raw: str) -> float:
-    from launch.testbed import parse_rate
-
-    return parse_rate(raw)
-
-
-def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("profile", help="profile JSON written by gdat profile / gdat-run")
-    parser.add_argument("--world-size", type=int, default=None, help="predict for this many ranks")
-    parser.add_argument("--bandwidth", default=None,
-                        help="per-rank link bandwidth in tc units (e.g. 100gbit, 25gbps)")
-    parser.add_argument("--algo", default="ring", help="allreduce algorithm: ring or tree (default ring)")
-    parser.add_argument("--max-buckets", type=int, default=None, help="limit the optimum's bucket count (AOE: 8)")
-    parser.add_argument("--top", type=int, default=12, help="rows to print (default 12)")
-    parser.add_argument("--save-plan", default=None, metavar="PATH",
-                        help="save the optimal plan (for gdat-run --gdat-plan PATH)")
+def _queue_time(net: Network, kind: str, load: float) -> float | None:
+    rate = net.inter_bytes_per_s if kind == "inter" else net.intra_bytes_per_s
+    mtu = net.inter_mtu if kind == "inter" else net.intra_mtu
+    if load == 0:
+        return 0.0
+    return None if not rate else load * wire_factor(mtu) / rate
 
 
-def simulate_command(args: argparse.Namespace) -> str:
-    """The table ``gdat simulate`` prints."""
-    profile = Profile.load(args.profile)
-    timeline = profile.ready_timeline("compute")
+def link_beta(net: Network, algo: str) -> float | None:
+    """Seconds per allreduced byte the links allow (``max q w / R``); ``None`` when
+    a loaded queue's rate is unknown."""
+    times = [_queue_time(net, k, q) for k, q in queue_loads(net, algo).items()]
+    return None if any(t is None for t in times) else max(times)
+
+
+def hops(net: Network, algo: str) -> int:
+    """Hops on an allreduce's critical path: ``2 (p-1)`` ring, ``2 (ceil(log2 N) + L - 1)`` tree."""
+    if algo == "ring":
+        return 2 * (net.world_size - 1)
+    return 2 * (math.ceil(math.log2(net.nodes)) + net.ranks_per_node - 1)
+
+
+def network_of(profile: Profile, inter_bytes_per_s: float | None = None,
+               intra_bytes_per_s: float | None = None) -> Network:
+    """The layout a profile ran on (nodes = distinct hostnames of its ranks)."""
+    hosts = [r.host for r in profile.ranks] or ["?"] * profile.world_size
+    nodes = len(set(hosts))
+    per_node = max(1, profile.world_size // nodes)
+    return Network(nodes, per_node, inter_bytes_per_s, intra_bytes_per_s)
+
+
+def _with_recovered_rate(measured: Network, beta_s_per_byte: float, algo: str) -> Network:
+    """``measured`` with its bottleneck's unknown rate recovered from the fitted beta."""
+    kind = measured.bottleneck()
+    load = queue_loads(measured, algo).get(kind, 0.0)
+    mtu = measured.inter_mtu if kind == "inter" else measured.intra_mtu
+    rate = load * wire_factor(mtu) / beta_s_per_byte if beta_s_per_byte > 0 else None
+    if kind == "inter" and measured.inter_bytes_per_s is None:
+        return replace(measured, inter_bytes_per_s=rate)
+    if kind == "intra" and measured.intra_bytes_per_s is None:
+        return replace(measured, intra_bytes_per_s=rate)
+    return measured
+
+
+def _fill_unknown(target: Network, measured: Network) -> Network:
+    """Rates the target does not name are the measured network's; a one-node
+    measurement gives inter-node links each rank's share of its shared queue."""
+    share = (measured.intra_bytes_per_s / measured.ranks_per_node
+             if measured.nodes == 1 and measured.intra_bytes_per_s else None)
+    return replace(target,
+                   inter_bytes_per_s=target.inter_bytes_per_s or measured.inter_bytes_per_s or share,
+                   intra_bytes_per_s=target.intra_bytes_per_s or measured.intra_bytes_per_s)
+
+
+def whatif_cost(measured_cost: AllreduceCostModel, measured: Network, target: Network,
+                algo: str = "ring") -> AllreduceCostModel:
+    """The linear cost model on ``target`` (module docstring, "Transfer")."""
+    beta_m = measured_cost.beta_s_per_byte
+    nominal = link_beta(measured, "ring")
+    known = measured if nominal is not None else _with_recovered_rate(measured, beta_m, "ring")
+    eta = beta_m / nominal if nominal else 1.0
+    full = _fill_unknown(target, known)
+    beta_t = link_beta(full, algo)
+    if beta_t is None:
+        raise UsageError(f"what-if: no rate known for the links of {target.describe()}; give --inter-node-bandwidth "
+                         f"and --intra-node-bandwidth")
+    hop_s = measured_cost.alpha_s / hops(measured, "ring")
+    return AllreduceCostModel.linear(hop_s * hops(target, algo), eta * beta_t,
+                                     source=f"what-if {algo}: {full.describe()}")
+
+
+def whatif_contention(measured: Contention, measured_beta_s_per_byte: float,
+                      target_beta_s_per_byte: float) -> Contention:
+    """Contention on the target (module docstring, "Contention")."""
+    if target_beta_s_per_byte <= 0:
+        return measured
+    ratio = measured_beta_s_per_byte / target_beta_s_per_byte
+    return Contention(1.0 + (measured.compute_stretch - 1.0) * ratio, measured.comm_slowdown)
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """The model of a profile on another network: its compute timeline, the cost and
+    contention there, and the measured model it came from."""
+
+    timeline: ReadyTimeline
+    cost: AllreduceCostModel
+    contention: Contention
+    measured_cost: AllreduceCostModel
+    measured_contention: Contention
+
+
+def whatif_model(profile: Profile, measured: Network, target: Network, algo: str = "ring") -> WhatIf:
+    """Calibrate ``profile`` (:func:`gdat.schedule.simulator.calibrate`), then move
+    its cost and contention from ``measured`` to ``target``."""
     if profile.cost_model is None:
-        raise UsageError(f"{args.profile}: the profile has no allreduce cost model")
-    if args.max_buckets is not None and args.max_buckets < 1:
-        raise UsageError("--max-buckets must be at least 1")
-    if args.top < 1:
-        raise UsageError("--top must be at least 1")
+        raise UsageError("the profile has no allreduce cost model")
     fitted = calibrate(profile, profile.cost_model)
-    cost, contention = fitted.cost, fitted.contention
-    scope = f"measured: {profile.world_size} ranks"
-    if args.world_size is not None or args.bandwidth is not None or args.algo != "ring":
-        world = args.world_size or profile.world_size
-        bandwidth = _parse_bandwidth(args.bandwidth) if args.bandwidth else None
-        cost = scaled_cost(cost, profile.world_size, world, args.algo, bandwidth)
-        scope = f"what-if: {world} ranks, {args.algo}, " + (
-            f"{bandwidth * 8 / 1e9:g} Gbit/s per rank" if bandwidth else "measured bandwidth")
-    plans: list[BucketPlan] = [optimal_plan(timeline, cost, contention, args.max_buckets)]
-    plans += [*uniform_plans(timeline), mgwfbp_plan(timeline, cost, contention)]
-    rows = sorted(((simulate(timeline, p, cost, contention), p) for p in plans), key=lambda r: r[0].step_s)
-    bound = lower_bound_s(timeline, cost, contention)
-    lines = [scope,
-             f"allreduce t = {cost.alpha_s * 1e6:.1f} us + {cost.beta_s_per_byte * 1e9:.4f} ns/B; "
-             f"contention sigma={contention.compute_stretch:.2f} kappa={contention.comm_slowdown:.2f}",
-             f"{'plan':<28}{'buckets':>8}{'step ms':>10}{'exposed ms':>12}{'vs bound':>10}"]
-    for sim, plan in rows[: args.top]:
-        lines.append(f"{plan.label:<28}{len(plan.buckets):>8}{sim.step_s * 1e3:>10.2f}"
-                     f"{sim.exposed_comm_s * 1e3:>12.2f}{sim.step_s / bound:>10.3f}")
-    lines.append(f"{'lower bound (any plan)':<28}{'':>8}{bound * 1e3:>10.2f}")
-    if args.save_plan:
-        plans[0].save(args.save_plan)
-        lines.append(f"optimal plan saved to {args.save_plan}")
-    return "\n".join(lines)
+    cost = whatif_cost(fitted.cost, measured, target, algo)
+    contention = whatif_contention(fitted.contention, fitted.cost.beta_s_per_byte, cost.beta_s_per_byte)
+    return WhatIf(profile.ready_timeline("compute"), cost, contention, fitted.cost, fitted.contention)

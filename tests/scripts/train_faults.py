@@ -1,13 +1,13 @@
 """A plain DDP training script with fault knobs, for gdat's reliability tests.
 
 --kill-rank R --kill-step S   rank R kills itself (SIGKILL) at step S, first attempt only
---straggler-rank R --straggler-max-s X   rank R sleeps uniform(0, X) s every step (seeded)
+--straggler-rank R --straggler-max-s X   rank R sleeps before every step, cycling through
+                              0, X/4, X/2, 3X/4, X seconds (every window of 5 steps sees each once)
 --mismatch-rank R             rank R builds a wider model than the others
 """
 import argparse
 import json
 import os
-import random
 import signal
 import time
 
@@ -35,13 +35,12 @@ model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(8)])
 ddp = DDP(model)
 opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
 first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-jitter = random.Random(rank)
 losses = []
 for step in range(args.steps):
     if first_attempt and rank == args.kill_rank and step == args.kill_step:
         os.kill(os.getpid(), signal.SIGKILL)
     if rank == args.straggler_rank:
-        time.sleep(jitter.uniform(0, args.straggler_max_s))
+        time.sleep(args.straggler_max_s * (step % 5) / 4)
     g = torch.Generator().manual_seed(1000 * step + rank)
     x = torch.randn(32, width, generator=g)
     opt.zero_grad()

@@ -1,6 +1,6 @@
 """The demo: ``gdat-run`` tunes a built-in model on 2 gloo ranks over an emulated network.
 
-``python -m gdat.demo`` (what ``./run.sh demo`` runs) starts
+``python -m launch.demo`` (what ``./run.sh demo`` runs) starts
 ``gdat-run --nproc-per-node 2 -m gdat.demo_train ...`` inside a network namespace
 whose loopback is limited to ``--rate`` (default 2gbit), so communication costs
 about as much as backward compute, then prints the before/after summary from the
@@ -19,7 +19,8 @@ import subprocess
 import sys
 
 from gdat.errors import GdatError
-from launch.testbed import emulated_network, namespace_unavailable_reason, parse_rate
+from gdat.units import parse_rate
+from launch.testbed import emulated_network, namespace_unavailable_reason
 
 __all__ = ["main"]
 

@@ -1,19 +1,12 @@
-"""The tuner's decisions: step windows, statistics, and when a plan is adopted.
+"""Measurement: the tuner's step schedule, step times, and window statistics.
 
-Measure.  A step's time is the interval between the starts of consecutive
-synchronised steps on a rank; across ranks it is the maximum (the step is done when
-the slowest rank is).  A window of ``n`` steps is summarised by its median ``m``
-and its median absolute deviation ``MAD``; the standard error of the median is
-estimated as ``se = 1.2533 * 1.4826 * MAD / sqrt(n)`` (normal-theory constants:
-1.4826 turns a MAD into a standard deviation, 1.2533 = sqrt(pi/2) is the median's
-efficiency loss).
-
-Decide.  A candidate is adopted only if its median beats the baseline's by more
-than the measured noise: ``m_base - m_cand > max(z * sqrt(se_base^2 + se_cand^2),
-floor * m_base)`` with ``z = 2`` and ``floor = 1%``.  Among candidates that pass,
-the fastest wins; if none passes, the baseline stays.  The run is called noisy when
-the largest such threshold (the baseline against itself included) exceeds 5% of
-the baseline median.
+Step time.  A step's time is the interval between the starts of consecutive
+synchronised steps on a rank (:class:`StepTimer`); across ranks it is the maximum
+(the step is done when the slowest rank is).  A window of ``n`` steps is
+summarised by its median ``m`` and its median absolute deviation ``MAD``; the
+standard error of the median is estimated as
+``se = 1.2533 * 1.4826 * MAD / sqrt(n)`` (normal-theory constants: 1.4826 turns a
+MAD into a standard deviation, 1.2533 = sqrt(pi/2) is the median's efficiency loss).
 
 Schedule.  Steps ``0 .. warmup-1`` are untouched (DDP rebuilds buckets at step 1);
 then ``baseline`` steps measure the user's configuration; then ``profile`` steps of
@@ -33,15 +26,16 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
-__all__ = ["WindowStats", "window_stats", "Verdict", "decide", "Schedule", "plan_schedule", "TRANSITION_STEPS"]
+from gdat.collectives import gather_from_all
+
+__all__ = ["WindowStats", "window_stats", "gather_window", "StepTimer", "Schedule", "plan_schedule",
+           "TRANSITION_STEPS"]
 
 TRANSITION_STEPS = 1
-Z = 2.0
-FLOOR = 0.01
-NOISY = 0.05
 
 
 @dataclass(frozen=True)
@@ -72,46 +66,33 @@ def window_stats(per_rank: Sequence[Sequence[float]]) -> WindowStats:
     """Combine each rank's step times of one window: per step, the maximum."""
     if not per_rank or not per_rank[0]:
         raise ValueError("empty window")
+    if any(len(steps) != len(per_rank[0]) for steps in per_rank):
+        raise ValueError("ranks measured windows of different lengths")
     return WindowStats(tuple(max(vals) for vals in zip(*per_rank)))
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The decision: ``winner`` is an index into the candidates, or ``None`` (keep
-    the baseline); ``noise_s`` the threshold the winner had to beat."""
+class StepTimer:
+    """Step times on this rank: :meth:`tick` at the start of each synchronised step
+    records the time of the step before it."""
 
-    winner: int | None
-    noise_s: float
-    gain_s: float
-    noisy: bool
-    reason: str
+    def __init__(self) -> None:
+        self.steps = 0
+        self._last: float | None = None
+        self.step_s: dict[int, float] = {}
+
+    def tick(self) -> int:
+        """Mark the start of a step; returns its index (0, 1, ...)."""
+        now = time.perf_counter()
+        if self._last is not None:
+            self.step_s[self.steps - 1] = now - self._last
+        self._last = now
+        self.steps += 1
+        return self.steps - 1
 
 
-def _threshold(base: WindowStats, cand: WindowStats) -> float:
-    return max(Z * math.hypot(base.se_s, cand.se_s), FLOOR * base.median_s)
-
-
-def decide(baseline: WindowStats, candidates: Sequence[WindowStats | None]) -> Verdict:
-    """Adopt the fastest candidate that beats the baseline by more than the noise."""
-    best: tuple[float, int, float] | None = None
-    worst_noise = _threshold(baseline, baseline)
-    for i, cand in enumerate(candidates):
-        if cand is None:
-            continue
-        noise = _threshold(baseline, cand)
-        worst_noise = max(worst_noise, noise)
-        gain = baseline.median_s - cand.median_s
-        if gain > noise and (best is None or cand.median_s < best[0]):
-            best = (cand.median_s, i, noise)
-    noisy = worst_noise > NOISY * baseline.median_s
-    if best is None:
-        why = "no candidate beat the baseline by more than the measured noise" if candidates else \
-            "no candidate plan differed from the baseline"
-        return Verdict(None, worst_noise, 0.0, noisy, why + (" (the run was noisy)" if noisy else ""))
-    median, i, noise = best
-    return Verdict(i, noise, baseline.median_s - median, noisy,
-                   f"candidate beat the baseline by {(baseline.median_s - median) * 1e3:.2f} ms "
-                   f"(noise threshold {noise * 1e3:.2f} ms)")
+def gather_window(timer: StepTimer, steps: range, group: Any) -> WindowStats:
+    """The window ``steps`` over every rank of ``group`` (a collective)."""
+    return window_stats(gather_from_all([timer.step_s[s] for s in steps], group))
 
 
 @dataclass(frozen=True)
@@ -146,15 +127,16 @@ class Schedule:
         start = self.candidate_switch(i) + TRANSITION_STEPS
         return range(start, start + self.measure)
 
-    @property
-    def decision_step(self) -> int:
-        """The step at whose start the winner is chosen and switched in."""
-        return self.candidate_switch(self.candidates)
+    def candidate_ending_at(self, step: int) -> int | None:
+        """The candidate whose measured window ends when ``step`` starts, if any."""
+        k, rest = divmod(step - self.overlap_steps.stop, TRANSITION_STEPS + self.measure)
+        return k - 1 if rest == 0 and 1 <= k <= self.candidates else None
 
     @property
     def total(self) -> int:
-        """Steps tuning uses, the decision step included."""
-        return self.decision_step + 1
+        """Steps tuning uses, the decision step (the start of the step after the
+        last measured one, where the winner is switched in) included."""
+        return self.candidate_switch(self.candidates) + 1
 
 
 def plan_schedule(max_steps: int, top_k: int, warmup: int = 2, baseline: int = 4,

@@ -1,0 +1,232 @@
+"""Construction: how gdat treats a DDP, decided before stock DDP's constructor runs.
+
+:func:`prepare_construction`, for ``--gdat-mode tune|apply`` and ``--gdat-plan``:
+
+1. check: DDP options gdat cannot tune (``find_unused_parameters``,
+   ``mixed_precision``, ``delay_all_reduce_named_params``, the python reducer of
+   ``torch.compile``) leave the model stock DDP with one line saying why; a plan
+   file given with ``--gdat-plan`` is checked against the model and applied;
+2. ladder: measure the allreduce cost on this process group
+   (:func:`gdat.profiling.allreduce_bench.measure_allreduce`);
+3. key: the knowledge-base key of this model, topology, software and link
+   (:func:`gdat.plan_bank.bank_key`);
+4. lookup: rank 0 reads the bank, every rank receives its answer.  A hit (without
+   ``REPEAT_TUNE``) becomes DDP's ``bucket_cap_mb_list``, so the plan applies from
+   DDP's first bucket rebuild and no step is spent tuning; a miss in ``tune`` mode
+   gives the :class:`TuneContext` the tuning loop (:mod:`gdat.tune_loop`) starts
+   from.
+
+:func:`check_model_across_ranks` runs first in every mode but ``off``: ranks that
+built different models stop with :class:`ModelMismatchError` rather than hang.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from gdat import log
+from gdat.collectives import broadcast_from_first, gather_from_all
+from gdat.config import GdatConfig
+from gdat.cost_model import AllreduceCostModel
+from gdat.ddp_internals import STOCK_DDP, python_reducer_active
+from gdat.ddp_model import param_infos
+from gdat.device import device_type_of, hardware_fingerprint
+from gdat.errors import ModelMismatchError, ProfileError, UsageError
+from gdat.knowledge_base import KnowledgeBase
+from gdat.layout import GradientLayout, ParamInfo
+from gdat.plan import BucketPlan
+from gdat.plan_bank import BankHit, bank_key, link_class, lookup, lookup_near
+from gdat.plan_switch import ddp_bucket_arguments
+from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
+from gdat.report import hit_report, write_report
+from gdat.settings import bank_root, repeat_tune
+from gdat.topology import intra_node_fit, topology_of
+
+__all__ = ["prepare_construction", "Construction", "TuneContext", "check_same_model", "check_model_across_ranks"]
+
+_UNSUPPORTED = {
+    "find_unused_parameters": "find_unused_parameters=True (DDP never rebuilds buckets in ready order)",
+    "mixed_precision": "DDP's mixed_precision option",
+    "delay_all_reduce_named_params": "delay_all_reduce_named_params",
+}
+
+
+@dataclass(frozen=True)
+class TuneContext:
+    """Facts fixed at construction that the tuning loop and its report use:
+    the allreduce fit of the ladder (``cost``), the bank key to keep the result
+    under, the user's own bucket arguments, the plan stored under the key when
+    ``REPEAT_TUNE`` re-tunes it, the report's name and the job's topology (as the
+    report lists it, :meth:`gdat.topology.Topology.to_dict`)."""
+
+    config: GdatConfig
+    cost: AllreduceCostModel
+    key: dict[str, Any]
+    user_bucket_args: dict[str, Any]
+    stored: BucketPlan | None
+    tuning_name: str
+    topology: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Construction:
+    """The keyword arguments to build stock DDP with, and the tuning context when
+    the model is to be tuned."""
+
+    kwargs: dict[str, Any]
+    tune: TuneContext | None = None
+
+
+def check_same_model(params: tuple[ParamInfo, ...], group: Any) -> None:
+    """Raise :class:`ModelMismatchError` naming the first parameter that differs
+    between rank 0 and any other rank (a collective)."""
+    every = gather_from_all([(p.name, p.shape, p.dtype) for p in params], group)
+    reference = every[0]
+    for rank, other in enumerate(every[1:], start=1):
+        for k in range(max(len(reference), len(other))):
+            a = reference[k] if k < len(reference) else None
+            b = other[k] if k < len(other) else None
+            if a != b:
+                def show(x):
+                    return "nothing" if x is None else f"{x[0]} {list(x[1])} {x[2]}"
+                raise ModelMismatchError(
+                    f"ranks built different models: parameter #{k} is {show(a)} on rank 0 "
+                    f"but {show(b)} on rank {rank}")
+
+
+def check_model_across_ranks(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    """:func:`check_same_model` for the DDP about to wrap ``module`` (a collective)."""
+    check_same_model(param_infos(module), _group_of(_user_options(module, args, kwargs)))
+
+
+def _user_options(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    bound = inspect.signature(STOCK_DDP.__init__).bind(None, module, *args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _group_of(options: dict[str, Any]) -> Any:
+    if options.get("device_mesh") is not None:
+        return options["device_mesh"].get_group(mesh_dim=0)
+    return options.get("process_group") or dist.group.WORLD
+
+
+def _unsupported(options: dict[str, Any]) -> str | None:
+    """Why gdat leaves a DDP with these options untouched, if it does."""
+    for name, what in _UNSUPPORTED.items():
+        if options.get(name):
+            return f"gdat does not tune DDP with {what}; this model runs as stock DDP"
+    if python_reducer_active():
+        return "gdat does not tune DDP's python reducer; this model runs as stock DDP"
+    return None
+
+
+def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any],
+                         config: GdatConfig) -> Construction:
+    """Steps 1-4 of the module docstring (collectives on DDP's process group)."""
+    options = _user_options(module, args, kwargs)
+    reason = _unsupported(options)
+    if reason:
+        log.warn(reason)
+        return Construction(kwargs)
+    group = _group_of(options)
+    params = param_infos(module)
+    model = GradientLayout.of(params)
+    if config.plan:
+        plan = BucketPlan.load(config.plan)
+        return Construction({**kwargs, **_plan_arguments(plan, plan.layout_on(model))})
+    try:
+        repeat = repeat_tune()
+    except UsageError as e:
+        log.warn(f"{e}; using REPEAT_TUNE=False")
+        repeat = False
+    log.info(f"{config.mode}: measuring allreduce for {config.comm_budget_s:g} s")
+    try:
+        cost = fit_from_ladder(measure_allreduce(config.comm_budget_s, group))
+    except ProfileError as e:
+        log.warn(f"cannot fit the allreduce cost ({e}); this model runs as stock DDP")
+        return Construction(kwargs)
+    bandwidth = _bandwidth(cost)
+    device_type = device_type_of(module)
+    topology = topology_of(group)
+    fits = {"inter_node" if topology.nodes > 1 else "intra_node": cost}
+    intra = intra_node_fit(topology, group, config.comm_budget_s)
+    if intra is not None:
+        fits["intra_node"] = intra
+    layout = topology.to_dict(fits)
+    key = bank_key(params, topology.world_size, topology.ranks_per_node, topology.nodes,
+                   str(dist.get_backend(group)), device_type, torch.__version__, broadcast_from_first(hardware_fingerprint(device_type), group),
+                   {"static_graph": bool(options.get("static_graph")),
+                    "gradient_as_bucket_view": bool(options.get("gradient_as_bucket_view"))},
+                   bandwidth)
+    hit, near = broadcast_from_first(_look_up(key, bandwidth, model, group), group)
+    if hit is None and near is not None:
+        log.info(f"knowledge base: this model was tuned at {near.entry.bandwidth_bytes_per_s * 8e-9:.3g} Gbit/s, "
+                 f"the link measured {bandwidth * 8e-9:.3g} now; measuring it again for {_RECHECK_S:g} s")
+        try:
+            cost = fit_from_ladder(measure_allreduce(max(_RECHECK_S, config.comm_budget_s), group,
+                                                     min_bytes=_RECHECK_MIN_BYTES))
+        except ProfileError as e:
+            log.warn(f"cannot fit the allreduce cost ({e}); this model runs as stock DDP")
+            return Construction(kwargs)
+        bandwidth = _bandwidth(cost)
+        key = {**key, "link_class": link_class(bandwidth)}
+        fits["inter_node" if topology.nodes > 1 else "intra_node"] = cost
+        layout = topology.to_dict(fits)
+        hit, _ = broadcast_from_first(_look_up(key, bandwidth, model, group), group)
+    name = _tuning_name(module)
+    if hit is not None and (config.mode == "apply" or not repeat):
+        entry = hit.entry
+        log.info(f"knowledge base hit: plan {entry.plan.label!r} ({len(entry.plan.buckets)} buckets), "
+                 f"tuned at {entry.result_ms:.1f} ms vs baseline {entry.baseline_ms:.1f} ms; no tuning steps")
+        if dist.get_rank(group) == 0:
+            write_report(hit_report(name, entry, hit.layout, bank_root(), layout), config.work_path)
+        return Construction({**kwargs, **_plan_arguments(entry.plan, hit.layout)})
+    if config.mode == "apply":
+        log.info("knowledge base miss: running the user's configuration untuned (--gdat-mode apply)")
+        return Construction(kwargs)
+    user_args = {k: options.get(k) for k in ("bucket_cap_mb", "bucket_cap_mb_list")}
+    start = hit or near
+    return Construction(kwargs, TuneContext(config, cost, key if hit is None else hit.key, user_args,
+                                            None if start is None else start.entry.plan, name, layout))
+
+
+_RECHECK_S = 1.0
+_RECHECK_MIN_BYTES = 256 << 10
+
+
+def _bandwidth(cost: AllreduceCostModel) -> float:
+    return 1.0 / cost.beta_s_per_byte if cost.beta_s_per_byte > 0 else 1e12
+
+
+def _look_up(key: dict[str, Any], bandwidth: float, model: GradientLayout,
+             group: Any) -> tuple[BankHit | None, BankHit | None]:
+    """On rank 0: the bank's entry for ``key`` within the bandwidth tolerance, else
+    a near miss (:func:`gdat.plan_bank.lookup_near`).  A bank gdat cannot read or
+    parse, whatever is wrong with it, is warned about and treated as empty: a
+    file in a shared directory never stops training."""
+    if dist.get_rank(group) != 0:
+        return None, None
+    bank = KnowledgeBase(bank_root(), "gdat")
+    try:
+        hit = lookup(bank, key, bandwidth, model)
+        return hit, None if hit is not None else lookup_near(bank, key, model)
+    except Exception as e:  # noqa: BLE001 - the bank is input from anyone; see the docstring
+        log.warn(f"knowledge base unreadable ({type(e).__name__}: {e}); tuning afresh")
+        return None, None
+
+
+def _plan_arguments(plan: BucketPlan, layout: GradientLayout) -> dict[str, Any]:
+    args = ddp_bucket_arguments(plan, layout)
+    log.info(f"applying plan {plan.label!r}: {len(plan.buckets)} buckets")
+    return args
+
+
+def _tuning_name(module: torch.nn.Module) -> str:
+    script = os.path.basename(os.environ.get("GDAT_SCRIPT", "")) or "python"
+    return f"{script}:{type(module).__name__}"
