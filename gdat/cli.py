@@ -14,18 +14,13 @@ import json
 import sys
 
 from gdat.errors import GdatError, UsageError
+from gdat.jsonio import read_json
 
 __all__ = ["main"]
 
 
 def _show(path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path}: not a readable JSON file ({e})") from None
+    doc = read_json(path, UsageError)
     if not isinstance(doc, dict):
         raise UsageError(f"{path}: not a gdat file")
     schema = doc.get("schema")

@@ -36,11 +36,11 @@ from gdat.cost_model import AllreduceCostModel
 from gdat.ddp_internals import STOCK_DDP, python_reducer_active
 from gdat.ddp_model import param_infos
 from gdat.device import device_type_of, hardware_fingerprint
-from gdat.errors import GdatError, ModelMismatchError, UsageError
+from gdat.errors import ModelMismatchError, ProfileError, UsageError
 from gdat.knowledge_base import KnowledgeBase
 from gdat.layout import GradientLayout, ParamInfo
 from gdat.plan import BucketPlan
-from gdat.plan_bank import bank_key, lookup
+from gdat.plan_bank import BankHit, bank_key, link_class, lookup, lookup_near
 from gdat.plan_switch import ddp_bucket_arguments
 from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
 from gdat.report import hit_report, write_report
@@ -146,8 +146,12 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
         log.warn(f"{e}; using REPEAT_TUNE=False")
         repeat = False
     log.info(f"{config.mode}: measuring allreduce for {config.comm_budget_s:g} s")
-    cost = fit_from_ladder(measure_allreduce(config.comm_budget_s, group))
-    bandwidth = 1.0 / cost.beta_s_per_byte if cost.beta_s_per_byte > 0 else 1e12
+    try:
+        cost = fit_from_ladder(measure_allreduce(config.comm_budget_s, group))
+    except ProfileError as e:
+        log.warn(f"cannot fit the allreduce cost ({e}); this model runs as stock DDP")
+        return Construction(kwargs)
+    bandwidth = _bandwidth(cost)
     device_type = device_type_of(module)
     topology = topology_of(group)
     fits = {"inter_node" if topology.nodes > 1 else "intra_node": cost}
@@ -160,13 +164,21 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
                    {"static_graph": bool(options.get("static_graph")),
                     "gradient_as_bucket_view": bool(options.get("gradient_as_bucket_view"))},
                    bandwidth)
-    hit = None
-    if dist.get_rank(group) == 0:
+    hit, near = broadcast_from_first(_look_up(key, bandwidth, model, group), group)
+    if hit is None and near is not None:
+        log.info(f"knowledge base: this model was tuned at {near.entry.bandwidth_bytes_per_s * 8e-9:.3g} Gbit/s, "
+                 f"the link measured {bandwidth * 8e-9:.3g} now; measuring it again for {_RECHECK_S:g} s")
         try:
-            hit = lookup(KnowledgeBase(bank_root(), "gdat"), key, bandwidth, model)
-        except (OSError, GdatError) as e:
-            log.warn(f"knowledge base unreadable ({e}); tuning afresh")
-    hit = broadcast_from_first(hit, group)
+            cost = fit_from_ladder(measure_allreduce(max(_RECHECK_S, config.comm_budget_s), group,
+                                                     min_bytes=_RECHECK_MIN_BYTES))
+        except ProfileError as e:
+            log.warn(f"cannot fit the allreduce cost ({e}); this model runs as stock DDP")
+            return Construction(kwargs)
+        bandwidth = _bandwidth(cost)
+        key = {**key, "link_class": link_class(bandwidth)}
+        fits["inter_node" if topology.nodes > 1 else "intra_node"] = cost
+        layout = topology.to_dict(fits)
+        hit, _ = broadcast_from_first(_look_up(key, bandwidth, model, group), group)
     name = _tuning_name(module)
     if hit is not None and (config.mode == "apply" or not repeat):
         entry = hit.entry
@@ -179,8 +191,34 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
         log.info("knowledge base miss: running the user's configuration untuned (--gdat-mode apply)")
         return Construction(kwargs)
     user_args = {k: options.get(k) for k in ("bucket_cap_mb", "bucket_cap_mb_list")}
+    start = hit or near
     return Construction(kwargs, TuneContext(config, cost, key if hit is None else hit.key, user_args,
-                                            None if hit is None else hit.entry.plan, name, layout))
+                                            None if start is None else start.entry.plan, name, layout))
+
+
+_RECHECK_S = 1.0
+_RECHECK_MIN_BYTES = 256 << 10
+
+
+def _bandwidth(cost: AllreduceCostModel) -> float:
+    return 1.0 / cost.beta_s_per_byte if cost.beta_s_per_byte > 0 else 1e12
+
+
+def _look_up(key: dict[str, Any], bandwidth: float, model: GradientLayout,
+             group: Any) -> tuple[BankHit | None, BankHit | None]:
+    """On rank 0: the bank's entry for ``key`` within the bandwidth tolerance, else
+    a near miss (:func:`gdat.plan_bank.lookup_near`).  A bank gdat cannot read or
+    parse, whatever is wrong with it, is warned about and treated as empty: a
+    file in a shared directory never stops training."""
+    if dist.get_rank(group) != 0:
+        return None, None
+    bank = KnowledgeBase(bank_root(), "gdat")
+    try:
+        hit = lookup(bank, key, bandwidth, model)
+        return hit, None if hit is not None else lookup_near(bank, key, model)
+    except Exception as e:  # noqa: BLE001 - the bank is input from anyone; see the docstring
+        log.warn(f"knowledge base unreadable ({type(e).__name__}: {e}); tuning afresh")
+        return None, None
 
 
 def _plan_arguments(plan: BucketPlan, layout: GradientLayout) -> dict[str, Any]:

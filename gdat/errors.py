@@ -12,6 +12,7 @@ __all__ = [
     "BankError",
     "ProfileError",
     "ModelMismatchError",
+    "GdatWarning",
 ]
 
 
@@ -41,3 +42,8 @@ class ProfileError(GdatError):
 
 class ModelMismatchError(GdatError):
     """Ranks were built with different models; names the first differing parameter."""
+
+
+class GdatWarning(UserWarning):
+    """Base of gdat's warnings (an unusable bank entry, an approximated plan).
+    Under ``gdat-run`` each is shown as one ``gdat: warning: ...`` line."""

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from gdat.errors import BankError
+from gdat.errors import BankError, GdatWarning
 from gdat.jsonio import canonical_json, digest, read_document, write_document
 
 __all__ = ["KnowledgeBase", "RepoSummary", "BankWarning", "Settled", "settle", "key_id"]
@@ -43,7 +43,7 @@ __all__ = ["KnowledgeBase", "RepoSummary", "BankWarning", "Settled", "settle", "
 BANK_VERSION = 1
 
 
-class BankWarning(UserWarning):
+class BankWarning(GdatWarning):
     """A knowledge-base entry was unusable and has been ignored."""
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import torch.distributed as dist
 
-__all__ = ["rank", "info", "warn", "warn_at_exit"]
+__all__ = ["rank", "info", "warn", "warn_at_exit", "interrupted_summary", "show_warnings_as_lines"]
+
+_interrupted = False
 
 
 def rank() -> int:
@@ -51,4 +53,37 @@ def warn_at_exit(controller: Any) -> None:
 
 def _check_watched() -> None:
     while _watched:
-        _watched.pop(0)._warn_if_incomplete()
+        controller = _watched.pop(0)
+        if not _interrupted:
+            controller._warn_if_incomplete()
+
+
+def interrupted_summary() -> str:
+    """What gdat had done when the script was interrupted (Ctrl-C), for the one
+    line the worker prints: the first watched controller's ``interrupted_summary()``.
+    The at-exit warnings of :func:`warn_at_exit` are not given after this line."""
+    global _interrupted
+    _interrupted = True
+    for controller in _watched:
+        if hasattr(controller, "interrupted_summary"):
+            return controller.interrupted_summary()
+    return "interrupted; nothing was saved"
+
+
+def show_warnings_as_lines() -> None:
+    """Show every :class:`~gdat.errors.GdatWarning` as one ``gdat: warning:`` line
+    from the rank that issued it (instead of Python's two lines with a source
+    location); other warnings are shown as before."""
+    import warnings
+
+    from gdat.errors import GdatWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 (warnings' signature)
+        if issubclass(category, GdatWarning):
+            warn(str(message), all_ranks=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show

@@ -14,7 +14,13 @@ each kind; then each candidate takes 1 transition step (DDP's first step with a 
 reducer uses its initial bucketing, in definition order) and ``measure`` measured
 steps.  The first measured step also pays DDP's one-off bucket rebuild (a few
 allocations); the window's median is not moved by one such step.
-:func:`plan_schedule` fits as many candidates as the budget allows.
+
+Budget.  A step's time is known only when the next step starts, so the decision is
+taken at the start of the step after the last measured one: tuning uses the steps
+``0 .. decision_step``, which is ``total = decision_step + 1`` steps, and a script
+that runs ``total`` steps is tuned and saved.  :func:`plan_schedule` fits as many
+candidates as the budget allows: ``warmup + baseline + 2 profile + k (1 + measure)
++ 1 <= max_steps``.
 """
 from __future__ import annotations
 
@@ -128,15 +134,16 @@ class Schedule:
 
     @property
     def total(self) -> int:
-        """Steps tuning takes: at the start of this step the winner is switched in."""
-        return self.candidate_switch(self.candidates)
+        """Steps tuning uses, the decision step (the start of the step after the
+        last measured one, where the winner is switched in) included."""
+        return self.candidate_switch(self.candidates) + 1
 
 
 def plan_schedule(max_steps: int, top_k: int, warmup: int = 2, baseline: int = 4,
                   profile: int = 3, measure: int = 5) -> Schedule:
     """The largest schedule with at most ``top_k`` candidates within ``max_steps``
     steps; ``candidates`` is 0 when not even one fits."""
-    fixed = warmup + baseline + 2 * profile
+    fixed = warmup + baseline + 2 * profile + 1
     per = TRANSITION_STEPS + measure
     k = max(0, min(top_k, (max_steps - fixed) // per))
     return Schedule(warmup, baseline, profile, measure, k)

@@ -8,7 +8,10 @@ and node count, backend, device type, torch version, the compute hardware
 
 Lookup tolerates measurement noise at a class boundary: the classes ``c``, ``c-1``
 and ``c+1`` are tried, and an entry counts only if its plan fits the model and the
-bandwidth it was tuned at is within a factor of 1.5 of the one measured now.
+bandwidth it was tuned at is within a factor of 1.5 of the one measured now.  A
+near miss (:func:`lookup_near`: an entry of the same key two classes away at most,
+whatever its bandwidth) is not trusted on one microbenchmark either way: the caller
+measures the link again, longer, and looks up again (:mod:`gdat.construction`).
 Entries live in a :class:`~gdat.knowledge_base.KnowledgeBase` of kind ``"gdat"``
 (atomic, locked, corrupt entries warned about and ignored).
 
@@ -35,7 +38,7 @@ from gdat.layout import GradientLayout, ParamInfo
 from gdat.measure import WindowStats
 from gdat.plan import BucketPlan
 
-__all__ = ["BankedPlan", "BankHit", "bank_key", "lookup", "keep", "BANDWIDTH_TOLERANCE"]
+__all__ = ["BankedPlan", "BankHit", "bank_key", "link_class", "lookup", "lookup_near", "keep", "BANDWIDTH_TOLERANCE"]
 
 BANDWIDTH_TOLERANCE = 1.5
 
@@ -94,10 +97,10 @@ class BankHit:
 
 
 def _usable(payload: dict[str, Any], where: str, bandwidth_bytes_per_s: float,
-            model: GradientLayout) -> tuple[BankedPlan, GradientLayout] | None:
+            model: GradientLayout, tolerance: float = BANDWIDTH_TOLERANCE) -> tuple[BankedPlan, GradientLayout] | None:
     """The entry in ``payload`` and the model's layout in its plan's order, if the
-    plan fits ``model`` and was tuned within the bandwidth tolerance; an unusable
-    entry is warned about."""
+    plan fits ``model`` and was tuned within a factor ``tolerance`` of the
+    bandwidth; an unusable entry is warned about."""
     try:
         entry = BankedPlan.from_payload(payload, where)
         layout = entry.plan.layout_on(model)
@@ -105,22 +108,34 @@ def _usable(payload: dict[str, Any], where: str, bandwidth_bytes_per_s: float,
         warnings.warn(f"ignoring unusable knowledge-base entry: {e}", BankWarning, stacklevel=3)
         return None
     ratio = entry.bandwidth_bytes_per_s / bandwidth_bytes_per_s
-    if not 1 / BANDWIDTH_TOLERANCE <= ratio <= BANDWIDTH_TOLERANCE:
+    if not 1 / tolerance <= ratio <= tolerance:
         return None
     return entry, layout
+
+
+def _probe(bank: KnowledgeBase, key: dict[str, Any], bandwidth_bytes_per_s: float, model: GradientLayout,
+           deltas: Sequence[int], tolerance: float) -> BankHit | None:
+    for delta in deltas:
+        probe = {**key, "link_class": key["link_class"] + delta}
+        payload = bank.get(probe)
+        found = None if payload is None else _usable(payload, bank.path_for(probe), bandwidth_bytes_per_s, model,
+                                                     tolerance)
+        if found is not None:
+            return BankHit(probe, *found)
+    return None
 
 
 def lookup(bank: KnowledgeBase, key: dict[str, Any], bandwidth_bytes_per_s: float,
            model: GradientLayout) -> BankHit | None:
     """The usable entry for ``key``, or for a neighbouring link class (module
     docstring); ``None`` if there is none."""
-    for delta in (0, -1, 1):
-        probe = {**key, "link_class": key["link_class"] + delta}
-        payload = bank.get(probe)
-        found = None if payload is None else _usable(payload, bank.path_for(probe), bandwidth_bytes_per_s, model)
-        if found is not None:
-            return BankHit(probe, *found)
-    return None
+    return _probe(bank, key, bandwidth_bytes_per_s, model, (0, -1, 1), BANDWIDTH_TOLERANCE)
+
+
+def lookup_near(bank: KnowledgeBase, key: dict[str, Any], model: GradientLayout) -> BankHit | None:
+    """An entry for ``key`` up to two link classes away whose plan fits ``model``,
+    whatever bandwidth it was tuned at (the nearest class first)."""
+    return _probe(bank, key, 1.0, model, (0, -1, 1, -2, 2), math.inf)
 
 
 def keep(bank: KnowledgeBase, key: dict[str, Any], entry: BankedPlan, won: bool, model: GradientLayout,

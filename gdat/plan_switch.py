@@ -24,14 +24,14 @@ from typing import Any, Sequence
 import torch
 
 from gdat.ddp_internals import rebuild_reducer, supports_cap_list
-from gdat.errors import PlanError
+from gdat.errors import GdatWarning, PlanError
 from gdat.layout import GradientLayout
 from gdat.plan import MIB, BucketPlan, plan_from_caps
 
 __all__ = ["ddp_bucket_arguments", "closest_uniform_cap_mb", "switch_buckets", "PlanApproximated"]
 
 
-class PlanApproximated(UserWarning):
+class PlanApproximated(GdatWarning):
     """This torch cannot express a per-bucket plan; a uniform cap approximates it."""
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import sys
 
+from gdat import job_end
 from gdat.config import GdatConfig, add_arguments, config_from_args
 from gdat.errors import GdatError, UsageError
-from gdat.settings import bank_root, check_writable_dir, repeat_tune
+from gdat.settings import bank_root, check_usable_dir, check_writable_dir, repeat_tune
 
 __all__ = ["main", "build_parser", "prepare_job", "fresh_store_per_round"]
 
@@ -71,12 +73,16 @@ def prepare_job(
         from gdat.plan import BucketPlan
 
         BucketPlan.load(config.plan)
-    if config.mode in ("tune", "profile"):
-        check_writable_dir(config.work_path, "work path (--gdat-work-path)")
+    writes = [(config.work_path, "work path (--gdat-work-path)")] if config.mode != "off" else []
     if config.mode in ("tune", "apply"):
         repeat_tune()
+        check_usable_dir(bank_root(), "knowledge base (TUNE_BANK_PATH)", writable=config.mode == "tune")
         if config.mode == "tune":
-            check_writable_dir(bank_root(), "knowledge base (TUNE_BANK_PATH)")
+            writes.append((bank_root(), "knowledge base (TUNE_BANK_PATH)"))
+    for path, what in writes:
+        check_usable_dir(path, what)
+    for path, what in writes:
+        check_writable_dir(path, what)
     args.training_script_args = [kind, target, *args.training_script_args]
     args.training_script = "gdat.worker"
     args.module = True
@@ -116,21 +122,35 @@ def main(argv: list[str] | None = None, prog: str = "gdat-run", mode: str | None
         except GdatError as e:
             print(f"{prog}: error: {e}", file=sys.stderr)
             return 2
+    return _run_torchrun(args, prog)
+
+
+def _run_torchrun(args: argparse.Namespace, prog: str) -> int:
+    """torchrun's ``run()``; a job that ends through :mod:`gdat.job_end` (bad input,
+    Ctrl-C) ends with its one line and status, any other failure as torchrun reports it."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import run
 
     fresh_store_per_round(args)
 
-    try:
-        run(args)
-    except ChildFailedError as e:
-        print(str(e), file=sys.stderr)
-        if any(f.exitcode == 2 for f in e.failures.values()):
-            print(f"{prog}: error: a training process rejected its input (its message is above)", file=sys.stderr)
-            return 2
-        return 1
+    with job_end.end_directory() as directory:
+        try:
+            run(args)
+        except ChildFailedError as e:
+            ended = job_end.collect(directory)
+            if ended is None:
+                print(str(e), file=sys.stderr)
+                return 1
+            print(ended.message, file=sys.stderr)
+            return ended.status
+        except (SignalException, KeyboardInterrupt) as e:
+            ended = job_end.collect(directory)
+            signum = getattr(e, "sigval", signal.SIGINT)
+            print(ended.message if ended is not None else
+                  f"{prog}: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+            return 128 + int(signum)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -63,6 +63,7 @@ class OnlineTuner:
         self.timer = StepTimer()
         self.session: ProfileSession | None = None
         self.done = False
+        self.outcome = "nothing was saved"
         self.began = time.time()
         self.baseline: WindowStats | None = None
         self.profile: Profile | None = None
@@ -70,11 +71,11 @@ class OnlineTuner:
         self.measured: list[WindowStats] = []
         if self.schedule.candidates == 0:
             log.warn(f"--gdat-max-tune-steps {c.max_tune_steps} leaves no room for a candidate "
-                     f"(needs at least {self.schedule.candidate_switch(1)}); not tuning")
+                     f"(needs at least {self.schedule.candidate_switch(1) + 1}); not tuning")
             self.done = True
         else:
             log.info(f"tune: knowledge base {'re-tune (REPEAT_TUNE)' if ctx.stored else 'miss'}; tuning in "
-                     f"steps 0..{self.schedule.total - 1} ({self.schedule.candidates} candidates)")
+                     f"steps 0..{self.schedule.total - 1} (up to {self.schedule.candidates} candidates)")
         log.warn_at_exit(self)
 
     @property
@@ -85,7 +86,14 @@ class OnlineTuner:
     def _warn_if_incomplete(self) -> None:
         if not self.done:
             log.warn(f"tuning incomplete: the script ended after {self.timer.steps} steps; tuning needs "
-                     f"{self.schedule.total + 1} (lower --gdat-max-tune-steps); nothing was saved")
+                     f"{self.schedule.total} (lower --gdat-max-tune-steps); nothing was saved")
+
+    def interrupted_summary(self) -> str:
+        """The Ctrl-C line: where tuning stood and what was saved."""
+        if not self.done:
+            return f"interrupted at step {self.timer.steps} while tuning (it needed {self.schedule.total} steps); " \
+                "nothing was saved"
+        return f"interrupted at step {self.timer.steps}, after tuning had finished ({self.outcome})"
 
     # --- the loop: what happens at the start of each step -----------------------
     def before_step(self) -> None:
@@ -189,6 +197,7 @@ class OnlineTuner:
         log.info(f"tune: {report.outcome}: {winner.plan.label if winner else 'user configuration'} "
                  f"{result_ms:.2f} ms vs baseline {base_ms:.2f} ms ({change}); {verdict.reason}")
         path = write_report(report, self.ctx.config.work_path)
+        self.outcome = report.outcome + (f"; report {path}" if path else "")
         if path is not None:
             write_chart(path, self.profile, found, winner)
 

@@ -15,6 +15,7 @@ import functools
 import io
 import os
 import runpy
+import signal
 import sys
 import weakref
 from typing import Any
@@ -135,15 +136,19 @@ def end_process(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the script; a :class:`~gdat.errors.GdatError` it raises (bad plan, models
-    differing between ranks) ends the process with one line and status 2.  A script
-    that finishes, or calls ``sys.exit``, ends through :func:`end_process`."""
+    """Run the script.  A :class:`~gdat.errors.GdatError` it raises (bad plan, models
+    differing between ranks) ends the process with one line and status 2, Ctrl-C
+    with one line (rank 0) and status 130, both through :mod:`gdat.job_end`.  A
+    script that finishes, or calls ``sys.exit``, ends through :func:`end_process`
+    with its own status."""
+    from gdat import job_end, log
     from gdat.errors import GdatError
 
     argv = sys.argv[1:] if argv is None else argv
     kind, target, *rest = argv
     install()
     isolate_restart_store()
+    log.show_warnings_as_lines()
     track_open_files()
     sys.argv = [target, *rest]
     try:
@@ -153,8 +158,13 @@ def main(argv: list[str] | None = None) -> None:
         else:
             runpy.run_module(target, run_name="__main__", alter_sys=True)
     except GdatError as e:
-        print(f"gdat: error: {e}", file=sys.stderr, flush=True)
+        job_end.report(2, f"gdat: error: {e}")
         end_process(2)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if log.rank() == 0:
+            job_end.report(130, f"gdat: {log.interrupted_summary()}")
+        end_process(130)
     except SystemExit as e:
         code = e.code
         if code is not None and not isinstance(code, int):

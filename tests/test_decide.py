@@ -86,20 +86,23 @@ def test_beats_is_the_decision_against_one_reference():
     assert not beats(steady(10.0), steady(9.95))
 
 
-def test_default_schedule_fits_three_candidates_in_thirty_steps():
+def test_the_default_schedule_decides_within_thirty_steps():
+    """The decision is taken at the start of the step after the last measured one,
+    so it counts in the budget: a 30-step script is tuned to the end."""
     s = plan_schedule(30, 3)
-    assert (s.warmup, s.baseline, s.profile, s.measure, s.candidates) == (2, 4, 3, 5, 3)
+    assert (s.warmup, s.baseline, s.profile, s.measure, s.candidates) == (2, 4, 3, 5, 2)
     assert s.baseline_steps == range(2, 6)
     assert s.compute_steps == range(6, 9) and s.overlap_steps == range(9, 12)
-    assert [s.candidate_switch(i) for i in range(4)] == [12, 18, 24, 30]
-    assert [s.candidate_steps(i) for i in range(3)] == [range(13, 18), range(19, 24), range(25, 30)]
-    assert s.total == 30
-    assert [s.candidate_ending_at(step) for step in (12, 17, 18, 24, 30, 36)] == [None, None, 0, 1, 2, None]
+    assert [s.candidate_switch(i) for i in range(3)] == [12, 18, 24]
+    assert [s.candidate_steps(i) for i in range(2)] == [range(13, 18), range(19, 24)]
+    assert s.total == 25
+    assert [s.candidate_ending_at(step) for step in (12, 17, 18, 24, 30)] == [None, None, 0, 1, None]
+    assert plan_schedule(31, 3).candidates == 3 and plan_schedule(31, 3).total == 31
 
 
 def test_a_budget_too_small_for_one_candidate_gives_none():
-    assert plan_schedule(17, 3).candidates == 0
-    assert plan_schedule(18, 3).candidates == 1
+    assert plan_schedule(18, 3).candidates == 0
+    assert plan_schedule(19, 3).candidates == 1
     assert plan_schedule(1000, 4).candidates == 4
 
 
@@ -110,7 +113,7 @@ def test_schedule_phases_are_contiguous_and_within_budget(max_steps, top_k, warm
     s = plan_schedule(max_steps, top_k, warmup, baseline, profile, measure)
     assert 0 <= s.candidates <= top_k
     if s.candidates == 0:
-        assert warmup + baseline + 2 * profile + TRANSITION_STEPS + measure > max_steps
+        assert warmup + baseline + 2 * profile + TRANSITION_STEPS + measure + 1 > max_steps
         return
     assert s.total <= max_steps
     assert s.baseline_steps.start == warmup
@@ -120,4 +123,4 @@ def test_schedule_phases_are_contiguous_and_within_budget(max_steps, top_k, warm
         assert s.candidate_switch(i) == stop and s.candidate_steps(i).start == stop + TRANSITION_STEPS
         stop = s.candidate_steps(i).stop
         assert s.candidate_ending_at(stop) == i
-    assert stop == s.total
+    assert stop + 1 == s.total  # the decision step

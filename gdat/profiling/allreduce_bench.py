@@ -7,6 +7,11 @@ keeps ranks in step), ``reps`` chosen so a size takes about ``budget / 8`` secon
 (3 to 30).  A size's time is the median over its repeats on each rank, then the
 maximum over ranks (the collective is done when the slowest rank is done).
 
+The ladder always reaches at least :data:`MIN_TOP_BYTES` (1 MiB), whatever the
+budget: below that, per-message latency dominates and the bandwidth term cannot be
+fitted.  That floor costs milliseconds on any real link (a 1 MiB ring allreduce of
+2 ranks takes 17 ms at 1 Gbit/s), so a tiny budget gives a coarse fit, never none.
+
 Every decision that changes which collectives run (repeats, whether to go on) is
 taken from values all ranks agree on through a small MAX allreduce, so ranks never
 diverge.  The caller's budget bounds the ladder; the last size started finishes, and
@@ -27,7 +32,9 @@ from gdat.cost_model import AllreduceCostModel, fit_allreduce
 from gdat.device import Clock, device_for_backend
 from gdat.errors import UsageError
 
-__all__ = ["measure_allreduce", "fit_from_ladder"]
+__all__ = ["measure_allreduce", "fit_from_ladder", "MIN_TOP_BYTES"]
+
+MIN_TOP_BYTES = 1 << 20
 
 
 def _agreed_max(values: list[float], group: Any, device: torch.device) -> list[float]:
@@ -71,7 +78,7 @@ def measure_allreduce(
         median = statistics.median(b - a for a, b in zip(times, times[1:]))
         median, elapsed = _agreed_max([median, time.perf_counter() - began], group, device)
         out.append((nbytes, median))
-        if elapsed >= budget_s and len(out) >= 2:  # a line needs two sizes, however busy the host
+        if elapsed >= budget_s and len(out) >= 2 and nbytes >= min(MIN_TOP_BYTES, max_bytes):
             break
         nbytes *= 2
     return out

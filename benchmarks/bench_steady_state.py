@@ -1,0 +1,125 @@
+"""What a user sees in steady state, over repeated independent launches.
+
+    python benchmarks/bench_steady_state.py [--rounds 5] [--steps 60] [--last 15] [--rate 2gbit]
+
+For each model (``--models``), ``--rounds`` rounds; in each round, as separate
+2-rank jobs of the unmodified script ``gdat.demo_train`` inside a network namespace
+limited to ``--rate``, in a rotated order:
+
+* ``default``: torchrun, stock DDP's default buckets (25 MiB + 1 MiB first);
+* ``cap=C``: torchrun with ``--bucket-cap-mb C`` for C in ``--grid`` (1, 2, 5, 10, 25 MiB);
+* ``gdat``: ``gdat-run`` from an empty knowledge base (tunes during the run);
+* ``gdat-bank``: ``gdat-run`` again on the bank the ``gdat`` job of the round left.
+
+Each job's steady state is measured the same way for every configuration: the
+median of rank 0's wall time over the last ``--last`` of ``--steps`` steps (DDP
+steps are synchronous, so rank 0's step time is the job's).  Per round, the ratios
+gdat / default and gdat / best grid cap are taken within the round; the printout
+gives their median and worst over rounds, and the table of all medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _job(net, tmp: str, name: str, model: str, size: str, batch: str, steps: int, port: int,
+         gdat_bank: str | None, extra: list[str]) -> list[float]:
+    out = os.path.join(tmp, f"{name}.json")
+    if gdat_bank is None:
+        runner = [sys.executable, "-m", "torch.distributed.run"]
+        env = dict(os.environ)
+    else:
+        runner = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", os.path.join(tmp, f"{name}_work")]
+        env = {**os.environ, "TUNE_BANK_PATH": gdat_bank}
+    cmd = [*runner, "--nproc-per-node", "2", "--master-port", str(port), "-m", "gdat.demo_train",
+           "--model", model, "--size", size, "--batch", batch, "--steps", str(steps), "--out", out, *extra]
+    done = subprocess.run(net.wrap(cmd), env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"job {name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    with open(out) as f:
+        return json.load(f)["step_times_s"]
+
+
+def run_model(net, tmp: str, spec: str, args: argparse.Namespace) -> dict:
+    model, size, batch = spec.split(":")
+    configs = ["default", *(f"cap={c}" for c in args.grid), "gdat", "gdat-bank"]
+    rounds = []
+    port = 29700
+    for r in range(args.rounds):
+        bank = os.path.join(tmp, f"{model}_bank_{r}")
+        order = configs[r % len(configs):] + configs[: r % len(configs)]
+        if order.index("gdat-bank") < order.index("gdat"):  # the bank job needs the tuning job's bank
+            order.remove("gdat-bank")
+            order.insert(order.index("gdat") + 1, "gdat-bank")
+        medians = {}
+        for name in order:
+            port += 1
+            extra = ["--bucket-cap-mb", name[4:]] if name.startswith("cap=") else []
+            times = _job(net, tmp, f"{model}_{name}_{r}", model, size, batch, args.steps, port,
+                         bank if name.startswith("gdat") else None, extra)
+            medians[name] = statistics.median(times[-args.last:]) * 1e3
+            print(f"  {spec} round {r + 1}/{args.rounds} {name:<10} {medians[name]:8.1f} ms", flush=True)
+        rounds.append(medians)
+    return {"model": spec, "rounds": rounds}
+
+
+def summarise(result: dict, grid: list[str]) -> list[str]:
+    rows = result["rounds"]
+    caps = [f"cap={c}" for c in grid]
+    lines = [f"\n{result['model']}: {len(rows)} rounds"]
+    for who in ("gdat", "gdat-bank"):
+        over_default = [r[who] / r["default"] for r in rows]
+        over_best = [r[who] / min(r[c] for c in caps) for r in rows]
+        lines.append(f"  {who:<10} / default:  median {statistics.median(over_default):.3f}  worst "
+                     f"{max(over_default):.3f}   / best grid: median {statistics.median(over_best):.3f}  "
+                     f"worst {max(over_best):.3f}")
+    best_grid_over_default = [min(r[c] for c in caps) / r["default"] for r in rows]
+    lines.append(f"  best grid  / default:  median {statistics.median(best_grid_over_default):.3f}")
+    names = list(rows[0])
+    lines.append("| configuration | " + " | ".join(f"round {k + 1}" for k in range(len(rows))) + " | median |")
+    lines.append("|---|" + "---:|" * (len(rows) + 1))
+    for name in names:
+        vals = [r[name] for r in rows]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {statistics.median(vals):.1f} |")
+    return lines
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="transformer:small:16,mlp:small:256",
+                   help="comma-separated MODEL:SIZE:BATCH of gdat.demo_models (default %(default)s)")
+    p.add_argument("--rate", default="2gbit")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--last", type=int, default=15)
+    p.add_argument("--grid", default="1,2,5,10,25", help="uniform caps in MiB (default %(default)s)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    args.grid = args.grid.split(",")
+    from launch.testbed import emulated_network
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, emulated_network(args.rate) as net:
+        for spec in args.models.split(","):
+            results.append(run_model(net, tmp, spec, args))
+    for result in results:
+        print("\n".join(summarise(result, args.grid)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
