@@ -90,6 +90,7 @@ def test_slower_link_predicts_slower_steps_and_the_sweep_plots(profile_path, tmp
     (["--algo", "mesh"], "--algo must be ring or tree"),
     (["--bandwidth", "fast"], "invalid rate 'fast'"),
     (["--world-size", "1"], "world sizes of at least 2"),
+    (["--world-size", "0"], "world sizes of at least 2"),
     (["--max-buckets", "0"], "--max-buckets must be at least 1"),
     (["--world-size", "6", "--ranks-per-node", "4"], "not a multiple of 4"),
     (["--sweep", "2,x"], "--sweep must be world sizes"),
