@@ -9,8 +9,8 @@ and node count, backend, device type, torch version, the compute hardware
 Lookup tolerates measurement noise at a class boundary: the classes ``c``, ``c-1``
 and ``c+1`` are tried, and an entry counts only if its plan fits the model and the
 bandwidth it was tuned at is within a factor of 1.5 of the one measured now.  A
-near miss (:func:`lookup_near`: an entry of the same key two classes away at most,
-whatever its bandwidth) is not trusted on one microbenchmark either way: the caller
+near miss (:func:`lookup_near`: an entry of the same key at any link class, whatever
+its bandwidth) is not trusted on one microbenchmark either way: the caller
 measures the link again, longer, and looks up again (:mod:`gdat.construction`).
 Entries live in a :class:`~gdat.knowledge_base.KnowledgeBase` of kind ``"gdat"``
 (atomic, locked, corrupt entries warned about and ignored).
@@ -67,8 +67,12 @@ class BankedPlan:
             raise BankError(f"{where}: malformed GDAT entry ({e})") from None
 
 
+_MAX_LINK_CLASS = 48
+
+
 def link_class(bandwidth_bytes_per_s: float) -> int:
-    return int(math.floor(math.log2(max(bandwidth_bytes_per_s, 1.0))))
+    """``floor(log2(bandwidth))`` in bytes/s, clamped to 0..48 (1 B/s .. 256 TiB/s)."""
+    return min(_MAX_LINK_CLASS, int(math.floor(math.log2(max(bandwidth_bytes_per_s, 1.0)))))
 
 
 def bank_key(
@@ -132,10 +136,15 @@ def lookup(bank: KnowledgeBase, key: dict[str, Any], bandwidth_bytes_per_s: floa
     return _probe(bank, key, bandwidth_bytes_per_s, model, (0, -1, 1), BANDWIDTH_TOLERANCE)
 
 
+_LINK_CLASSES = range(_MAX_LINK_CLASS + 1)
+
+
 def lookup_near(bank: KnowledgeBase, key: dict[str, Any], model: GradientLayout) -> BankHit | None:
-    """An entry for ``key`` up to two link classes away whose plan fits ``model``,
-    whatever bandwidth it was tuned at (the nearest class first)."""
-    return _probe(bank, key, 1.0, model, (0, -1, 1, -2, 2), math.inf)
+    """An entry for ``key`` at any link class whose plan fits ``model``, whatever
+    bandwidth it was tuned at (the nearest class first): a microbenchmark cut
+    short can be off by orders of magnitude, so distance decides only the order."""
+    deltas = sorted((c - key["link_class"] for c in _LINK_CLASSES), key=abs)
+    return _probe(bank, key, 1.0, model, deltas, math.inf)
 
 
 def keep(bank: KnowledgeBase, key: dict[str, Any], entry: BankedPlan, won: bool, model: GradientLayout,
