@@ -34,6 +34,7 @@ from gdat.ddp_internals import comm_hooks
 from gdat.ddp_model import WeakAttribute, process_group_of
 from gdat.decide import Verdict, decide
 from gdat.errors import GdatError, PlanError, ProfileError
+from gdat.find_unused import FindUnusedCost, find_unused_cost
 from gdat.knowledge_base import KnowledgeBase
 from gdat.measure import Schedule, StepTimer, WindowStats, gather_window, plan_schedule
 from gdat.plan import BucketPlan
@@ -68,6 +69,7 @@ class OnlineTuner:
         self.baseline: WindowStats | None = None
         self.profile: Profile | None = None
         self.found: Candidates | None = None
+        self.find_unused: FindUnusedCost | None = None
         self.measured: list[WindowStats] = []
         if self.schedule.candidates == 0:
             log.warn(f"--gdat-max-tune-steps {c.max_tune_steps} leaves no room for a candidate "
@@ -136,6 +138,9 @@ class OnlineTuner:
             try:
                 found = generate_candidates(self.profile, self.ctx.cost, self.schedule.candidates, self.ctx.stored)
                 log.info(f"tune: {found.describe()}")
+                self.find_unused = find_unused_cost(self.profile, found.cost)
+                if self.find_unused is not None:
+                    log.warn(self.find_unused.describe())
             except (ProfileError, PlanError) as e:
                 log.warn(f"cannot build candidate plans ({e}); not tuning")
         found = broadcast_from_first(found, self.group)
@@ -191,6 +196,8 @@ class OnlineTuner:
         outcome, bank_entry = self._save(winner, result)
         report = tuning_report(self.ctx.tuning_name, time.time() - self.began, self.schedule.total, verdict, base,
                                found, self.measured, outcome, bank_entry, self.ctx.cost, self.ctx.topology)
+        if self.find_unused is not None:
+            report.extra["find_unused_parameters_cost"] = self.find_unused.to_dict()
         base_ms, result_ms = report.baseline_ms, report.result_ms
         change = f"step time {(result_ms - base_ms) / base_ms * 100:+.1f}%, AOE improvement " \
             f"{improvement_percent(base_ms, result_ms)}" if winner else "kept"
