@@ -279,3 +279,17 @@ def test_the_correction_recovers_a_per_allreduce_overhead_and_moves_the_next_can
     assert len(nxt[0].plan.buckets) == 1
     assert nxt[0].sim == found.simulate(nxt[0].plan)  # reported with the uncorrected model
     assert admissible(found, heavy, [found.baseline_plan], 8, 0.0) == []
+
+
+def test_plans_the_model_cannot_tell_apart_are_measured_once():
+    from gdat.schedule.candidates import RankedPlan, _diverse
+
+    t = make_timeline([1e-3] * 4, [4000] * 4)
+    cost = AllreduceCostModel.linear(1e-4, 1e-8)
+
+    def ranked(ends, step_s):
+        plan = BucketPlan.from_ends(t.layout, ends, str(ends))
+        return RankedPlan(plan, replace(simulate(t, plan, cost), step_s=step_s))
+
+    a, twin, other = ranked([2, 4], 0.1), ranked([1, 4], 0.10005), ranked([1, 2, 4], 0.1005)
+    assert [r.plan.label for r in _diverse([a, twin, other], 3)] == ["[2, 4]", "[1, 2, 4]"]

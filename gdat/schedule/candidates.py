@@ -56,6 +56,7 @@ __all__ = ["RankedPlan", "rank_candidates", "Candidates", "generate_candidates",
            "admissible", "TIE"]
 
 TIE = 0.02
+SAME = 0.001
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def rank_candidates(
     max_buckets: int | None = None, exclude: tuple[BucketPlan, ...] = (),
 ) -> list[RankedPlan]:
     """``k`` distinct plans to measure (step 3 of the module docstring; near-ties
-    diversified by :func:`_diverse`).  Plans grouping gradients like one in
+    diversified by :func:`_diverse`, plans the model cannot tell apart measured once).  Plans grouping gradients like one in
     ``exclude``, and plans DDP cannot form, are skipped."""
     searches = [(contention, max_buckets, "optimal"), (Contention(), max_buckets, "optimal-no-contention")]
     searches += [(contention, limit, f"optimal-max{limit}") for limit in (2, 4, 8)
@@ -167,9 +168,18 @@ def _diverse(ranked: list[RankedPlan], k: int) -> list[RankedPlan]:
         near = [r for r in rest if r.sim.step_s <= limit]
         pick = max(near, key=lambda r: min(abs(math.log(len(r.plan.buckets)) - math.log(len(c.plan.buckets)))
                                            for c in chosen))
-        chosen.append(pick)
         rest.remove(pick)
+        if not _indistinguishable(pick, chosen):
+            chosen.append(pick)
     return chosen
+
+
+def _indistinguishable(plan: RankedPlan, chosen: list[RankedPlan]) -> bool:
+    """Whether a chosen plan has as many buckets and a prediction within ``SAME``
+    (0.1%) of ``plan``'s: such plans differ by a small tensor at a bucket boundary,
+    a difference no measurement window resolves, so only the first is measured."""
+    return any(len(c.plan.buckets) == len(plan.plan.buckets)
+               and abs(c.sim.step_s - plan.sim.step_s) <= SAME * c.sim.step_s for c in chosen)
 
 
 @dataclass(frozen=True)
