@@ -73,6 +73,12 @@ class BucketPlan:
         """True when both plans group the same parameters in the same order."""
         return [b.params for b in self.buckets] == [b.params for b in other.buckets]
 
+    def same_partition(self, other: "BucketPlan") -> bool:
+        """True when both plans split the parameters into the same groups (whatever
+        the order of the groups or of the parameters inside them): DDP forms the
+        same buckets for both, so measuring both measures one plan twice."""
+        return {frozenset(b.params) for b in self.buckets} == {frozenset(b.params) for b in other.buckets}
+
     @classmethod
     def from_ends(cls, layout: GradientLayout, ends: Sequence[int], label: str = "") -> "BucketPlan":
         """A plan cutting ``layout`` at bucket end positions (exclusive ends,

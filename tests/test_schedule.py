@@ -285,17 +285,68 @@ def test_in_situ_scale_is_clamped():
     assert calibrate(_profile(compute_span_scale=0.1)[0], cost).comm_scale == 0.5
 
 
-def test_generated_candidates_include_a_stored_plan_once():
+def test_generated_candidates_include_a_stored_plan_once_and_never_the_baseline_twice():
     from gdat.schedule.candidates import generate_candidates
 
     profile, cost = _profile()
     found = generate_candidates(profile, cost, 3)
     assert found.baseline_plan.label == "user configuration"
-    assert all(not r.plan.same_buckets(found.baseline_plan) for r in found.ranked)
-    stored = found.baseline_plan  # e.g. an "unsatisfied" verdict: the user's configuration
+    assert all(not r.plan.same_partition(found.baseline_plan) for r in found.ranked)
+    # a stored verdict of the user's configuration is measured anyway, as the baseline: not again
+    again = generate_candidates(profile, cost, 3, found.baseline_plan)
+    assert [r.plan for r in again.ranked] == [r.plan for r in found.ranked]
+    ends = next(e for e in all_partitions(4)
+                if not any(BucketPlan.from_ends(found.timeline.layout, e).same_partition(p)
+                           for p in [found.baseline_plan, *(r.plan for r in found.ranked)]))
+    stored = BucketPlan.from_ends(found.timeline.layout, ends, "a stored plan")
     again = generate_candidates(profile, cost, 3, stored)
     assert [r.plan.label for r in again.ranked][-1] == "stored"
     assert again.ranked[-1].plan.same_buckets(stored)
     assert len(again.ranked) == min(3, len(found.ranked) + 1)
     ranked_already = generate_candidates(profile, cost, 3, found.ranked[0].plan)
     assert [r.plan for r in ranked_already.ranked] == [r.plan for r in found.ranked]
+
+
+def test_plans_are_told_apart_by_their_partition():
+    a = BucketPlan.from_ends(make_timeline([1e-3] * 4, [4] * 4).layout, [2, 4])
+    shuffled = BucketPlan(tuple(replace(b, params=b.params[::-1]) for b in a.buckets[::-1]), "same groups")
+    assert shuffled.same_partition(a) and not shuffled.same_buckets(a)
+    assert not BucketPlan.from_ends(make_timeline([1e-3] * 4, [4] * 4).layout, [1, 4]).same_partition(a)
+
+
+def test_the_correction_recovers_a_per_allreduce_overhead_and_moves_the_next_candidates():
+    from gdat.schedule.candidates import Correction, admissible, fit_correction, generate_candidates
+
+    profile, cost = _profile()
+    found = generate_candidates(profile, cost, 3)
+    truth = Correction(2e-4, 3e-3)  # 0.2 ms per allreduce the model did not charge, 3 ms for every plan
+    plans = [found.baseline_plan, *(r.plan for r in found.ranked)]
+    assert len({len(p.buckets) for p in plans}) >= 2
+    fitted = fit_correction(found, [(p, truth.predict_s(found, p)) for p in plans])
+    assert fitted.extra_alpha_s == pytest.approx(2e-4, rel=0.1)
+    assert fitted.offset_s == pytest.approx(3e-3, abs=1e-4)
+    for p in plans:
+        assert fitted.predict_s(found, p) == pytest.approx(truth.predict_s(found, p), rel=0.01)
+    # one bucket count only: the overhead cannot be told from the offset
+    assert fit_correction(found, [(found.baseline_plan, 0.05)]).extra_alpha_s == 0.0
+    # under a large overhead the next candidates are the corrected model's best, never a measured plan
+    heavy = Correction(5e-3)
+    nxt = admissible(found, heavy, [found.baseline_plan], 8, float("inf"))
+    assert nxt and not any(r.plan.same_partition(found.baseline_plan) for r in nxt)
+    assert len(nxt[0].plan.buckets) == 1
+    assert nxt[0].sim == found.simulate(nxt[0].plan)  # reported with the uncorrected model
+    assert admissible(found, heavy, [found.baseline_plan], 8, 0.0) == []
+
+
+def test_plans_the_model_cannot_tell_apart_are_measured_once():
+    from gdat.schedule.candidates import RankedPlan, _diverse
+
+    t = make_timeline([1e-3] * 4, [4000] * 4)
+    cost = AllreduceCostModel.linear(1e-4, 1e-8)
+
+    def ranked(ends, step_s):
+        plan = BucketPlan.from_ends(t.layout, ends, str(ends))
+        return RankedPlan(plan, replace(simulate(t, plan, cost), step_s=step_s))
+
+    a, twin, other = ranked([2, 4], 0.1), ranked([1, 4], 0.10005), ranked([1, 2, 4], 0.1005)
+    assert [r.plan.label for r in _diverse([a, twin, other], 3)] == ["[2, 4]", "[1, 2, 4]"]
