@@ -257,15 +257,18 @@ def _find_unused_switch_job(rank, world, name):
     plans = _plans_for(grads)
     live = DDP(model, find_unused_parameters=True)
     index = {id(p): i for i, (_, p) in enumerate(reducer_parameters(live))}
-    seen = []
+    seen, events = [], []
 
     def user_hook(state, bucket):
         seen.append(tuple(sorted(index[id(p)] for p in bucket.parameters())))
+        events.append(("bucket", seen[-1]))
         return allreduce_hook(None, bucket)
 
     live.register_comm_hook(None, user_hook)
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(lambda p: events.append(("grad", index[id(p)])))
     opt = torch.optim.SGD(live.parameters(), lr=0.05, momentum=0.9)
-    results, step, unused_steps = [], 0, 0
+    results, step, unused_steps, early = [], 0, 0, []
     for plan in plans:
         args = ddp_bucket_arguments(plan, grads)
         switch_buckets(live, **args)
@@ -274,9 +277,16 @@ def _find_unused_switch_job(rank, world, name):
         for k in range(2):
             x, y = synthetic_batch(name, model, rank, step, 4)
             seen.clear()
+            events.clear()
             opt.zero_grad()
             loss_fn(name, live(x), y).backward()
             formed = list(seen)
+            if plan.label == "each" and any(p.grad is None for p in model.parameters()):
+                # DDP marks an unused parameter ready at the first gradient hook: its
+                # bucket goes before the second gradient of the step is ready
+                unused = {i for i, p in enumerate(model.parameters()) if p.grad is None}
+                second_grad = [k for k, e in enumerate(events) if e[0] == "grad"][1]
+                early.append(all(events.index(("bucket", (i,))) < second_grad for i in unused))
             ref_model.load_state_dict(model.state_dict())
             ref_model.zero_grad()
             loss_fn(name, ref(x), y).backward()
@@ -286,7 +296,7 @@ def _find_unused_switch_job(rank, world, name):
                             same))
             opt.step()
             step += 1
-    return {"results": results, "unused_steps": unused_steps}
+    return {"results": results, "unused_steps": unused_steps, "unused_ready_early": early}
 
 
 def _plan_jobs(rank, world):
@@ -318,3 +328,4 @@ def test_switching_a_find_unused_ddp_forms_the_plan_and_matches_stock_gradients(
         assert formed_ok, label
         assert grads_ok, label
     assert job["unused_steps"] == (6 if name == "branch" else 0)  # the branch block is idle every second step
+    assert job["unused_ready_early"] == ([True] if name == "branch" else [])  # what the model assumes
