@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from gdat.errors import PlanError, PlanNotExpressible
 from gdat.jsonio import check_document, read_document, require, write_document
-from gdat.layout import GradientLayout
+from gdat.layout import GradientLayout, fills_backwards
 
 __all__ = ["Bucket", "BucketPlan", "plan_from_caps", "MIB", "PLAN_SCHEMA", "PLAN_VERSION"]
 
@@ -127,7 +127,10 @@ class BucketPlan:
         ``bytes - last_gradient_bytes < cap <= bytes``.  The last bucket of a dtype
         may instead stay open to the end (``cap > bytes``), which moves it behind the
         closed ones; both choices are tried per dtype and the caps are checked with
-        the layout's rule.  Bucket sizes and dtypes are the layout's (a plan from
+        the layout's rule.  Under a rule that consumes caps walking the order
+        backwards (``"fixed"``, :func:`gdat.layout.fills_backwards`) buckets and
+        their gradients are taken in that walking order, so cap 0 is the last
+        bucket's.  Bucket sizes and dtypes are the layout's (a plan from
         outside is checked against the model by :meth:`layout_on`).  Caps are MiB as
         floats: ``bytes / 2**20`` is exact in binary floating point, so DDP's
         ``int(cap_mb * 2**20)`` recovers the byte count.  Raises
@@ -140,8 +143,9 @@ class BucketPlan:
         if unknown:
             raise PlanError(f"plan names parameter {unknown[0]}, which the layout does not have")
         streams: dict[str, list[tuple[int, ...]]] = {}
-        for b in self.buckets:
-            streams.setdefault(kind[b.params[0]], []).append(b.params)
+        backwards = fills_backwards(layout.bucket_order)
+        for b in reversed(self.buckets) if backwards else self.buckets:
+            streams.setdefault(kind[b.params[0]], []).append(b.params[::-1] if backwards else b.params)
         want = [b.params for b in self.buckets]
         for close_last in itertools.product((True, False), repeat=len(streams)):
             caps = _caps_for(list(streams.values()), close_last, size)

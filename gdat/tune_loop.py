@@ -44,6 +44,7 @@ from gdat.ddp_model import WeakAttribute, process_group_of
 from gdat.decide import BASELINE, Block, Verdict, baseline_median_s, contenders, decide_blocks, \
     holds_in_steady_state, round_order, standings
 from gdat.errors import GdatError, PlanError, ProfileError
+from gdat.find_unused import FindUnusedCost, find_unused_cost
 from gdat.knowledge_base import KnowledgeBase
 from gdat.measure import Schedule, StepTimer, WindowStats, gather_window, plan_schedule, pooled
 from gdat.plan import BucketPlan
@@ -90,6 +91,7 @@ class OnlineTuner:
         self.report_path: str | None = None
         self.bank_outcome = "unsatisfied"
         self.bank_entry: str | None = None
+        self.find_unused: FindUnusedCost | None = None
         if self.schedule.blocks == 0:
             log.warn(f"--gdat-max-tune-steps {c.max_tune_steps} leaves no room for a candidate "
                      f"(needs at least {plan_schedule(10 ** 6, c.warmup_steps, c.profile_steps).block_start(2) + 1})"
@@ -163,6 +165,9 @@ class OnlineTuner:
             try:
                 found = generate_candidates(self.profile, self.ctx.cost, self._first_round_size(), self.ctx.stored)
                 log.info(f"tune: {found.describe()}")
+                self.find_unused = find_unused_cost(self.profile, found.cost)
+                if self.find_unused is not None:
+                    log.warn(self.find_unused.describe())
             except (ProfileError, PlanError) as e:
                 log.warn(f"cannot build candidate plans ({e}); not tuning")
         found = broadcast_from_first(found, self.group)
@@ -286,9 +291,12 @@ class OnlineTuner:
             write_chart(self.report_path, self.profile, self.found, winner)
 
     def _report(self, steady: WindowStats | None, reverted: bool) -> GdatReport:
-        return tuning_report(self.ctx.tuning_name, time.time() - self.began, self.decision_step + 1, self.verdict,
-                             self.blocks, self.plans, self.found, self.correction, self.bank_outcome,
-                             self.bank_entry, self.ctx.cost, self.ctx.topology, steady, reverted)
+        report = tuning_report(self.ctx.tuning_name, time.time() - self.began, self.decision_step + 1, self.verdict,
+                               self.blocks, self.plans, self.found, self.correction, self.bank_outcome,
+                               self.bank_entry, self.ctx.cost, self.ctx.topology, steady, reverted)
+        if self.find_unused is not None:
+            report.extra["find_unused_parameters_cost"] = self.find_unused.to_dict()
+        return report
 
     def _save(self, winner: RankedPlan | None, result_s: float) -> tuple[str, str | None]:
         """Keep the winner (or the user's configuration as the verdict) in the bank;

@@ -12,12 +12,12 @@ from hypothesis import given, settings, strategies as st
 from gdat.cost_model import AllreduceCostModel, Contention, CostSegment
 from gdat.errors import ProfileError
 from gdat.plan import BucketPlan
-from gdat.layout import GradientLayout
+from gdat.layout import FIXED_ORDER, GradientLayout, ParamInfo
 from gdat.schedule.baselines import horovod_plan, mgwfbp_plan, uniform_plans
 from gdat.schedule.candidates import rank_candidates
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import calibrate, comm_end, lower_bound_s, measured_plan, simulate
-from gdat.timeline import ReadyTimeline
+from gdat.timeline import Profile, RankTimeline, ReadyTimeline, StepRecord
 
 
 def make_timeline(gaps, sizes, post=0.001, start=0.002, dtypes=None) -> ReadyTimeline:
@@ -58,6 +58,63 @@ def test_optimum_equals_brute_force_and_beats_every_partition(tl, cost, cont):
     assert best_s <= brute + 1e-12
     assert best_s >= brute - 1e-12
     assert lower_bound_s(t, cost, cont) <= best_s + 1e-12
+
+
+fixed_steps = st.integers(1, 8).flatmap(lambda n: st.tuples(
+    st.lists(st.floats(0, 5e-3), min_size=n, max_size=n),
+    st.lists(st.integers(0, 8).map(lambda k: 4 * 4 ** k), min_size=n, max_size=n),
+    st.lists(st.booleans(), min_size=n, max_size=n)))
+
+
+def fixed_order_profile(ready, sizes, used, start=0.002, post=0.001) -> Profile:
+    """One rank, one compute step of a find_unused DDP: parameter ``i`` (DDP index)
+    became ready at ``start + ready[i]`` if ``used[i]``, else never (DDP marks it)."""
+    params = tuple(ParamInfo(i, f"p{i}", (nb // 4,), "float32", nb) for i, nb in enumerate(sizes))
+    grads = tuple(sorted(((i, start + r) for i, (r, u) in enumerate(zip(ready, used)) if u), key=lambda x: x[1]))
+    end = start + max(ready) + 1e-4
+    step = StepRecord(0, "compute", 0.0, start / 2, start, end, grads, step_end_s=end + post)
+    return Profile(1, "gloo", "cpu", "x", params, (RankTimeline(0, "h", (step,)),), bucket_order=FIXED_ORDER)
+
+
+def literal_fixed_step(profile, ends, cost, cont) -> float:
+    """DDP's rule for its fixed buckets, written out independently of the search:
+    order = reverse DDP index; a bucket launches when its latest member is ready and
+    the bucket before it has launched (an unused parameter is ready at backward
+    start); allreduces run one at a time; ``g`` as in the simulator."""
+    step = profile.ranks[0].steps[0]
+    t0, sigma, kappa = step.backward_start_s, cont.compute_stretch, cont.comm_slowdown
+    raw = dict(step.grad_ready)
+    order = [p.index for p in reversed(profile.params)]
+    stretch = lambda t: t0 + sigma * (t - t0)  # noqa: E731
+    bwd_end = stretch(max([step.backward_end_s, *raw.values()]))
+    launch = end = -np.inf
+    for a, b in zip([0, *ends], ends):
+        members = order[a:b]
+        launch = max(launch, max(stretch(raw.get(i, t0)) for i in members))
+        nbytes = sum(profile.params[i].nbytes for i in members)
+        end = comm_end(max(launch, end), cost.time_s(nbytes), bwd_end, kappa)
+    return max(bwd_end, end) + (step.step_end_s - step.backward_end_s)
+
+
+@settings(max_examples=150, deadline=None)
+@given(fixed_steps, costs, contentions)
+def test_fixed_order_optimum_equals_brute_force_over_ddps_own_rule(case, cost, cont):
+    """find_unused_parameters=True: the search over contiguous partitions of DDP's
+    fixed order is exact against every such partition under DDP's launch rule, with
+    parameters unused in the step."""
+    ready, sizes, used = case
+    profile = fixed_order_profile(ready, sizes, used)
+    t = profile.ready_timeline("compute")
+    assert t.layout.order == tuple(range(len(sizes) - 1, -1, -1))
+    best = optimal_plan(t, cost, cont)
+    best_ends = list(np.cumsum([len(b.params) for b in best.buckets]))
+    best_s = simulate(t, best, cost, cont).step_s
+    assert best_s == pytest.approx(literal_fixed_step(profile, best_ends, cost, cont), rel=1e-12, abs=1e-15)
+    order_sizes = t.layout.nbytes
+    brute = min(literal_fixed_step(profile, ends, cost, cont) for ends in all_partitions(len(sizes))
+                if all(order_sizes[e - 1] > 0 for e in ends[:-1]))
+    assert best_s <= brute + 1e-12
+    assert best_s >= brute - 1e-12
 
 
 @settings(max_examples=100, deadline=None)
