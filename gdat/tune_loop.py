@@ -101,11 +101,6 @@ class OnlineTuner:
                      f"{self.schedule.measure} measured steps), then {self.schedule.confirm} steady-state steps")
         log.warn_at_exit(self)
 
-    @property
-    def candidates(self) -> tuple[RankedPlan, ...]:
-        """The candidates measured so far (none before generation)."""
-        return tuple(self.plans)
-
     def _warn_if_incomplete(self) -> None:
         if self.decision_step is None:
             log.warn(f"tuning incomplete: the script ended after {self.timer.steps} steps; tuning needs "
