@@ -133,7 +133,7 @@ class OnlineTuner:
         if s in sched.compute_steps or s in sched.overlap_steps:
             self.session.begin_step("compute" if s in sched.compute_steps else "overlap")
         elif s == sched.overlap_steps.stop:
-            self._generate(s)
+            self._generate()
         else:
             ended = sched.block_ending_at(s)
             if ended is not None:
@@ -149,7 +149,7 @@ class OnlineTuner:
         the budget has them."""
         return min(self.ctx.config.top_k, max(1, self.schedule.blocks - 3))
 
-    def _generate(self, step: int) -> None:
+    def _generate(self) -> None:
         self.session.recorder.start_step()
         self.profile = self.session.finish(self.ctx.cost, {"source": "gdat online tuner"})
         self.session = None
@@ -217,8 +217,12 @@ class OnlineTuner:
         m_base = baseline_median_s(self.blocks)
         estimates = [(m_base + st.diff_s, st.candidate, None) for st in table]
         best = min([m_base, *(e for e, _, _ in estimates)])
-        new = admissible(self.found, self.correction, [self.found.baseline_plan, *(p.plan for p in self.plans)],
-                         left - 1, best) if left >= 2 else []
+        try:
+            new = admissible(self.found, self.correction, [self.found.baseline_plan, *(p.plan for p in self.plans)],
+                             left - 1, best) if left >= 2 else []
+        except (ProfileError, PlanError) as e:  # measuring goes on with the plans at hand
+            log.warn(f"cannot rank plans under the corrected model ({e})")
+            new = []
         options = sorted(estimates + [(self.correction.predict_s(self.found, r.plan), None, r) for r in new],
                          key=lambda o: o[0])[: left - 1]
         added: list[RankedPlan] = []
