@@ -52,7 +52,7 @@ def worker(args: argparse.Namespace) -> None:
     tuner = tr.ddp._gdat
     while not tuner.done:
         tr.step()
-    tuning_steps = tuner.schedule.total
+    tuning_steps = tuner.decision_step + 1
     after_tuning = max_over_ranks(tr.window(args.measure_steps))
     report = None
     if dist.get_rank() == 0:

@@ -79,7 +79,6 @@ class OnlineTuner:
         self.began = time.time()
         self.profile: Profile | None = None
         self.found: Candidates | None = None
-        self.find_unused: FindUnusedCost | None = None
         self.plans: list[RankedPlan] = []
         self.blocks: list[Block] = []
         self.current = BASELINE
@@ -92,6 +91,7 @@ class OnlineTuner:
         self.report_path: str | None = None
         self.bank_outcome = "unsatisfied"
         self.bank_entry: str | None = None
+        self.find_unused: FindUnusedCost | None = None
         if self.schedule.blocks == 0:
             log.warn(f"--gdat-max-tune-steps {c.max_tune_steps} leaves no room for a candidate "
                      f"(needs at least {plan_schedule(10 ** 6, c.warmup_steps, c.profile_steps).block_start(2) + 1})"
@@ -102,11 +102,6 @@ class OnlineTuner:
                      f"steps 0..{self.schedule.total - 1} (up to {self.schedule.blocks} interleaved blocks of "
                      f"{self.schedule.measure} measured steps), then {self.schedule.confirm} steady-state steps")
         log.warn_at_exit(self)
-
-    @property
-    def candidates(self) -> tuple[RankedPlan, ...]:
-        """The candidates measured so far (none before generation)."""
-        return tuple(self.plans)
 
     def _warn_if_incomplete(self) -> None:
         if self.decision_step is None:
@@ -140,7 +135,7 @@ class OnlineTuner:
         if s in sched.compute_steps or s in sched.overlap_steps:
             self.session.begin_step("compute" if s in sched.compute_steps else "overlap")
         elif s == sched.overlap_steps.stop:
-            self._generate(s)
+            self._generate()
         else:
             ended = sched.block_ending_at(s)
             if ended is not None:
@@ -156,7 +151,7 @@ class OnlineTuner:
         the budget has them."""
         return min(self.ctx.config.top_k, max(1, self.schedule.blocks - 3))
 
-    def _generate(self, step: int) -> None:
+    def _generate(self) -> None:
         self.session.recorder.start_step()
         self.profile = self.session.finish(self.ctx.cost, {"source": "gdat online tuner"})
         self.session = None
@@ -227,8 +222,12 @@ class OnlineTuner:
         m_base = baseline_median_s(self.blocks)
         estimates = [(m_base + st.diff_s, st.candidate, None) for st in table]
         best = min([m_base, *(e for e, _, _ in estimates)])
-        new = admissible(self.found, self.correction, [self.found.baseline_plan, *(p.plan for p in self.plans)],
-                         left - 1, best) if left >= 2 else []
+        try:
+            new = admissible(self.found, self.correction, [self.found.baseline_plan, *(p.plan for p in self.plans)],
+                             left - 1, best) if left >= 2 else []
+        except (ProfileError, PlanError) as e:  # measuring goes on with the plans at hand
+            log.warn(f"cannot rank plans under the corrected model ({e})")
+            new = []
         options = sorted(estimates + [(self.correction.predict_s(self.found, r.plan), None, r) for r in new],
                          key=lambda o: o[0])[: left - 1]
         added: list[RankedPlan] = []
