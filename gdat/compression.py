@@ -42,11 +42,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from gdat.ddp_internals import STOCK_DDP, comm_hooks, remove_comm_hook
+from gdat.ddp_model import process_group_of, reducer_parameters
 from gdat.device import device_for_backend
 from gdat.plan import BucketPlan
 
 __all__ = ["REDUCED_DTYPES", "COMPRESSIBLE_DTYPE", "CompressionState", "compression_hook", "allreduce_average",
-           "reduced_allreduce_works", "compressed_bytes"]
+           "reduced_allreduce_works", "compressed_bytes", "install", "installed", "forget"]
 
 REDUCED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMPRESSIBLE_DTYPE = "float32"
@@ -148,3 +150,23 @@ def reduced_allreduce_works(name: str, group: Any = None) -> str | None:
     if float(t[0]) != dist.get_world_size(group):
         return f"{backend} summed {name} wrongly on this torch"
     return None
+
+
+def install(ddp: torch.nn.Module, plan: BucketPlan) -> CompressionState:
+    """Register :func:`compression_hook` on ``ddp`` (which has no comm hook) for
+    ``plan``'s compressed buckets; returns its state."""
+    state = CompressionState.for_plan(plan, [p for _, p in reducer_parameters(ddp)], process_group_of(ddp))
+    STOCK_DDP.register_comm_hook(ddp, state, compression_hook)
+    return state
+
+
+def installed(ddp: torch.nn.Module) -> CompressionState | None:
+    """The state of the compression hook registered on ``ddp``, if any."""
+    return next((state for hook, state in comm_hooks(ddp) if hook is compression_hook), None)
+
+
+def forget(ddp: torch.nn.Module) -> None:
+    """Forget the compression hook: the next reducer rebuild leaves it out."""
+    state = installed(ddp)
+    if state is not None:
+        remove_comm_hook(ddp, compression_hook, state)

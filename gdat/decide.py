@@ -15,7 +15,7 @@ from typing import Sequence
 
 from gdat.measure import WindowStats
 
-__all__ = ["Verdict", "decide", "beats", "Z", "FLOOR", "NOISY"]
+__all__ = ["Verdict", "decide", "decide_lossy_last", "beats", "Z", "FLOOR", "NOISY"]
 
 Z = 2.0
 FLOOR = 0.01
@@ -66,3 +66,21 @@ def beats(reference: WindowStats, challenger: WindowStats) -> bool:
     """Whether ``challenger`` beats ``reference`` by more than the noise (the rule
     of :func:`decide` with ``reference`` as the baseline)."""
     return decide(reference, [challenger]).winner == 0
+
+
+def decide_lossy_last(baseline: WindowStats, candidates: Sequence[WindowStats | None],
+                      lossy: Sequence[bool]) -> Verdict:
+    """:func:`decide` among the exact candidates; then a lossy (compressed) one wins
+    instead only if it beats, by more than the noise, the fastest exact
+    configuration measured (the baseline or an exact candidate): precision is
+    traded only for time that real steps confirm."""
+    exact = decide(baseline, [None if lo else c for c, lo in zip(candidates, lossy, strict=True)])
+    measured = [baseline, *(c for c, lo in zip(candidates, lossy) if c is not None and not lo)]
+    reference = min(measured, key=lambda w: w.median_s)
+    squeezed = decide(reference, [c if lo else None for c, lo in zip(candidates, lossy)])
+    if squeezed.winner is None:
+        return exact
+    return Verdict(squeezed.winner, squeezed.noise_s, exact.noisy or squeezed.noisy,
+                   f"compressed candidate beat the fastest exact configuration by "
+                   f"{(reference.median_s - candidates[squeezed.winner].median_s) * 1e3:.2f} ms "
+                   f"(noise threshold {squeezed.noise_s * 1e3:.2f} ms)")

@@ -16,6 +16,13 @@ schedule of :mod:`gdat.measure`), so ranks never diverge:
    configuration stays; every rank switches to the decision;
 6. keep: rank 0 records the result in the knowledge base under its lock
    (:func:`gdat.plan_bank.keep`) and writes the report and chart (:mod:`gdat.report`).
+
+With ``--gdat-compress`` the last candidate may compress buckets
+(:func:`gdat.schedule.candidates.with_compressed_candidate`): while it is switched
+in, gdat's compression hook runs (:mod:`gdat.compression`), with the error probe
+on for its transition and first measured step (which already pays DDP's bucket
+rebuild); it wins only by beating the fastest exact configuration
+(:func:`gdat.decide.decide_lossy_last`).
 """
 from __future__ import annotations
 
@@ -26,13 +33,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gdat import log
+from gdat import compression, log
 from gdat.aoe_result import improvement_percent
 from gdat.collectives import broadcast_from_first
 from gdat.construction import TuneContext
 from gdat.ddp_internals import comm_hooks
 from gdat.ddp_model import WeakAttribute, process_group_of
-from gdat.decide import Verdict, decide
+from gdat.decide import Verdict, decide_lossy_last
 from gdat.errors import GdatError, PlanError, ProfileError
 from gdat.knowledge_base import KnowledgeBase
 from gdat.measure import Schedule, StepTimer, WindowStats, gather_window, plan_schedule
@@ -40,8 +47,8 @@ from gdat.plan import BucketPlan
 from gdat.plan_bank import BankedPlan, keep
 from gdat.plan_switch import ddp_bucket_arguments, switch_buckets
 from gdat.profiling.session import ProfileSession
-from gdat.report import tuning_report, write_chart, write_report
-from gdat.schedule.candidates import Candidates, RankedPlan, generate_candidates
+from gdat.report import compression_section, tuning_report, write_chart, write_report
+from gdat.schedule.candidates import Candidates, RankedPlan, generate_candidates, with_compressed_candidate
 from gdat.settings import bank_root
 from gdat.timeline import Profile
 
@@ -69,6 +76,8 @@ class OnlineTuner:
         self.profile: Profile | None = None
         self.found: Candidates | None = None
         self.measured: list[WindowStats] = []
+        self.squeeze_errors: dict[int, dict[int, float]] = {}
+        self._probe_until = -1
         if self.schedule.candidates == 0:
             log.warn(f"--gdat-max-tune-steps {c.max_tune_steps} leaves no room for a candidate "
                      f"(needs at least {self.schedule.candidate_switch(1) + 1}); not tuning")
@@ -98,6 +107,8 @@ class OnlineTuner:
     # --- the loop: what happens at the start of each step -----------------------
     def before_step(self) -> None:
         s, sched = self.timer.tick(), self.schedule
+        if s == self._probe_until:
+            compression.installed(self.ddp).probe = False
         if s == sched.baseline_steps.stop:
             self._measure_baseline()
             if self.done:
@@ -135,6 +146,8 @@ class OnlineTuner:
         if self.rank == 0:
             try:
                 found = generate_candidates(self.profile, self.ctx.cost, self.schedule.candidates, self.ctx.stored)
+                if self.ctx.compress:
+                    found = with_compressed_candidate(found, self.ctx.compress, self.schedule.candidates)
                 log.info(f"tune: {found.describe()}")
             except (ProfileError, PlanError) as e:
                 log.warn(f"cannot build candidate plans ({e}); not tuning")
@@ -156,14 +169,23 @@ class OnlineTuner:
         c = self.candidates[i]
         log.info(f"tune: candidate {i + 1}/{len(self.candidates)} {c.plan.label} "
                  f"({len(c.plan.buckets)} buckets): predicted {c.sim.step_s * 1e3:.2f} ms")
-        self._apply(c.plan)
+        self._apply(c.plan, probe=True)
+        if c.plan.compressed:
+            self._probe_until = self.schedule.candidate_steps(i).start + 1
 
-    def _apply(self, plan: BucketPlan) -> None:
+    def _apply(self, plan: BucketPlan, probe: bool = False) -> None:
+        """Switch to ``plan``: its buckets, and gdat's compression hook exactly when
+        it compresses some (probing the error when ``probe``)."""
+        compression.forget(self.ddp)
         switch_buckets(self.ddp, **ddp_bucket_arguments(plan, self.found.timeline.layout))
+        if plan.compressed:
+            compression.install(self.ddp, plan).probe = probe
 
     def _measure_candidate(self, i: int) -> None:
         self.measured.append(gather_window(self.timer, self.schedule.candidate_steps(i), self.group))
         c = self.candidates[i]
+        if c.plan.compressed:
+            self.squeeze_errors[i] = dict(compression.installed(self.ddp).errors)
         log.info(f"tune: candidate {i + 1}/{len(self.candidates)} {c.plan.label}: measured "
                  f"{self.measured[-1].median_s * 1e3:.2f} ms (predicted {c.sim.step_s * 1e3:.2f} ms)")
         if i + 1 < len(self.candidates):
@@ -174,8 +196,11 @@ class OnlineTuner:
     # --- 5: decide -------------------------------------------------------------------
     def _finish(self) -> None:
         """Decide (rank 0), switch every rank to the decision, keep and report."""
-        verdict = broadcast_from_first(decide(self.baseline, self.measured) if self.rank == 0 else None, self.group)
+        lossy = [c.plan.compressed for c in self.candidates]
+        verdict = broadcast_from_first(decide_lossy_last(self.baseline, self.measured, lossy) if self.rank == 0
+                                       else None, self.group)
         if verdict.winner is None:
+            compression.forget(self.ddp)
             switch_buckets(self.ddp, **self.ctx.user_bucket_args)
         elif verdict.winner != len(self.candidates) - 1:
             self._apply(self.candidates[verdict.winner].plan)
@@ -196,6 +221,8 @@ class OnlineTuner:
             f"{improvement_percent(base_ms, result_ms)}" if winner else "kept"
         log.info(f"tune: {report.outcome}: {winner.plan.label if winner else 'user configuration'} "
                  f"{result_ms:.2f} ms vs baseline {base_ms:.2f} ms ({change}); {verdict.reason}")
+        if self.squeeze_errors:
+            report.extra["compression"] = compression_section(self.ctx.compress, self.candidates, self.squeeze_errors)
         path = write_report(report, self.ctx.config.work_path)
         self.outcome = report.outcome + (f"; report {path}" if path else "")
         if path is not None:

@@ -6,11 +6,15 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gdat.cost_model import AllreduceCostModel, CastCost, Contention
+from gdat.decide import decide_lossy_last
 from gdat.errors import ProfileError
+from gdat.measure import WindowStats
+from gdat.report import compression_section
+from gdat.schedule.candidates import Candidates, rank_candidates, with_compressed_candidate
 from gdat.plan import BucketPlan
 from gdat.schedule.compress_search import SLACK, compressed_plan, suffix_ends
 from gdat.schedule.search import optimal_plan
-from gdat.schedule.simulator import simulate
+from gdat.schedule.simulator import Calibration, simulate
 from tests.test_schedule import all_partitions, contentions, make_timeline
 
 timelines = st.integers(1, 7).flatmap(lambda n: st.tuples(
@@ -90,3 +94,34 @@ def test_cost_model_round_trip_keeps_the_cast():
     assert again == cost and again.scaled(2.0, "y").cast == cost.cast
     assert AllreduceCostModel.from_dict(AllreduceCostModel.linear(1.0, 0.0).to_dict(), "x").cast is None
     assert cost.compressed_times_s(np.array([2e6]))[0] == pytest.approx(1e-4 + 1e-8 * 1e6 + 1e-6 + 2e-10 * 2e6)
+
+
+def _steady(ms: float) -> WindowStats:
+    return WindowStats((ms / 1e3,) * 5)
+
+
+def test_a_compressed_candidate_must_beat_the_fastest_exact_configuration():
+    base = _steady(100)
+    assert decide_lossy_last(base, [_steady(90), _steady(89.5)], [False, True]).winner == 0
+    won = decide_lossy_last(base, [_steady(90), _steady(85)], [False, True])
+    assert won.winner == 1 and "compressed candidate" in won.reason
+    assert decide_lossy_last(base, [_steady(101), _steady(98.5)], [False, True]).winner == 1
+    assert decide_lossy_last(base, [_steady(101), _steady(99.5)], [False, True]).winner is None
+    assert decide_lossy_last(base, [_steady(95), _steady(99)], [False, False]).winner == 0
+
+
+def test_the_compressed_candidate_takes_the_last_place_and_its_errors_are_reported():
+    t = make_timeline([0.01] * 8, [1 << 20] * 8)
+    cost = AllreduceCostModel.linear(1e-4, 1e-8).with_cast(CastCost("bf16", 0.0, 1e-10))
+    ranked = rank_candidates(t, cost, Contention(), 3)
+    found = Candidates(t, Calibration(cost, Contention(), 1.0), ranked[-1].plan, tuple(ranked[:2]))
+    assert with_compressed_candidate(found, "bf16", 1) is found
+    more = with_compressed_candidate(found, "bf16", 2)
+    assert [r.plan.compressed for r in more.ranked] == [False, True]
+    assert more.ranked[0] == found.ranked[0] and more.ranked[1].plan.label == "optimal+bf16"
+    section = compression_section("bf16", more.ranked, {1: {len(more.ranked[1].plan.buckets) - 1: 0.0031}})
+    buckets = section["candidates"][0]["compressed_buckets"]
+    assert section["dtype"] == "bf16" and buckets[-1]["relative_error"] == 0.0031
+    assert all(b["relative_error"] is None for b in buckets[:-1])
+    squeezed = more.ranked[1].plan
+    assert sum(b["nbytes"] for b in buckets) == sum(b.nbytes for b in squeezed.buckets if b.compress)

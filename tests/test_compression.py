@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook, fp16_compress_hook
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (allreduce_hook, bf16_compress_hook,
+                                                                        fp16_compress_hook)
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from gdat import compression
 from gdat.compression import REDUCED_DTYPES, CompressionState, compression_hook, reduced_allreduce_works
 from gdat.config import GdatConfig
+from gdat.ddp import DistributedDataParallel as GdatDDP
+from gdat.ddp_internals import comm_hooks
 from gdat.ddp_model import reducer_parameters
 from gdat.device import Clock
 from gdat.errors import PlanError, UsageError
@@ -62,10 +66,15 @@ def _job(rank: int, world: int) -> dict:
     tracer_state = CompressionState({}, {id(p): i for i, (_, p) in enumerate(reducer_parameters(traced))})
     tracer = BucketTracer(Clock(), tracer_state.param_index, mode="deferred", compression=tracer_state)
     traced.register_comm_hook(tracer, _traced)
-    everyone = [exact, *stock.values(), ours, traced]
+    mine = GdatDDP(mlp(), gdat_config=GdatConfig(mode="off"), bucket_cap_mb=CAP_MB)
+    everyone = [exact, *stock.values(), ours, traced, mine]
     for step in range(2):  # DDP rebuilds its buckets in ready order at step 1
         _backward(everyone, batch(rank, step))
     buckets = dict(state.seen)
+    compression.install(mine, BucketPlan(tuple(Bucket(tuple(sorted(b)), 4, "float32", "fp16")
+                                               for b in buckets.values())))
+    mine.register_comm_hook(None, allreduce_hook)  # the user's hook replaces gdat's compression
+    user_hook_kept = compression.installed(mine) is None and [h for h, _ in comm_hooks(mine)] == [allreduce_hook]
     checks = []
     for step, name in enumerate(("fp16", "bf16", "fp16"), start=2):
         chosen = {buckets[k]: (k, REDUCED_DTYPES[name]) for k in SELECTED}
@@ -80,7 +89,9 @@ def _job(rank: int, world: int) -> dict:
                 grads = dict((n, p.grad) for n, p in reducer_parameters(d))
                 checks.append((step, name, k, k in SELECTED,
                                all(torch.equal(grads[names[i]], ref_grads[names[i]]) for i in params)))
-    return {"buckets": len(buckets), "checks": checks, "errors": dict(state.errors),
+    user_hook_exact = all(torch.equal(a.grad, b.grad) for a, b in zip(exact.parameters(), mine.parameters()))
+    return {"buckets": len(buckets), "checks": checks, "user_hook": (user_hook_kept, user_hook_exact),
+            "errors": dict(state.errors),
             "gloo": {n: reduced_allreduce_works(n) for n in REDUCED_DTYPES}}
 
 
@@ -96,6 +107,10 @@ def test_compressed_buckets_equal_stock_hook_and_the_others_stock_ddp_bitwise(ra
         assert {c[3] for c in checks} == {True, False}
         bad = [c for c in checks if not c[4]]
         assert not bad, f"(step, dtype, bucket, compressed, equal) not bitwise equal: {bad}"
+
+
+def test_a_users_comm_hook_replaces_gdats_compression(ranks):
+    assert all(r["user_hook"] == (True, True) for r in ranks)
 
 
 def test_the_error_probe_measures_compressed_buckets_only(ranks):

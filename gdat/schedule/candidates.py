@@ -15,21 +15,27 @@
 4. a stored plan (``REPEAT_TUNE``) is measured too: it takes the last place
    unless it is ranked already (and is left out when DDP cannot form it from this
    run's gradient layout).
+
+With ``--gdat-compress``, :func:`with_compressed_candidate` then gives the last
+place to the plan of :func:`gdat.schedule.compress_search.compressed_plan` (when
+it predicts a gain and at least two candidates fit: the exact best is always
+measured beside it).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gdat.cost_model import AllreduceCostModel, Contention
 from gdat.errors import PlanError, PlanNotExpressible
 from gdat.plan import BucketPlan
 from gdat.schedule.baselines import peer_plans
+from gdat.schedule.compress_search import compressed_plan
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import Calibration, Simulation, calibrate, lower_bound_s, measured_plan, simulate
 from gdat.timeline import Profile, ReadyTimeline
 
-__all__ = ["RankedPlan", "rank_candidates", "Candidates", "generate_candidates", "TIE"]
+__all__ = ["RankedPlan", "rank_candidates", "Candidates", "generate_candidates", "with_compressed_candidate", "TIE"]
 
 TIE = 0.02
 
@@ -91,6 +97,18 @@ def generate_candidates(profile: Profile, cost: AllreduceCostModel, k: int,
         ranked = ranked[: max(0, k - 1)]
         ranked.append(RankedPlan(again, simulate(timeline, again, fitted.cost, fitted.contention)))
     return Candidates(timeline, fitted, baseline, tuple(ranked))
+
+
+def with_compressed_candidate(found: Candidates, dtype: str, k: int) -> Candidates:
+    """``found`` with its last place (of ``k``) given to the compressed plan, when
+    there is one worth measuring (module docstring)."""
+    if k < 2 or found.cost.cast is None:
+        return found
+    plan = compressed_plan(found.timeline, found.cost, found.contention, dtype, f"optimal+{dtype}")
+    if plan is None or not _ddp_can_form(plan, found.timeline):
+        return found
+    squeezed = RankedPlan(plan, found.simulate(plan))
+    return replace(found, ranked=(*found.ranked[: k - 1], squeezed))
 
 
 def rank_candidates(
