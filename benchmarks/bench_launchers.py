@@ -22,7 +22,6 @@ rounds and the gdat / stock ratios.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import statistics

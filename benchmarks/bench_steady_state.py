@@ -1,6 +1,7 @@
 """What a user sees in steady state, over repeated independent launches.
 
     python benchmarks/bench_steady_state.py [--rounds 5] [--steps 60] [--last 15] [--rate 2gbit]
+    python benchmarks/bench_steady_state.py --merge a.json b.json   (the summary of saved runs together)
 
 For each model (``--models``), ``--rounds`` rounds; in each round, as separate
 2-rank jobs of the unmodified script ``gdat.demo_train`` inside a network namespace
@@ -15,11 +16,16 @@ Each job's steady state is measured the same way for every configuration: the
 median of rank 0's wall time over the last ``--last`` of ``--steps`` steps (DDP
 steps are synchronous, so rank 0's step time is the job's).  Per round, the ratios
 gdat / default and gdat / best grid cap are taken within the round; the printout
-gives their median and worst over rounds, and the table of all medians.
+gives their median and worst over rounds, and the table of all medians.  For each
+gdat job it also keeps what gdat's report said (plan, outcome, switched back or
+not).  ``--first-round K`` numbers the rounds from K (a run split over several
+invocations keeps its rotation); ``--merge`` summarises saved ``--json`` files
+together.
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -51,26 +57,41 @@ def _job(net, tmp: str, name: str, model: str, size: str, batch: str, steps: int
         return json.load(f)["step_times_s"]
 
 
+def _gdat_said(tmp: str, name: str) -> dict:
+    """The plan and outcome of a gdat job's report (none on a bank hit without a report)."""
+    reports = sorted(glob.glob(os.path.join(tmp, f"{name}_work", "aoe_result_gdat_*.json")))
+    if not reports:
+        return {}
+    with open(reports[-1]) as f:
+        g = json.load(f)["GDAT"]
+    return {"outcome": g["gdat_tuning_result"], "plan": g["chosen_plan"]["label"],
+            "buckets": g["chosen_plan"]["buckets"], "reverted": g.get("reverted", False),
+            "baseline_ms": g["model_baseline_performance(ms)"], "result_ms": g["model_result_performance(ms)"],
+            "reason": g["reason"]}
+
+
 def run_model(net, tmp: str, spec: str, args: argparse.Namespace) -> dict:
     model, size, batch = spec.split(":")
     configs = ["default", *(f"cap={c}" for c in args.grid), "gdat", "gdat-bank"]
     rounds = []
     port = 29700
-    for r in range(args.rounds):
+    for r in range(args.first_round, args.first_round + args.rounds):
         bank = os.path.join(tmp, f"{model}_bank_{r}")
         order = configs[r % len(configs):] + configs[: r % len(configs)]
         if order.index("gdat-bank") < order.index("gdat"):  # the bank job needs the tuning job's bank
             order.remove("gdat-bank")
             order.insert(order.index("gdat") + 1, "gdat-bank")
-        medians = {}
+        medians, said = {}, {}
         for name in order:
             port += 1
             extra = ["--bucket-cap-mb", name[4:]] if name.startswith("cap=") else []
             times = _job(net, tmp, f"{model}_{name}_{r}", model, size, batch, args.steps, port,
                          bank if name.startswith("gdat") else None, extra)
             medians[name] = statistics.median(times[-args.last:]) * 1e3
-            print(f"  {spec} round {r + 1}/{args.rounds} {name:<10} {medians[name]:8.1f} ms", flush=True)
-        rounds.append(medians)
+            if name.startswith("gdat"):
+                said[name] = _gdat_said(tmp, f"{model}_{name}_{r}")
+            print(f"  {spec} round {r + 1} {name:<10} {medians[name]:8.1f} ms {said.get(name, '')}", flush=True)
+        rounds.append({**medians, "gdat_said": said})
     return {"model": spec, "rounds": rounds}
 
 
@@ -86,7 +107,11 @@ def summarise(result: dict, grid: list[str]) -> list[str]:
                      f"worst {max(over_best):.3f}")
     best_grid_over_default = [min(r[c] for c in caps) / r["default"] for r in rows]
     lines.append(f"  best grid  / default:  median {statistics.median(best_grid_over_default):.3f}")
-    names = list(rows[0])
+    said = [r.get("gdat_said", {}).get("gdat", {}) for r in rows]
+    lines.append(f"  gdat (tuning run): {sum(s.get('outcome') == 'tuning successful' for s in said)} adopted, "
+                 f"{sum(bool(s.get('reverted')) for s in said)} switched back in steady state; plans: "
+                 + ", ".join(f"{s.get('plan')} ({s.get('buckets')})" for s in said))
+    names = ["default", *caps, "gdat", "gdat-bank"]
     lines.append("| configuration | " + " | ".join(f"round {k + 1}" for k in range(len(rows))) + " | median |")
     lines.append("|---|" + "---:|" * (len(rows) + 1))
     for name in names:
@@ -104,9 +129,21 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--last", type=int, default=15)
     p.add_argument("--grid", default="1,2,5,10,25", help="uniform caps in MiB (default %(default)s)")
+    p.add_argument("--first-round", type=int, default=0)
     p.add_argument("--json", default=None)
+    p.add_argument("--merge", nargs="+", default=None, help="summarise these saved --json files together")
     args = p.parse_args()
     args.grid = args.grid.split(",")
+    if args.merge:
+        merged: dict[str, dict] = {}
+        for path in args.merge:
+            with open(path) as f:
+                for result in json.load(f):
+                    merged.setdefault(result["model"], {"model": result["model"], "rounds": []})
+                    merged[result["model"]]["rounds"] += result["rounds"]
+        for result in merged.values():
+            print("\n".join(summarise(result, args.grid)))
+        return 0
     from launch.testbed import emulated_network
 
     results = []

@@ -47,7 +47,8 @@ def worker(args: argparse.Namespace) -> None:
     model, size, batch = args.model.split(":")
     batch = int(batch)
     config = GdatConfig(mode="tune", work_path=args.work, comm_budget_s=3.0)
-    tr = Trainer(model, size, batch, lambda m: DistributedDataParallel(m, gdat_config=config))
+    options = {"find_unused_parameters": True} if args.find_unused else {}
+    tr = Trainer(model, size, batch, lambda m: DistributedDataParallel(m, gdat_config=config, **options))
     tuner = tr.ddp._gdat
     while not tuner.done:
         tr.step()
@@ -75,7 +76,9 @@ def worker(args: argparse.Namespace) -> None:
         grid = {k: v for k, v in rows.items() if k.startswith("bucket_cap_mb=")}
         best = min(grid, key=grid.get)
         g = report["GDAT"]
-        result = {"model": f"{model}-{size}", "batch": batch, "rate": args.rate, "tuning_steps": tuning_steps,
+        result = {"model": f"{model}-{size}" + (" (find_unused_parameters=True)" if args.find_unused else ""),
+                  "batch": batch, "rate": args.rate, "tuning_steps": tuning_steps,
+                  "find_unused_cost": g.get("find_unused_parameters_cost"),
                   "tuning_result": g["gdat_tuning_result"], "chosen": g["chosen_plan"]["label"],
                   "chosen_buckets": g["chosen_plan"]["buckets"], "after_tuning_ms": median_ms(after_tuning),
                   "rows_ms": rows, "best_grid": best,
@@ -87,10 +90,13 @@ def worker(args: argparse.Namespace) -> None:
     dist.destroy_process_group()
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(script: str = __file__, doc: str = __doc__, models: str = "transformer:small:16,mlp:small:256",
+         find_unused: bool = False) -> int:
+    """The benchmark; ``script`` is the file its ranks run (``--worker``), and DDP is
+    built with ``find_unused_parameters=find_unused``."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--rate", default="2gbit")
-    p.add_argument("--models", default="transformer:small:16,mlp:small:256",
+    p.add_argument("--models", default=models,
                    help="comma-separated MODEL:SIZE:BATCH of gdat.demo_models (default %(default)s)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--measure-steps", type=int, default=6)
@@ -98,6 +104,7 @@ def main() -> int:
     add_worker_arguments(p)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--find-unused", action="store_true", default=find_unused, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)
@@ -109,7 +116,7 @@ def main() -> int:
         for k, name in enumerate(args.models.split(",")):
             work = os.path.join(tmp, f"model{k}")
             out = os.path.join(tmp, f"model{k}.json")
-            launch_ranks(__file__, 29621 + k, [
+            launch_ranks(script, 29621 + k, [
                 "--model", name, "--work", work, "--result", out, "--rate", args.rate, "--rounds", str(args.rounds),
                 "--measure-steps", str(args.measure_steps)], net,
                 env={**os.environ, "TUNE_BANK_PATH": os.path.join(tmp, "bank")})
@@ -120,6 +127,8 @@ def main() -> int:
               f"({r['chosen_buckets']} buckets) after {r['tuning_steps']} tuning steps; "
               f"gdat/default = {r['gdat_over_default']:.3f}, gdat/best-grid ({r['best_grid']}) = "
               f"{r['gdat_over_best_grid']:.3f}")
+        if r.get("find_unused_cost"):
+            print(f"find_unused_parameters=True cost per step (report): {r['find_unused_cost']}")
         print("| configuration | median step ms |")
         print("|---|---:|")
         for name, ms in r["rows_ms"].items():

@@ -38,10 +38,11 @@ def result_path(work_path: str, mode: str, now: datetime.datetime | None = None)
 
 
 def write_result(
-    work_path: str, mode: str, tuning_name: str, tuning_time_s: float, section: dict[str, Any]
+    work_path: str, mode: str, tuning_name: str, tuning_time_s: float, section: dict[str, Any],
+    path: str | None = None,
 ) -> str:
-    """Write a result file atomically and return its path."""
-    path = result_path(work_path, mode)
+    """Write a result file atomically (a new one, or ``path`` again) and return its path."""
+    path = path or result_path(work_path, mode)
     doc = {"basic": {"tuning_name": tuning_name, "tuning_time(s)": round(tuning_time_s, 3)},
            mode.upper(): section}
     atomic_write_text(path, json.dumps(doc, indent=1) + "\n")

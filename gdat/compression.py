@@ -33,7 +33,6 @@ also allreduced at full precision (one extra allreduce) and the relative error
 ``||compressed - exact||_2 / ||exact||_2`` of the averaged bucket is recorded per
 plan bucket in :attr:`CompressionState.errors`.
 """
-from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field

@@ -2,10 +2,12 @@
 
 :func:`prepare_construction`, for ``--gdat-mode tune|apply`` and ``--gdat-plan``:
 
-1. check: DDP options gdat cannot tune (``find_unused_parameters``,
-   ``mixed_precision``, ``delay_all_reduce_named_params``, the python reducer of
-   ``torch.compile``) leave the model stock DDP with one line saying why; a plan
-   file given with ``--gdat-plan`` is checked against the model and applied;
+1. check: DDP options gdat cannot tune (``mixed_precision``,
+   ``delay_all_reduce_named_params``, the python reducer of ``torch.compile``)
+   leave the model stock DDP with one line saying why; a plan file given with
+   ``--gdat-plan`` is checked against the model and applied.  A DDP with
+   ``find_unused_parameters=True`` is tuned under its fixed bucket order
+   (:data:`gdat.layout.FIXED_ORDER`); the option is in the bank key;
 2. ladder: measure the allreduce cost on this process group
    (:func:`gdat.profiling.allreduce_bench.measure_allreduce`);
 3. key: the knowledge-base key of this model, topology, software and link
@@ -45,7 +47,7 @@ from gdat.ddp_model import param_infos
 from gdat.device import device_type_of, hardware_fingerprint
 from gdat.errors import ModelMismatchError, ProfileError, UsageError
 from gdat.knowledge_base import KnowledgeBase
-from gdat.layout import GradientLayout, ParamInfo
+from gdat.layout import FIXED_ORDER, READY_ORDER, GradientLayout, ParamInfo, model_layout
 from gdat.plan import BucketPlan
 from gdat.plan_bank import BankHit, bank_key, link_class, lookup, lookup_near
 from gdat.plan_switch import ddp_bucket_arguments
@@ -58,7 +60,6 @@ from gdat.topology import intra_node_fit, topology_of
 __all__ = ["prepare_construction", "Construction", "TuneContext", "check_same_model", "check_model_across_ranks"]
 
 _UNSUPPORTED = {
-    "find_unused_parameters": "find_unused_parameters=True (DDP never rebuilds buckets in ready order)",
     "mixed_precision": "DDP's mixed_precision option",
     "delay_all_reduce_named_params": "delay_all_reduce_named_params",
 }
@@ -147,7 +148,8 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
         return Construction(kwargs)
     group = _group_of(options)
     params = param_infos(module)
-    model = GradientLayout.of(params)
+    fixed = bool(options.get("find_unused_parameters")) and not options.get("static_graph")
+    model = model_layout(params, FIXED_ORDER if fixed else READY_ORDER)
     if config.plan:
         plan = BucketPlan.load(config.plan)
         squeeze = plan.compressed and bool(_compression(config.compress, group))
@@ -178,7 +180,8 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
     key = bank_key(params, topology.world_size, topology.ranks_per_node, topology.nodes,
                    str(dist.get_backend(group)), device_type, torch.__version__, broadcast_from_first(hardware_fingerprint(device_type), group),
                    {"static_graph": bool(options.get("static_graph")),
-                    "gradient_as_bucket_view": bool(options.get("gradient_as_bucket_view"))},
+                    "gradient_as_bucket_view": bool(options.get("gradient_as_bucket_view")),
+                    **({"find_unused_parameters": True} if fixed else {})},
                    bandwidth)
     if compress:
         key["compress"] = compress

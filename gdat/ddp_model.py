@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 
 from gdat.ddp_internals import ignored_parameter_names
-from gdat.layout import ParamInfo, params_of
+from gdat.layout import FIXED_ORDER, READY_ORDER, ParamInfo, params_of
 
-__all__ = ["reducer_parameters", "param_infos", "process_group_of", "WeakAttribute"]
+__all__ = ["reducer_parameters", "param_infos", "process_group_of", "bucket_order_of", "WeakAttribute"]
 
 
 def reducer_parameters(
@@ -51,6 +51,14 @@ def param_infos(module: torch.nn.Module) -> tuple[ParamInfo, ...]:
 def process_group_of(ddp: torch.nn.Module):
     """The process group DDP reduces over."""
     return getattr(ddp, "process_group", None) or dist.group.WORLD
+
+
+def bucket_order_of(ddp: torch.nn.Module) -> str:
+    """The bucket-order rule of a DDP (:mod:`gdat.layout`): ``"fixed"`` when it
+    finds unused parameters without a static graph (it then never rebuilds its
+    buckets), else ``"ready"``."""
+    fixed = getattr(ddp, "find_unused_parameters", False) and not getattr(ddp, "static_graph", False)
+    return FIXED_ORDER if fixed else READY_ORDER
 
 
 class WeakAttribute:

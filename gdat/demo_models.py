@@ -4,6 +4,9 @@
   GELU MLP), ``d_model`` wide; 16 parameter tensors a block.
 * ``mlp``: ``depth`` square ``Linear`` layers with ReLU; 2 tensors a layer.
 * ``conv``: a small residual conv net (3x3 convs, batch norm) with a linear head.
+* ``branch``: the transformer plus one more block, registered last, that runs only
+  on every second training forward: its parameters are unused on the other steps,
+  so DDP needs ``find_unused_parameters=True``.
 
 ``synthetic_batch(name, model, rank, step, batch)`` gives a deterministic input and
 target for each rank and step, so two runs of the same script see the same data.
@@ -49,6 +52,23 @@ class Transformer(nn.Module):
         return self.head(self.norm(self.blocks(self.embed(tokens))))
 
 
+class BranchTransformer(Transformer):
+    """:class:`Transformer` with a block used on odd-numbered training forwards only."""
+
+    def __init__(self, d: int, layers: int, heads: int = 4) -> None:
+        super().__init__(d=d, layers=layers, heads=heads)
+        self.branch = _Block(d, heads)
+        self.calls = 0
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.embed(tokens))
+        if self.training and torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls % 2 == 0:
+                x = self.branch(x)
+        return self.head(self.norm(x))
+
+
 class ConvNet(nn.Module):
     def __init__(self, width: int = 64, blocks: int = 4, classes: int = 10) -> None:
         super().__init__()
@@ -73,7 +93,7 @@ def _mlp(width: int, depth: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-MODELS = ("transformer", "mlp", "conv")
+MODELS = ("transformer", "mlp", "conv", "branch")
 
 
 def build_model(name: str, size: str = "small", seed: int = 0) -> nn.Module:
@@ -82,6 +102,7 @@ def build_model(name: str, size: str = "small", seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     dims = {
         "transformer": {"tiny": (64, 2), "small": (256, 4), "large": (512, 6)},
+        "branch": {"tiny": (64, 2), "small": (256, 4), "large": (512, 6)},
         "mlp": {"tiny": (64, 6), "small": (512, 12), "large": (1024, 20)},
         "conv": {"tiny": (16, 2), "small": (64, 4), "large": (256, 8)},
     }
@@ -90,6 +111,8 @@ def build_model(name: str, size: str = "small", seed: int = 0) -> nn.Module:
     a, b = dims[name][size]
     if name == "transformer":
         return Transformer(d=a, layers=b)
+    if name == "branch":
+        return BranchTransformer(d=a, layers=b)
     if name == "mlp":
         return _mlp(a, b)
     return ConvNet(width=a, blocks=b)
@@ -98,7 +121,7 @@ def build_model(name: str, size: str = "small", seed: int = 0) -> nn.Module:
 def synthetic_batch(name: str, model: nn.Module, rank: int, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic ``(input, target)`` for ``rank`` at ``step``."""
     g = torch.Generator().manual_seed(100003 * step + rank)
-    if name == "transformer":
+    if name in ("transformer", "branch"):
         vocab = model.head.out_features
         tokens = torch.randint(vocab, (batch, 64), generator=g)
         return tokens, torch.roll(tokens, -1, dims=1)
@@ -109,7 +132,7 @@ def synthetic_batch(name: str, model: nn.Module, rank: int, step: int, batch: in
 
 
 def loss_fn(name: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    if name == "transformer":
+    if name in ("transformer", "branch"):
         return nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
     if name == "mlp":
         return nn.functional.mse_loss(output, target)

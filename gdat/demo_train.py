@@ -44,6 +44,8 @@ def main() -> None:
         kwargs["bucket_cap_mb"] = args.bucket_cap_mb
     if args.bucket_cap_mb_list:
         kwargs["bucket_cap_mb_list"] = [float(c) for c in args.bucket_cap_mb_list.split(",")]
+    if args.model == "branch":  # its extra block is unused on every second step
+        kwargs["find_unused_parameters"] = True
     ddp = DDP(model, **kwargs)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
     losses, times = [], []

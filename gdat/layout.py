@@ -21,9 +21,22 @@ Bucket-order rules (``GradientLayout.bucket_order``):
   ``torch.distributed._compute_bucket_assignment_by_size`` in the tests).  A
   parameter is never split.
 
-A DDP that never rebuilds its buckets (``find_unused_parameters=True``) keeps its
-initial ones, formed in reverse registration order and split per dtype; such a
-layout would be a second rule: an entry of :data:`_RULES` and the order it names.
+* ``"fixed"`` (:data:`FIXED_ORDER`): a DDP with ``find_unused_parameters=True``
+  (and no ``static_graph``) never rebuilds its buckets; it keeps the ones its
+  constructor forms, and ``order`` is reverse registration order (DDP index
+  ``n-1`` first).  The constructor walks the parameters in *registration* order
+  (``order`` backwards) with the same per-dtype cap rule, then sorts the buckets by
+  their smallest DDP index and reverses the list: bucket 0 holds the last
+  registered parameters, and the first cap applies to the bucket holding
+  parameter 0, the last one reduced.  Each bucket's parameters are listed in
+  ``order``.  Checked against ``torch.distributed._compute_bucket_assignment_by_size``
+  in the tests.  DDP launches bucket ``k`` once all its parameters are ready and
+  bucket ``k-1`` has been launched; a parameter the step did not use is marked
+  ready by DDP itself when the first gradient hook of the backward fires.
+
+:func:`model_layout` gives a model's layout before any step ran: DDP index order
+for ``"ready"`` (a placeholder until the ready order is known), reverse index
+order for ``"fixed"``.
 """
 from __future__ import annotations
 
@@ -34,9 +47,11 @@ from typing import Any, Callable, Sequence
 from gdat.errors import PlanError, ProfileError
 from gdat.jsonio import require
 
-__all__ = ["ParamInfo", "params_of", "GradientLayout", "READY_ORDER", "BUCKET_ORDERS"]
+__all__ = ["ParamInfo", "params_of", "GradientLayout", "model_layout", "READY_ORDER", "FIXED_ORDER",
+           "BUCKET_ORDERS", "fills_backwards"]
 
 READY_ORDER = "ready"
+FIXED_ORDER = "fixed"
 
 
 @dataclass(frozen=True)
@@ -82,14 +97,17 @@ def params_of(named: Sequence[tuple[str, Any]]) -> tuple[ParamInfo, ...]:
     )
 
 
-def _rebuilt_buckets(nbytes: Sequence[int], dtypes: Sequence[str], caps_bytes: Sequence[int]) -> list[list[int]]:
-    """Positions of the buckets DDP rebuilds from gradients ready in this order
-    (the ``"ready"`` rule of the module docstring)."""
+def _greedy(positions: Sequence[int], nbytes: Sequence[int], dtypes: Sequence[str],
+            caps_bytes: Sequence[int]) -> list[list[int]]:
+    """DDP's per-dtype cap rule walking ``positions`` in the given order: closed
+    buckets in closing order, then the open ones in reverse order of their dtype's
+    first appearance."""
     open_: dict[str, list[int]] = {}
     used: dict[str, int] = {}
     size: dict[str, int] = {}
     closed: list[list[int]] = []
-    for pos, (nb, dt) in enumerate(zip(nbytes, dtypes)):
+    for pos in positions:
+        nb, dt = nbytes[pos], dtypes[pos]
         open_.setdefault(dt, []).append(pos)
         size[dt] = size.get(dt, 0) + nb
         cap = caps_bytes[min(used.get(dt, 0), len(caps_bytes) - 1)]
@@ -101,10 +119,30 @@ def _rebuilt_buckets(nbytes: Sequence[int], dtypes: Sequence[str], caps_bytes: S
     return closed + [b for b in reversed(open_.values()) if b]
 
 
+def _rebuilt_buckets(nbytes: Sequence[int], dtypes: Sequence[str], caps_bytes: Sequence[int]) -> list[list[int]]:
+    """Positions of the buckets DDP rebuilds from gradients ready in this order
+    (the ``"ready"`` rule of the module docstring)."""
+    return _greedy(range(len(nbytes)), nbytes, dtypes, caps_bytes)
+
+
+def _initial_buckets(nbytes: Sequence[int], dtypes: Sequence[str], caps_bytes: Sequence[int]) -> list[list[int]]:
+    """Positions of the buckets DDP's constructor forms when ``order`` is reverse
+    registration order (the ``"fixed"`` rule of the module docstring)."""
+    formed = _greedy(range(len(nbytes) - 1, -1, -1), nbytes, dtypes, caps_bytes)
+    return [sorted(b) for b in sorted(formed, key=max)]
+
+
 _RULES: dict[str, Callable[[Sequence[int], Sequence[str], Sequence[int]], list[list[int]]]] = {
     READY_ORDER: _rebuilt_buckets,
+    FIXED_ORDER: _initial_buckets,
 }
 BUCKET_ORDERS = tuple(_RULES)
+
+
+def fills_backwards(bucket_order: str) -> bool:
+    """Whether DDP consumes caps walking the layout's order backwards (``"fixed"``:
+    the first cap is that of the last bucket reduced)."""
+    return bucket_order == FIXED_ORDER
 
 
 @dataclass(frozen=True)
@@ -171,3 +209,9 @@ class GradientLayout:
         if not caps_bytes:
             raise PlanError("need at least one bucket cap")
         return _RULES[self.bucket_order](self.nbytes, self.dtypes, caps_bytes)
+
+
+def model_layout(params: Sequence[ParamInfo], bucket_order: str = READY_ORDER) -> GradientLayout:
+    """The layout of a model's parameters before any step ran (module docstring)."""
+    order = [p.index for p in params]
+    return GradientLayout.of(params, order[::-1] if bucket_order == FIXED_ORDER else order, bucket_order)

@@ -9,18 +9,26 @@ standard error of the median is estimated as
 MAD into a standard deviation, 1.2533 = sqrt(pi/2) is the median's efficiency loss).
 
 Schedule.  Steps ``0 .. warmup-1`` are untouched (DDP rebuilds buckets at step 1);
-then ``baseline`` steps measure the user's configuration; then ``profile`` steps of
-each kind; then each candidate takes 1 transition step (DDP's first step with a new
+then ``profile`` steps of each kind (compute-only, overlapped); then up to
+``blocks`` measurement blocks, each 1 transition step (DDP's first step with a new
 reducer uses its initial bucketing, in definition order) and ``measure`` measured
-steps.  The first measured step also pays DDP's one-off bucket rebuild (a few
-allocations); the window's median is not moved by one such step.
+steps of one plan: the user's configuration or a candidate, in the interleaved
+order of :mod:`gdat.decide`.  The first measured step also pays DDP's one-off
+bucket rebuild (a few allocations), the same in every block.  Blocks end at fixed
+step indices; at each end rank 0 says which plan the next block measures, or that
+measuring is over (then the decision is taken at that step).
 
 Budget.  A step's time is known only when the next step starts, so the decision is
-taken at the start of the step after the last measured one: tuning uses the steps
-``0 .. decision_step``, which is ``total = decision_step + 1`` steps, and a script
+taken at the start of the step after the last measured one: tuning uses at most
+the steps ``0 .. decision_step``, ``total = decision_step + 1`` steps, and a script
 that runs ``total`` steps is tuned and saved.  :func:`plan_schedule` fits as many
-candidates as the budget allows: ``warmup + baseline + 2 profile + k (1 + measure)
-+ 1 <= max_steps``.
+blocks as the budget allows: ``warmup + 2 profile + blocks (1 + measure) + 1 <=
+max_steps``, and at least 2 (the user's configuration and one candidate).
+
+Confirmation.  After the decision step (a transition step: the decided plan's
+first), ``confirm`` steps measure the decided plan in steady state, timestamps
+only; the confirmation is taken at the start of the step after them
+(:meth:`Schedule.confirm_steps`).
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ from typing import Any, Sequence
 
 from gdat.collectives import gather_from_all
 
-__all__ = ["WindowStats", "window_stats", "gather_window", "StepTimer", "Schedule", "plan_schedule",
+__all__ = ["WindowStats", "window_stats", "pooled", "gather_window", "StepTimer", "Schedule", "plan_schedule",
            "TRANSITION_STEPS"]
 
 TRANSITION_STEPS = 1
@@ -60,6 +68,11 @@ class WindowStats:
     def to_dict(self) -> dict[str, float | list[float]]:
         return {"median_ms": self.median_s * 1e3, "mad_ms": self.mad_s * 1e3,
                 "steps_ms": [round(x * 1e3, 3) for x in self.step_s]}
+
+
+def pooled(windows: Sequence[WindowStats]) -> WindowStats:
+    """The steps of several windows as one window."""
+    return WindowStats(tuple(x for w in windows for x in w.step_s))
 
 
 def window_stats(per_rank: Sequence[Sequence[float]]) -> WindowStats:
@@ -100,50 +113,50 @@ class Schedule:
     """Step indices of each phase (``[start, end)`` ranges)."""
 
     warmup: int
-    baseline: int
     profile: int
     measure: int
-    candidates: int
-
-    @property
-    def baseline_steps(self) -> range:
-        return range(self.warmup, self.warmup + self.baseline)
+    blocks: int
+    confirm: int
 
     @property
     def compute_steps(self) -> range:
-        start = self.warmup + self.baseline
-        return range(start, start + self.profile)
+        return range(self.warmup, self.warmup + self.profile)
 
     @property
     def overlap_steps(self) -> range:
         start = self.compute_steps.stop
         return range(start, start + self.profile)
 
-    def candidate_switch(self, i: int) -> int:
-        """The step at whose start candidate ``i`` is switched in."""
-        return self.overlap_steps.stop + i * (TRANSITION_STEPS + self.measure)
+    def block_start(self, b: int) -> int:
+        """The step at whose start block ``b``'s plan is switched in (its transition step)."""
+        return self.overlap_steps.stop + b * (TRANSITION_STEPS + self.measure)
 
-    def candidate_steps(self, i: int) -> range:
-        start = self.candidate_switch(i) + TRANSITION_STEPS
+    def block_steps(self, b: int) -> range:
+        """Block ``b``'s measured steps."""
+        start = self.block_start(b) + TRANSITION_STEPS
         return range(start, start + self.measure)
 
-    def candidate_ending_at(self, step: int) -> int | None:
-        """The candidate whose measured window ends when ``step`` starts, if any."""
+    def block_ending_at(self, step: int) -> int | None:
+        """The block whose measured window ends when ``step`` starts, if any."""
         k, rest = divmod(step - self.overlap_steps.stop, TRANSITION_STEPS + self.measure)
-        return k - 1 if rest == 0 and 1 <= k <= self.candidates else None
+        return k - 1 if rest == 0 and 1 <= k <= self.blocks else None
 
     @property
     def total(self) -> int:
-        """Steps tuning uses, the decision step (the start of the step after the
-        last measured one, where the winner is switched in) included."""
-        return self.candidate_switch(self.candidates) + 1
+        """Steps tuning uses at most, the decision step (the start of the step after
+        the last measured one, where the decided plan is switched in) included."""
+        return self.block_start(self.blocks) + 1
+
+    def confirm_steps(self, decision_step: int) -> range:
+        """The steady-state window after a decision taken at ``decision_step``; the
+        confirmation is taken at the start of the step ``confirm_steps(d).stop``."""
+        return range(decision_step + TRANSITION_STEPS, decision_step + TRANSITION_STEPS + self.confirm)
 
 
-def plan_schedule(max_steps: int, top_k: int, warmup: int = 2, baseline: int = 4,
-                  profile: int = 3, measure: int = 5) -> Schedule:
-    """The largest schedule with at most ``top_k`` candidates within ``max_steps``
-    steps; ``candidates`` is 0 when not even one fits."""
-    fixed = warmup + baseline + 2 * profile + 1
-    per = TRANSITION_STEPS + measure
-    k = max(0, min(top_k, (max_steps - fixed) // per))
-    return Schedule(warmup, baseline, profile, measure, k)
+def plan_schedule(max_steps: int, warmup: int = 2, profile: int = 3, measure: int = 3,
+                  confirm: int = 5) -> Schedule:
+    """The schedule with the most blocks within ``max_steps`` steps; ``blocks`` is
+    0 when not even 2 fit (the user's configuration and one candidate)."""
+    fixed = warmup + 2 * profile + 1
+    blocks = max(0, (max_steps - fixed) // (TRANSITION_STEPS + measure))
+    return Schedule(warmup, profile, measure, blocks if blocks >= 2 else 0, confirm)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from gdat.config import COMPRESS_DTYPES
 from gdat.errors import PlanError, PlanNotExpressible
 from gdat.jsonio import check_document, read_document, require, write_document
-from gdat.layout import GradientLayout
+from gdat.layout import GradientLayout, fills_backwards
 
 __all__ = ["Bucket", "BucketPlan", "plan_from_caps", "MIB", "PLAN_SCHEMA", "PLAN_VERSION"]
 
@@ -97,6 +97,12 @@ class BucketPlan:
         return BucketPlan(tuple(Bucket(b.params, b.nbytes, b.dtype, dtype if k in chosen else "")
                                 for k, b in enumerate(self.buckets)), label)
 
+    def same_partition(self, other: "BucketPlan") -> bool:
+        """True when both plans split the parameters into the same groups (whatever
+        the order of the groups or of the parameters inside them): DDP forms the
+        same buckets for both, so measuring both measures one plan twice."""
+        return {frozenset(b.params) for b in self.buckets} == {frozenset(b.params) for b in other.buckets}
+
     @classmethod
     def from_ends(cls, layout: GradientLayout, ends: Sequence[int], label: str = "") -> "BucketPlan":
         """A plan cutting ``layout`` at bucket end positions (exclusive ends,
@@ -145,7 +151,10 @@ class BucketPlan:
         ``bytes - last_gradient_bytes < cap <= bytes``.  The last bucket of a dtype
         may instead stay open to the end (``cap > bytes``), which moves it behind the
         closed ones; both choices are tried per dtype and the caps are checked with
-        the layout's rule.  Bucket sizes and dtypes are the layout's (a plan from
+        the layout's rule.  Under a rule that consumes caps walking the order
+        backwards (``"fixed"``, :func:`gdat.layout.fills_backwards`) buckets and
+        their gradients are taken in that walking order, so cap 0 is the last
+        bucket's.  Bucket sizes and dtypes are the layout's (a plan from
         outside is checked against the model by :meth:`layout_on`).  Caps are MiB as
         floats: ``bytes / 2**20`` is exact in binary floating point, so DDP's
         ``int(cap_mb * 2**20)`` recovers the byte count.  Raises
@@ -158,8 +167,9 @@ class BucketPlan:
         if unknown:
             raise PlanError(f"plan names parameter {unknown[0]}, which the layout does not have")
         streams: dict[str, list[tuple[int, ...]]] = {}
-        for b in self.buckets:
-            streams.setdefault(kind[b.params[0]], []).append(b.params)
+        backwards = fills_backwards(layout.bucket_order)
+        for b in reversed(self.buckets) if backwards else self.buckets:
+            streams.setdefault(kind[b.params[0]], []).append(b.params[::-1] if backwards else b.params)
         want = [b.params for b in self.buckets]
         for close_last in itertools.product((True, False), repeat=len(streams)):
             caps = _caps_for(list(streams.values()), close_last, size)

@@ -22,6 +22,10 @@ by a worse one.  This run's winner replaces a stored plan when it groups gradien
 differently and beat it: beyond the noise (:func:`gdat.decide.beats`) when this run
 measured the stored plan (as a candidate, or as the user's configuration), else
 when its measured median step is shorter than the one the stored entry records.
+
+A plan the steady-state confirmation rejects (:func:`revoke`) gives way to the
+user's configuration as the verdict, under the lock, only where the entry still
+holds that plan (an entry another job stored meanwhile is left alone).
 """
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ from gdat.layout import GradientLayout, ParamInfo
 from gdat.measure import WindowStats
 from gdat.plan import BucketPlan
 
-__all__ = ["BankedPlan", "BankHit", "bank_key", "link_class", "lookup", "lookup_near", "keep", "BANDWIDTH_TOLERANCE"]
+__all__ = ["BankedPlan", "BankHit", "bank_key", "link_class", "lookup", "lookup_near", "keep", "revoke",
+           "BANDWIDTH_TOLERANCE"]
 
 BANDWIDTH_TOLERANCE = 1.5
 
@@ -159,11 +164,25 @@ def keep(bank: KnowledgeBase, key: dict[str, Any], entry: BankedPlan, won: bool,
 
     def replaces(payload: dict[str, Any]) -> bool:
         stored = BankedPlan.from_payload(payload, bank.path_for(key))
-        if winner is None or entry.plan.same_buckets(stored.plan):
+        if winner is None or entry.plan.same_partition(stored.plan):
             return False
-        ran = next((stats for plan, stats in measured if plan.same_buckets(stored.plan)), None)
+        ran = next((stats for plan, stats in measured if plan.same_partition(stored.plan)), None)
         if ran is not None:
             return beats(ran, winner)
         return winner.median_s * 1e3 < stored.result_ms
 
     return settle(bank, key, entry.to_payload(), won, replaces, usable)
+
+
+def revoke(bank: KnowledgeBase, key: dict[str, Any], rejected: BucketPlan, verdict: BankedPlan) -> bool:
+    """Replace the entry under ``key`` by ``verdict`` (the user's configuration) if it
+    holds ``rejected``; returns whether it was replaced."""
+    def choose(current: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            holds = current is not None and \
+                BankedPlan.from_payload(current, bank.path_for(key)).plan.same_partition(rejected)
+        except BankError:
+            holds = False
+        return verdict.to_payload() if holds else None
+
+    return bank.update(key, choose)

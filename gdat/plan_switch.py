@@ -14,7 +14,10 @@ The new reducer behaves as a freshly built stock DDP: its first step uses DDP's
 initial bucketing (definition order) and it rebuilds buckets in gradient-ready order
 at the next step, from which on the buckets are exactly those of a stock DDP
 constructed with the same arguments (checked by the tests through the buckets DDP
-hands to a comm hook).  Static-graph DDP is re-marked static.
+hands to a comm hook).  A DDP with ``find_unused_parameters=True`` never rebuilds:
+its initial buckets, formed from the caps in its fixed order
+(:data:`gdat.layout.FIXED_ORDER`), are the plan's from the first step after the
+switch.  Static-graph DDP is re-marked static.
 """
 from __future__ import annotations
 

@@ -5,8 +5,16 @@ The report carries AOE's keys (``basic``, ``GDAT.model_baseline_performance(ms)`
 ``gdat_tuning_result``, ``repo_summary``) plus what a user needs to trust or replay
 the decision: the chosen plan in every format (DDP caps, HCCL split indices,
 MindSpore fusion config), every candidate's predicted and measured step time, the
-lower bound, the model's prediction error, the noise threshold, the cost model and
-the contention factors.  :func:`hit_report` and :func:`tuning_report` assemble it
+lower bound, the model's prediction error before and after the correction
+measurement taught it, the noise threshold, the cost model and the contention
+factors, every measurement block's steps, and the steady state after tuning.
+``model_result_performance(ms)`` is the adopted plan's steady-state median, measured
+after tuning (``steady_state``); until the confirmation has run (or when the
+script ended before it) it is the paired estimate from the measurement blocks and
+``steady_state.status`` says ``pending``.  When the user's configuration runs on
+(nothing adopted, or switched back) it is the baseline's median: what runs is the
+baseline, and a difference between two windows of one configuration is drift, not
+a result.  :func:`hit_report` and :func:`tuning_report` assemble it
 for a knowledge-base hit and for a tuning run; :func:`write_report` writes it,
 with the tuning run's before/after chart (:func:`write_chart`) beside it.
 """
@@ -20,14 +28,14 @@ from typing import Any, Sequence
 from gdat import log
 from gdat.aoe_result import improvement_percent, write_result
 from gdat.cost_model import AllreduceCostModel, Contention
-from gdat.decide import Verdict
+from gdat.decide import BASELINE, Block, Verdict, baseline_median_s, standings
 from gdat.errors import PlanNotExpressible
 from gdat.knowledge_base import RepoSummary
 from gdat.layout import GradientLayout
-from gdat.measure import WindowStats
+from gdat.measure import WindowStats, pooled
 from gdat.plan import BucketPlan
 from gdat.plan_bank import BankedPlan
-from gdat.schedule.candidates import Candidates, RankedPlan
+from gdat.schedule.candidates import Candidates, Correction, RankedPlan
 from gdat.schedule.simulator import Simulation, stretched
 from gdat.timeline import BucketSpan, Profile, ReadyTimeline, StepRecord
 
@@ -43,6 +51,9 @@ class CandidateResult:
     predicted_ms: float
     measured_ms: float | None = None
     mad_ms: float | None = None
+    corrected_ms: float | None = None
+    paired_diff_ms: float | None = None
+    blocks: int = 0
 
 
 def plan_formats(plan: BucketPlan, layout: GradientLayout) -> dict[str, Any]:
@@ -80,17 +91,24 @@ class GdatReport:
     tuning_steps: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def prediction_error(self) -> float | None:
-        """Median of |predicted - measured| / measured over measured plans."""
-        pairs = [(c.predicted_ms, c.measured_ms) for c in self.candidates if c.measured_ms]
-        if self.baseline_predicted_ms is not None:
-            pairs.append((self.baseline_predicted_ms, self.baseline_ms))
+    baseline_corrected_ms: float | None = None
+
+    def prediction_error(self, corrected: bool = False) -> float | None:
+        """Median of |predicted - measured| / measured over measured plans (the
+        baseline included), with the model as generation fitted it or, with
+        ``corrected``, as measurement corrected it."""
+        pairs = [(c.corrected_ms if corrected else c.predicted_ms, c.measured_ms) for c in self.candidates
+                 if c.measured_ms]
+        base = self.baseline_corrected_ms if corrected else self.baseline_predicted_ms
+        if base is not None:
+            pairs.append((base, self.baseline_ms))
+        pairs = [(p, m) for p, m in pairs if p is not None]
         if not pairs:
             return None
         return statistics.median(abs(p - m) / m for p, m in pairs)
 
     def section(self) -> dict[str, Any]:
-        err = self.prediction_error()
+        err, corrected = self.prediction_error(), self.prediction_error(corrected=True)
         return {
             "model_baseline_performance(ms)": round(self.baseline_ms, 3),
             "model_result_performance(ms)": round(self.result_ms, 3),
@@ -103,21 +121,28 @@ class GdatReport:
             "candidates": [{"label": c.plan.label, "buckets": len(c.plan.buckets), "plan": c.plan.to_dict(),
                             "predicted_step_ms": round(c.predicted_ms, 3),
                             "measured_step_ms": None if c.measured_ms is None else round(c.measured_ms, 3),
-                            "measured_mad_ms": None if c.mad_ms is None else round(c.mad_ms, 3)}
+                            "measured_mad_ms": None if c.mad_ms is None else round(c.mad_ms, 3),
+                            "corrected_predicted_step_ms": _ms(c.corrected_ms),
+                            "paired_difference_ms": _ms(c.paired_diff_ms), "blocks": c.blocks}
                            for c in self.candidates],
             "baseline_predicted_step_ms": None if self.baseline_predicted_ms is None
             else round(self.baseline_predicted_ms, 3),
             "lower_bound_ms": None if self.lower_bound_ms is None else round(self.lower_bound_ms, 3),
             "model_prediction_error": None if err is None else round(err, 4),
+            "model_prediction_error_corrected": None if corrected is None else round(corrected, 4),
             "noise_threshold_ms": None if self.noise_ms is None else round(self.noise_ms, 3),
             "tuning_steps": self.tuning_steps,
             **self.extra,
         }
 
-    def write(self, work_path: str) -> str:
-        """Write the result file; returns its path."""
+    def write(self, work_path: str, path: str | None = None) -> str:
+        """Write the result file (a new one, or ``path`` again); returns its path."""
         os.makedirs(work_path, exist_ok=True)
-        return write_result(work_path, "gdat", self.tuning_name, self.tuning_time_s, self.section())
+        return write_result(work_path, "gdat", self.tuning_name, self.tuning_time_s, self.section(), path)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def hit_report(tuning_name: str, entry: BankedPlan, layout: GradientLayout, bank_root: str,
@@ -131,31 +156,57 @@ def hit_report(tuning_name: str, entry: BankedPlan, layout: GradientLayout, bank
 
 
 def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, verdict: Verdict,
-                  baseline: WindowStats, found: Candidates, measured: Sequence[WindowStats],
+                  blocks: Sequence[Block], plans: Sequence[RankedPlan], found: Candidates, correction: Correction,
                   bank_outcome: str, bank_entry: str | None, ladder: AllreduceCostModel,
-                  topology: dict[str, Any]) -> GdatReport:
-    """The report of a tuning run: the baseline and every measured candidate, the
-    verdict, the bank outcome and the fitted model."""
-    winner = None if verdict.winner is None else found.ranked[verdict.winner]
-    base_ms = baseline.median_s * 1e3
-    result_ms = base_ms if winner is None else measured[verdict.winner].median_s * 1e3
+                  topology: dict[str, Any], steady: WindowStats | None, reverted: bool) -> GdatReport:
+    """The report of a tuning run: every block and measured candidate (its paired
+    estimate ``m_base + D_i`` as its measured step), the verdict, the steady state
+    after tuning (``None``: not measured yet), the bank outcome and the fitted and
+    corrected model."""
+    adopted = verdict.winner is not None and not reverted
+    winner = plans[verdict.winner] if verdict.winner is not None else None
+    base_ms = baseline_median_s(blocks) * 1e3
+    table = {st.candidate: st for st in standings(blocks)}
+    if steady is None:
+        result_ms = base_ms + table[verdict.winner].diff_s * 1e3 if winner else base_ms
+        steady_state: dict[str, Any] = {"status": "pending: the script ended before the confirmation, or it has "
+                                                  "not run yet; the result is the estimate from the blocks"}
+    else:
+        result_ms = steady.median_s * 1e3 if adopted else base_ms
+        steady_state = {"status": "reverted to the user configuration" if reverted else "confirmed",
+                        "plan": winner.plan.label if winner else "user configuration", **steady.to_dict()}
     summary = RepoSummary()
     summary.count(bank_outcome)
     layout = found.timeline.layout
+    results = []
+    for i, c in enumerate(plans):
+        st = table.get(i)
+        windows = [b.window for b in blocks if b.plan == i]
+        results.append(CandidateResult(
+            c.plan, c.sim.step_s * 1e3, None if st is None else base_ms + st.diff_s * 1e3,
+            pooled(windows).mad_s * 1e3 if windows else None, correction.predict_s(found, c.plan) * 1e3,
+            None if st is None else st.diff_s * 1e3, len(windows)))
+    label = {BASELINE: "baseline", **{i: c.plan.label for i, c in enumerate(plans)}}
+    reason = verdict.reason if not reverted else \
+        f"{verdict.reason}; in steady state the adopted plan ran {steady.median_s * 1e3:.2f} ms, not faster than " \
+        f"the baseline's {base_ms:.2f} ms beyond the noise: switched back to the user configuration"
     return GdatReport(
         tuning_name=tuning_name, tuning_time_s=tuning_time_s,
-        outcome="tuning unsatisfied" if winner is None else "tuning successful", reason=verdict.reason,
+        outcome="tuning successful" if adopted else "tuning unsatisfied", reason=reason,
         baseline_ms=base_ms, result_ms=result_ms, summary=summary,
-        chosen=plan_formats(found.baseline_plan if winner is None else winner.plan, layout),
+        chosen=plan_formats(winner.plan if adopted else found.baseline_plan, layout),
         baseline_plan=plan_formats(found.baseline_plan, layout),
-        candidates=[CandidateResult(c.plan, c.sim.step_s * 1e3, m.median_s * 1e3, m.mad_s * 1e3)
-                    for c, m in zip(found.ranked, measured, strict=True)],
+        candidates=results,
         lower_bound_ms=found.lower_bound_s() * 1e3,
         baseline_predicted_ms=found.simulate(found.baseline_plan).step_s * 1e3,
+        baseline_corrected_ms=correction.predict_s(found, found.baseline_plan) * 1e3,
         noise_ms=verdict.noise_s * 1e3, tuning_steps=tuning_steps,
-        extra={"noisy": verdict.noisy, "topology": topology, "cost_model": ladder.to_dict(),
+        extra={"noisy": verdict.noisy, "reverted": reverted, "steady_state": steady_state,
+               "topology": topology, "cost_model": ladder.to_dict(),
                "calibrated_cost_model": found.cost.to_dict(), "contention": found.contention.to_dict(),
-               "knowledge_base_entry": bank_entry, "baseline_window": baseline.to_dict()})
+               "model_correction": correction.to_dict(), "knowledge_base_entry": bank_entry,
+               "baseline_window": pooled([b.window for b in blocks if b.plan == BASELINE]).to_dict(),
+               "windows": [{**b.to_dict(), "label": label[b.plan]} for b in blocks]})
 
 
 def compression_section(dtype: str, candidates: Sequence[RankedPlan],
@@ -172,10 +223,11 @@ def compression_section(dtype: str, candidates: Sequence[RankedPlan],
         for i, found in sorted(errors.items())]}
 
 
-def write_report(report: GdatReport, work_path: str) -> str | None:
-    """Write ``report`` and say where; ``None`` (with a warning) if it cannot be written."""
+def write_report(report: GdatReport, work_path: str, path: str | None = None) -> str | None:
+    """Write ``report`` (a new file, or ``path`` again) and say where; ``None``
+    (with a warning) if it cannot be written."""
     try:
-        path = report.write(work_path)
+        path = report.write(work_path, path)
     except OSError as e:
         log.warn(f"cannot write the report ({e})")
         return None

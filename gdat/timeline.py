@@ -18,6 +18,15 @@ steps of its ready time on each rank, then the maximum over ranks (an allreduce
 cannot start before every rank has the gradient), then a running maximum along the
 ready order (DDP launches buckets in order, so a gradient is only useful once all
 gradients before it are ready).
+
+A profile of a DDP that never rebuilds its buckets (``find_unused_parameters=True``,
+``Profile.bucket_order == "fixed"``, see :mod:`gdat.layout`) is reduced the same
+way along DDP's fixed bucket order (reverse registration order) instead of the
+ready order, so ``ready_s[j]`` is the latest ready time of gradients ``0..j`` of
+that order: a bucket is ready when its latest member is, and not before the
+buckets ahead of it.  A parameter a step did not use has no ready time in that
+step; DDP marks it ready when the step's first gradient hook fires, so it counts
+as ready at that step's backward start.
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ from typing import Any, Iterable
 from gdat.errors import ProfileError
 from gdat.cost_model import AllreduceCostModel
 from gdat.jsonio import check_document, read_document, require, write_document
-from gdat.layout import GradientLayout, ParamInfo
+from gdat.layout import BUCKET_ORDERS, FIXED_ORDER, READY_ORDER, GradientLayout, ParamInfo
 
 __all__ = [
     "BucketSpan",
@@ -92,6 +101,9 @@ class StepRecord:
     when no optimizer stepped; ``step_end_s`` is the next step's start (``None`` for
     the last step recorded).  ``start_s`` is the step's start on the rank's own clock
     (perf_counter seconds), used only to lay steps out on a trace.
+    ``module_forward_end_s`` is when the wrapped module's own forward returned
+    (recorded for a ``find_unused_parameters`` DDP only): what follows until
+    ``forward_end_s`` is DDP's post-forward, its search of the autograd graph.
     """
 
     step: int
@@ -105,6 +117,7 @@ class StepRecord:
     optimizer_start_s: float | None = None
     optimizer_end_s: float | None = None
     step_end_s: float | None = None
+    module_forward_end_s: float | None = None
 
     @property
     def comm_end_s(self) -> float | None:
@@ -118,7 +131,7 @@ class StepRecord:
             "grad_ready": [[i, t] for i, t in self.grad_ready],
             "buckets": [b.to_dict() for b in self.buckets],
             "optimizer_start_s": self.optimizer_start_s, "optimizer_end_s": self.optimizer_end_s,
-            "step_end_s": self.step_end_s,
+            "step_end_s": self.step_end_s, "module_forward_end_s": self.module_forward_end_s,
         }
 
     @classmethod
@@ -147,6 +160,7 @@ class StepRecord:
             optimizer_start_s=_num(d, "optimizer_start_s", where, optional=True),
             optimizer_end_s=_num(d, "optimizer_end_s", where, optional=True),
             step_end_s=_num(d, "step_end_s", where, optional=True),
+            module_forward_end_s=_num(d, "module_forward_end_s", where, optional=True),
         )
 
 
@@ -216,15 +230,26 @@ class Profile:
     ranks: tuple[RankTimeline, ...]
     cost_model: AllreduceCostModel | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    bucket_order: str = READY_ORDER
 
     def steps_of(self, kind: str) -> list[list[StepRecord]]:
-        """Per rank, the steps of ``kind`` that recorded every parameter."""
+        """Per rank, the steps of ``kind`` that recorded every parameter (under the
+        ``"fixed"`` order: every step, unused parameters being DDP's to mark)."""
         n = len(self.params)
-        return [[s for s in r.steps if s.kind == kind and len(s.grad_ready) == n] for r in self.ranks]
+        fixed = self.bucket_order == FIXED_ORDER
+        return [[s for s in r.steps if s.kind == kind and (fixed or len(s.grad_ready) == n)] for r in self.ranks]
+
+    def steps_with_unused(self) -> int:
+        """How many recorded steps (all ranks) left some parameter without a gradient."""
+        n = len(self.params)
+        return sum(len({i for i, _ in s.grad_ready}) < n for r in self.ranks for s in r.steps)
 
     def ready_order(self) -> tuple[int, ...]:
-        """DDP's ready order: rank 0's order in its first complete step (DDP
-        broadcasts rank 0's order when it rebuilds buckets)."""
+        """The order buckets are filled in: under ``"fixed"``, reverse DDP index
+        order; else DDP's ready order, rank 0's order in its first complete step
+        (DDP broadcasts rank 0's order when it rebuilds buckets)."""
+        if self.bucket_order == FIXED_ORDER:
+            return tuple(p.index for p in reversed(self.params))
         for kind in STEP_KINDS:
             steps = self.steps_of(kind)
             if steps and steps[0]:
@@ -242,7 +267,7 @@ class Profile:
         for steps in per_rank:
             times = [dict(s.grad_ready) for s in steps]
             for j, p in enumerate(order):
-                ready[j] = max(ready[j], _median(t[p] for t in times))
+                ready[j] = max(ready[j], _median(t.get(p, s.backward_start_s) for t, s in zip(times, steps)))
             bwd_start = max(bwd_start, _median(s.backward_start_s for s in steps))
             bwd_end = max(bwd_end, _median(s.backward_end_s for s in steps))
             tails = [s.step_end_s - max(s.backward_end_s, s.comm_end_s or 0.0)
@@ -253,7 +278,7 @@ class Profile:
             running = max(running, t)
             ready[j] = running
         return ReadyTimeline(
-            layout=GradientLayout.of(self.params, order),
+            layout=GradientLayout.of(self.params, order, self.bucket_order),
             ready_s=tuple(ready),
             backward_start_s=bwd_start,
             backward_end_s=max(bwd_end, running),
@@ -266,7 +291,7 @@ class Profile:
             "torch_version": self.torch_version, "params": [p.to_dict() for p in self.params],
             "ranks": [r.to_dict() for r in self.ranks],
             "cost_model": self.cost_model.to_dict() if self.cost_model else None,
-            "meta": self.meta,
+            "meta": self.meta, "bucket_order": self.bucket_order,
         }
 
     @classmethod
@@ -287,7 +312,10 @@ class Profile:
             ranks=tuple(RankTimeline.from_dict(r, f"{where}.ranks[{k}]") for k, r in enumerate(ranks)),
             cost_model=None if cost is None else AllreduceCostModel.from_dict(cost, f"{where}.cost_model"),
             meta=meta,
+            bucket_order=d.get("bucket_order", READY_ORDER),
         )
+        if profile.bucket_order not in BUCKET_ORDERS:
+            raise ProfileError(f"{where}: unknown bucket_order {profile.bucket_order!r}")
         known = {p.index for p in profile.params}
         for r in profile.ranks:
             for s in r.steps:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gdat.cost_model import AllreduceCostModel, CastCost, Contention
-from gdat.decide import decide_lossy_last
+from gdat.decide import BASELINE, Block, decide_blocks_lossy_last
 from gdat.errors import ProfileError
 from gdat.measure import WindowStats
 from gdat.report import compression_section
@@ -100,14 +100,18 @@ def _steady(ms: float) -> WindowStats:
     return WindowStats((ms / 1e3,) * 5)
 
 
+def _blocks(exact_ms: float, lossy_ms: float) -> list[Block]:
+    return [Block(plan, r, _steady(ms)) for r in range(3)
+            for plan, ms in ((BASELINE, 100.0), (0, exact_ms), (1, lossy_ms))]
+
+
 def test_a_compressed_candidate_must_beat_the_fastest_exact_configuration():
-    base = _steady(100)
-    assert decide_lossy_last(base, [_steady(90), _steady(89.5)], [False, True]).winner == 0
-    won = decide_lossy_last(base, [_steady(90), _steady(85)], [False, True])
+    assert decide_blocks_lossy_last(_blocks(90, 89.5), [1]).winner == 0
+    won = decide_blocks_lossy_last(_blocks(90, 85), [1])
     assert won.winner == 1 and "compressed candidate" in won.reason
-    assert decide_lossy_last(base, [_steady(101), _steady(98.5)], [False, True]).winner == 1
-    assert decide_lossy_last(base, [_steady(101), _steady(99.5)], [False, True]).winner is None
-    assert decide_lossy_last(base, [_steady(95), _steady(99)], [False, False]).winner == 0
+    assert decide_blocks_lossy_last(_blocks(101, 98.5), [1]).winner == 1
+    assert decide_blocks_lossy_last(_blocks(101, 99.5), [1]).winner is None
+    assert decide_blocks_lossy_last(_blocks(95, 99), []).winner == 0
 
 
 def test_the_compressed_candidate_takes_the_last_place_and_its_errors_are_reported():

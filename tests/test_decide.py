@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gdat.decide import FLOOR, Z, beats, decide
+from gdat.decide import BASELINE, FLOOR, Z, Block, beats, contenders, decide, decide_blocks, \
+    holds_in_steady_state, round_order, standings, step_sigma
 from gdat.measure import TRANSITION_STEPS, StepTimer, WindowStats, plan_schedule, window_stats
 
 
@@ -88,39 +89,132 @@ def test_beats_is_the_decision_against_one_reference():
 
 def test_the_default_schedule_decides_within_thirty_steps():
     """The decision is taken at the start of the step after the last measured one,
-    so it counts in the budget: a 30-step script is tuned to the end."""
-    s = plan_schedule(30, 3)
-    assert (s.warmup, s.baseline, s.profile, s.measure, s.candidates) == (2, 4, 3, 5, 2)
-    assert s.baseline_steps == range(2, 6)
-    assert s.compute_steps == range(6, 9) and s.overlap_steps == range(9, 12)
-    assert [s.candidate_switch(i) for i in range(3)] == [12, 18, 24]
-    assert [s.candidate_steps(i) for i in range(2)] == [range(13, 18), range(19, 24)]
-    assert s.total == 25
-    assert [s.candidate_ending_at(step) for step in (12, 17, 18, 24, 30)] == [None, None, 0, 1, None]
-    assert plan_schedule(31, 3).candidates == 3 and plan_schedule(31, 3).total == 31
+    so it counts in the budget: a 30-step script is tuned to the end; the
+    steady-state confirmation follows."""
+    s = plan_schedule(30)
+    assert (s.warmup, s.profile, s.measure, s.blocks, s.confirm) == (2, 3, 3, 5, 5)
+    assert s.compute_steps == range(2, 5) and s.overlap_steps == range(5, 8)
+    assert [s.block_start(b) for b in range(6)] == [8, 12, 16, 20, 24, 28]
+    assert [s.block_steps(b) for b in range(2)] == [range(9, 12), range(13, 16)]
+    assert s.total == 29
+    assert [s.block_ending_at(step) for step in (8, 11, 12, 16, 28, 32)] == [None, None, 0, 1, 4, None]
+    assert s.confirm_steps(28) == range(29, 34)
+    assert plan_schedule(33).blocks == 6 and plan_schedule(33).total == 33
 
 
-def test_a_budget_too_small_for_one_candidate_gives_none():
-    assert plan_schedule(18, 3).candidates == 0
-    assert plan_schedule(19, 3).candidates == 1
-    assert plan_schedule(1000, 4).candidates == 4
+def test_a_budget_too_small_for_two_blocks_gives_none():
+    assert plan_schedule(16).blocks == 0
+    assert plan_schedule(17).blocks == 2
+    assert plan_schedule(1000).blocks == 247
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 200), st.integers(1, 8), st.integers(0, 5), st.integers(1, 6), st.integers(1, 6),
-       st.integers(1, 8))
-def test_schedule_phases_are_contiguous_and_within_budget(max_steps, top_k, warmup, baseline, profile, measure):
-    s = plan_schedule(max_steps, top_k, warmup, baseline, profile, measure)
-    assert 0 <= s.candidates <= top_k
-    if s.candidates == 0:
-        assert warmup + baseline + 2 * profile + TRANSITION_STEPS + measure + 1 > max_steps
+@given(st.integers(1, 200), st.integers(0, 5), st.integers(1, 6), st.integers(1, 8))
+def test_schedule_phases_are_contiguous_and_within_budget(max_steps, warmup, profile, measure):
+    s = plan_schedule(max_steps, warmup, profile, measure)
+    if s.blocks == 0:
+        assert warmup + 2 * profile + 2 * (TRANSITION_STEPS + measure) + 1 > max_steps
         return
     assert s.total <= max_steps
-    assert s.baseline_steps.start == warmup
-    assert s.baseline_steps.stop == s.compute_steps.start and s.compute_steps.stop == s.overlap_steps.start
+    assert s.compute_steps.start == warmup and s.compute_steps.stop == s.overlap_steps.start
     stop = s.overlap_steps.stop
-    for i in range(s.candidates):
-        assert s.candidate_switch(i) == stop and s.candidate_steps(i).start == stop + TRANSITION_STEPS
-        stop = s.candidate_steps(i).stop
-        assert s.candidate_ending_at(stop) == i
+    for b in range(s.blocks):
+        assert s.block_start(b) == stop and s.block_steps(b).start == stop + TRANSITION_STEPS
+        stop = s.block_steps(b).stop
+        assert s.block_ending_at(stop) == b
     assert stop + 1 == s.total  # the decision step
+
+
+# --- interleaved blocks, on window data -------------------------------------------------
+def blocks_of(plans, step_ms, measure=3, rounds=None):
+    """Blocks of ``measure`` steps: block ``j`` runs ``plans[j]``; ``step_ms(j, k, plan)``
+    gives the ``k``-th step's time in ms."""
+    return [Block(p, (rounds or [1] * len(plans))[j], WindowStats(tuple(step_ms(j, k, p) / 1e3 for k in range(measure))))
+            for j, p in enumerate(plans)]
+
+
+JITTER = (-0.4, 0.0, 0.5)  # ms, the same small step-to-step noise in every block
+
+
+def test_a_linear_drift_cancels_in_paired_blocks():
+    """Every plan equal, the machine speeding up 30 ms per block: the paired
+    differences are 0 and nothing is adopted."""
+    blocks = blocks_of([BASELINE, 0, 1, 1, BASELINE], lambda j, k, p: 1700 - 30 * j + JITTER[k])
+    table = standings(blocks)
+    assert [s.candidate for s in table] == [0, 1]
+    assert all(abs(s.diff_s) < 1e-12 for s in table)
+    assert decide_blocks(blocks).winner is None
+
+
+# Shaped like issue 11's run A: the user's configuration measured early (4 steps at
+# ~1673 ms), the candidates after profiling, when the machine had sped up by ~6%
+# (~1576 ms); in steady state nothing was faster than DDP's default.
+def _run_a_steps(j, k, plan):
+    return 1673 - 20 * j + (3, -2, 0, 4, -1)[(j + k) % 5]
+
+
+def test_drift_fooled_the_old_rule_and_not_the_paired_rule():
+    early = WindowStats(tuple(_run_a_steps(0, k, BASELINE) / 1e3 for k in range(4)))
+    later = [WindowStats(tuple(_run_a_steps(j, k, 0) / 1e3 for k in range(5))) for j in (5, 6)]
+    assert decide(early, later).winner is not None  # the old rule adopted a plan no faster
+    interleaved = blocks_of([BASELINE, 0, 1, 1, BASELINE], lambda j, k, p: _run_a_steps(5 + j, k, p))
+    verdict = decide_blocks(interleaved)
+    assert verdict.winner is None and not verdict.noisy
+    assert verdict.reason.startswith("no candidate beat the baseline")
+
+
+def test_a_real_gain_is_found_against_a_drift_the_other_way():
+    """Candidate 1 is 5% faster while the machine slows down: adopted; candidate 0
+    (as fast as the baseline) is not."""
+    blocks = blocks_of([BASELINE, 0, 1, 1, BASELINE],
+                       lambda j, k, p: (1000 + 15 * j) * (0.95 if p == 1 else 1.0) + JITTER[k])
+    verdict = decide_blocks(blocks)
+    assert verdict.winner == 1 and "paired block" in verdict.reason
+    d = {s.candidate: s.diff_s * 1e3 for s in standings(blocks)}
+    assert d[1] == pytest.approx(-0.05 * (1000 + 15 * 2.5), rel=0.02) and abs(d[0]) < 1.0
+
+
+def test_successive_halving_drops_clear_losers_and_keeps_close_ones():
+    speed = {BASELINE: 100.0, 0: 90.0, 1: 90.5, 2: 120.0}
+    blocks = blocks_of([BASELINE, 0, 1, 2], lambda j, k, p: speed[p] + JITTER[k] / 10)
+    assert [s.candidate for s in contenders(blocks)] == [0, 1]  # 2 is slower than the baseline
+    speed[1] = 95.0
+    blocks = blocks_of([BASELINE, 0, 1, 2], lambda j, k, p: speed[p] + JITTER[k] / 10)
+    assert [s.candidate for s in contenders(blocks)] == [0]  # 1 is clearly slower than 0
+
+
+def test_rounds_alternate_the_baseline_first_and_last():
+    assert round_order(1, [0, 1]) == [BASELINE, 0, 1]
+    assert round_order(2, [1]) == [1, BASELINE]
+
+
+def test_the_noise_is_pooled_over_blocks_and_a_noisy_run_adopts_nothing():
+    quiet = blocks_of([BASELINE, 0], lambda j, k, p: 100 + JITTER[k])
+    assert step_sigma(quiet) == pytest.approx(1.4826 * 0.45e-3)
+    noisy = blocks_of([BASELINE, 0, BASELINE], lambda j, k, p: (100 if p == BASELINE else 90) + 10 * JITTER[k])
+    verdict = decide_blocks(noisy)
+    assert verdict.winner is None and verdict.noisy and verdict.reason.endswith("(the run was noisy)")
+
+
+def test_an_adopted_plan_is_kept_only_if_it_holds_in_steady_state():
+    """The confirmation: the adopted plan's steady-state window against every
+    baseline step of the blocks."""
+    blocks = blocks_of([BASELINE, 0, 0, BASELINE], lambda j, k, p: (100 if p == BASELINE else 90) + JITTER[k])
+    assert decide_blocks(blocks).winner == 0
+    assert holds_in_steady_state(blocks, steady(90.0, jitter_ms=0.4))
+    assert not holds_in_steady_state(blocks, steady(100.0, jitter_ms=0.4))  # regressed: switch back
+    assert not holds_in_steady_state(blocks, steady(99.5, jitter_ms=0.4))  # within the 1% floor: switch back
+
+
+@pytest.mark.parametrize("phase", range(5))
+@pytest.mark.parametrize("order", [[BASELINE, 0, 1, 0, BASELINE], [BASELINE, 0, 1, 1, BASELINE],
+                                   [BASELINE, 0, BASELINE, 1, BASELINE]])
+def test_a_periodic_straggler_aliasing_with_the_blocks_never_wins(phase, order):
+    """One rank sleeping 0..300 ms in a 5-step cycle, the blocks 4 steps apart:
+    block medians differ by up to 150 ms between plans that are all equal.  The
+    pooled noise keeps every one of them below its threshold, and the run is noisy."""
+    s = plan_schedule(30)
+    blocks = [Block(p, 1, WindowStats(tuple(0.02 + 0.3 * ((k + phase) % 5) / 4 for k in s.block_steps(j))))
+              for j, p in enumerate(order)]
+    verdict = decide_blocks(blocks)
+    assert verdict.winner is None and verdict.noisy

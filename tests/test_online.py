@@ -86,7 +86,15 @@ def test_report_has_aoe_keys_and_the_evidence(runs):
     assert g["repo_summary"]["repo_add_num" if g["gdat_tuning_result"] == "tuning successful"
                              else "repo_unsatisfied_num"] == 1
     for c in g["candidates"]:
-        assert c["predicted_step_ms"] > 0 and c["measured_step_ms"] > 0
+        assert c["predicted_step_ms"] > 0 and c["measured_step_ms"] > 0 and c["blocks"] >= 1
+        assert c["corrected_predicted_step_ms"] > 0 and c["plan"]["buckets"]
+    # per-block evidence: the baseline's blocks and every candidate's, and the steady state after tuning
+    assert [w["label"] for w in g["windows"]].count("baseline") >= 1
+    assert sum(c["blocks"] for c in g["candidates"]) == sum(w["label"] != "baseline" for w in g["windows"])
+    assert g["steady_state"]["status"] in ("confirmed", "reverted to the user configuration")
+    if g["gdat_tuning_result"] == "tuning successful":
+        assert g["model_result_performance(ms)"] == pytest.approx(g["steady_state"]["median_ms"], abs=1e-3)
+    assert g["model_prediction_error_corrected"] is not None
     assert g["lower_bound_ms"] <= min(c["predicted_step_ms"] for c in g["candidates"]) + 1e-6
     pngs = glob.glob(os.path.join(os.path.dirname(runs["bank"]), "..", "..", "first", "*.png"))
     assert pngs, "a before/after chart next to the report"
@@ -112,9 +120,15 @@ def test_repeat_tune_tunes_again_and_keeps_or_replaces_the_entry(runs):
     summary = report["GDAT"]["repo_summary"]
     assert summary["total_num"] == 1
     assert summary["repo_reserved_num"] + summary["repo_update_num"] == 1
-    # the plan the first run stored was measured again, as a ranked candidate or appended as "stored"
-    stored = [b["params"] for b in runs["first"][1]["GDAT"]["chosen_plan"]["plan"]["buckets"]]
-    assert any([b["params"] for b in c["plan"]["buckets"]] == stored for c in report["GDAT"]["candidates"])
+    # the plan the first run stored was measured again: as the baseline (a verdict of the user's
+    # configuration), a ranked candidate or appended as "stored"; never twice
+    def groups(plan):
+        return sorted(sorted(b["params"]) for b in plan["buckets"])
+
+    stored = groups(runs["first"][1]["GDAT"]["chosen_plan"]["plan"])
+    measured = [groups(report["GDAT"]["baseline_plan"]["plan"])] + \
+        [groups(c["plan"]) for c in report["GDAT"]["candidates"]]
+    assert measured.count(stored) == 1
 
 
 def test_truncated_bank_entry_is_warned_about_and_tuned_afresh(runs):

@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gdat.ddp_model import reducer_parameters
 from gdat.errors import PlanError, PlanNotExpressible
-from gdat.layout import GradientLayout
+from gdat.layout import FIXED_ORDER, GradientLayout, model_layout, params_of
 from gdat.plan import MIB, Bucket, BucketPlan, plan_from_caps
 from gdat.plan_switch import PlanApproximated, ddp_bucket_arguments, switch_buckets
 from tests.distributed import run_ranks
@@ -55,6 +55,33 @@ def test_caps_reproduce_any_single_dtype_plan_exactly(numels, data):
     tensors = [torch.empty(numels[p]) for p in order]
     formed, _ = dist._compute_bucket_assignment_by_size(tensors, [int(c * MIB) for c in caps], [], list(range(n)))
     assert [[order[i] for i in g] for g in formed] == [list(b.params) for b in plan.buckets]
+
+
+@settings(max_examples=300, deadline=None)
+@given(cases)
+def test_fixed_bucket_rule_matches_the_buckets_ddp_constructs(case):
+    """find_unused_parameters=True: the buckets DDP's constructor forms (assignment in
+    registration order, then reversed) are the ``"fixed"`` rule's."""
+    numels, dtypes, caps = case
+    tensors = [torch.empty(k, dtype=DTYPES[d]) for k, d in zip(numels, dtypes)]
+    infos = params_of([(str(i), t) for i, t in enumerate(tensors)])
+    want, _ = dist._compute_bucket_assignment_by_size(tensors, caps, [False] * len(tensors))
+    grads = model_layout(infos, FIXED_ORDER)
+    got = [sorted(grads.order[j] for j in g) for g in grads.ddp_buckets(caps)]
+    assert got == [sorted(g) for g in reversed(want)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=14), st.data())
+def test_caps_reproduce_any_plan_of_the_fixed_order_exactly(numels, data):
+    n = len(numels)
+    tensors = [torch.empty(k) for k in numels]
+    grads = model_layout(params_of([(str(i), t) for i, t in enumerate(tensors)]), FIXED_ORDER)
+    cuts = data.draw(st.lists(st.booleans(), min_size=n - 1, max_size=n - 1))
+    plan = BucketPlan.from_ends(grads, [j + 1 for j, c in enumerate(cuts) if c] + [n])
+    caps = plan.ddp_caps_mb(grads)
+    formed, _ = dist._compute_bucket_assignment_by_size(tensors, [int(c * MIB) for c in caps], [False] * n)
+    assert [sorted(g) for g in reversed(formed)] == [sorted(b.params) for b in plan.buckets]
 
 
 def test_mixed_dtype_plans_are_checked_against_ddp_rule():
@@ -208,12 +235,65 @@ def _switch_job(rank, world, static_graph, as_view):
 
 
 SWITCH_OPTIONS = [(False, False), (True, False), (False, True)]
+FIND_UNUSED_MODELS = ("branch", "mlp")  # unused parameters on every second step; none
+
+
+def _close(a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    return torch.allclose(a, b, rtol=1e-6, atol=1e-6 * float(b.abs().max()))
+
+
+def _find_unused_switch_job(rank, world, name):
+    """find_unused_parameters=True: switch a live DDP through plans of its fixed
+    order; after every switch each step's buckets are the plan's and the gradients
+    those of a stock DDP built with the same caps (the branch model leaves its last
+    block unused on every second step)."""
+    from gdat.ddp_model import param_infos
+    from gdat.demo_models import build_model, loss_fn, synthetic_batch
+
+    model = build_model(name, "tiny")
+    grads = model_layout(param_infos(model), FIXED_ORDER)
+    plans = _plans_for(grads)
+    live = DDP(model, find_unused_parameters=True)
+    index = {id(p): i for i, (_, p) in enumerate(reducer_parameters(live))}
+    seen = []
+
+    def user_hook(state, bucket):
+        seen.append(tuple(sorted(index[id(p)] for p in bucket.parameters())))
+        return allreduce_hook(None, bucket)
+
+    live.register_comm_hook(None, user_hook)
+    opt = torch.optim.SGD(live.parameters(), lr=0.05, momentum=0.9)
+    results, step, unused_steps = [], 0, 0
+    for plan in plans:
+        args = ddp_bucket_arguments(plan, grads)
+        switch_buckets(live, **args)
+        ref_model = build_model(name, "tiny")
+        ref = DDP(ref_model, find_unused_parameters=True, **args)
+        for k in range(2):
+            x, y = synthetic_batch(name, model, rank, step, 4)
+            seen.clear()
+            opt.zero_grad()
+            loss_fn(name, live(x), y).backward()
+            formed = list(seen)
+            ref_model.load_state_dict(model.state_dict())
+            ref_model.zero_grad()
+            loss_fn(name, ref(x), y).backward()
+            unused_steps += any(p.grad is None for p in model.parameters())
+            same = all(_close(a.grad, b.grad) for a, b in zip(model.parameters(), ref_model.parameters()))
+            results.append((f"{plan.label} step {k}", formed == [tuple(sorted(b.params)) for b in plan.buckets],
+                            same))
+            opt.step()
+            step += 1
+    return {"results": results, "unused_steps": unused_steps}
 
 
 def _plan_jobs(rank, world):
     """Everything this module checks on 2 ranks, in one job."""
     return {"construct": _construct_job(rank, world),
-            "switch": {options: _switch_job(rank, world, *options) for options in SWITCH_OPTIONS}}
+            "switch": {options: _switch_job(rank, world, *options) for options in SWITCH_OPTIONS},
+            "find_unused": {name: _find_unused_switch_job(rank, world, name) for name in FIND_UNUSED_MODELS}}
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +308,13 @@ def test_switching_a_live_ddp_forms_the_plan_and_keeps_gradients_exact(two_ranks
     for label, formed_ok, grads_ok in results:
         assert formed_ok, label
         assert grads_ok, label
+
+
+@pytest.mark.parametrize("name", FIND_UNUSED_MODELS)
+def test_switching_a_find_unused_ddp_forms_the_plan_and_matches_stock_gradients(two_ranks, name):
+    job = two_ranks["find_unused"][name]
+    assert len(job["results"]) == 12  # two steps after each switch to each plan of _plans_for
+    for label, formed_ok, grads_ok in job["results"]:
+        assert formed_ok, label
+        assert grads_ok, label
+    assert job["unused_steps"] == (6 if name == "branch" else 0)  # the branch block is idle every second step

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -112,6 +113,41 @@ def test_a_straggler_makes_the_run_noisy_and_nothing_is_adopted_on_noise(tmp_pat
     assert g["gdat_tuning_result"] == "tuning unsatisfied"
     assert "noisy" in g["reason"]
     assert "the run was noisy" in done.stderr
+
+
+def test_a_steady_state_regression_switches_back_to_training_exactly_like_stock_ddp(tmp_path):
+    """Every rank pauses 0.25 s in the first baseline block's steps (a hiccup the
+    paired blocks cannot see through: every candidate looks faster) and from the
+    first steady-state step on (the machine got slower).  The adopted plan does not
+    hold in steady state: the job switches back to the user's configuration, says
+    so, records it in the bank, and trains exactly as stock DDP with the user's
+    configuration does."""
+    from gdat.measure import plan_schedule
+
+    s = plan_schedule(30)
+    hiccup = f"{s.block_start(0)}-{s.block_steps(0).stop - 1}"
+    pause = ["--pause-s", "0.25", "--pause-steps", f"{hiccup},{s.confirm_steps(s.total - 1).start}-"]
+    done = _gdat_run(tmp_path, "reverted", SCRIPT, "--steps", "40", "--out", str(tmp_path / "gdat.json"), *pause)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stock = run_cmd([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", SCRIPT, "--steps",
+                     "40", "--out", str(tmp_path / "stock.json")], cwd=str(tmp_path))
+    assert stock.returncode == 0, stock.stderr[-3000:]
+    g = _reports(tmp_path / "reverted")[0]["GDAT"]
+    assert g["tuning_steps"] == s.total and g["candidates"], done.stderr[-3000:]
+    assert g["reverted"] is True and g["gdat_tuning_result"] == "tuning unsatisfied", done.stderr[-3000:]
+    assert g["steady_state"]["status"] == "reverted to the user configuration"
+    assert g["chosen_plan"]["plan"] == g["baseline_plan"]["plan"]
+    assert g["model_result_performance(ms)"] == g["model_baseline_performance(ms)"]
+    assert "switched back to the user's configuration" in done.stderr
+    entries, _ = _bank_is_whole(tmp_path / "bank")
+    assert len(entries) == 1
+    stored = json.loads(open(entries[0]).read())["payload"]["plan"]["buckets"]
+    assert sorted(map(sorted, (b["params"] for b in stored))) == \
+        sorted(map(sorted, (b["params"] for b in g["baseline_plan"]["plan"]["buckets"])))
+    tuned, plain = json.loads((tmp_path / "gdat.json").read_text()), json.loads((tmp_path / "stock.json").read_text())
+    assert len(tuned["losses"]) == len(plain["losses"]) == 40
+    assert tuned["losses"] == pytest.approx(plain["losses"], rel=1e-6)
+    assert tuned["checksum"] == pytest.approx(plain["checksum"], rel=1e-6, abs=1e-9)
 
 
 @pytest.mark.skipif(shutil.which("mpiexec", path=BIN) is None, reason="mpiexec missing (pip install 'gdat[mpi]')")

@@ -12,12 +12,12 @@ from hypothesis import given, settings, strategies as st
 from gdat.cost_model import AllreduceCostModel, Contention, CostSegment
 from gdat.errors import ProfileError
 from gdat.plan import BucketPlan
-from gdat.layout import GradientLayout
+from gdat.layout import FIXED_ORDER, GradientLayout, ParamInfo
 from gdat.schedule.baselines import horovod_plan, mgwfbp_plan, uniform_plans
 from gdat.schedule.candidates import rank_candidates
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import calibrate, comm_end, lower_bound_s, measured_plan, simulate
-from gdat.timeline import ReadyTimeline
+from gdat.timeline import Profile, RankTimeline, ReadyTimeline, StepRecord
 
 
 def make_timeline(gaps, sizes, post=0.001, start=0.002, dtypes=None) -> ReadyTimeline:
@@ -58,6 +58,63 @@ def test_optimum_equals_brute_force_and_beats_every_partition(tl, cost, cont):
     assert best_s <= brute + 1e-12
     assert best_s >= brute - 1e-12
     assert lower_bound_s(t, cost, cont) <= best_s + 1e-12
+
+
+fixed_steps = st.integers(1, 8).flatmap(lambda n: st.tuples(
+    st.lists(st.floats(0, 5e-3), min_size=n, max_size=n),
+    st.lists(st.integers(0, 8).map(lambda k: 4 * 4 ** k), min_size=n, max_size=n),
+    st.lists(st.booleans(), min_size=n, max_size=n)))
+
+
+def fixed_order_profile(ready, sizes, used, start=0.002, post=0.001) -> Profile:
+    """One rank, one compute step of a find_unused DDP: parameter ``i`` (DDP index)
+    became ready at ``start + ready[i]`` if ``used[i]``, else never (DDP marks it)."""
+    params = tuple(ParamInfo(i, f"p{i}", (nb // 4,), "float32", nb) for i, nb in enumerate(sizes))
+    grads = tuple(sorted(((i, start + r) for i, (r, u) in enumerate(zip(ready, used)) if u), key=lambda x: x[1]))
+    end = start + max(ready) + 1e-4
+    step = StepRecord(0, "compute", 0.0, start / 2, start, end, grads, step_end_s=end + post)
+    return Profile(1, "gloo", "cpu", "x", params, (RankTimeline(0, "h", (step,)),), bucket_order=FIXED_ORDER)
+
+
+def literal_fixed_step(profile, ends, cost, cont) -> float:
+    """DDP's rule for its fixed buckets, written out independently of the search:
+    order = reverse DDP index; a bucket launches when its latest member is ready and
+    the bucket before it has launched (an unused parameter is ready at backward
+    start); allreduces run one at a time; ``g`` as in the simulator."""
+    step = profile.ranks[0].steps[0]
+    t0, sigma, kappa = step.backward_start_s, cont.compute_stretch, cont.comm_slowdown
+    raw = dict(step.grad_ready)
+    order = [p.index for p in reversed(profile.params)]
+    stretch = lambda t: t0 + sigma * (t - t0)  # noqa: E731
+    bwd_end = stretch(max([step.backward_end_s, *raw.values()]))
+    launch = end = -np.inf
+    for a, b in zip([0, *ends], ends):
+        members = order[a:b]
+        launch = max(launch, max(stretch(raw.get(i, t0)) for i in members))
+        nbytes = sum(profile.params[i].nbytes for i in members)
+        end = comm_end(max(launch, end), cost.time_s(nbytes), bwd_end, kappa)
+    return max(bwd_end, end) + (step.step_end_s - step.backward_end_s)
+
+
+@settings(max_examples=150, deadline=None)
+@given(fixed_steps, costs, contentions)
+def test_fixed_order_optimum_equals_brute_force_over_ddps_own_rule(case, cost, cont):
+    """find_unused_parameters=True: the search over contiguous partitions of DDP's
+    fixed order is exact against every such partition under DDP's launch rule, with
+    parameters unused in the step."""
+    ready, sizes, used = case
+    profile = fixed_order_profile(ready, sizes, used)
+    t = profile.ready_timeline("compute")
+    assert t.layout.order == tuple(range(len(sizes) - 1, -1, -1))
+    best = optimal_plan(t, cost, cont)
+    best_ends = list(np.cumsum([len(b.params) for b in best.buckets]))
+    best_s = simulate(t, best, cost, cont).step_s
+    assert best_s == pytest.approx(literal_fixed_step(profile, best_ends, cost, cont), rel=1e-12, abs=1e-15)
+    order_sizes = t.layout.nbytes
+    brute = min(literal_fixed_step(profile, ends, cost, cont) for ends in all_partitions(len(sizes))
+                if all(order_sizes[e - 1] > 0 for e in ends[:-1]))
+    assert best_s <= brute + 1e-12
+    assert best_s >= brute - 1e-12
 
 
 @settings(max_examples=100, deadline=None)
@@ -228,17 +285,68 @@ def test_in_situ_scale_is_clamped():
     assert calibrate(_profile(compute_span_scale=0.1)[0], cost).comm_scale == 0.5
 
 
-def test_generated_candidates_include_a_stored_plan_once():
+def test_generated_candidates_include_a_stored_plan_once_and_never_the_baseline_twice():
     from gdat.schedule.candidates import generate_candidates
 
     profile, cost = _profile()
     found = generate_candidates(profile, cost, 3)
     assert found.baseline_plan.label == "user configuration"
-    assert all(not r.plan.same_buckets(found.baseline_plan) for r in found.ranked)
-    stored = found.baseline_plan  # e.g. an "unsatisfied" verdict: the user's configuration
+    assert all(not r.plan.same_partition(found.baseline_plan) for r in found.ranked)
+    # a stored verdict of the user's configuration is measured anyway, as the baseline: not again
+    again = generate_candidates(profile, cost, 3, found.baseline_plan)
+    assert [r.plan for r in again.ranked] == [r.plan for r in found.ranked]
+    ends = next(e for e in all_partitions(4)
+                if not any(BucketPlan.from_ends(found.timeline.layout, e).same_partition(p)
+                           for p in [found.baseline_plan, *(r.plan for r in found.ranked)]))
+    stored = BucketPlan.from_ends(found.timeline.layout, ends, "a stored plan")
     again = generate_candidates(profile, cost, 3, stored)
     assert [r.plan.label for r in again.ranked][-1] == "stored"
     assert again.ranked[-1].plan.same_buckets(stored)
     assert len(again.ranked) == min(3, len(found.ranked) + 1)
     ranked_already = generate_candidates(profile, cost, 3, found.ranked[0].plan)
     assert [r.plan for r in ranked_already.ranked] == [r.plan for r in found.ranked]
+
+
+def test_plans_are_told_apart_by_their_partition():
+    a = BucketPlan.from_ends(make_timeline([1e-3] * 4, [4] * 4).layout, [2, 4])
+    shuffled = BucketPlan(tuple(replace(b, params=b.params[::-1]) for b in a.buckets[::-1]), "same groups")
+    assert shuffled.same_partition(a) and not shuffled.same_buckets(a)
+    assert not BucketPlan.from_ends(make_timeline([1e-3] * 4, [4] * 4).layout, [1, 4]).same_partition(a)
+
+
+def test_the_correction_recovers_a_per_allreduce_overhead_and_moves_the_next_candidates():
+    from gdat.schedule.candidates import Correction, admissible, fit_correction, generate_candidates
+
+    profile, cost = _profile()
+    found = generate_candidates(profile, cost, 3)
+    truth = Correction(2e-4, 3e-3)  # 0.2 ms per allreduce the model did not charge, 3 ms for every plan
+    plans = [found.baseline_plan, *(r.plan for r in found.ranked)]
+    assert len({len(p.buckets) for p in plans}) >= 2
+    fitted = fit_correction(found, [(p, truth.predict_s(found, p)) for p in plans])
+    assert fitted.extra_alpha_s == pytest.approx(2e-4, rel=0.1)
+    assert fitted.offset_s == pytest.approx(3e-3, abs=1e-4)
+    for p in plans:
+        assert fitted.predict_s(found, p) == pytest.approx(truth.predict_s(found, p), rel=0.01)
+    # one bucket count only: the overhead cannot be told from the offset
+    assert fit_correction(found, [(found.baseline_plan, 0.05)]).extra_alpha_s == 0.0
+    # under a large overhead the next candidates are the corrected model's best, never a measured plan
+    heavy = Correction(5e-3)
+    nxt = admissible(found, heavy, [found.baseline_plan], 8, float("inf"))
+    assert nxt and not any(r.plan.same_partition(found.baseline_plan) for r in nxt)
+    assert len(nxt[0].plan.buckets) == 1
+    assert nxt[0].sim == found.simulate(nxt[0].plan)  # reported with the uncorrected model
+    assert admissible(found, heavy, [found.baseline_plan], 8, 0.0) == []
+
+
+def test_plans_the_model_cannot_tell_apart_are_measured_once():
+    from gdat.schedule.candidates import RankedPlan, _diverse
+
+    t = make_timeline([1e-3] * 4, [4000] * 4)
+    cost = AllreduceCostModel.linear(1e-4, 1e-8)
+
+    def ranked(ends, step_s):
+        plan = BucketPlan.from_ends(t.layout, ends, str(ends))
+        return RankedPlan(plan, replace(simulate(t, plan, cost), step_s=step_s))
+
+    a, twin, other = ranked([2, 4], 0.1), ranked([1, 4], 0.10005), ranked([1, 2, 4], 0.1005)
+    assert [r.plan.label for r in _diverse([a, twin, other], 3)] == ["[2, 4]", "[1, 2, 4]"]

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from gdat.cost_model import AllreduceCostModel
-from gdat.layout import ParamInfo
+from gdat.layout import READY_ORDER, ParamInfo
 from gdat.timeline import Profile, RankTimeline, StepRecord
 
 __all__ = ["gather_profile"]
@@ -21,8 +21,10 @@ def gather_profile(
     group: Any = None,
     cost_model: AllreduceCostModel | None = None,
     meta: dict[str, Any] | None = None,
+    bucket_order: str = READY_ORDER,
 ) -> Profile:
-    """All-gather each rank's steps (a collective: every rank must call it)."""
+    """All-gather each rank's steps (a collective: every rank must call it);
+    ``bucket_order`` is the DDP's rule (:func:`gdat.ddp_model.bucket_order_of`)."""
     group = group if group is not None else dist.group.WORLD
     rank = dist.get_rank(group)
     world = dist.get_world_size(group)
@@ -38,4 +40,5 @@ def gather_profile(
         ranks=tuple(RankTimeline.from_dict(d, f"rank {k}") for k, d in enumerate(gathered)),
         cost_model=cost_model,
         meta=dict(meta or {}),
+        bucket_order=bucket_order,
     )

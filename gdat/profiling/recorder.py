@@ -3,7 +3,9 @@
 What is timed, and how (all marks from the device seam's :class:`Clock`):
 
 * step start: the entry of DDP's forward (a forward pre-hook on the DDP module);
-* forward end: DDP's forward returns (a forward hook);
+* forward end: DDP's forward returns (a forward hook); for a DDP with
+  ``find_unused_parameters=True`` also the wrapped module's forward end (a
+  forward hook on it), before DDP's post-forward searches the autograd graph;
 * backward start: the first gradient w.r.t. any of DDP's outputs is computed (a
   tensor hook on each output that requires grad);
 * gradient ready: ``register_post_accumulate_grad_hook`` on every parameter DDP
@@ -28,8 +30,9 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils._pytree import tree_leaves
 
-from gdat.ddp_model import WeakAttribute, reducer_parameters
+from gdat.ddp_model import WeakAttribute, bucket_order_of, reducer_parameters
 from gdat.device import Clock
+from gdat.layout import FIXED_ORDER
 from gdat.profiling.comm_trace import TracedBucket
 from gdat.timeline import BucketSpan, StepRecord
 
@@ -42,6 +45,7 @@ class _Marks:
     kind: str
     start: Any
     forward_end: Any = None
+    module_forward_end: Any = None
     backward_start: Any = None
     backward_end: Any = None
     ready: list[tuple[int, Any]] = field(default_factory=list)
@@ -81,6 +85,8 @@ class StepRecorder:
         for i, (_, p) in enumerate(self.named_params):
             self._handles.append(p.register_post_accumulate_grad_hook(
                 lambda _p, i=i: self._on_ready(i)))
+        if bucket_order_of(self.ddp) == FIXED_ORDER:
+            self._handles.append(self.ddp.module.register_forward_hook(self._on_module_forward_post))
         self._handles.append(register_optimizer_step_pre_hook(self._on_optimizer_pre))
         self._handles.append(register_optimizer_step_post_hook(self._on_optimizer_post))
         self._attached = True
@@ -107,6 +113,10 @@ class StepRecorder:
     def _on_forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if torch.is_grad_enabled():
             self.end_forward(output)
+
+    def _on_module_forward_post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._open is not None and self._open.forward_end is None and torch.is_grad_enabled():
+            self._open.module_forward_end = self.clock.mark()
 
     def _on_ready(self, index: int) -> None:
         # after the step's backward has ended, gradients belong to later no_sync
@@ -167,12 +177,13 @@ class StepRecorder:
         return [self._resolve(m) for m in steps if m.forward_end is not None and m.ready]
 
     def _resolve(self, m: _Marks) -> StepRecord:
-        optional = [m.forward_end, m.backward_start, m.backward_end, m.optimizer_start, m.optimizer_end, m.end]
+        optional = [m.forward_end, m.backward_start, m.backward_end, m.optimizer_start, m.optimizer_end, m.end,
+                    m.module_forward_end]
         marks = [m.start, *(x for x in optional if x is not None), *(x for _, x in m.ready),
                  *(x for b in m.buckets for x in (b.launch, b.end))]
         it = iter(self.clock.resolve(marks))
         start = next(it)
-        fwd_end, bwd_start, bwd_end, opt_start, opt_end, end = (
+        fwd_end, bwd_start, bwd_end, opt_start, opt_end, end, module_end = (
             None if x is None else next(it) - start for x in optional)
         ready = [(i, next(it) - start) for i, _ in m.ready]
         spans = [BucketSpan(b.index, b.param_indices, b.nbytes, next(it) - start, next(it) - start)
@@ -190,4 +201,5 @@ class StepRecorder:
             optimizer_start_s=opt_start,
             optimizer_end_s=opt_end,
             step_end_s=end,
+            module_forward_end_s=module_end,
         )

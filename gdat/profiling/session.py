@@ -22,7 +22,7 @@ import torch
 
 from gdat.cost_model import AllreduceCostModel
 from gdat.ddp_internals import remove_comm_hook
-from gdat.ddp_model import WeakAttribute, param_infos, process_group_of
+from gdat.ddp_model import WeakAttribute, bucket_order_of, param_infos, process_group_of
 from gdat.device import Clock, device_type_of
 from gdat.errors import UsageError
 from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
@@ -72,7 +72,8 @@ class ProfileSession:
         self.recorder.detach()
         self.tracer.set_mode("off")
         remove_comm_hook(self.ddp, tracing_allreduce_hook, self.tracer)
-        return gather_profile(steps, param_infos(self.ddp), self.device_type, self.group, cost_model, meta)
+        return gather_profile(steps, param_infos(self.ddp), self.device_type, self.group, cost_model, meta,
+                              bucket_order_of(self.ddp))
 
 
 def profile_ddp(

@@ -7,7 +7,11 @@ Model (all times in seconds since step start, sizes in bytes).
   end of backward compute.  Overlapped communication stretches backward by the
   contention factor ``sigma >= 1`` from its start ``t_0``:
   ``r'_j = t_0 + sigma (r_j - t_0)``, ``T'_b = t_0 + sigma (T_b - t_0)``.
-* Buckets.  Bucket ``k`` is ready at ``R_k``, the latest ``r'`` of its gradients.
+* Buckets.  Bucket ``k`` is ready at ``R_k``, the latest ``r'`` of its gradients
+  and of every earlier bucket's (``r`` is a running maximum along the layout's
+  order, :class:`~gdat.timeline.ReadyTimeline`; under DDP's fixed bucket order of
+  ``find_unused_parameters=True`` that order is reverse registration order, not
+  the ready order, so a bucket waits for its latest member, not its last one).
   Allreduces run one at a time on the link, in bucket order (DDP launches bucket
   ``k`` only after ``k-1``): ``start_k = max(R_k, end_{k-1})``.
 * Communication.  A bucket of ``B`` bytes needs ``W = t(B)`` seconds of link work
@@ -54,6 +58,7 @@ import numpy as np
 
 from gdat.cost_model import AllreduceCostModel, Contention
 from gdat.errors import PlanError, ProfileError
+from gdat.layout import FIXED_ORDER
 from gdat.plan import Bucket, BucketPlan
 from gdat.timeline import Profile, ReadyTimeline
 
@@ -156,9 +161,12 @@ def measured_plan(profile: Profile) -> BucketPlan:
     size = {p.index: p.nbytes for p in profile.params}
     kind = {p.index: p.dtype for p in profile.params}
     spans = sorted(steps[-1].buckets, key=lambda b: b.index)
+    groups = [b.param_indices for b in spans]
+    if profile.bucket_order == FIXED_ORDER:  # DDP lists them by index; the layout, backwards
+        groups = [tuple(sorted(g, reverse=True)) for g in groups]
     try:
-        return BucketPlan(tuple(Bucket(b.param_indices, sum(size[i] for i in b.param_indices),
-                                       kind[b.param_indices[0]]) for b in spans), "user configuration")
+        return BucketPlan(tuple(Bucket(g, sum(size[i] for i in g), kind[g[0]]) for g in groups),
+                          "user configuration")
     except (PlanError, KeyError, IndexError) as e:
         raise ProfileError(f"overlapped steps' buckets do not form a plan: {e}") from None
 

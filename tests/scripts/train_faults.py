@@ -4,6 +4,9 @@
 --straggler-rank R --straggler-max-s X   rank R sleeps before every step, cycling through
                               0, X/4, X/2, 3X/4, X seconds (every window of 5 steps sees each once)
 --mismatch-rank R             rank R builds a wider model than the others
+--pause-s X --pause-steps A-B,C-   every rank sleeps X seconds before each step in the
+                              ranges (inclusive; ``C-``: from C to the end)
+--out FILE                    rank 0 writes the losses and the final parameters' checksums
 """
 import argparse
 import json
@@ -23,6 +26,8 @@ p.add_argument("--kill-step", type=int, default=-1)
 p.add_argument("--straggler-rank", type=int, default=-1)
 p.add_argument("--straggler-max-s", type=float, default=0.0)
 p.add_argument("--mismatch-rank", type=int, default=-1)
+p.add_argument("--pause-s", type=float, default=0.0)
+p.add_argument("--pause-steps", default="")
 p.add_argument("--out", default=None)
 args = p.parse_args()
 
@@ -33,6 +38,10 @@ width = args.width * (2 if rank == args.mismatch_rank else 1)
 torch.manual_seed(0)
 model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(8)])
 ddp = DDP(model)
+paused = set()
+for part in filter(None, args.pause_steps.split(",")):
+    lo, _, hi = part.partition("-")
+    paused.update(range(int(lo), int(hi) + 1 if hi else args.steps))
 opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
 first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 losses = []
@@ -41,6 +50,8 @@ for step in range(args.steps):
         os.kill(os.getpid(), signal.SIGKILL)
     if rank == args.straggler_rank:
         time.sleep(args.straggler_max_s * (step % 5) / 4)
+    if step in paused:
+        time.sleep(args.pause_s)
     g = torch.Generator().manual_seed(1000 * step + rank)
     x = torch.randn(32, width, generator=g)
     opt.zero_grad()
@@ -50,7 +61,7 @@ for step in range(args.steps):
     losses.append(loss.item())
 if rank == 0 and args.out:
     with open(args.out, "w") as f:
-        json.dump({"losses": losses}, f)
+        json.dump({"losses": losses, "checksum": [float(q.detach().double().sum()) for q in model.parameters()]}, f)
 del ddp, opt
 dist.barrier()
 dist.destroy_process_group()
