@@ -63,6 +63,7 @@ def worker(args: argparse.Namespace) -> None:
     from gdat import compression
     from gdat.config import GdatConfig
     from gdat.ddp import DistributedDataParallel
+    from gdat.decide import standings
     from gdat.ddp_internals import comm_hooks, remove_comm_hook
     from gdat.plan import BucketPlan
     from gdat.plan_switch import ddp_bucket_arguments, switch_buckets
@@ -77,9 +78,10 @@ def worker(args: argparse.Namespace) -> None:
         tr.step()
     layout = tuner.found.timeline.layout
     verdict = tuner.outcome
-    measured = list(zip(tuner.candidates, tuner.measured))
-    exact = min((c for c in measured if not c[0].plan.compressed), key=lambda c: c[1].median_s)[0].plan
-    squeezed = next((c.plan for c, _ in measured if c.plan.compressed), None)
+    table = {st.candidate: st.diff_s for st in standings(tuner.blocks)}
+    exact_ids = [i for i, p in enumerate(tuner.plans) if not p.plan.compressed]
+    exact = tuner.plans[min(exact_ids, key=lambda i: table.get(i, float("inf")))].plan
+    squeezed = next((p.plan for p in tuner.plans if p.plan.compressed), None)
     default_plan = tuner.found.baseline_plan
     everything = default_plan.with_compression(
         [k for k, b in enumerate(default_plan.buckets) if b.dtype == "float32"], "bf16", "bf16 everywhere")
