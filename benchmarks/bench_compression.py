@@ -150,7 +150,7 @@ def worker(args: argparse.Namespace) -> None:
 def _print(r: dict) -> None:
     base = r["no_comm_ms"]
     c = r["compressed_plan"]
-    print(f"\n{r['model']} (batch {r['batch']}, {r['rate']}): tuning {r['tuning']}; exact plan {r['exact_plan']} "
+    print(f"\n{r['model']} (batch {r['batch']}, {r['rate']}): {r['tuning']}; exact plan {r['exact_plan']} "
           f"({r['exact_buckets']} buckets); compressed candidate: "
           + ("none (the model predicted no gain)" if c is None else
              f"{c['label']}, buckets {c['compressed']} of {c['buckets']} in bf16 "
