@@ -14,9 +14,10 @@ from typing import Any, Callable, Mapping
 
 from gdat.errors import UsageError
 
-__all__ = ["GdatConfig", "MODES", "add_arguments", "config_from_args"]
+__all__ = ["GdatConfig", "MODES", "COMPRESS_DTYPES", "add_arguments", "config_from_args"]
 
 MODES = ("tune", "apply", "profile", "off")
+COMPRESS_DTYPES = ("bf16", "fp16")
 
 
 def _integer(name: str, minimum: int) -> Callable[[str], int]:
@@ -64,6 +65,15 @@ def _flag(name: str) -> Callable[[str], bool]:
     return parse
 
 
+def _compress(raw: str) -> str:
+    value = raw.strip().lower()
+    if value in ("", "off"):
+        return ""
+    if value not in COMPRESS_DTYPES:
+        raise UsageError(f"--gdat-compress must be one of {', '.join(COMPRESS_DTYPES)}; got {raw!r}")
+    return value
+
+
 def _text(name: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if not raw.strip():
@@ -88,6 +98,8 @@ class GdatConfig:
     * ``aoe_bank``: apply aoe_full's operator/subgraph bank to the model before DDP wraps it.
     * ``plan``: a plan file (``gdat simulate --save-plan``, or a report's chosen plan) to apply
       instead of tuning.
+    * ``compress``: allow lossy candidates that allreduce chosen buckets in ``bf16`` or ``fp16``
+      (:mod:`gdat.compression`); empty: off, gradients stay bitwise those of stock DDP.
     """
 
     mode: str = "tune"
@@ -100,6 +112,7 @@ class GdatConfig:
     launcher: str = "torchrun"
     aoe_bank: bool = False
     plan: str = ""
+    compress: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "GdatConfig":
@@ -135,6 +148,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "launcher": _choice("--gdat-launcher", ("torchrun", "mpi")),
     "aoe_bank": _flag("--gdat-aoe-bank"),
     "plan": str,
+    "compress": _compress,
 }
 
 

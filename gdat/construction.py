@@ -18,6 +18,12 @@
    gives the :class:`TuneContext` the tuning loop (:mod:`gdat.tune_loop`) starts
    from.
 
+With ``--gdat-compress``, step 2 also checks that the backend sums the reduced
+dtype (:func:`gdat.compression.reduced_allreduce_works`; if not, one line and no
+compression) and measures the cast cost (:mod:`gdat.profiling.cast_bench`); the key
+records the dtype (so exact and lossy plans never share an entry) and a hit on a
+compressed plan installs the compression hook when DDP is built.
+
 :func:`check_model_across_ranks` runs first in every mode but ``off``: ranks that
 built different models stop with :class:`ModelMismatchError` rather than hang.
 """
@@ -33,6 +39,7 @@ import torch.distributed as dist
 
 from gdat import log
 from gdat.collectives import broadcast_from_first, gather_from_all
+from gdat.compression import reduced_allreduce_works
 from gdat.config import GdatConfig
 from gdat.cost_model import AllreduceCostModel
 from gdat.ddp_internals import STOCK_DDP, python_reducer_active
@@ -45,6 +52,7 @@ from gdat.plan import BucketPlan
 from gdat.plan_bank import BankHit, bank_key, link_class, lookup, lookup_near
 from gdat.plan_switch import ddp_bucket_arguments
 from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
+from gdat.profiling.cast_bench import measure_cast
 from gdat.report import hit_report, write_report
 from gdat.settings import bank_root, repeat_tune
 from gdat.topology import intra_node_fit, topology_of
@@ -62,8 +70,9 @@ class TuneContext:
     """Facts fixed at construction that the tuning loop and its report use:
     the allreduce fit of the ladder (``cost``), the bank key to keep the result
     under, the user's own bucket arguments, the plan stored under the key when
-    ``REPEAT_TUNE`` re-tunes it, the report's name and the job's topology (as the
-    report lists it, :meth:`gdat.topology.Topology.to_dict`)."""
+    ``REPEAT_TUNE`` re-tunes it, the report's name, the job's topology (as the
+    report lists it, :meth:`gdat.topology.Topology.to_dict`) and the reduced dtype
+    lossy candidates may use (``""``: none)."""
 
     config: GdatConfig
     cost: AllreduceCostModel
@@ -72,15 +81,17 @@ class TuneContext:
     stored: BucketPlan | None
     tuning_name: str
     topology: dict[str, Any]
+    compress: str = ""
 
 
 @dataclass(frozen=True)
 class Construction:
-    """The keyword arguments to build stock DDP with, and the tuning context when
-    the model is to be tuned."""
+    """The keyword arguments to build stock DDP with, the tuning context when
+    the model is to be tuned, and a compressed plan whose hook to install."""
 
     kwargs: dict[str, Any]
     tune: TuneContext | None = None
+    compressed: BucketPlan | None = None
 
 
 def check_same_model(params: tuple[ParamInfo, ...], group: Any) -> None:
@@ -141,7 +152,11 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
     model = model_layout(params, FIXED_ORDER if fixed else READY_ORDER)
     if config.plan:
         plan = BucketPlan.load(config.plan)
-        return Construction({**kwargs, **_plan_arguments(plan, plan.layout_on(model))})
+        squeeze = plan.compressed and bool(_compression(config.compress, group))
+        if plan.compressed and not squeeze:
+            log.info("the plan compresses buckets; without --gdat-compress they are reduced exactly")
+        return Construction({**kwargs, **_plan_arguments(plan, plan.layout_on(model))},
+                            compressed=plan if squeeze else None)
     try:
         repeat = repeat_tune()
     except UsageError as e:
@@ -153,6 +168,7 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
     except ProfileError as e:
         log.warn(f"cannot fit the allreduce cost ({e}); this model runs as stock DDP")
         return Construction(kwargs)
+    compress = _compression(config.compress, group)
     bandwidth = _bandwidth(cost)
     device_type = device_type_of(module)
     topology = topology_of(group)
@@ -167,6 +183,8 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
                     "gradient_as_bucket_view": bool(options.get("gradient_as_bucket_view")),
                     **({"find_unused_parameters": True} if fixed else {})},
                    bandwidth)
+    if compress:
+        key["compress"] = compress
     hit, near = broadcast_from_first(_look_up(key, bandwidth, model, group), group)
     if hit is None and near is not None:
         log.info(f"knowledge base: this model was tuned at {near.entry.bandwidth_bytes_per_s * 8e-9:.3g} Gbit/s, "
@@ -189,18 +207,32 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
                  f"tuned at {entry.result_ms:.1f} ms vs baseline {entry.baseline_ms:.1f} ms; no tuning steps")
         if dist.get_rank(group) == 0:
             write_report(hit_report(name, entry, hit.layout, bank_root(), layout), config.work_path)
-        return Construction({**kwargs, **_plan_arguments(entry.plan, hit.layout)})
+        return Construction({**kwargs, **_plan_arguments(entry.plan, hit.layout)},
+                            compressed=entry.plan if entry.plan.compressed and compress else None)
     if config.mode == "apply":
         log.info("knowledge base miss: running the user's configuration untuned (--gdat-mode apply)")
         return Construction(kwargs)
     user_args = {k: options.get(k) for k in ("bucket_cap_mb", "bucket_cap_mb_list")}
     start = hit or near
+    if compress:
+        cost = cost.with_cast(measure_cast(compress, min(0.5, config.comm_budget_s), group))
     return Construction(kwargs, TuneContext(config, cost, key if hit is None else hit.key, user_args,
-                                            None if start is None else start.entry.plan, name, layout))
+                                            None if start is None else start.entry.plan, name, layout, compress))
 
 
 _RECHECK_S = 1.0
 _RECHECK_MIN_BYTES = 256 << 10
+
+
+def _compression(dtype: str, group: Any) -> str:
+    """``dtype`` when lossy candidates are allowed and the backend sums it, else ``""``."""
+    if not dtype:
+        return ""
+    why = reduced_allreduce_works(dtype, group)
+    if why is not None:
+        log.warn(f"--gdat-compress {dtype}: {why}; tuning without compression")
+        return ""
+    return dtype
 
 
 def _bandwidth(cost: AllreduceCostModel) -> float:

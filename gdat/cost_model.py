@@ -14,6 +14,13 @@ alpha).  A two-segment fit replaces the single line when the line's largest
 relative error exceeds ``split_above`` and the best split (at least two sizes on
 each side, least squared relative error) halves the squared relative error.
 
+Compression.  A bucket of ``n`` float32 bytes allreduced in a 2-byte dtype
+(:mod:`gdat.compression`) costs ``t(n * COMPRESSED_RATIO) + cast(n)`` seconds of
+link work, ``COMPRESSED_RATIO = 1/2``, where ``cast(n) = alpha_s + s_per_byte * n``
+(:class:`CastCost`, measured by :mod:`gdat.profiling.cast_bench`) is the time to
+cast the bucket down and back up.  The casts are charged to the allreduce, which
+waits for the first and is not done before the second.
+
 Contention.  On a shared host, communication and backward compute slow each other.
 :class:`Contention` holds the two factors the simulator uses: backward compute is
 stretched by ``compute_stretch`` (>= 1) when communication overlaps it, and an
@@ -23,7 +30,7 @@ runs.  ``Contention()`` (both 1) is the contention-free model.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,7 +38,9 @@ import numpy as np
 from gdat.errors import ProfileError
 from gdat.jsonio import require
 
-__all__ = ["CostSegment", "AllreduceCostModel", "Contention", "fit_allreduce"]
+__all__ = ["CostSegment", "CastCost", "AllreduceCostModel", "Contention", "fit_allreduce", "COMPRESSED_RATIO"]
+
+COMPRESSED_RATIO = 0.5
 
 
 @dataclass(frozen=True)
@@ -44,11 +53,35 @@ class CostSegment:
 
 
 @dataclass(frozen=True)
+class CastCost:
+    """Casting ``n`` float32 bytes to ``dtype`` and back: ``alpha_s + s_per_byte * n`` seconds."""
+
+    dtype: str
+    alpha_s: float
+    s_per_byte: float
+
+    def time_s(self, nbytes: np.ndarray | float) -> np.ndarray | float:
+        return self.alpha_s + self.s_per_byte * nbytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "alpha_s": self.alpha_s, "s_per_byte": self.s_per_byte}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "CastCost":
+        if not isinstance(d, dict):
+            raise ProfileError(f"{where}: expected an object")
+        return cls(require(d, "dtype", str, ProfileError, where),
+                   float(require(d, "alpha_s", (int, float), ProfileError, where, lambda v: v >= 0)),
+                   float(require(d, "s_per_byte", (int, float), ProfileError, where, lambda v: v >= 0)))
+
+
+@dataclass(frozen=True)
 class AllreduceCostModel:
     """Piecewise-linear allreduce time in seconds as a function of message bytes.
 
     ``rmse_s`` and ``max_rel_err`` describe the fit on its ``n_samples`` samples;
-    ``source`` says where the samples came from (microbenchmark, in-situ, ...).
+    ``source`` says where the samples came from (microbenchmark, in-situ, ...);
+    ``cast``, when measured, the cost of compressing a bucket (module docstring).
     """
 
     segments: tuple[CostSegment, ...]
@@ -56,6 +89,7 @@ class AllreduceCostModel:
     max_rel_err: float = 0.0
     n_samples: int = 0
     source: str = "given"
+    cast: CastCost | None = None
 
     def __post_init__(self) -> None:
         if not self.segments or self.segments[0].min_bytes != 0:
@@ -99,11 +133,25 @@ class AllreduceCostModel:
             out = np.where(nbytes >= s.min_bytes, s.alpha_s + s.beta_s_per_byte * nbytes, out)
         return out
 
+    def compressed_times_s(self, nbytes: np.ndarray | float) -> np.ndarray | float:
+        """Link work of compressed float32 buckets of ``nbytes`` (module docstring);
+        needs :attr:`cast`."""
+        if self.cast is None:
+            raise ProfileError("cost model: no cast cost measured (tune with --gdat-compress)")
+        n = np.asarray(nbytes, dtype=np.float64)
+        out = self.times_s(n * COMPRESSED_RATIO) + self.cast.time_s(n)
+        return float(out) if np.ndim(nbytes) == 0 else out
+
+    def with_cast(self, cast: CastCost | None) -> "AllreduceCostModel":
+        """This model with the cast cost ``cast``."""
+        return replace(self, cast=cast)
+
     def scaled(self, factor: float, source: str) -> "AllreduceCostModel":
-        """This model with every time multiplied by ``factor``."""
+        """This model with every allreduce time multiplied by ``factor`` (the cast
+        cost, compute, is kept)."""
         return AllreduceCostModel(
             tuple(CostSegment(s.min_bytes, s.alpha_s * factor, s.beta_s_per_byte * factor) for s in self.segments),
-            self.rmse_s * factor, self.max_rel_err, self.n_samples, source)
+            self.rmse_s * factor, self.max_rel_err, self.n_samples, source, self.cast)
 
     def lower_line(self) -> tuple[float, float]:
         """``(alpha, beta)`` with ``alpha + beta n <= time_s(n)`` for every n >= 0."""
@@ -115,6 +163,7 @@ class AllreduceCostModel:
                           "beta_s_per_byte": s.beta_s_per_byte} for s in self.segments],
             "rmse_s": self.rmse_s, "max_rel_err": self.max_rel_err,
             "n_samples": self.n_samples, "source": self.source,
+            **({"cast": self.cast.to_dict()} if self.cast is not None else {}),
         }
 
     @classmethod
@@ -136,6 +185,7 @@ class AllreduceCostModel:
             segments=tuple(out),
             rmse_s=float(d.get("rmse_s", 0.0)), max_rel_err=float(d.get("max_rel_err", 0.0)),
             n_samples=int(d.get("n_samples", 0)), source=str(d.get("source", "given")),
+            cast=CastCost.from_dict(d["cast"], f"{where}.cast") if d.get("cast") is not None else None,
         )
 
 

@@ -20,10 +20,10 @@ from typing import Any, Protocol
 
 import torch
 
-from gdat import log
+from gdat import compression, log
 from gdat.config import GdatConfig
 from gdat.construction import TuneContext, check_model_across_ranks, prepare_construction
-from gdat.ddp_internals import STOCK_DDP, internals_available
+from gdat.ddp_internals import STOCK_DDP, detach_comm_hook, internals_available
 from gdat.profile_job import ProfileJob
 from gdat.tune_loop import OnlineTuner
 
@@ -65,10 +65,13 @@ class DistributedDataParallel(STOCK_DDP):
         if mode != "off":
             check_model_across_ranks(module, args, kwargs)
         tune: TuneContext | None = None
+        compressed = None
         if mode in ("tune", "apply") or config.plan:
             built = prepare_construction(module, args, kwargs, config)
-            kwargs, tune = built.kwargs, built.tune
+            kwargs, tune, compressed = built.kwargs, built.tune, built.compressed
         super().__init__(module, *args, **kwargs)
+        if compressed is not None:
+            compression.install(self, compressed)
         self._gdat_config = config
         self._gdat: Controller | None = None
         if (tune is not None or mode == "profile") and internals_available(self):
@@ -83,6 +86,15 @@ class DistributedDataParallel(STOCK_DDP):
         state["_comm_hooks"] = [(hook, hook_state) for hook, hook_state in state.get("_comm_hooks", [])
                                 if not getattr(hook, "__module__", "").startswith("gdat.")]
         return state
+
+    def register_comm_hook(self, state: object, hook: Any) -> None:
+        """Stock DDP's; a comm hook of the user's replaces gdat's compression hook
+        (gdat never replaces the user's), with one line saying so."""
+        squeezing = compression.installed(self)
+        if squeezing is not None:
+            log.warn("a comm hook was registered: gdat's gradient compression is turned off for it")
+            detach_comm_hook(self, compression.compression_hook, squeezing)
+        super().register_comm_hook(state, hook)
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         """Stock DDP's forward; at the start of a synchronised step the controller

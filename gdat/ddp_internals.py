@@ -38,7 +38,7 @@ import torch.nn.parallel.distributed as ddp_module
 from gdat import log
 
 __all__ = ["STOCK_DDP", "internals_available", "missing_internals", "supports_cap_list", "python_reducer_active",
-           "comm_hooks", "remove_comm_hook", "rebuild_reducer", "ignored_parameter_names"]
+           "comm_hooks", "remove_comm_hook", "detach_comm_hook", "rebuild_reducer", "ignored_parameter_names"]
 
 STOCK_DDP: type = next(c for c in ddp_module.DistributedDataParallel.__mro__
                        if c.__module__ == "torch.nn.parallel.distributed")
@@ -101,6 +101,19 @@ def remove_comm_hook(ddp: torch.nn.Module, hook: Callable[..., Any], state: Any)
     (the current reducer keeps calling it)."""
     if (hook, state) in ddp._comm_hooks:
         ddp._comm_hooks.remove((hook, state))
+
+
+def detach_comm_hook(ddp: torch.nn.Module, hook: Callable[..., Any], state: Any) -> None:
+    """Take a registered comm hook off ``ddp`` now: forget it and rebuild the reducer
+    with the bucket configuration it has (a reducer keeps its hook for life)."""
+    remove_comm_hook(ddp, hook, state)
+    config, mib = ddp._bucket_config, float(1 << 20)
+    if config.per_bucket_bytes_caps:
+        rebuild_reducer(ddp, None, [c / mib for c in config.per_bucket_bytes_caps])
+    elif config.first_bucket_bytes_cap < config.bucket_bytes_cap:
+        rebuild_reducer(ddp, None, None)
+    else:
+        rebuild_reducer(ddp, config.bucket_bytes_cap / mib, None)
 
 
 def rebuild_reducer(ddp: torch.nn.Module, bucket_cap_mb: float | None,

@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Collection, Sequence
 
 from gdat.measure import WindowStats, pooled
 
 __all__ = ["Verdict", "decide", "beats", "Block", "Standing", "BASELINE", "standings", "step_sigma",
-           "decide_blocks", "contenders", "round_order", "holds_in_steady_state", "baseline_median_s", "Z", "FLOOR", "NOISY"]
+           "decide_blocks", "decide_blocks_lossy_last", "contenders", "round_order", "holds_in_steady_state", "baseline_median_s", "Z", "FLOOR", "NOISY"]
 
 Z = 2.5
 FLOOR = 0.01
@@ -197,6 +197,27 @@ def decide_blocks(blocks: Sequence[Block]) -> Verdict:
     return Verdict(best.candidate, best.threshold_s, noisy,
                    f"candidate beat the baseline by {-best.diff_s * 1e3:.2f} ms over {best.blocks} paired "
                    f"block(s) (noise threshold {best.threshold_s * 1e3:.2f} ms)")
+
+
+def decide_blocks_lossy_last(blocks: Sequence[Block], lossy: Collection[int]) -> Verdict:
+    """:func:`decide_blocks`; when it picks a lossy (compressed) candidate, that one
+    wins only if its paired gain also beats the fastest exact configuration measured
+    (the baseline or an exact candidate) by ``max(Z * sqrt(se^2 + se_ref^2), FLOOR *
+    m_base)``; else the decision among the exact plans stands."""
+    verdict = decide_blocks(blocks)
+    if verdict.winner is None or verdict.winner not in lossy:
+        return verdict
+    table = {st.candidate: st for st in standings(blocks)}
+    win = table[verdict.winner]
+    ref_diff, ref_se = min([(0.0, 0.0), *((st.diff_s, st.se_s) for c, st in table.items() if c not in lossy)])
+    margin = max(Z * math.hypot(win.se_s, ref_se), FLOOR * baseline_median_s(blocks))
+    if ref_diff - win.diff_s > margin:
+        return Verdict(verdict.winner, margin, verdict.noisy,
+                       f"compressed candidate beat the fastest exact configuration by "
+                       f"{(ref_diff - win.diff_s) * 1e3:.2f} ms in paired blocks (noise threshold {margin * 1e3:.2f} ms)")
+    fallback = decide_blocks([b for b in blocks if b.plan not in lossy])
+    return replace(fallback, reason=fallback.reason + "; the compressed candidate did not beat the fastest exact "
+                   "configuration by more than the noise")
 
 
 def contenders(blocks: Sequence[Block]) -> list[Standing]:

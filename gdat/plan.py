@@ -5,6 +5,11 @@ bucket-fill order.  Bucket ``k`` is launched once all its gradients are ready an
 bucket ``k-1`` has been launched.  Each bucket holds one dtype, as DDP splits
 buckets per (dtype, device).
 
+A bucket may be marked ``compress`` (``bf16`` or ``fp16``, float32 buckets only):
+gdat then allreduces it in that dtype (:mod:`gdat.compression`, opt-in with
+``--gdat-compress``).  Plans without the mark, and plan files written before it
+existed, are exact.
+
 Plans are made against a :class:`~gdat.layout.GradientLayout` (the gradients in
 fill order, their sizes and dtypes, and DDP's bucket-order rule).  A plan is
 expressed exactly by per-bucket caps, ``cap_k = bytes of bucket k`` for each dtype
@@ -19,6 +24,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from gdat.config import COMPRESS_DTYPES
 from gdat.errors import PlanError, PlanNotExpressible
 from gdat.jsonio import check_document, read_document, require, write_document
 from gdat.layout import GradientLayout, fills_backwards
@@ -32,11 +38,13 @@ PLAN_VERSION = 1
 
 @dataclass(frozen=True)
 class Bucket:
-    """Parameters (DDP indices, in ready order) reduced by one allreduce."""
+    """Parameters (DDP indices, in ready order) reduced by one allreduce, and the
+    reduced dtype it is allreduced in (``""``: exact)."""
 
     params: tuple[int, ...]
     nbytes: int
     dtype: str
+    compress: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,9 @@ class BucketPlan:
             if dup or len(set(b.params)) != len(b.params):
                 raise PlanError(f"parameter {min(dup) if dup else b.params[0]} is in more than one bucket")
             seen.update(b.params)
+            if b.compress and (b.compress not in COMPRESS_DTYPES or b.dtype != "float32"):
+                raise PlanError(f"bucket {k}: only float32 buckets can be compressed, to "
+                                f"{' or '.join(COMPRESS_DTYPES)} (got {b.compress!r} on {b.dtype})")
 
     @property
     def param_order(self) -> tuple[int, ...]:
@@ -69,9 +80,22 @@ class BucketPlan:
     def bucket_bytes(self) -> tuple[int, ...]:
         return tuple(b.nbytes for b in self.buckets)
 
+    @property
+    def compressed(self) -> bool:
+        """Whether any bucket is allreduced in a reduced dtype."""
+        return any(b.compress for b in self.buckets)
+
     def same_buckets(self, other: "BucketPlan") -> bool:
-        """True when both plans group the same parameters in the same order."""
-        return [b.params for b in self.buckets] == [b.params for b in other.buckets]
+        """True when both plans group the same parameters in the same order and
+        compress the same buckets the same way."""
+        return [(b.params, b.compress) for b in self.buckets] == [(b.params, b.compress) for b in other.buckets]
+
+    def with_compression(self, buckets: Sequence[int], dtype: str, label: str) -> "BucketPlan":
+        """This plan with the buckets at positions ``buckets`` compressed to ``dtype``
+        (and no other)."""
+        chosen = set(buckets)
+        return BucketPlan(tuple(Bucket(b.params, b.nbytes, b.dtype, dtype if k in chosen else "")
+                                for k, b in enumerate(self.buckets)), label)
 
     def same_partition(self, other: "BucketPlan") -> bool:
         """True when both plans split the parameters into the same groups (whatever
@@ -177,8 +201,8 @@ class BucketPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label,
-                "buckets": [{"params": list(b.params), "nbytes": b.nbytes, "dtype": b.dtype}
-                            for b in self.buckets]}
+                "buckets": [{"params": list(b.params), "nbytes": b.nbytes, "dtype": b.dtype,
+                             **({"compress": b.compress} if b.compress else {})} for b in self.buckets]}
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "plan") -> "BucketPlan":
@@ -193,8 +217,11 @@ class BucketPlan:
             params = require(b, "params", list, PlanError, w)
             if not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in params):
                 raise PlanError(f"{w}: 'params' must hold non-negative integers")
+            compress = b.get("compress", "")
+            if not isinstance(compress, str):
+                raise PlanError(f"{w}: field 'compress' must be a string")
             buckets.append(Bucket(tuple(params), require(b, "nbytes", int, PlanError, w),
-                                  require(b, "dtype", str, PlanError, w)))
+                                  require(b, "dtype", str, PlanError, w), compress))
         label = d.get("label", "")
         if not isinstance(label, str):
             raise PlanError(f"{where}: field 'label' must be a string")

@@ -24,7 +24,9 @@ import torch
 from gdat import log
 from gdat.config import GdatConfig
 from gdat.ddp_model import WeakAttribute, process_group_of
+from gdat.compression import reduced_allreduce_works
 from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
+from gdat.profiling.cast_bench import measure_cast
 from gdat.profiling.chrome_trace import write_chrome_trace
 from gdat.profiling.overlap_plot import plot_available, plot_overlap
 from gdat.profiling.session import ProfileSession
@@ -85,6 +87,12 @@ class ProfileJob:
         self.done = False
         log.info(f"profile: measuring allreduce for {config.comm_budget_s:g} s")
         self.cost = fit_from_ladder(measure_allreduce(config.comm_budget_s, process_group_of(ddp)))
+        if config.compress:  # the profile then lets gdat simulate compare compressed plans
+            why = reduced_allreduce_works(config.compress, process_group_of(ddp))
+            if why is None:
+                self.cost = self.cost.with_cast(measure_cast(config.compress, 0.5, process_group_of(ddp)))
+            else:
+                log.warn(f"--gdat-compress {config.compress}: {why}")
         log.warn_at_exit(self)
 
     @property

@@ -40,7 +40,7 @@ from gdat.schedule.simulator import Simulation, stretched
 from gdat.timeline import BucketSpan, Profile, ReadyTimeline, StepRecord
 
 __all__ = ["CandidateResult", "GdatReport", "plan_formats", "hit_report", "tuning_report", "write_report",
-           "write_chart", "predicted_step_record"]
+           "write_chart", "predicted_step_record", "compression_section"]
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,20 @@ def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, ver
                "model_correction": correction.to_dict(), "knowledge_base_entry": bank_entry,
                "baseline_window": pooled([b.window for b in blocks if b.plan == BASELINE]).to_dict(),
                "windows": [{**b.to_dict(), "label": label[b.plan]} for b in blocks]})
+
+
+def compression_section(dtype: str, candidates: Sequence[RankedPlan],
+                        errors: dict[int, dict[int, float]]) -> dict[str, Any]:
+    """The report's ``compression`` entry: per measured compressed candidate, each
+    compressed bucket's size and the relative error ``||c - e||_2 / ||e||_2`` of its
+    averaged gradient against the exact allreduce, measured on a real step
+    (``null`` where the probe did not see the bucket)."""
+    return {"dtype": dtype, "candidates": [
+        {"label": candidates[i].plan.label, "compressed_buckets": [
+            {"bucket": k, "nbytes": b.nbytes,
+             "relative_error": None if found.get(k) is None else float(f"{found[k]:.3e}")}
+            for k, b in enumerate(candidates[i].plan.buckets) if b.compress]}
+        for i, found in sorted(errors.items())]}
 
 
 def write_report(report: GdatReport, work_path: str, path: str | None = None) -> str | None:

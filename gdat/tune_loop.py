@@ -26,6 +26,13 @@ broadcasts at such a step), so ranks never diverge:
    configuration, the bank entry gives way to it (:func:`gdat.plan_bank.revoke`) and
    stderr says so.  The report is rewritten with the steady-state median.  A script
    that ends before the confirmation keeps the report of step 4.
+
+With ``--gdat-compress`` the first round's last place may go to a plan compressing
+the exposed tail (:func:`gdat.schedule.candidates.with_compressed_candidate`): its
+blocks run gdat's compression hook (:mod:`gdat.compression`), with the error probe
+on for the transition and first step of its first block; it wins only by also
+beating the fastest exact configuration (:func:`gdat.decide.decide_blocks_lossy_last`),
+and the report gives each compressed bucket's measured gradient error.
 """
 from __future__ import annotations
 
@@ -35,13 +42,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gdat import log
+from gdat import compression, log
 from gdat.aoe_result import improvement_percent
 from gdat.collectives import broadcast_from_first
 from gdat.construction import TuneContext
 from gdat.ddp_internals import comm_hooks
 from gdat.ddp_model import WeakAttribute, process_group_of
-from gdat.decide import BASELINE, Block, Verdict, baseline_median_s, contenders, decide_blocks, \
+from gdat.decide import BASELINE, Block, Verdict, baseline_median_s, contenders, \
+    decide_blocks_lossy_last, \
     holds_in_steady_state, round_order, standings
 from gdat.errors import GdatError, PlanError, ProfileError
 from gdat.find_unused import FindUnusedCost, find_unused_cost
@@ -51,9 +59,9 @@ from gdat.plan import BucketPlan
 from gdat.plan_bank import BankedPlan, keep, revoke
 from gdat.plan_switch import ddp_bucket_arguments, switch_buckets
 from gdat.profiling.session import ProfileSession
-from gdat.report import GdatReport, tuning_report, write_chart, write_report
+from gdat.report import GdatReport, compression_section, tuning_report, write_chart, write_report
 from gdat.schedule.candidates import Candidates, Correction, RankedPlan, admissible, fit_correction, \
-    generate_candidates
+    generate_candidates, with_compressed_candidate
 from gdat.settings import bank_root
 from gdat.timeline import Profile
 
@@ -81,6 +89,8 @@ class OnlineTuner:
         self.found: Candidates | None = None
         self.plans: list[RankedPlan] = []
         self.blocks: list[Block] = []
+        self.squeeze_errors: dict[int, dict[int, float]] = {}
+        self._probe_until = -1
         self.current = BASELINE
         self.round_no = 1
         self.queue: list[int] = []  # rank 0: the current round's blocks still to run
@@ -122,6 +132,8 @@ class OnlineTuner:
     # --- the loop: what happens at the start of each step -----------------------
     def before_step(self) -> None:
         s, sched = self.timer.tick(), self.schedule
+        if s == self._probe_until:
+            compression.installed(self.ddp).probe = False
         if self.decision_step is not None:
             if s == sched.confirm_steps(self.decision_step).stop:
                 self._confirm()
@@ -159,6 +171,8 @@ class OnlineTuner:
         if self.rank == 0:
             try:
                 found = generate_candidates(self.profile, self.ctx.cost, self._first_round_size(), self.ctx.stored)
+                if self.ctx.compress:
+                    found = with_compressed_candidate(found, self.ctx.compress, self._first_round_size())
                 log.info(f"tune: {found.describe()}")
                 self.find_unused = find_unused_cost(self.profile, found.cost)
                 if self.find_unused is not None:
@@ -167,7 +181,7 @@ class OnlineTuner:
                 log.warn(f"cannot build candidate plans ({e}); not tuning")
         found = broadcast_from_first(found, self.group)
         if found is None:
-            switch_buckets(self.ddp, **self.ctx.user_bucket_args)
+            self._user_configuration()
             self.done = True
             return
         self.found = found
@@ -182,7 +196,7 @@ class OnlineTuner:
     def _start_block(self, plan: int, b: int) -> None:
         self.current = plan
         if plan == BASELINE:
-            switch_buckets(self.ddp, **self.ctx.user_bucket_args)
+            self._user_configuration()
             return
         c = self.plans[plan]
         corrected = "" if self.correction == Correction() else \
@@ -190,13 +204,27 @@ class OnlineTuner:
         log.info(f"tune: candidate {plan + 1}/{len(self.plans)} {c.plan.label} ({len(c.plan.buckets)} buckets), "
                  f"block {b + 1}/{self.schedule.blocks} round {self.round_no}: predicted "
                  f"{c.sim.step_s * 1e3:.2f} ms{corrected}")
-        self._apply(c.plan)
+        self._apply(c.plan, probe=plan not in self.squeeze_errors)
 
-    def _apply(self, plan: BucketPlan) -> None:
+    def _apply(self, plan: BucketPlan, probe: bool = False) -> None:
+        """Switch to ``plan``: its buckets, and gdat's compression hook exactly when it
+        compresses some (with the error probe on for this step and the next when
+        ``probe``)."""
+        compression.forget(self.ddp)
         switch_buckets(self.ddp, **ddp_bucket_arguments(plan, self.found.timeline.layout))
+        if plan.compressed:
+            compression.install(self.ddp, plan).probe = probe
+            self._probe_until = self.timer.steps + 1 if probe else -1
+
+    def _user_configuration(self) -> None:
+        compression.forget(self.ddp)
+        switch_buckets(self.ddp, **self.ctx.user_bucket_args)
 
     def _end_block(self, b: int, step: int) -> None:
         window = gather_window(self.timer, self.schedule.block_steps(b), self.group)
+        squeezing = compression.installed(self.ddp)
+        if squeezing is not None and squeezing.errors and self.current not in self.squeeze_errors:
+            self.squeeze_errors[self.current] = dict(squeezing.errors)
         self.blocks.append(Block(self.current, self.round_no, window))
         who = "baseline (user configuration)" if self.current == BASELINE else \
             f"candidate {self.current + 1} {self.plans[self.current].plan.label}"
@@ -259,10 +287,11 @@ class OnlineTuner:
     # --- 4: decide -----------------------------------------------------------------------
     def _decide(self, step: int) -> None:
         """Decide (rank 0), switch every rank to the decision, keep and report."""
-        verdict = broadcast_from_first(decide_blocks(self.blocks) if self.rank == 0 else None, self.group)
+        verdict = broadcast_from_first(decide_blocks_lossy_last(
+            self.blocks, [i for i, p in enumerate(self.plans) if p.plan.compressed]) if self.rank == 0 else None, self.group)
         self.verdict, self.decision_step = verdict, step
         if verdict.winner is None:
-            switch_buckets(self.ddp, **self.ctx.user_bucket_args)
+            self._user_configuration()
         else:
             self._apply(self.plans[verdict.winner].plan)
         if self.rank == 0:
@@ -295,6 +324,8 @@ class OnlineTuner:
                                self.bank_entry, self.ctx.cost, self.ctx.topology, steady, reverted)
         if self.find_unused is not None:
             report.extra["find_unused_parameters_cost"] = self.find_unused.to_dict()
+        if self.squeeze_errors:
+            report.extra["compression"] = compression_section(self.ctx.compress, self.plans, self.squeeze_errors)
         return report
 
     def _save(self, winner: RankedPlan | None, result_s: float) -> tuple[str, str | None]:
@@ -334,7 +365,7 @@ class OnlineTuner:
             revert = self.verdict.winner is not None and not holds_in_steady_state(self.blocks, window)
         revert = broadcast_from_first(revert, self.group)
         if revert:
-            switch_buckets(self.ddp, **self.ctx.user_bucket_args)
+            self._user_configuration()
         self.done = True
         if self.rank == 0:
             self._settle(window, revert)

@@ -35,6 +35,7 @@ def test_profile_writes_profile_trace_and_chart(tmp_path):
     (["gdat", "profile", "--nproc-per-node", "2", "missing.py"], "training script 'missing.py' does not exist"),
     (["gdat-run", "--gdat-comm-budget-s", "-1", "-m", "gdat.demo_train"], "--gdat-comm-budget-s must be a positive"),
     (["gdat-run", "--gdat-mode", "fast", "-m", "gdat.demo_train"], "--gdat-mode must be one of"),
+    (["gdat-run", "--gdat-compress", "int8", "-m", "gdat.demo_train"], "--gdat-compress must be one of bf16, fp16"),
     (["gdat-run", "--gdat-max-tune-steps", "0", "-m", "gdat.demo_train"], "--gdat-max-tune-steps must be a positive"),
     (["gdat-run", "-m", "no.such.module"], "training module 'no.such.module' cannot be found"),
     (["gdat-run", "--no-python", "-m", "gdat.demo_train"], "--no-python is not supported"),

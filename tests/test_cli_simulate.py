@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from gdat.cost_model import AllreduceCostModel
+from gdat.cost_model import AllreduceCostModel, CastCost
 from gdat.plan import BucketPlan
 from gdat.cli import main as gdat_main
 from gdat.schedule.whatif import Network, hops, link_beta, queue_loads, whatif_cost, wire_factor
@@ -141,3 +141,19 @@ def test_unknown_measured_rate_is_recovered_from_beta():
     # the rank's share of the recovered loopback rate becomes the inter-node rate
     spread = whatif_cost(cost, Network(1, 2), Network(2, 1))
     assert spread.beta_s_per_byte == pytest.approx(8e-9 * wire_factor(1500) / wire_factor(65536))
+
+
+def test_compressed_plans_are_shown_beside_exact_ones(tmp_path, capsys):
+    slow = synthetic_profile()
+    slow = Profile(slow.world_size, slow.backend, slow.device_type, slow.torch_version, slow.params, slow.ranks,
+                   AllreduceCostModel.linear(1e-4, 4e-9, "test").with_cast(CastCost("bf16", 0.0, 1e-11)))
+    path = tmp_path / "p.json"
+    slow.save(str(path))
+    code, out, err = _simulate(capsys, path)
+    assert code == 0, err
+    assert "bf16 cast" in out.splitlines()[1]
+    rows = {line.split()[0]: float(line.split()[-3]) for line in out.splitlines()[3:-1]}
+    assert rows["optimal+bf16"] < rows["optimal"]
+    synthetic_profile().save(str(path))
+    code, out, _ = _simulate(capsys, path)
+    assert code == 0 and "no cast cost" in out and "optimal+bf16" not in out

@@ -16,6 +16,10 @@ the completion time (when the allreduce's future completes).  Its
   profile) while the step still synchronises gradients exactly, so no training step
   is lost;
 * ``"off"``: launch at once, record nothing.
+
+With a :class:`gdat.compression.CompressionState` as ``compression``, each bucket
+is reduced as that state says (the buckets it compresses in their reduced dtype,
+the others exactly as above), so tracing composes with per-bucket compression.
 """
 
 from dataclasses import dataclass, field
@@ -24,6 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from gdat.compression import CompressionState
 from gdat.device import Clock
 
 __all__ = ["BucketTracer", "TracedBucket", "tracing_allreduce_hook", "MODES"]
@@ -49,7 +54,8 @@ class BucketTracer:
 
     ``param_index`` maps a parameter tensor's ``id`` to its DDP index.
     ``on_bucket(traced)`` is called when a bucket completes, from the thread that
-    completes the allreduce.
+    completes the allreduce.  ``compression``: reduce buckets as it says (module
+    docstring).
     """
 
     clock: Clock
@@ -57,19 +63,26 @@ class BucketTracer:
     process_group: Any = None
     mode: str = "overlap"
     on_bucket: Callable[[TracedBucket], None] | None = None
-    _held: list[tuple[Any, torch.futures.Future, TracedBucket]] = field(default_factory=list)
+    compression: CompressionState | None = None
+    _held: list[tuple[Any, list[torch.Tensor], torch.futures.Future, TracedBucket]] = field(default_factory=list)
 
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown tracer mode {mode!r}")
         self.mode = mode
 
-    def _launch(self, buffer: torch.Tensor, traced: TracedBucket | None) -> torch.futures.Future:
+    def _launch(self, buffer: torch.Tensor, parameters: list[torch.Tensor],
+                traced: TracedBucket | None) -> torch.futures.Future:
         group = self.process_group if self.process_group is not None else dist.group.WORLD
-        buffer.mul_(1.0 / dist.get_world_size(group))
-        if traced is not None:
-            traced.launch = self.clock.mark()
-        fut = dist.all_reduce(buffer, group=group, async_op=True).get_future()
+        if self.compression is not None:
+            if traced is not None:
+                traced.launch = self.clock.mark()
+            fut = self.compression.launch(buffer, parameters)
+        else:
+            buffer.mul_(1.0 / dist.get_world_size(group))
+            if traced is not None:
+                traced.launch = self.clock.mark()
+            fut = dist.all_reduce(buffer, group=group, async_op=True).get_future()
         # The callback may run, and be released, on a gloo worker thread: it must not
         # hold this tracer, whose process group would then be destroyed on that very
         # thread (which cannot join itself: the process aborts at exit).
@@ -80,7 +93,7 @@ class BucketTracer:
                 traced.end = clock.mark()
                 if on_bucket is not None:
                     on_bucket(traced)
-            return f.value()[0]
+            return f.value()[0] if isinstance(f.value(), list) else f.value()
 
         return fut.then(done)
 
@@ -91,16 +104,16 @@ class BucketTracer:
 
     def hook(self, bucket: dist.GradBucket) -> torch.futures.Future:
         if self.mode == "off":
-            return self._launch(bucket.buffer(), None)
+            return self._launch(bucket.buffer(), bucket.parameters(), None)
         traced = self._describe(bucket)
         if self.mode == "overlap":
-            return self._launch(bucket.buffer(), traced)
+            return self._launch(bucket.buffer(), bucket.parameters(), traced)
         placeholder: torch.futures.Future = torch.futures.Future()
-        self._held.append((bucket.buffer(), placeholder, traced))
+        self._held.append((bucket.buffer(), bucket.parameters(), placeholder, traced))
         if bucket.is_last():
             held, self._held = self._held, []
-            for buffer, slot, t in held:
-                self._launch(buffer, t).add_done_callback(lambda f, slot=slot: _forward(f, slot))
+            for buffer, params, slot, t in held:
+                self._launch(buffer, params, t).add_done_callback(lambda f, slot=slot: _forward(f, slot))
         return placeholder
 
 

@@ -48,11 +48,12 @@ from gdat.cost_model import AllreduceCostModel, Contention, CostSegment
 from gdat.errors import PlanError, PlanNotExpressible
 from gdat.plan import BucketPlan
 from gdat.schedule.baselines import peer_plans
+from gdat.schedule.compress_search import compressed_plan
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import Calibration, Simulation, calibrate, lower_bound_s, measured_plan, simulate
 from gdat.timeline import Profile, ReadyTimeline
 
-__all__ = ["RankedPlan", "rank_candidates", "Candidates", "generate_candidates", "Correction", "fit_correction",
+__all__ = ["with_compressed_candidate", "RankedPlan", "rank_candidates", "Candidates", "generate_candidates", "Correction", "fit_correction",
            "admissible", "TIE"]
 
 TIE = 0.02
@@ -116,6 +117,18 @@ def generate_candidates(profile: Profile, cost: AllreduceCostModel, k: int,
         ranked = ranked[: max(0, k - 1)]
         ranked.append(RankedPlan(again, simulate(timeline, again, fitted.cost, fitted.contention)))
     return Candidates(timeline, fitted, baseline, tuple(ranked))
+
+
+def with_compressed_candidate(found: Candidates, dtype: str, k: int) -> Candidates:
+    """``found`` with its last place (of ``k``) given to the plan of
+    :func:`gdat.schedule.compress_search.compressed_plan` (``--gdat-compress``),
+    when it predicts a gain and ``k >= 2`` (the exact best is measured beside it)."""
+    if k < 2 or found.cost.cast is None:
+        return found
+    plan = compressed_plan(found.timeline, found.cost, found.contention, dtype, f"optimal+{dtype}")
+    if plan is None or not _ddp_can_form(plan, found.timeline):
+        return found
+    return replace(found, ranked=(*found.ranked[: k - 1], RankedPlan(plan, found.simulate(plan))))
 
 
 def rank_candidates(

@@ -15,7 +15,8 @@ Model (all times in seconds since step start, sizes in bytes).
   Allreduces run one at a time on the link, in bucket order (DDP launches bucket
   ``k`` only after ``k-1``): ``start_k = max(R_k, end_{k-1})``.
 * Communication.  A bucket of ``B`` bytes needs ``W = t(B)`` seconds of link work
-  (the :class:`AllreduceCostModel`).  Work progresses at rate ``1/kappa`` while
+  (the :class:`AllreduceCostModel`), or ``t(B/2) + cast(B)`` when the plan
+  compresses it (:meth:`AllreduceCostModel.compressed_times_s`).  Work progresses at rate ``1/kappa`` while
   backward compute runs (``t < T'_b``) and at rate 1 afterwards, so
   ``end = g(start, W)`` with
   ``g(s, W) = s + W`` if ``s >= T'_b``;
@@ -63,7 +64,7 @@ from gdat.timeline import Profile, ReadyTimeline
 
 MAX_SLOWDOWN = 3.0
 
-__all__ = ["Simulation", "simulate", "lower_bound_s", "comm_end", "stretched", "calibrate", "Calibration",
+__all__ = ["Simulation", "simulate", "bucket_work_s", "lower_bound_s", "comm_end", "stretched", "calibrate", "Calibration",
            "measured_plan"]
 
 
@@ -121,6 +122,11 @@ def _bucket_ready(timeline: ReadyTimeline, ready: np.ndarray, plan: BucketPlan) 
     return out
 
 
+def bucket_work_s(cost: AllreduceCostModel, bucket: Bucket) -> float:
+    """Seconds of link work of ``bucket``'s allreduce (compressed or exact)."""
+    return cost.compressed_times_s(bucket.nbytes) if bucket.compress else cost.time_s(bucket.nbytes)
+
+
 def simulate(
     timeline: ReadyTimeline, plan: BucketPlan, cost: AllreduceCostModel,
     contention: Contention = Contention(),
@@ -130,7 +136,7 @@ def simulate(
     starts, ends, prev_end = [], [], -np.inf
     for r, b in zip(_bucket_ready(timeline, ready, plan), plan.buckets):
         s = max(r, prev_end)
-        prev_end = comm_end(s, cost.time_s(b.nbytes), bwd_end, contention.comm_slowdown)
+        prev_end = comm_end(s, bucket_work_s(cost, b), bwd_end, contention.comm_slowdown)
         starts.append(float(s))
         ends.append(float(prev_end))
     c_end = ends[-1]
