@@ -35,31 +35,13 @@ import numpy as np
 from gdat.cost_model import AllreduceCostModel, Contention
 from gdat.errors import PlanError
 from gdat.plan import BucketPlan
-from gdat.schedule.search import allowed_cuts
+from gdat.schedule.search import allowed_cuts, earliest_ends
 from gdat.schedule.simulator import comm_end, stretched
 from gdat.timeline import ReadyTimeline
 
 __all__ = ["compressed_plan", "suffix_ends", "SLACK"]
 
 SLACK = 0.01
-
-
-def _exact_table(timeline: ReadyTimeline, cost: AllreduceCostModel, ready_at: np.ndarray, bwd_end: float,
-                 kappa: float, prefix: np.ndarray, ok: np.ndarray, first: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    n = len(timeline.layout)
-    f = np.full(n + 1, np.inf)
-    f[0] = -np.inf
-    parent = np.zeros(n + 1, dtype=np.int64)
-    for j in range(1, n + 1):
-        if not ok[j]:
-            continue
-        i = np.arange(first[j], j)
-        ends = comm_end(np.maximum(ready_at[j], f[i]), cost.times_s(prefix[j] - prefix[i]), bwd_end, kappa)
-        ends = np.where(f[i] < np.inf, ends, np.inf)
-        best = int(np.argmin(ends))
-        f[j], parent[j] = ends[best], i[best]
-    return f, parent
 
 
 def suffix_ends(timeline: ReadyTimeline, cost: AllreduceCostModel, contention: Contention = Contention()
@@ -76,7 +58,7 @@ def suffix_ends(timeline: ReadyTimeline, cost: AllreduceCostModel, contention: C
     prefix = np.concatenate([[0.0], np.cumsum(nbytes)])
     ok, first = allowed_cuts(timeline)
     ready_at = np.concatenate([[0.0], ready])
-    f, parent = _exact_table(timeline, cost, ready_at, bwd_end, kappa, prefix, ok, first)
+    f, parent = earliest_ends(cost, ready_at, bwd_end, kappa, prefix, ok, first)
     squeezable = np.array([d == "float32" for d in timeline.layout.dtypes] + [False])
     table = np.full((n + 1, n + 1), np.inf)
     starts = np.nonzero(ok & np.isfinite(np.where(np.arange(n + 1) == 0, 0.0, f)))[0]

@@ -33,7 +33,7 @@ from gdat.plan import BucketPlan
 from gdat.schedule.simulator import comm_end, stretched
 from gdat.timeline import ReadyTimeline
 
-__all__ = ["optimal_plan", "allowed_cuts"]
+__all__ = ["optimal_plan", "allowed_cuts", "earliest_ends"]
 
 
 def allowed_cuts(timeline: ReadyTimeline) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +51,28 @@ def allowed_cuts(timeline: ReadyTimeline) -> tuple[np.ndarray, np.ndarray]:
             start = j - 1
         first[j] = start
     return ok, first
+
+
+def earliest_ends(cost: AllreduceCostModel, ready_at: np.ndarray, bwd_end: float, kappa: float,
+                  prefix: np.ndarray, ok: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The unbounded DP: ``f[j]`` the earliest end (seconds) of the allreduce of the
+    last bucket when gradients ``0..j-1`` are bucketed optimally, ``f[j] = min_i
+    end(max(ready_at[j], f[i]), t(prefix[j] - prefix[i]))`` over allowed ``i``
+    (``f[0] = -inf``; ``inf`` where no partition cuts at ``j``), and ``parent[j]``
+    the minimising ``i``."""
+    n = len(prefix) - 1
+    f = np.full(n + 1, np.inf)
+    f[0] = -np.inf
+    parent = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        if not ok[j]:
+            continue
+        i = np.arange(first[j], j)
+        ends = comm_end(np.maximum(ready_at[j], f[i]), cost.times_s(prefix[j] - prefix[i]), bwd_end, kappa)
+        ends = np.where(f[i] < np.inf, ends, np.inf)
+        best = int(np.argmin(ends))
+        f[j], parent[j] = ends[best], i[best]
+    return f, parent
 
 
 def _backtrack(parent: list[np.ndarray] | np.ndarray, n: int, layered: bool, k_best: int) -> list[int]:
@@ -78,18 +100,7 @@ def optimal_plan(
     ok, first = allowed_cuts(timeline)
     ready_at = np.concatenate([[0.0], ready])
     if max_buckets is None:
-        f = np.full(n + 1, np.inf)
-        f[0] = -np.inf
-        parent = np.zeros(n + 1, dtype=np.int64)
-        for j in range(1, n + 1):
-            if not ok[j]:
-                continue
-            i = np.arange(first[j], j)
-            work = cost.times_s(prefix[j] - prefix[i])
-            ends = comm_end(np.maximum(ready_at[j], f[i]), work, bwd_end, kappa)
-            ends = np.where(f[i] < np.inf, ends, np.inf)
-            best = int(np.argmin(ends))
-            f[j], parent[j] = ends[best], i[best]
+        f, parent = earliest_ends(cost, ready_at, bwd_end, kappa, prefix, ok, first)
         if not np.isfinite(f[n]):
             raise PlanError("no bucket partition DDP can express exists for this model")
         ends = _backtrack(parent, n, False, 0)
