@@ -86,7 +86,7 @@ def _one(rank, work, options, accumulate, user_hook, missing):
         }
         a, b = _train(stock, rank, accumulate), _train(tuned, rank, accumulate)
     facts["equal"] = all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    facts["tuned"] = tuned._gdat is not None and tuned._gdat.done and bool(tuned._gdat.candidates)
+    facts["tuned"] = tuned._gdat is not None and tuned._gdat.done and bool(tuned._gdat.plans)
     copied, unpickled = copy.deepcopy(tuned), pickle.loads(pickle.dumps(tuned))
     x = batch(rank, 999, 256)
     with torch.no_grad():
