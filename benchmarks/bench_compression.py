@@ -77,7 +77,7 @@ def worker(args: argparse.Namespace) -> None:
     while not tuner.done:
         tr.step()
     layout = tuner.found.timeline.layout
-    verdict = tuner.outcome
+    verdict = tuner.outcome().clause
     table = {st.candidate: st.diff_s for st in standings(tuner.blocks)}
     exact_ids = [i for i, p in enumerate(tuner.plans) if not p.plan.compressed]
     exact = tuner.plans[min(exact_ids, key=lambda i: table.get(i, float("inf")))].plan

@@ -4,7 +4,8 @@
 
 1. check: DDP options gdat cannot tune (``mixed_precision``,
    ``delay_all_reduce_named_params``, the python reducer of ``torch.compile``)
-   leave the model stock DDP with one line saying why; a plan file given with
+   leave the model stock DDP with one line and a ``tuning unsatisfied`` report
+   saying why; a plan file given with
    ``--gdat-plan`` is checked against the model and applied.  A DDP with
    ``find_unused_parameters=True`` is tuned under its fixed bucket order
    (:data:`gdat.layout.FIXED_ORDER`); the option is in the bank key;
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gdat import log
+from gdat import log, outcome
 from gdat.collectives import broadcast_from_first, gather_from_all
 from gdat.compression import reduced_allreduce_works
 from gdat.config import GdatConfig
@@ -57,7 +58,8 @@ from gdat.report import hit_report, write_report
 from gdat.settings import bank_root, repeat_tune
 from gdat.topology import intra_node_fit, topology_of
 
-__all__ = ["prepare_construction", "Construction", "TuneContext", "check_same_model", "check_model_across_ranks"]
+__all__ = ["prepare_construction", "Construction", "TuneContext", "check_same_model", "check_model_across_ranks",
+           "tuning_name"]
 
 _UNSUPPORTED = {
     "mixed_precision": "DDP's mixed_precision option",
@@ -142,11 +144,10 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
                          config: GdatConfig) -> Construction:
     """Steps 1-4 of the module docstring (collectives on DDP's process group)."""
     options = _user_options(module, args, kwargs)
+    group = _group_of(options)
     reason = _unsupported(options)
     if reason:
-        log.warn(reason)
-        return Construction(kwargs)
-    group = _group_of(options)
+        return _untuned(module, kwargs, config, reason, group)
     params = param_infos(module)
     fixed = bool(options.get("find_unused_parameters")) and not options.get("static_graph")
     model = model_layout(params, FIXED_ORDER if fixed else READY_ORDER)
@@ -155,6 +156,7 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
         squeeze = plan.compressed and bool(_compression(config.compress, group))
         if plan.compressed and not squeeze:
             log.info("the plan compresses buckets; without --gdat-compress they are reduced exactly")
+        outcome.record(outcome.Outcome(f"applied plan file {config.plan}", config.work_path))
         return Construction({**kwargs, **_plan_arguments(plan, plan.layout_on(model))},
                             compressed=plan if squeeze else None)
     try:
@@ -166,8 +168,8 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
     try:
         cost = fit_from_ladder(measure_allreduce(config.comm_budget_s, group))
     except ProfileError as e:
-        log.warn(f"cannot fit the allreduce cost ({e}); this model runs as stock DDP")
-        return Construction(kwargs)
+        return _untuned(module, kwargs, config, f"cannot fit the allreduce cost ({e}); this model runs as stock DDP",
+                        group)
     compress = _compression(config.compress, group)
     bandwidth = _bandwidth(cost)
     device_type = device_type_of(module)
@@ -193,24 +195,28 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
             cost = fit_from_ladder(measure_allreduce(max(_RECHECK_S, config.comm_budget_s), group,
                                                      min_bytes=_RECHECK_MIN_BYTES))
         except ProfileError as e:
-            log.warn(f"cannot fit the allreduce cost ({e}); this model runs as stock DDP")
-            return Construction(kwargs)
+            return _untuned(module, kwargs, config,
+                            f"cannot fit the allreduce cost ({e}); this model runs as stock DDP", group)
         bandwidth = _bandwidth(cost)
         key = {**key, "link_class": link_class(bandwidth)}
         fits["inter_node" if topology.nodes > 1 else "intra_node"] = cost
         layout = topology.to_dict(fits)
         hit, _ = broadcast_from_first(_look_up(key, bandwidth, model, group), group)
-    name = _tuning_name(module)
+    name = tuning_name(module)
     if hit is not None and (config.mode == "apply" or not repeat):
         entry = hit.entry
         log.info(f"knowledge base hit: plan {entry.plan.label!r} ({len(entry.plan.buckets)} buckets), "
                  f"tuned at {entry.result_ms:.1f} ms vs baseline {entry.baseline_ms:.1f} ms; no tuning steps")
-        if dist.get_rank(group) == 0:
-            write_report(hit_report(name, entry, hit.layout, bank_root(), layout), config.work_path)
+        written = write_report(hit_report(name, entry, hit.layout, bank_root(), layout), config.work_path) \
+            if dist.get_rank(group) == 0 else None
+        outcome.record(outcome.Outcome(f"applied the knowledge base's plan {entry.plan.label!r}", config.work_path,
+                                       written))
         return Construction({**kwargs, **_plan_arguments(entry.plan, hit.layout)},
                             compressed=entry.plan if entry.plan.compressed and compress else None)
     if config.mode == "apply":
         log.info("knowledge base miss: running the user's configuration untuned (--gdat-mode apply)")
+        outcome.record(outcome.Outcome("not tuned (knowledge base miss; --gdat-mode apply does not tune)",
+                                       config.work_path))
         return Construction(kwargs)
     user_args = {k: options.get(k) for k in ("bucket_cap_mb", "bucket_cap_mb_list")}
     start = hit or near
@@ -262,6 +268,15 @@ def _plan_arguments(plan: BucketPlan, layout: GradientLayout) -> dict[str, Any]:
     return args
 
 
-def _tuning_name(module: torch.nn.Module) -> str:
+def _untuned(module: torch.nn.Module, kwargs: dict[str, Any], config: GdatConfig, reason: str,
+             group: Any) -> Construction:
+    """Stock DDP for a model gdat does not tune: one line, a report with the reason."""
+    log.warn(reason)
+    outcome.record(outcome.untuned(reason, tuning_name(module), config.work_path, dist.get_rank(group) == 0))
+    return Construction(kwargs)
+
+
+def tuning_name(module: torch.nn.Module) -> str:
+    """The report's ``tuning_name``: ``<script>:<model class>``."""
     script = os.path.basename(os.environ.get("GDAT_SCRIPT", "")) or "python"
     return f"{script}:{type(module).__name__}"

@@ -8,7 +8,9 @@ is built with; this class then builds the mode's controller: the tuning loop
 (:class:`gdat.tune_loop.OnlineTuner`), the profile job
 (:class:`gdat.profile_job.ProfileJob`) or none.  Both need DDP's private members,
 checked first (:func:`gdat.ddp_internals.internals_available`): where this torch
-lacks one, the model runs as stock DDP.  A synchronised training step starts at
+lacks one, the model runs as stock DDP.  What gdat did with the model (tuned,
+applied, profiled, not tuned and why) is said at the end of the process
+(:mod:`gdat.outcome`).  A synchronised training step starts at
 each forward with grad enabled outside ``no_sync()``; at that moment the
 controller may act (record, switch plans, decide), always on the same step on
 every rank.
@@ -20,10 +22,10 @@ from typing import Any, Protocol
 
 import torch
 
-from gdat import compression, log
+from gdat import compression, log, outcome
 from gdat.config import GdatConfig
-from gdat.construction import TuneContext, check_model_across_ranks, prepare_construction
-from gdat.ddp_internals import STOCK_DDP, detach_comm_hook, internals_available
+from gdat.construction import TuneContext, check_model_across_ranks, prepare_construction, tuning_name
+from gdat.ddp_internals import STOCK_DDP, detach_comm_hook, internals_available, missing_internals
 from gdat.profile_job import ProfileJob
 from gdat.tune_loop import OnlineTuner
 
@@ -61,7 +63,10 @@ class DistributedDataParallel(STOCK_DDP):
             module = _aoe_bank(module)
         mode = config.mode
         if mode in ("tune", "profile") and not internals_available():
+            _lacks_internals(module, config, missing_internals())
             mode = "off"
+        elif mode == "off" and not config.plan:
+            outcome.record(outcome.Outcome("not tuned (--gdat-mode off)", config.work_path))
         if mode != "off":
             check_model_across_ranks(module, args, kwargs)
         tune: TuneContext | None = None
@@ -74,8 +79,11 @@ class DistributedDataParallel(STOCK_DDP):
             compression.install(self, compressed)
         self._gdat_config = config
         self._gdat: Controller | None = None
-        if (tune is not None or mode == "profile") and internals_available(self):
-            self._gdat = OnlineTuner(self, tune) if tune is not None else ProfileJob(self, config)
+        if tune is not None or mode == "profile":
+            if internals_available(self):
+                self._gdat = OnlineTuner(self, tune) if tune is not None else ProfileJob(self, config)
+            else:
+                _lacks_internals(module, config, missing_internals(self))
 
     def __getstate__(self) -> dict[str, Any]:
         """Stock DDP's state without gdat's controller and comm hooks: a deep copy or
@@ -89,7 +97,10 @@ class DistributedDataParallel(STOCK_DDP):
 
     def register_comm_hook(self, state: object, hook: Any) -> None:
         """Stock DDP's; a comm hook of the user's replaces gdat's compression hook
-        (gdat never replaces the user's), with one line saying so."""
+        (gdat never replaces the user's), with one line saying so, and the
+        profile's tracer where the tuner left it on the reducer."""
+        if isinstance(self._gdat, OnlineTuner):
+            self._gdat.release_reducer()
         squeezing = compression.installed(self)
         if squeezing is not None:
             log.warn("a comm hook was registered: gdat's gradient compression is turned off for it")
@@ -108,6 +119,11 @@ class DistributedDataParallel(STOCK_DDP):
         output = super().forward(*inputs, **kwargs)
         _after_forward(ctl, output)
         return output
+
+
+def _lacks_internals(module: torch.nn.Module, config: GdatConfig, missing: list[str]) -> None:
+    reason = f"this torch's DDP lacks {', '.join(missing)}; this model runs as stock DDP"
+    outcome.record(outcome.untuned(reason, tuning_name(module), config.work_path, log.rank() == 0))
 
 
 @torch.compiler.disable

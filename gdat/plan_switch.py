@@ -18,6 +18,10 @@ hands to a comm hook).  A DDP with ``find_unused_parameters=True`` never rebuild
 its initial buckets, formed from the caps in its fixed order
 (:data:`gdat.layout.FIXED_ORDER`), are the plan's from the first step after the
 switch.  Static-graph DDP is re-marked static.
+
+:class:`LiveBuckets` is the tuning loop's view of one live DDP: what its reducer
+runs, switched (with gdat's compression hook where a plan compresses) only when
+that changes.
 """
 from __future__ import annotations
 
@@ -26,7 +30,9 @@ from typing import Any, Sequence
 
 import torch
 
+from gdat import compression
 from gdat.ddp_internals import rebuild_reducer, supports_cap_list
+from gdat.ddp_model import WeakAttribute
 from gdat.errors import GdatWarning, PlanError
 from gdat.layout import GradientLayout
 from gdat.plan import MIB, BucketPlan, plan_from_caps
@@ -74,3 +80,40 @@ def switch_buckets(ddp: torch.nn.Module, bucket_cap_mb: float | None = None,
     if bucket_cap_mb_list is not None and not supports_cap_list():
         raise PlanError("this torch's DDP has no bucket_cap_mb_list")
     rebuild_reducer(ddp, bucket_cap_mb, bucket_cap_mb_list)
+
+
+class LiveBuckets:
+    """What a live DDP's reducer runs, rebuilt only when that changes: the user's
+    configuration (``"user"``), the same with the profile's tracing hook on it
+    (``"traced user"``, :meth:`traced`), or a plan (``"plan"``), with gdat's
+    compression hook exactly when the plan compresses buckets."""
+
+    ddp = WeakAttribute()
+
+    def __init__(self, ddp: torch.nn.Module, user_args: dict[str, Any]) -> None:
+        self.ddp = ddp
+        self.user_args = user_args
+        self.running = "user"
+
+    def traced(self) -> None:
+        """The profile's tracing hook is now on the reducer."""
+        self.running = "traced user"
+
+    def to_plan(self, plan: BucketPlan, layout: GradientLayout, probe: bool = False) -> None:
+        """Switch to ``plan`` (its compression hook's error probe on where ``probe``)."""
+        compression.forget(self.ddp)
+        switch_buckets(self.ddp, **ddp_bucket_arguments(plan, layout))
+        self.running = "plan"
+        if plan.compressed:
+            compression.install(self.ddp, plan).probe = probe
+
+    def to_user(self, keep_tracer: bool = False) -> None:
+        """Switch to the user's configuration: no rebuild when the reducer runs it
+        already, nor, with ``keep_tracer``, when it runs it with the tracing hook
+        (which averages as DDP does; a rebuild would only restart DDP's runtime
+        logging, ``_get_ddp_logging_data``)."""
+        if self.running == "user" or (keep_tracer and self.running == "traced user"):
+            return
+        compression.forget(self.ddp)
+        switch_buckets(self.ddp, **self.user_args)
+        self.running = "user"

@@ -9,8 +9,10 @@ gathers the timelines and rank 0 writes, in the work path::
     gdat_trace_<stamp>.json     Chrome trace (Perfetto, chrome://tracing)
     gdat_overlap_<stamp>.png    compute vs allreduce chart (needs matplotlib)
 
-and a summary on stderr.  Training continues unchanged afterwards (the tracing
-comm hook stays installed, averaging like stock DDP, recording nothing).
+and a summary on stderr.  A script that ends before that gets rank 0's recorded
+steps written (a one-rank profile, :meth:`ProfileJob.end_early`).  Training
+continues unchanged afterwards (the tracing comm hook stays installed, averaging
+like stock DDP, recording nothing).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Any
 
 import torch
 
-from gdat import log
+from gdat import log, outcome
 from gdat.config import GdatConfig
 from gdat.ddp_model import WeakAttribute, process_group_of
 from gdat.compression import reduced_allreduce_works
@@ -93,16 +95,31 @@ class ProfileJob:
                 self.cost = self.cost.with_cast(measure_cast(config.compress, 0.5, process_group_of(ddp)))
             else:
                 log.warn(f"--gdat-compress {config.compress}: {why}")
-        log.warn_at_exit(self)
+        self.written: str | None = None
+        outcome.watch(self)
 
     @property
     def _end_step(self) -> int:
         return self.config.warmup_steps + 2 * self.config.profile_steps
 
-    def _warn_if_incomplete(self) -> None:
-        if not self.done:
-            log.warn(f"profile incomplete: the script ran {self.step} training steps, the profile needs "
-                     f"{self._end_step + 1} (lower --gdat-profile-steps or --gdat-warmup-steps)")
+    def end_early(self, write: bool) -> None:
+        """The script ended before the profile was complete: say what it lacked and,
+        where ``write``, write (rank 0) the steps this rank recorded, if any."""
+        log.warn(f"profile incomplete: the script ran {self.step} training steps, the profile needs "
+                 f"{self._end_step + 1} (lower --gdat-profile-steps or --gdat-warmup-steps)")
+        if self.session is None or not write:
+            return
+        profile = self.session.partial(self.cost, {"source": "gdat-run --gdat-mode profile",
+                                                   "incomplete": f"the script ended after {self.step} steps"})
+        self.session = None
+        if log.rank() == 0 and any(r.steps for r in profile.ranks):
+            paths = write_profile_outputs(profile, self.config.work_path)
+            self.written = paths["profile"]
+            log.info(f"profile: wrote rank 0's {len(profile.ranks[0].steps)} recorded steps to {self.written}")
+
+    def outcome(self) -> outcome.Outcome:
+        what = "profiled" if self.done else f"profile incomplete ({self.step} of {self._end_step + 1} steps)"
+        return outcome.Outcome(what, self.config.work_path, self.written)
 
     def before_step(self) -> None:
         s, w, p = self.step, self.config.warmup_steps, self.config.profile_steps
@@ -122,6 +139,7 @@ class ProfileJob:
         self.done = True
         if log.rank() == 0:
             paths = write_profile_outputs(profile, self.config.work_path)
+            self.written = paths["profile"]
             for line in profile_summary(profile):
                 log.info(line)
             for what, path in paths.items():

@@ -14,8 +14,9 @@ script ended before it) it is the paired estimate from the measurement blocks an
 ``steady_state.status`` says ``pending``.  When the user's configuration runs on
 (nothing adopted, or switched back) it is the baseline's median: what runs is the
 baseline, and a difference between two windows of one configuration is drift, not
-a result.  :func:`hit_report` and :func:`tuning_report` assemble it
-for a knowledge-base hit and for a tuning run; :func:`write_report` writes it,
+a result.  :func:`hit_report`, :func:`tuning_report` and :func:`untuned_report`
+assemble it for a knowledge-base hit, a tuning run and a model gdat did not tune
+(``tuning unsatisfied``, the reason, ``null`` performance); :func:`write_report` writes it,
 with the tuning run's before/after chart (:func:`write_chart`) beside it.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ from gdat.schedule.candidates import Candidates, Correction, RankedPlan
 from gdat.schedule.simulator import Simulation, stretched
 from gdat.timeline import BucketSpan, Profile, ReadyTimeline, StepRecord
 
-__all__ = ["CandidateResult", "GdatReport", "plan_formats", "hit_report", "tuning_report", "write_report",
+__all__ = ["CandidateResult", "GdatReport", "plan_formats", "hit_report", "untuned_report", "tuning_report", "write_report",
            "write_chart", "predicted_step_record", "compression_section"]
 
 
@@ -79,8 +80,8 @@ class GdatReport:
     tuning_time_s: float
     outcome: str
     reason: str
-    baseline_ms: float
-    result_ms: float
+    baseline_ms: float | None
+    result_ms: float | None
     summary: RepoSummary
     chosen: dict[str, Any]
     baseline_plan: dict[str, Any]
@@ -110,9 +111,10 @@ class GdatReport:
     def section(self) -> dict[str, Any]:
         err, corrected = self.prediction_error(), self.prediction_error(corrected=True)
         return {
-            "model_baseline_performance(ms)": round(self.baseline_ms, 3),
-            "model_result_performance(ms)": round(self.result_ms, 3),
-            "model_performance_improvement": improvement_percent(self.baseline_ms, self.result_ms),
+            "model_baseline_performance(ms)": _ms(self.baseline_ms),
+            "model_result_performance(ms)": _ms(self.result_ms),
+            "model_performance_improvement": None if self.baseline_ms is None or self.result_ms is None
+            else improvement_percent(self.baseline_ms, self.result_ms),
             "gdat_tuning_result": self.outcome,
             "reason": self.reason,
             "repo_summary": self.summary.to_dict(),
@@ -153,6 +155,15 @@ def hit_report(tuning_name: str, entry: BankedPlan, layout: GradientLayout, bank
     return GdatReport(tuning_name, 0.0, "bank hit", "plan taken from the knowledge base; no tuning steps",
                       entry.baseline_ms, entry.result_ms, summary, plan_formats(entry.plan, layout), {},
                       tuning_steps=0, extra={"knowledge_base": bank_root, "topology": topology})
+
+
+def untuned_report(tuning_name: str, reason: str, tuning_steps: int = 0) -> GdatReport:
+    """The report of a model gdat did not tune: ``tuning unsatisfied`` with the
+    reason, no plan and no measured step time (``null``: nothing was measured)."""
+    summary = RepoSummary()
+    summary.count("unsatisfied")
+    return GdatReport(tuning_name, 0.0, "tuning unsatisfied", reason, None, None, summary, {}, {},
+                      tuning_steps=tuning_steps)
 
 
 def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, verdict: Verdict,

@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     differing between ranks) ends the process with one line and status 2, Ctrl-C
     with one line (rank 0) and status 130, both through :mod:`gdat.job_end`.  A
     script that finishes, or calls ``sys.exit``, ends through :func:`end_process`
-    with its own status."""
-    from gdat import job_end, log
+    with its own status, after gdat's done line (:mod:`gdat.outcome`)."""
+    from gdat import job_end, log, outcome
     from gdat.errors import GdatError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     isolate_restart_store()
     log.show_warnings_as_lines()
     track_open_files()
+    outcome.expect()
     sys.argv = [target, *rest]
     try:
         if kind == "script":
@@ -158,12 +159,14 @@ def main(argv: list[str] | None = None) -> None:
         else:
             runpy.run_module(target, run_name="__main__", alter_sys=True)
     except GdatError as e:
+        outcome.silence()
         job_end.report(2, f"gdat: error: {e}")
         end_process(2)
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        summary = outcome.interrupted_summary()
         if log.rank() == 0:
-            job_end.report(130, f"gdat: {log.interrupted_summary()}")
+            job_end.report(130, f"gdat: {summary}")
         end_process(130)
     except SystemExit as e:
         code = e.code
@@ -171,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
             print(code, file=sys.stderr)
             code = 1
         end_process(code or 0)
+    except BaseException:
+        outcome.script_failed()
+        raise
     end_process(0)
 
 

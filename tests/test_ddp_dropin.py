@@ -95,9 +95,32 @@ def _one(rank, work, options, accumulate, user_hook, missing):
     return facts
 
 
+def _hook_after_tuning(rank, work):
+    """One parameter tensor: no plan differs from DDP's, so the tuner measures the
+    user's configuration alone and leaves the reducer it profiled (DDP's runtime
+    logging goes on); a comm hook registered after tuning must still be taken."""
+    from gdat.ddp import DistributedDataParallel
+
+    os.environ["TUNE_BANK_PATH"] = os.path.join(work, "bank")
+    torch.manual_seed(3)
+    stock_model = torch.nn.Linear(256, 1, bias=False)
+    gdat_model = copy.deepcopy(stock_model)
+    stock = StockDDP(stock_model)
+    tuned = DistributedDataParallel(gdat_model, gdat_config=GdatConfig(mode="tune", work_path=work, comm_budget_s=0.3))
+    first = _train(stock, rank), _train(tuned, rank)
+    facts = {"tuned, no candidate": tuned._gdat.done and not tuned._gdat.plans}
+    stock.register_comm_hook(None, allreduce_hook)
+    tuned.register_comm_hook(None, allreduce_hook)
+    then = _train(stock, rank), _train(tuned, rank)
+    facts["equal"] = all(torch.equal(x, y) for a, b in (first, then) for x, y in zip(a, b, strict=True))
+    return facts
+
+
 def _all_configurations(rank, world, work):
-    return {name: _one(rank, os.path.join(work, str(k)), *config)
-            for k, (name, config) in enumerate(CONFIGURATIONS.items())}
+    found = {name: _one(rank, os.path.join(work, str(k)), *config)
+             for k, (name, config) in enumerate(CONFIGURATIONS.items())}
+    found["hook after tuning"] = _hook_after_tuning(rank, os.path.join(work, "hook_after"))
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +136,12 @@ def test_gdat_ddp_trains_exactly_like_stock_ddp(ranks, name):
         assert facts["equal"], "parameters after 40 steps equal stock DDP's, bitwise"
         assert facts["tuned"] == EXPECT_TUNED[name]
         assert facts["copies"], "deepcopy and pickle give a stock-behaving gdat DDP, as stock DDP does"
+
+
+def test_a_comm_hook_registered_after_tuning_found_nothing_to_measure_is_taken(ranks):
+    for per_rank in ranks:
+        facts = per_rank["hook after tuning"]
+        assert facts["tuned, no candidate"] and facts["equal"]
 
 
 def test_a_torch_without_a_needed_internal_is_named_once_and_left_stock(ranks):

@@ -147,3 +147,11 @@ def test_a_plan_file_is_applied_without_tuning(runs):
     assert len(data["losses"]) == len(runs["reference"][0]["losses"]) == STEPS
     for a, b in zip(data["losses"], runs["reference"][0]["losses"]):
         assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_every_launch_ends_with_one_line_saying_what_gdat_did(runs):
+    said = {"first": "tuned (", "repeat": "tuned (", "second": "applied the knowledge base's plan",
+            "given": "applied plan file"}
+    for name, start in said.items():
+        last = [line for line in runs[name][2].splitlines() if line.startswith("gdat: ")][-1]
+        assert last.startswith(f"gdat: done: {start}") and last.endswith(f"/{name}"), (name, last)

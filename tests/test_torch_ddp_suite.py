@@ -31,13 +31,7 @@ def _run_suite(tmp_path_factory) -> dict[str, str]:
     return _outcomes
 
 
-WAITS_FOR_NO_NEEDLESS_SWITCH = pytest.mark.xfail(
-    strict=True, reason="gdat rebuilds the reducer when restoring a configuration it never left, which "
-                        "restarts DDP's runtime logging")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=WAITS_FOR_NO_NEEDLESS_SWITCH)
-                                  if n == "test_ddp_logging_data_cpu" else n for n in CPU_DDP_TESTS])
+@pytest.mark.parametrize("name", CPU_DDP_TESTS)
 def test_pytorch_ddp_test_passes_with_gdats_ddp(name, tmp_path_factory):
     outcomes = _run_suite(tmp_path_factory)
     assert outcomes.get(name) == "passed", f"{name}: {outcomes.get(name)}\n{outcomes['__stderr__']}"

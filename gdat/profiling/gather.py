@@ -1,4 +1,5 @@
-"""Gather every rank's recorded steps into one :class:`Profile` on every rank."""
+"""Gather every rank's recorded steps into one :class:`Profile` on every rank
+(:func:`gather_profile`), or keep one rank's alone (:func:`local_profile`)."""
 from __future__ import annotations
 
 import socket
@@ -11,7 +12,7 @@ from gdat.cost_model import AllreduceCostModel
 from gdat.layout import READY_ORDER, ParamInfo
 from gdat.timeline import Profile, RankTimeline, StepRecord
 
-__all__ = ["gather_profile"]
+__all__ = ["gather_profile", "local_profile"]
 
 
 def gather_profile(
@@ -41,4 +42,24 @@ def gather_profile(
         cost_model=cost_model,
         meta=dict(meta or {}),
         bucket_order=bucket_order,
+    )
+
+
+def local_profile(
+    steps: Sequence[StepRecord],
+    params: Sequence[ParamInfo],
+    device_type: str,
+    rank: int,
+    world_size: int,
+    backend: str,
+    cost_model: AllreduceCostModel | None = None,
+    meta: dict[str, Any] | None = None,
+    bucket_order: str = READY_ORDER,
+) -> Profile:
+    """Rank ``rank``'s steps alone (no collective), for a profile cut short; the
+    world size is the job's, and ``meta["ranks_recorded"]`` says whose steps it holds."""
+    return Profile(
+        world_size=world_size, backend=backend, device_type=device_type, torch_version=torch.__version__,
+        params=tuple(params), ranks=(RankTimeline(rank, socket.gethostname(), tuple(steps)),),
+        cost_model=cost_model, meta={**(meta or {}), "ranks_recorded": [rank]}, bucket_order=bucket_order,
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 from gdat.cost_model import AllreduceCostModel
 from gdat.ddp_internals import remove_comm_hook
@@ -27,7 +28,7 @@ from gdat.device import Clock, device_type_of
 from gdat.errors import UsageError
 from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
 from gdat.profiling.comm_trace import BucketTracer, tracing_allreduce_hook
-from gdat.profiling.gather import gather_profile
+from gdat.profiling.gather import gather_profile, local_profile
 from gdat.profiling.recorder import StepRecorder
 from gdat.timeline import Profile
 
@@ -44,6 +45,10 @@ class ProfileSession:
         self.device_type = device_type_of(ddp.module)
         self.clock = clock or Clock(self.device_type)
         self.group = process_group_of(ddp)
+        self.params = param_infos(ddp)
+        self.rank, self.world_size = dist.get_rank(self.group), dist.get_world_size(self.group)
+        self.backend = str(dist.get_backend(self.group))
+        self.bucket_order = bucket_order_of(ddp)
         self.recorder = StepRecorder(ddp, self.clock).attach()
         self.tracer = BucketTracer(self.clock, self.recorder.param_index, self.group, mode="off",
                                    on_bucket=self.recorder.add_bucket)
@@ -72,8 +77,18 @@ class ProfileSession:
         self.recorder.detach()
         self.tracer.set_mode("off")
         remove_comm_hook(self.ddp, tracing_allreduce_hook, self.tracer)
-        return gather_profile(steps, param_infos(self.ddp), self.device_type, self.group, cost_model, meta,
-                              bucket_order_of(self.ddp))
+        return gather_profile(steps, self.params, self.device_type, self.group, cost_model, meta,
+                              self.bucket_order)
+
+    def partial(self, cost_model: AllreduceCostModel | None = None, meta: dict[str, Any] | None = None) -> Profile:
+        """This rank's steps so far as a one-rank :class:`Profile`, with no
+        collective and no DDP needed (for a script that ended early, its DDP
+        possibly gone): the hooks are removed, the tracer averages untraced."""
+        steps = self.recorder.finish()
+        self.recorder.detach()
+        self.tracer.set_mode("off")
+        return local_profile(steps, self.params, self.device_type, self.rank, self.world_size, self.backend,
+                             cost_model, meta, self.bucket_order)
 
 
 def profile_ddp(

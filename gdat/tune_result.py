@@ -1,0 +1,155 @@
+"""Stages 4-5 of the tuning loop on rank 0: keep the decision and tell it.
+
+At the decision (:meth:`TuneResult.keep`) the winner, or the user's configuration
+as the verdict, goes into the knowledge base under its lock
+(:func:`gdat.plan_bank.keep`, which judges add / update / reserved / unsatisfied
+against what is stored by then) and the report and chart are written, with the
+estimate from the paired blocks: the winner's step is ``m_base + D_w`` seconds
+(``m_base`` the baseline blocks' median, ``D_w`` the winner's paired difference,
+:func:`gdat.decide.standings`).  After the steady-state confirmation
+(:meth:`TuneResult.settle`) the report is rewritten with the steady-state median,
+and an adopted plan that did not hold is revoked in the bank
+(:func:`gdat.plan_bank.revoke`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from gdat import log
+from gdat.aoe_result import improvement_percent
+from gdat.construction import TuneContext
+from gdat.decide import BASELINE, Block, Verdict, baseline_median_s, standings
+from gdat.errors import GdatError
+from gdat.find_unused import FindUnusedCost
+from gdat.knowledge_base import KnowledgeBase
+from gdat.measure import WindowStats, pooled
+from gdat.outcome import Outcome
+from gdat.plan_bank import BankedPlan, keep, revoke
+from gdat.report import GdatReport, compression_section, tuning_report, write_chart, write_report
+from gdat.schedule.candidates import Candidates, Correction, RankedPlan
+from gdat.settings import bank_root
+from gdat.timeline import Profile
+
+__all__ = ["TuneResult"]
+
+
+@dataclass
+class TuneResult:
+    """What one tuning run measured and decided (fixed at the decision), and what
+    was kept and written of it since."""
+
+    ctx: TuneContext
+    profile: Profile
+    found: Candidates
+    plans: list[RankedPlan]
+    blocks: list[Block]
+    verdict: Verdict
+    decision_step: int
+    correction: Correction
+    began: float
+    squeeze_errors: dict[int, dict[int, float]] = field(default_factory=dict)
+    find_unused: FindUnusedCost | None = None
+    bank_outcome: str = "unsatisfied"
+    bank_entry: str | None = None
+    report: GdatReport | None = None
+    report_path: str | None = None
+
+    @property
+    def winner(self) -> RankedPlan | None:
+        return None if self.verdict.winner is None else self.plans[self.verdict.winner]
+
+    def summary(self) -> str:
+        """The report's outcome and where it is."""
+        if self.report is None:
+            return "decided; nothing was saved"
+        return self.report.outcome + (f"; report {self.report_path}" if self.report_path else "")
+
+    def outcome(self) -> Outcome:
+        """The done line's clause: the report's outcome and the plan that runs."""
+        report = self.report
+        runs = report.chosen.get("label", "the user configuration") if report else "nothing kept"
+        return Outcome(f"tuned ({report.outcome if report else 'decided'}: {runs})", self.ctx.config.work_path,
+                       self.report_path)
+
+    def keep(self) -> None:
+        """Keep the decision in the bank, write the report and chart, say so."""
+        winner = self.winner
+        m_base = baseline_median_s(self.blocks)
+        result_s = m_base if winner is None else \
+            m_base + next(st.diff_s for st in standings(self.blocks) if st.candidate == self.verdict.winner)
+        self.bank_outcome, self.bank_entry = self._save(winner, result_s)
+        self.report = self._report(None, False)
+        base_ms, result_ms = self.report.baseline_ms, self.report.result_ms
+        change = f"step time {(result_ms - base_ms) / base_ms * 100:+.1f}%, AOE improvement " \
+            f"{improvement_percent(base_ms, result_ms)}" if winner else "kept"
+        log.info(f"tune: {self.report.outcome}: {winner.plan.label if winner else 'user configuration'} "
+                 f"{result_ms:.2f} ms vs baseline {base_ms:.2f} ms in paired blocks ({change}); "
+                 f"{self.verdict.reason}")
+        self.report_path = write_report(self.report, self.ctx.config.work_path)
+        if self.report_path is not None:
+            write_chart(self.report_path, self.profile, self.found, winner)
+
+    def settle(self, window: WindowStats, reverted: bool) -> None:
+        """Record the steady state: revoke a plan that did not hold, rewrite the report."""
+        base = self._windows(BASELINE)
+        if reverted:
+            plan = self.winner.plan
+            log.warn(f"steady state: the adopted plan {plan.label} ran {window.median_s * 1e3:.2f} ms against "
+                     f"{base.median_s * 1e3:.2f} ms for the user's configuration in the measurement blocks, not "
+                     f"faster beyond the noise; switched back to the user's configuration")
+            verdict = BankedPlan(self.found.baseline_plan, base.median_s * 1e3, base.median_s * 1e3,
+                                 self._bandwidth(), time.time())
+            try:
+                if revoke(KnowledgeBase(bank_root(), "gdat"), self.ctx.key, plan, verdict):
+                    log.info("knowledge base: the entry now holds the user's configuration")
+                    self.bank_outcome = "unsatisfied"
+            except (OSError, GdatError) as e:
+                log.warn(f"cannot record the switch back in the knowledge base ({e})")
+        else:
+            which = "user configuration" if self.winner is None else "adopted plan"
+            log.info(f"tune: steady state of the {which}: {window.median_s * 1e3:.2f} ms over "
+                     f"{len(window.step_s)} steps (confirmed)")
+        self.report = self._report(window, reverted)
+        if self.report_path is not None:
+            self.report_path = write_report(self.report, self.ctx.config.work_path, self.report_path)
+
+    def _windows(self, plan: int) -> WindowStats:
+        return pooled([b.window for b in self.blocks if b.plan == plan])
+
+    def _report(self, steady: WindowStats | None, reverted: bool) -> GdatReport:
+        report = tuning_report(self.ctx.tuning_name, time.time() - self.began, self.decision_step + 1, self.verdict,
+                               self.blocks, self.plans, self.found, self.correction, self.bank_outcome,
+                               self.bank_entry, self.ctx.cost, self.ctx.topology, steady, reverted)
+        if self.find_unused is not None:
+            report.extra["find_unused_parameters_cost"] = self.find_unused.to_dict()
+        if self.squeeze_errors:
+            report.extra["compression"] = compression_section(self.ctx.compress, self.plans, self.squeeze_errors)
+        return report
+
+    def _save(self, winner: RankedPlan | None, result_s: float) -> tuple[str, str | None]:
+        """Keep the winner (or the user's configuration as the verdict) in the bank;
+        returns the outcome and the entry's path if it was written.  When the bank
+        cannot be written, the outcome is judged by what construction found."""
+        found, base = self.found, self._windows(BASELINE)
+        plan = found.baseline_plan if winner is None else winner.plan
+        entry = BankedPlan(plan, base.median_s * 1e3, result_s * 1e3, self._bandwidth(), time.time())
+        measured = [(found.baseline_plan, base),
+                    *((self.plans[i].plan, self._windows(i)) for i in sorted({b.plan for b in self.blocks} - {BASELINE}))]
+        try:
+            bank = KnowledgeBase(bank_root(), "gdat")
+            settled = keep(bank, self.ctx.key, entry, winner is not None, found.timeline.layout, measured,
+                           None if winner is None else self._windows(self.verdict.winner))
+        except (OSError, GdatError) as e:
+            log.warn(f"cannot save the plan in the knowledge base ({e})")
+            return ("reserved" if self.ctx.stored is not None else "add" if winner else "unsatisfied"), None
+        if not settled.written:
+            if self.ctx.stored is None:
+                log.info("knowledge base: keeping the plan another job stored meanwhile")
+            return settled.outcome, None
+        path = bank.path_for(self.ctx.key)
+        log.info(f"knowledge base: saved {path}")
+        return settled.outcome, path
+
+    def _bandwidth(self) -> float:
+        return 1.0 / max(self.ctx.cost.beta_s_per_byte, 1e-15)
