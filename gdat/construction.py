@@ -24,13 +24,9 @@ dtype (:func:`gdat.compression.reduced_allreduce_works`; if not, one line and no
 compression) and measures the cast cost (:mod:`gdat.profiling.cast_bench`); the key
 records the dtype (so exact and lossy plans never share an entry) and a hit on a
 compressed plan installs the compression hook when DDP is built.
-
-:func:`check_model_across_ranks` runs first in every mode but ``off``: ranks that
-built different models stop with :class:`ModelMismatchError` rather than hang.
 """
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -39,16 +35,16 @@ import torch
 import torch.distributed as dist
 
 from gdat import log, outcome
-from gdat.collectives import broadcast_from_first, gather_from_all
+from gdat.collectives import broadcast_from_first
 from gdat.compression import reduced_allreduce_works
 from gdat.config import GdatConfig
 from gdat.cost_model import AllreduceCostModel
-from gdat.ddp_internals import STOCK_DDP, python_reducer_active
-from gdat.ddp_model import param_infos
+from gdat.ddp_internals import python_reducer_active
+from gdat.ddp_model import ddp_options, options_group, param_infos
 from gdat.device import device_type_of, hardware_fingerprint
-from gdat.errors import ModelMismatchError, ProfileError, UsageError
+from gdat.errors import ProfileError, UsageError
 from gdat.knowledge_base import KnowledgeBase
-from gdat.layout import FIXED_ORDER, READY_ORDER, GradientLayout, ParamInfo, model_layout
+from gdat.layout import FIXED_ORDER, READY_ORDER, GradientLayout, model_layout
 from gdat.plan import BucketPlan
 from gdat.plan_bank import BankHit, bank_key, link_class, lookup, lookup_near
 from gdat.plan_switch import ddp_bucket_arguments
@@ -58,8 +54,7 @@ from gdat.report import hit_report, write_report
 from gdat.settings import bank_root, repeat_tune
 from gdat.topology import intra_node_fit, topology_of
 
-__all__ = ["prepare_construction", "Construction", "TuneContext", "check_same_model", "check_model_across_ranks",
-           "tuning_name"]
+__all__ = ["prepare_construction", "Construction", "TuneContext", "tuning_name"]
 
 _UNSUPPORTED = {
     "mixed_precision": "DDP's mixed_precision option",
@@ -96,40 +91,6 @@ class Construction:
     compressed: BucketPlan | None = None
 
 
-def check_same_model(params: tuple[ParamInfo, ...], group: Any) -> None:
-    """Raise :class:`ModelMismatchError` naming the first parameter that differs
-    between rank 0 and any other rank (a collective)."""
-    every = gather_from_all([(p.name, p.shape, p.dtype) for p in params], group)
-    reference = every[0]
-    for rank, other in enumerate(every[1:], start=1):
-        for k in range(max(len(reference), len(other))):
-            a = reference[k] if k < len(reference) else None
-            b = other[k] if k < len(other) else None
-            if a != b:
-                def show(x):
-                    return "nothing" if x is None else f"{x[0]} {list(x[1])} {x[2]}"
-                raise ModelMismatchError(
-                    f"ranks built different models: parameter #{k} is {show(a)} on rank 0 "
-                    f"but {show(b)} on rank {rank}")
-
-
-def check_model_across_ranks(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-    """:func:`check_same_model` for the DDP about to wrap ``module`` (a collective)."""
-    check_same_model(param_infos(module), _group_of(_user_options(module, args, kwargs)))
-
-
-def _user_options(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
-    bound = inspect.signature(STOCK_DDP.__init__).bind(None, module, *args, **kwargs)
-    bound.apply_defaults()
-    return dict(bound.arguments)
-
-
-def _group_of(options: dict[str, Any]) -> Any:
-    if options.get("device_mesh") is not None:
-        return options["device_mesh"].get_group(mesh_dim=0)
-    return options.get("process_group") or dist.group.WORLD
-
-
 def _unsupported(options: dict[str, Any]) -> str | None:
     """Why gdat leaves a DDP with these options untouched, if it does."""
     for name, what in _UNSUPPORTED.items():
@@ -143,8 +104,8 @@ def _unsupported(options: dict[str, Any]) -> str | None:
 def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any],
                          config: GdatConfig) -> Construction:
     """Steps 1-4 of the module docstring (collectives on DDP's process group)."""
-    options = _user_options(module, args, kwargs)
-    group = _group_of(options)
+    options = ddp_options(module, args, kwargs)
+    group = options_group(options)
     reason = _unsupported(options)
     if reason:
         return _untuned(module, kwargs, config, reason, group)

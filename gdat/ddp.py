@@ -24,8 +24,9 @@ import torch
 
 from gdat import compression, log, outcome
 from gdat.config import GdatConfig
-from gdat.construction import TuneContext, check_model_across_ranks, prepare_construction, tuning_name
+from gdat.construction import TuneContext, prepare_construction, tuning_name
 from gdat.ddp_internals import STOCK_DDP, detach_comm_hook, internals_available, missing_internals
+from gdat.model_check import check_model_across_ranks
 from gdat.profile_job import ProfileJob
 from gdat.tune_loop import OnlineTuner
 

@@ -1,4 +1,5 @@
-"""What gdat reads from a live ``DistributedDataParallel`` instance.
+"""What gdat reads from a live ``DistributedDataParallel`` instance, or from the
+arguments one is about to be built with (:func:`ddp_options`, :func:`options_group`).
 
 DDP's reducer numbers the trainable parameters by walking
 ``module.named_modules()`` and each module's own parameters, skipping those that do
@@ -9,16 +10,18 @@ an index into this list.
 """
 from __future__ import annotations
 
+import inspect
 import weakref
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from gdat.ddp_internals import ignored_parameter_names
+from gdat.ddp_internals import STOCK_DDP, ignored_parameter_names
 from gdat.layout import FIXED_ORDER, READY_ORDER, ParamInfo, params_of
 
-__all__ = ["reducer_parameters", "param_infos", "process_group_of", "bucket_order_of", "WeakAttribute"]
+__all__ = ["reducer_parameters", "param_infos", "process_group_of", "bucket_order_of", "WeakAttribute", "ddp_options",
+           "options_group"]
 
 
 def reducer_parameters(
@@ -83,3 +86,18 @@ class WeakAttribute:
 
     def __set__(self, obj: Any, value: Any) -> None:
         obj.__dict__[self.name] = weakref.ref(value)
+
+
+def ddp_options(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every argument of stock DDP's constructor for ``DDP(module, *args, **kwargs)``,
+    defaults filled in."""
+    bound = inspect.signature(STOCK_DDP.__init__).bind(None, module, *args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def options_group(options: dict[str, Any]) -> Any:
+    """The process group a DDP built with ``options`` (:func:`ddp_options`) uses."""
+    if options.get("device_mesh") is not None:
+        return options["device_mesh"].get_group(mesh_dim=0)
+    return options.get("process_group") or dist.group.WORLD

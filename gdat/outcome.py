@@ -31,7 +31,8 @@ from typing import Any, Protocol
 from gdat import log
 from gdat.report import untuned_report, write_report
 
-__all__ = ["Outcome", "record", "untuned", "watch", "expect", "script_failed", "silence", "interrupted_summary", "done_line"]
+__all__ = ["Outcome", "record", "untuned", "watch", "expect", "script_failed", "silence", "interrupted_summary",
+           "done_line"]
 
 _MAX_CLAUSES = 3
 

@@ -16,8 +16,8 @@ script ended before it) it is the paired estimate from the measurement blocks an
 baseline, and a difference between two windows of one configuration is drift, not
 a result.  :func:`hit_report`, :func:`tuning_report` and :func:`untuned_report`
 assemble it for a knowledge-base hit, a tuning run and a model gdat did not tune
-(``tuning unsatisfied``, the reason, ``null`` performance); :func:`write_report` writes it,
-with the tuning run's before/after chart (:func:`write_chart`) beside it.
+(``tuning unsatisfied``, the reason, ``null`` performance); :func:`write_report` writes it
+(the tuning run's before/after chart beside it is :mod:`gdat.report_chart`'s).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from gdat import log
 from gdat.aoe_result import improvement_percent, write_result
-from gdat.cost_model import AllreduceCostModel, Contention
+from gdat.cost_model import AllreduceCostModel
 from gdat.decide import BASELINE, Block, Verdict, baseline_median_s, standings
 from gdat.errors import PlanNotExpressible
 from gdat.knowledge_base import RepoSummary
@@ -37,11 +37,9 @@ from gdat.measure import WindowStats, pooled
 from gdat.plan import BucketPlan
 from gdat.plan_bank import BankedPlan
 from gdat.schedule.candidates import Candidates, Correction, RankedPlan
-from gdat.schedule.simulator import Simulation, stretched
-from gdat.timeline import BucketSpan, Profile, ReadyTimeline, StepRecord
 
-__all__ = ["CandidateResult", "GdatReport", "plan_formats", "hit_report", "untuned_report", "tuning_report", "write_report",
-           "write_chart", "predicted_step_record", "compression_section"]
+__all__ = ["CandidateResult", "GdatReport", "plan_formats", "hit_report", "untuned_report", "tuning_report",
+           "write_report", "compression_section"]
 
 
 @dataclass(frozen=True)
@@ -244,34 +242,3 @@ def write_report(report: GdatReport, work_path: str, path: str | None = None) ->
         return None
     log.info(f"report: {path}")
     return path
-
-
-def write_chart(report_path: str, profile: Profile, found: Candidates, winner: RankedPlan | None) -> None:
-    """The before/after chart next to the report: the profile's overlapped steps as
-    measured, and the chosen plan's step as predicted (needs matplotlib)."""
-    from gdat.profiling.overlap_plot import plot_available, plot_overlap
-
-    if not plot_available():
-        return
-    before = [(f"rank {r.rank} step {s.step}", s) for r in profile.ranks for s in r.steps if s.kind == "overlap"]
-    chosen = winner.plan if winner else found.baseline_plan
-    after = [("predicted", predicted_step_record(found.timeline, chosen, found.simulate(chosen), 0,
-                                                 found.contention))]
-    try:
-        plot_overlap([("before: measured, user configuration (overlapped profile steps)", before),
-                      (f"after: predicted, {chosen.label}", after)], report_path[:-len(".json")] + ".png")
-    except OSError as e:
-        log.warn(f"cannot write the chart ({e})")
-
-
-def predicted_step_record(timeline: ReadyTimeline, plan: BucketPlan, sim: Simulation, step: int,
-                          contention: Contention) -> StepRecord:
-    """A :class:`StepRecord` drawn from a simulation (for the "after" chart)."""
-    ready, _ = stretched(timeline, contention.compute_stretch)
-    spans = tuple(BucketSpan(k, b.params, b.nbytes, s, e)
-                  for k, (b, s, e) in enumerate(zip(plan.buckets, sim.start_s, sim.end_s)))
-    end = max(sim.backward_end_s, sim.comm_end_s)
-    return StepRecord(step=step, kind="overlap", start_s=0.0, forward_end_s=timeline.backward_start_s,
-                      backward_start_s=timeline.backward_start_s, backward_end_s=sim.backward_end_s,
-                      grad_ready=tuple((p, float(t)) for p, t in zip(timeline.layout.order, ready)), buckets=spans,
-                      step_end_s=end + timeline.post_s)

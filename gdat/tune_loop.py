@@ -1,40 +1,31 @@
 """The tuning loop of ``--gdat-mode tune``, on the user's own training steps.
 
 Every step is a real training step.  The loop acts at the start of a step (the
-entry of gdat's DDP forward), always at a step index every rank knows (the
-schedule of :mod:`gdat.measure`; where the loop goes next, rank 0 decides and
-broadcasts at such a step), so ranks never diverge:
+entry of gdat's DDP forward), at step indices every rank knows (the schedule of
+:mod:`gdat.measure`); where it goes next, rank 0 decides and broadcasts:
 
-1. profile: compute-only steps (allreduce deferred, gradients still averaged) and
-   overlapped steps, traced by gdat's comm hook (:mod:`gdat.profiling.session`);
-2. generate: rank 0 fits the model and ranks the first round's candidates
-   (:func:`gdat.schedule.candidates.generate_candidates`), every rank receives them;
+1. profile: compute-only and overlapped steps, traced (:mod:`gdat.profiling.session`);
+2. generate: rank 0 ranks the first round's candidates (:mod:`gdat.schedule.candidates`);
 3. measure, interleaved: blocks of the user's configuration (the baseline) and the
-   candidates in rounds that rank 0 plans (:mod:`gdat.rounds`: paired differences,
-   successive halving, newcomers chosen by the corrected model); each block
-   switches plans (:func:`gdat.plan_switch.switch_buckets`);
-4. decide: rank 0 adopts the candidate whose paired gain beats the noise
-   (:func:`gdat.decide.decide_blocks`), else the user's configuration stays; every
-   rank switches to the decision; rank 0 keeps it in the bank and writes the
-   report (:mod:`gdat.tune_result`);
-5. confirm: the decided plan runs ``confirm`` steps, timestamps only; if an adopted
-   plan does not beat the baseline's blocks by the noise rule
-   (:func:`gdat.decide.beats`), every rank switches back to the user's
-   configuration and rank 0 records that (:meth:`gdat.tune_result.TuneResult.settle`).
-   A script that ends before the confirmation keeps the report of step 4; one
-   that ends before the decision gets a ``tuning unsatisfied`` report saying what
-   it lacked (:meth:`OnlineTuner.end_early`).
+   candidates, in rounds rank 0 plans (:mod:`gdat.rounds`), each block switching
+   the live DDP's buckets only when they change (:class:`gdat.plan_switch.LiveBuckets`);
+4. decide: the candidate whose paired gain beats the noise
+   (:func:`gdat.decide.decide_blocks_lossy_last`), else the user's configuration;
+   rank 0 keeps it in the bank and writes the report (:mod:`gdat.tune_result`);
+5. confirm: ``confirm`` steps of the decision, timestamps only; an adopted plan
+   that does not beat the baseline's blocks (:func:`gdat.decide.holds_in_steady_state`)
+   gives way to the user's configuration on every rank.
 
-With ``--gdat-compress`` the first round's last place may go to a plan compressing
-the exposed tail (:func:`gdat.schedule.candidates.with_compressed_candidate`): its
-blocks run gdat's compression hook (:mod:`gdat.compression`), with the error probe
-on for the transition and first step of its first block; it wins only by also
-beating the fastest exact configuration (:func:`gdat.decide.decide_blocks_lossy_last`),
-and the report gives each compressed bucket's measured gradient error.
+A model the loop cannot tune, or a script that ends before the decision, gets a
+``tuning unsatisfied`` report with the reason (:mod:`gdat.outcome`).  With
+``--gdat-compress`` round 1's last place may go to a plan compressing the exposed
+tail; its first block probes the gradient error, and it wins only by also beating
+the fastest exact configuration.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -53,7 +44,7 @@ from gdat.plan import BucketPlan
 from gdat.plan_switch import LiveBuckets
 from gdat.profiling.session import ProfileSession
 from gdat.rounds import RoundPlanner
-from gdat.schedule.candidates import Candidates, Correction, RankedPlan, generate_candidates, \
+from gdat.schedule.candidates import MIN_GAIN, Candidates, Correction, RankedPlan, generate_candidates, \
     with_compressed_candidate
 from gdat.timeline import Profile
 from gdat.tune_result import TuneResult
@@ -196,8 +187,10 @@ class OnlineTuner:
             return
         self.found = found
         self.plans = list(found.ranked)
-        if not found.ranked:
-            log.info("tune: every plan the search generated buckets gradients like the user's configuration")
+        if not found.ranked and self.rank == 0:
+            log.info(f"tune: the model's lower bound for any split, {found.lower_bound_s() * 1e3:.2f} ms, is within "
+                     f"{MIN_GAIN:.1%} of the user's configuration: nothing to measure" if not found.worth_measuring()
+                     else "tune: every plan the search generated buckets gradients like the user's configuration")
         if self.rank == 0:
             self.rounds = RoundPlanner(found, self.plans, self.blocks)
         self._start_block(BASELINE, 0)
@@ -255,8 +248,13 @@ class OnlineTuner:
     # --- 4: decide -----------------------------------------------------------------------
     def _decide(self, step: int) -> None:
         """Decide (rank 0), switch every rank to the decision, keep and report."""
-        verdict = broadcast_from_first(decide_blocks_lossy_last(
-            self.blocks, [i for i, p in enumerate(self.plans) if p.plan.compressed]) if self.rank == 0 else None, self.group)
+        verdict = None
+        if self.rank == 0:
+            verdict = decide_blocks_lossy_last(self.blocks, [i for i, p in enumerate(self.plans) if p.plan.compressed])
+            if not self.plans and not self.found.worth_measuring():
+                verdict = replace(verdict, reason=f"the user's configuration is at the model's lower bound for any "
+                                                  f"split (within {MIN_GAIN:.1%}): nothing to measure")
+        verdict = broadcast_from_first(verdict, self.group)
         self.verdict, self.decision_step = verdict, step
         if verdict.winner is None:
             self._user_configuration()

@@ -26,7 +26,8 @@ from gdat.knowledge_base import KnowledgeBase
 from gdat.measure import WindowStats, pooled
 from gdat.outcome import Outcome
 from gdat.plan_bank import BankedPlan, keep, revoke
-from gdat.report import GdatReport, compression_section, tuning_report, write_chart, write_report
+from gdat.report import GdatReport, compression_section, tuning_report, write_report
+from gdat.report_chart import write_chart
 from gdat.schedule.candidates import Candidates, Correction, RankedPlan
 from gdat.settings import bank_root
 from gdat.timeline import Profile

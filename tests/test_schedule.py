@@ -307,6 +307,18 @@ def test_generated_candidates_include_a_stored_plan_once_and_never_the_baseline_
     assert [r.plan for r in ranked_already.ranked] == [r.plan for r in found.ranked]
 
 
+def test_nothing_is_ranked_when_no_split_can_beat_the_baseline_under_the_model():
+    from gdat.schedule.candidates import MIN_GAIN, generate_candidates
+
+    profile, cost = _profile()
+    found = generate_candidates(profile, cost, 3)
+    assert found.worth_measuring() and found.ranked
+    assert found.lower_bound_s() < (1 - MIN_GAIN) * found.simulate(found.baseline_plan).step_s
+    cheap = generate_candidates(profile, AllreduceCostModel.linear(1e-7, 1e-13), 3, found.ranked[0].plan)
+    assert not cheap.worth_measuring() and cheap.ranked == ()  # not even the stored plan
+    assert cheap.lower_bound_s() >= (1 - MIN_GAIN) * cheap.simulate(cheap.baseline_plan).step_s
+
+
 def test_plans_are_told_apart_by_their_partition():
     a = BucketPlan.from_ends(make_timeline([1e-3] * 4, [4] * 4).layout, [2, 4])
     shuffled = BucketPlan(tuple(replace(b, params=b.params[::-1]) for b in a.buckets[::-1]), "same groups")

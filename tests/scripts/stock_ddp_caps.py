@@ -5,7 +5,10 @@
 constructed with ``bucket_cap_mb_list=CAPS`` (comma-separated MiB; the script's
 own ``bucket_cap_mb`` is dropped); ``CAPS`` = ``default`` leaves the script's
 arguments alone.  A trivial subclass carries the caps, so ``isinstance`` checks of
-frameworks still pass; it adds nothing else.
+frameworks still pass; it adds nothing else.  The process ends as gdat-run's
+workers end (:func:`gdat.worker.end_process`), skipping the interpreter teardown
+where torch's gloo can abort a finished run ("terminate called without an active
+exception"), so that a reference run fails only when its training does.
 """
 import runpy
 import sys
@@ -28,4 +31,10 @@ torch.nn.parallel.DistributedDataParallel = DistributedDataParallel
 torch.nn.parallel.distributed.DistributedDataParallel = DistributedDataParallel
 sys.argv = sys.argv[2:]
 sys.path[0] = __import__("os").path.dirname(__import__("os").path.abspath(script))
-runpy.run_path(script, run_name="__main__")
+from gdat.worker import end_process  # noqa: E402
+
+try:
+    runpy.run_path(script, run_name="__main__")
+except SystemExit as e:
+    end_process(e.code if isinstance(e.code, int) else int(e.code is not None))
+end_process(0)
