@@ -10,8 +10,10 @@ and ``left`` blocks remain:
    seconds (``m_base`` the baseline blocks' median, ``D_i`` candidate ``i``'s
    paired difference, :func:`gdat.decide.standings`);
 2. admit up to ``left - 1`` plans not measured yet that the corrected model ranks
-   best (:func:`gdat.schedule.candidates.admissible`), none where no split can pay
-   (:meth:`gdat.schedule.candidates.Candidates.worth_measuring`);
+   best (:func:`gdat.schedule.candidates.admissible`); none when the search ranked
+   no plan different from the user's configuration in the first place (then only
+   the baseline is measured: nothing else is worth the user's steps, nor the
+   restart of DDP's runtime logging that a switch brings);
 3. the next round runs the ``left - 1`` options of lowest estimate: contenders
    still in the race (:func:`gdat.decide.contenders`) at ``m_base + D_i``,
    newcomers at their corrected prediction; one block is kept for the baseline.
@@ -54,7 +56,7 @@ class RoundPlanner:
         best = min([m_base, *(e for e, _, _ in estimates)])
         try:
             new = admissible(self.found, self.correction, [self.found.baseline_plan, *(p.plan for p in self.plans)],
-                             left - 1, best) if left >= 2 and self.found.worth_measuring() else []
+                             left - 1, best) if left >= 2 and self.found.ranked else []
         except (ProfileError, PlanError) as e:  # measuring goes on with the plans at hand
             log.warn(f"cannot rank plans under the corrected model ({e})")
             new = []

@@ -25,7 +25,6 @@ the fastest exact configuration.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -44,7 +43,7 @@ from gdat.plan import BucketPlan
 from gdat.plan_switch import LiveBuckets
 from gdat.profiling.session import ProfileSession
 from gdat.rounds import RoundPlanner
-from gdat.schedule.candidates import MIN_GAIN, Candidates, Correction, RankedPlan, generate_candidates, \
+from gdat.schedule.candidates import Candidates, Correction, RankedPlan, generate_candidates, \
     with_compressed_candidate
 from gdat.timeline import Profile
 from gdat.tune_result import TuneResult
@@ -187,10 +186,9 @@ class OnlineTuner:
             return
         self.found = found
         self.plans = list(found.ranked)
-        if not found.ranked and self.rank == 0:
-            log.info(f"tune: the model's lower bound for any split, {found.lower_bound_s() * 1e3:.2f} ms, is within "
-                     f"{MIN_GAIN:.1%} of the user's configuration: nothing to measure" if not found.worth_measuring()
-                     else "tune: every plan the search generated buckets gradients like the user's configuration")
+        if not found.ranked:
+            log.info("tune: every plan the search generated buckets gradients like the user's configuration: "
+                     "nothing to measure but the baseline")
         if self.rank == 0:
             self.rounds = RoundPlanner(found, self.plans, self.blocks)
         self._start_block(BASELINE, 0)
@@ -248,13 +246,9 @@ class OnlineTuner:
     # --- 4: decide -----------------------------------------------------------------------
     def _decide(self, step: int) -> None:
         """Decide (rank 0), switch every rank to the decision, keep and report."""
-        verdict = None
-        if self.rank == 0:
-            verdict = decide_blocks_lossy_last(self.blocks, [i for i, p in enumerate(self.plans) if p.plan.compressed])
-            if not self.plans and not self.found.worth_measuring():
-                verdict = replace(verdict, reason=f"the user's configuration is at the model's lower bound for any "
-                                                  f"split (within {MIN_GAIN:.1%}): nothing to measure")
-        verdict = broadcast_from_first(verdict, self.group)
+        verdict = broadcast_from_first(decide_blocks_lossy_last(
+            self.blocks, [i for i, p in enumerate(self.plans) if p.plan.compressed]) if self.rank == 0 else None,
+            self.group)
         self.verdict, self.decision_step = verdict, step
         if verdict.winner is None:
             self._user_configuration()

@@ -107,8 +107,7 @@ def test_training_equals_stock_ddp_with_the_chosen_plan(jobs):
 def _tuned(jobs: Jobs) -> None:
     assert jobs.report is not None, "one report in the work path"
     assert jobs.report["gdat_tuning_result"] in ("tuning successful", "tuning unsatisfied")
-    assert jobs.report["candidates"] or "nothing to measure" in jobs.report["reason"], \
-        "candidate plans were measured, unless the model put the user's configuration at its lower bound"
+    assert jobs.report["candidates"], "candidate plans were measured"
     assert "gdat: tune: baseline" in jobs.gdat.stderr
 
 

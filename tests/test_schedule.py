@@ -307,16 +307,19 @@ def test_generated_candidates_include_a_stored_plan_once_and_never_the_baseline_
     assert [r.plan for r in ranked_already.ranked] == [r.plan for r in found.ranked]
 
 
-def test_nothing_is_ranked_when_no_split_can_beat_the_baseline_under_the_model():
-    from gdat.schedule.candidates import MIN_GAIN, generate_candidates
+def test_later_rounds_admit_no_plan_when_the_search_ranked_none():
+    from gdat.decide import BASELINE, Block
+    from gdat.measure import WindowStats
+    from gdat.rounds import RoundPlanner
+    from gdat.schedule.candidates import generate_candidates
 
     profile, cost = _profile()
     found = generate_candidates(profile, cost, 3)
-    assert found.worth_measuring() and found.ranked
-    assert found.lower_bound_s() < (1 - MIN_GAIN) * found.simulate(found.baseline_plan).step_s
-    cheap = generate_candidates(profile, AllreduceCostModel.linear(1e-7, 1e-13), 3, found.ranked[0].plan)
-    assert not cheap.worth_measuring() and cheap.ranked == ()  # not even the stored plan
-    assert cheap.lower_bound_s() >= (1 - MIN_GAIN) * cheap.simulate(cheap.baseline_plan).step_s
+    measured = [Block(BASELINE, 1, WindowStats((0.008, 0.008, 0.008)))]
+    plan, added, _ = RoundPlanner(found, [], list(measured)).next_block(6)
+    assert plan == 0 and added, "the corrected model admits plans when the search ranked some"
+    nothing = replace(found, ranked=())
+    assert RoundPlanner(nothing, [], list(measured)).next_block(6) == (None, [], 1)
 
 
 def test_plans_are_told_apart_by_their_partition():

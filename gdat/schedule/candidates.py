@@ -16,13 +16,6 @@
    unless it is ranked already (and is left out when DDP cannot form it from this
    run's gradient layout).
 
-Nothing is ranked when no split can beat the baseline under the model
-(:meth:`Candidates.worth_measuring`): the model's lower bound for any split is
-within ``MIN_GAIN`` (0.1%, the resolution ``SAME`` below which the model tells no
-plans apart) of the baseline's predicted step, as for a model whose gradients all
-fit one bucket.  Measuring other plans then only spends the user's steps (and
-restarts DDP's runtime logging at every switch).
-
 Plans are told apart by their partition (:meth:`gdat.plan.BucketPlan.same_partition`):
 a plan grouping gradients like one already chosen, or like the baseline, is never
 measured.
@@ -61,11 +54,11 @@ from gdat.schedule.simulator import Calibration, Simulation, calibrate, lower_bo
 from gdat.timeline import Profile, ReadyTimeline
 
 __all__ = ["with_compressed_candidate", "RankedPlan", "rank_candidates", "Candidates", "generate_candidates", "Correction", "fit_correction",
-           "admissible", "TIE", "MIN_GAIN"]
+           "admissible", "TIE"]
 
 TIE = 0.02
 SAME = 0.001
-MIN_GAIN = SAME
+
 
 
 @dataclass(frozen=True)
@@ -101,11 +94,6 @@ class Candidates:
     def lower_bound_s(self) -> float:
         return lower_bound_s(self.timeline, self.cost, self.contention)
 
-    def worth_measuring(self) -> bool:
-        """Whether the lower bound for any split is below ``(1 - MIN_GAIN)`` times
-        the baseline's predicted step (see the module docstring)."""
-        return self.lower_bound_s() < (1.0 - MIN_GAIN) * self.simulate(self.baseline_plan).step_s
-
     def describe(self) -> str:
         """One line about the profile and the fitted model."""
         t, c = self.timeline, self.contention
@@ -123,16 +111,13 @@ def generate_candidates(profile: Profile, cost: AllreduceCostModel, k: int,
     timeline = profile.ready_timeline("compute")
     fitted = calibrate(profile, cost)
     baseline = measured_plan(profile)
-    found = Candidates(timeline, fitted, baseline, ())
-    if not found.worth_measuring():
-        return found
     ranked = rank_candidates(timeline, fitted.cost, fitted.contention, k, exclude=(baseline,))
     if stored is not None and not any(r.plan.same_partition(stored) for r in ranked) \
             and not baseline.same_partition(stored) and _ddp_can_form(stored, timeline):
         again = BucketPlan(stored.buckets, "stored")
         ranked = ranked[: max(0, k - 1)]
         ranked.append(RankedPlan(again, simulate(timeline, again, fitted.cost, fitted.contention)))
-    return replace(found, ranked=tuple(ranked))
+    return Candidates(timeline, fitted, baseline, tuple(ranked))
 
 
 def with_compressed_candidate(found: Candidates, dtype: str, k: int) -> Candidates:
