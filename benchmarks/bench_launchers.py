@@ -66,9 +66,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--from-step", type=int, default=32)
-    p.add_argument("--only", default=",".join(WORKLOADS))
+    p.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    unknown = [w for w in args.only.split(",") if w not in WORKLOADS]
+    if unknown:
+        p.error(f"--only: unknown workload {unknown[0]!r} (known: {', '.join(WORKLOADS)})")
     from launch.testbed import emulated_network
 
     kinds = (("stock torchrun", "torchrun", False), ("gdat-run (tunes)", "gdat-run", False),
