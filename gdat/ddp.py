@@ -25,7 +25,7 @@ import torch
 from gdat import compression, log, outcome
 from gdat.config import GdatConfig
 from gdat.construction import TuneContext, prepare_construction, tuning_name
-from gdat.ddp_internals import STOCK_DDP, detach_comm_hook, internals_available, missing_internals
+from gdat.ddp_internals import STOCK_DDP, detach_comm_hook, internals_available, lacking, missing_internals
 from gdat.model_check import check_model_across_ranks
 from gdat.profile_job import ProfileJob
 from gdat.tune_loop import OnlineTuner
@@ -123,8 +123,7 @@ class DistributedDataParallel(STOCK_DDP):
 
 
 def _lacks_internals(module: torch.nn.Module, config: GdatConfig, missing: list[str]) -> None:
-    reason = f"this torch's DDP lacks {', '.join(missing)}; this model runs as stock DDP"
-    outcome.record(outcome.untuned(reason, tuning_name(module), config.work_path, log.rank() == 0))
+    outcome.record(outcome.untuned(lacking(missing), tuning_name(module), config.work_path, log.rank() == 0))
 
 
 @torch.compiler.disable

@@ -37,8 +37,8 @@ import torch.nn.parallel.distributed as ddp_module
 
 from gdat import log
 
-__all__ = ["STOCK_DDP", "internals_available", "missing_internals", "supports_cap_list", "python_reducer_active",
-           "comm_hooks", "remove_comm_hook", "detach_comm_hook", "rebuild_reducer", "ignored_parameter_names"]
+__all__ = ["STOCK_DDP", "internals_available", "missing_internals", "lacking", "supports_cap_list",
+           "python_reducer_active", "comm_hooks", "remove_comm_hook", "detach_comm_hook", "rebuild_reducer", "ignored_parameter_names"]
 
 STOCK_DDP: type = next(c for c in ddp_module.DistributedDataParallel.__mro__
                        if c.__module__ == "torch.nn.parallel.distributed")
@@ -76,9 +76,13 @@ def internals_available(ddp: torch.nn.Module | None = None) -> bool:
     missing = missing_internals(ddp)
     if missing and not _warned:
         _warned = True
-        log.warn(f"this torch's DDP lacks {', '.join(missing)}; gdat cannot tune it and "
-                 f"this model runs as stock DDP")
+        log.warn(lacking(missing))
     return not missing
+
+
+def lacking(missing: Sequence[str]) -> str:
+    """Why a model runs as stock DDP when this torch lacks the ``missing`` members."""
+    return f"this torch's DDP lacks {', '.join(missing)}; gdat cannot tune it and this model runs as stock DDP"
 
 
 def supports_cap_list() -> bool:

@@ -117,3 +117,9 @@ class LiveBuckets:
         compression.forget(self.ddp)
         switch_buckets(self.ddp, **self.user_args)
         self.running = "user"
+
+    def drop_tracer(self) -> None:
+        """Take the tracing hook off the reducer (a rebuild with the user's
+        configuration), where it is on it; a plan's reducer stays as it is."""
+        if self.running == "traced user":
+            self.to_user()

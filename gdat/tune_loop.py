@@ -94,9 +94,13 @@ class OnlineTuner:
     def _give_up(self, reason: str) -> None:
         """Leave this model untuned: one line, a report with the reason (rank 0)."""
         log.warn(f"{reason}; not tuning")
-        self.untuned = outcome.untuned(reason, self.ctx.tuning_name, self.ctx.config.work_path, self.rank == 0,
-                                       self.timer.steps)
+        self._leave_untuned(reason, write=True)
         self.done = True
+
+    def _leave_untuned(self, reason: str, write: bool) -> None:
+        """This tuner's outcome: not tuned for ``reason``, with its report (rank 0, where ``write``)."""
+        self.untuned = outcome.untuned(reason, self.ctx.tuning_name, self.ctx.config.work_path,
+                                       write and self.rank == 0, self.timer.steps)
 
     def end_early(self, write: bool) -> None:
         """The script ended before tuning finished: say what it lacked; before the
@@ -106,8 +110,7 @@ class OnlineTuner:
             reason = f"tuning incomplete: the script stopped after {self.timer.steps} steps; tuning needs " \
                 f"{self.schedule.total} (lower --gdat-max-tune-steps)"
             log.warn(f"{reason}; nothing was saved in the knowledge base")
-            self.untuned = outcome.untuned(reason, self.ctx.tuning_name, self.ctx.config.work_path,
-                                           write and self.rank == 0, self.timer.steps)
+            self._leave_untuned(reason, write)
         else:
             log.info(f"the script ended before the steady-state confirmation (it needs "
                      f"{self.schedule.confirm_steps(self.decision_step).stop + 1} steps); the report gives the "
@@ -223,8 +226,8 @@ class OnlineTuner:
     def release_reducer(self) -> None:
         """The user registers a comm hook: take the profile's tracer off the reducer
         first (a reducer takes one comm hook in its life)."""
-        if self.session is None and self.live.running == "traced user":
-            self.live.to_user()
+        if self.session is None:
+            self.live.drop_tracer()
 
     def _end_block(self, b: int, step: int) -> None:
         window = gather_window(self.timer, self.schedule.block_steps(b), self.group)

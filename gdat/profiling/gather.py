@@ -32,17 +32,9 @@ def gather_profile(
     local = RankTimeline(rank, socket.gethostname(), tuple(steps)).to_dict()
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, local, group=group)
-    return Profile(
-        world_size=world,
-        backend=str(dist.get_backend(group)),
-        device_type=device_type,
-        torch_version=torch.__version__,
-        params=tuple(params),
-        ranks=tuple(RankTimeline.from_dict(d, f"rank {k}") for k, d in enumerate(gathered)),
-        cost_model=cost_model,
-        meta=dict(meta or {}),
-        bucket_order=bucket_order,
-    )
+    ranks = tuple(RankTimeline.from_dict(d, f"rank {k}") for k, d in enumerate(gathered))
+    return _profile(ranks, world, str(dist.get_backend(group)), device_type, params, cost_model, dict(meta or {}),
+                    bucket_order)
 
 
 def local_profile(
@@ -58,8 +50,12 @@ def local_profile(
 ) -> Profile:
     """Rank ``rank``'s steps alone (no collective), for a profile cut short; the
     world size is the job's, and ``meta["ranks_recorded"]`` says whose steps it holds."""
-    return Profile(
-        world_size=world_size, backend=backend, device_type=device_type, torch_version=torch.__version__,
-        params=tuple(params), ranks=(RankTimeline(rank, socket.gethostname(), tuple(steps)),),
-        cost_model=cost_model, meta={**(meta or {}), "ranks_recorded": [rank]}, bucket_order=bucket_order,
-    )
+    return _profile((RankTimeline(rank, socket.gethostname(), tuple(steps)),), world_size, backend, device_type,
+                    params, cost_model, {**(meta or {}), "ranks_recorded": [rank]}, bucket_order)
+
+
+def _profile(ranks: tuple[RankTimeline, ...], world_size: int, backend: str, device_type: str,
+             params: Sequence[ParamInfo], cost_model: AllreduceCostModel | None, meta: dict[str, Any],
+             bucket_order: str) -> Profile:
+    return Profile(world_size=world_size, backend=backend, device_type=device_type, torch_version=torch.__version__,
+                   params=tuple(params), ranks=ranks, cost_model=cost_model, meta=meta, bucket_order=bucket_order)

@@ -30,7 +30,7 @@ from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
 from gdat.profiling.comm_trace import BucketTracer, tracing_allreduce_hook
 from gdat.profiling.gather import gather_profile, local_profile
 from gdat.profiling.recorder import StepRecorder
-from gdat.timeline import Profile
+from gdat.timeline import Profile, StepRecord
 
 __all__ = ["ProfileSession", "profile_ddp"]
 
@@ -73,20 +73,23 @@ class ProfileSession:
         """Stop recording and gather (a collective).  The tracer stays on this reducer,
         averaging untraced, but is forgotten as a registered hook: a reducer rebuilt
         by :func:`gdat.plan_switch.switch_buckets` does not get it back."""
-        steps = self.recorder.finish()
-        self.recorder.detach()
-        self.tracer.set_mode("off")
+        steps = self._stop()
         remove_comm_hook(self.ddp, tracing_allreduce_hook, self.tracer)
         return gather_profile(steps, self.params, self.device_type, self.group, cost_model, meta,
                               self.bucket_order)
+
+    def _stop(self) -> list[StepRecord]:
+        """Stop recording: every recorded step; the hooks removed, the tracer off."""
+        steps = self.recorder.finish()
+        self.recorder.detach()
+        self.tracer.set_mode("off")
+        return steps
 
     def partial(self, cost_model: AllreduceCostModel | None = None, meta: dict[str, Any] | None = None) -> Profile:
         """This rank's steps so far as a one-rank :class:`Profile`, with no
         collective and no DDP needed (for a script that ended early, its DDP
         possibly gone): the hooks are removed, the tracer averages untraced."""
-        steps = self.recorder.finish()
-        self.recorder.detach()
-        self.tracer.set_mode("off")
+        steps = self._stop()
         return local_profile(steps, self.params, self.device_type, self.rank, self.world_size, self.backend,
                              cost_model, meta, self.bucket_order)
 
