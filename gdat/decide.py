@@ -32,9 +32,16 @@ floor * m_base)`` (``m_base``: median of every baseline step).
   The survivors, with new plans the corrected model predicts faster than the best
   estimate so far (:mod:`gdat.schedule.candidates`), make the next round, best
   estimate first, as many as the remaining blocks hold.
-* Confirmation (:func:`holds_in_steady_state`): after adoption, the adopted
-  plan's steady-state window must beat every baseline step of the blocks, pooled,
-  by :func:`beats`; otherwise the user's configuration comes back.
+* Confirmation (:func:`steady_state_check`), paired like the blocks: after
+  adoption the adopted plan runs a steady-state window of ``n_s`` steps, then the
+  user's configuration one block of ``n_a`` steps.  The window's reference is the
+  baseline interpolated between the last baseline block of tuning (``n_b`` steps)
+  and that block after it, ``ref = (1-w) m_before + w m_after`` (``w``: the
+  window's position between the two, in steps), so a load change between tuning
+  and steady state cancels.  ``d = m_steady - ref`` with
+  ``se(d)^2 = (1.2533 sigma)^2 (1/n_s + (1-w)^2/n_b + w^2/n_a)`` (``sigma`` pooled
+  over every block and both windows); the plan holds when
+  ``-d > max(z * se(d), floor * ref)``, else the user's configuration comes back.
 * Noisy run: the baseline against itself, ``z * sqrt(2) * se``, or any candidate's
   threshold exceeds 5% of ``m_base``.
 """
@@ -48,7 +55,8 @@ from typing import Collection, Sequence
 from gdat.measure import WindowStats, pooled
 
 __all__ = ["Verdict", "decide", "beats", "Block", "Standing", "BASELINE", "standings", "step_sigma",
-           "decide_blocks", "decide_blocks_lossy_last", "contenders", "round_order", "holds_in_steady_state", "baseline_median_s", "Z", "FLOOR", "NOISY"]
+           "decide_blocks", "decide_blocks_lossy_last", "contenders", "round_order", "Confirmation",
+           "steady_state_check", "baseline_median_s", "Z", "FLOOR", "NOISY"]
 
 Z = 2.5
 FLOOR = 0.01
@@ -133,12 +141,15 @@ class Standing:
 
 def step_sigma(blocks: Sequence[Block]) -> float:
     """The machine's step-to-step noise (module docstring), seconds."""
+    return _sigma([b.window for b in blocks])
+
+
+def _sigma(windows: Sequence[WindowStats]) -> float:
     devs = []
-    for b in blocks:
-        steps = b.window.step_s
-        m = b.window.median_s
-        d = sorted(abs(x - m) for x in steps)
-        devs.extend(d[1:] if len(steps) % 2 else d)  # an odd window's median step deviates by 0
+    for w in windows:
+        m = w.median_s
+        d = sorted(abs(x - m) for x in w.step_s)
+        devs.extend(d[1:] if len(w.step_s) % 2 else d)  # an odd window's median step deviates by 0
     return 1.4826 * statistics.median(devs) if devs else 0.0
 
 
@@ -238,6 +249,35 @@ def round_order(round_no: int, plans: Sequence[int]) -> list[int]:
     return [BASELINE, *plans] if round_no % 2 == 1 else [*plans, BASELINE]
 
 
-def holds_in_steady_state(blocks: Sequence[Block], steady: WindowStats) -> bool:
-    """Whether an adopted plan's steady-state window beats the baseline's blocks."""
-    return beats(pooled([b.window for b in blocks if b.plan == BASELINE]), steady)
+@dataclass(frozen=True)
+class Confirmation:
+    """The steady-state check of an adopted plan (module docstring): ``reference_s``
+    the interpolated baseline, ``diff_s`` the window's median minus it (negative:
+    faster), ``threshold_s`` the gain it must show, ``after`` the baseline block
+    measured after the window."""
+
+    reference_s: float
+    diff_s: float
+    threshold_s: float
+    after: WindowStats
+
+    @property
+    def holds(self) -> bool:
+        return -self.diff_s > self.threshold_s
+
+    def to_dict(self) -> dict[str, object]:
+        return {"baseline_after": self.after.to_dict(), "reference_ms": self.reference_s * 1e3,
+                "diff_ms": self.diff_s * 1e3, "threshold_ms": self.threshold_s * 1e3, "holds": self.holds}
+
+
+def steady_state_check(blocks: Sequence[Block], steady: WindowStats, after: WindowStats, w: float) -> Confirmation:
+    """Whether the adopted plan's ``steady`` window beats the baseline around it: the
+    last baseline block of ``blocks`` before it and ``after`` it, ``w`` its position
+    between the two (0: at the block before, 1: at ``after``)."""
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"interpolation weight {w} outside [0, 1]")
+    before = next(b.window for b in reversed(blocks) if b.plan == BASELINE)
+    ref = (1 - w) * before.median_s + w * after.median_s
+    sigma = 1.2533 * _sigma([*(b.window for b in blocks), steady, after])
+    se = sigma * math.sqrt(1 / len(steady.step_s) + (1 - w) ** 2 / len(before.step_s) + w * w / len(after.step_s))
+    return Confirmation(ref, steady.median_s - ref, max(Z * se, FLOOR * ref), after)

@@ -27,8 +27,11 @@ max_steps``, and at least 2 (the user's configuration and one candidate).
 
 Confirmation.  After the decision step (a transition step: the decided plan's
 first), ``confirm`` steps measure the decided plan in steady state, timestamps
-only; the confirmation is taken at the start of the step after them
-(:meth:`Schedule.confirm_steps`).
+only (:meth:`Schedule.confirm_steps`).  After an adoption one more block of the
+user's configuration follows them (:meth:`Schedule.recheck_steps`: 1 transition
+step and ``measure`` steps), the baseline measured after the window; the
+confirmation is taken at the start of the step after that block, which switches
+the adopted plan back in if it holds (:meth:`Schedule.confirmed_at`).
 """
 from __future__ import annotations
 
@@ -152,9 +155,28 @@ class Schedule:
         confirmation is taken at the start of the step ``confirm_steps(d).stop``."""
         return range(decision_step + TRANSITION_STEPS, decision_step + TRANSITION_STEPS + self.confirm)
 
+    def recheck_steps(self, decision_step: int) -> range:
+        """The user's configuration's block after an adopted plan's steady-state
+        window; it is switched in at the start of ``confirm_steps(d).stop``."""
+        start = self.confirm_steps(decision_step).stop + TRANSITION_STEPS
+        return range(start, start + self.measure)
+
+    def steady_weight(self, block: int, decision_step: int) -> float:
+        """Where the steady-state window lies between block ``block``'s measured steps
+        and the recheck block, by their middle steps (0: at the block, 1: at the recheck)."""
+        def mid(r: range) -> float:
+            return (r.start + r.stop - 1) / 2
+
+        before, after = mid(self.block_steps(block)), mid(self.recheck_steps(decision_step))
+        return (mid(self.confirm_steps(decision_step)) - before) / (after - before)
+
+    def confirmed_at(self, decision_step: int, adopted: bool) -> int:
+        """The step at whose start the confirmation is taken."""
+        return (self.recheck_steps if adopted else self.confirm_steps)(decision_step).stop
+
 
 def plan_schedule(max_steps: int, warmup: int = 2, profile: int = 3, measure: int = 3,
-                  confirm: int = 5) -> Schedule:
+                  confirm: int = 6) -> Schedule:
     """The schedule with the most blocks within ``max_steps`` steps; ``blocks`` is
     0 when not even 2 fit (the user's configuration and one candidate)."""
     fixed = warmup + 2 * profile + 1

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from gdat import log
 from gdat.aoe_result import improvement_percent, write_result
 from gdat.cost_model import AllreduceCostModel
-from gdat.decide import BASELINE, Block, Verdict, baseline_median_s, standings
+from gdat.decide import BASELINE, Block, Confirmation, Verdict, baseline_median_s, standings
 from gdat.errors import PlanNotExpressible
 from gdat.knowledge_base import RepoSummary
 from gdat.layout import GradientLayout
@@ -167,11 +167,13 @@ def untuned_report(tuning_name: str, reason: str, tuning_steps: int = 0) -> Gdat
 def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, verdict: Verdict,
                   blocks: Sequence[Block], plans: Sequence[RankedPlan], found: Candidates, correction: Correction,
                   bank_outcome: str, bank_entry: str | None, ladder: AllreduceCostModel,
-                  topology: dict[str, Any], steady: WindowStats | None, reverted: bool) -> GdatReport:
+                  topology: dict[str, Any], steady: WindowStats | None, check: Confirmation | None) -> GdatReport:
     """The report of a tuning run: every block and measured candidate (its paired
     estimate ``m_base + D_i`` as its measured step), the verdict, the steady state
-    after tuning (``None``: not measured yet), the bank outcome and the fitted and
-    corrected model."""
+    after tuning (``None``: not measured yet) with an adopted plan's paired check
+    against the baseline around it, the bank outcome and the fitted and corrected
+    model."""
+    reverted = check is not None and not check.holds
     adopted = verdict.winner is not None and not reverted
     winner = plans[verdict.winner] if verdict.winner is not None else None
     base_ms = baseline_median_s(blocks) * 1e3
@@ -183,7 +185,8 @@ def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, ver
     else:
         result_ms = steady.median_s * 1e3 if adopted else base_ms
         steady_state = {"status": "reverted to the user configuration" if reverted else "confirmed",
-                        "plan": winner.plan.label if winner else "user configuration", **steady.to_dict()}
+                        "plan": winner.plan.label if winner else "user configuration", **steady.to_dict(),
+                        **({"paired_check": check.to_dict()} if check is not None else {})}
     summary = RepoSummary()
     summary.count(bank_outcome)
     layout = found.timeline.layout
@@ -198,7 +201,8 @@ def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, ver
     label = {BASELINE: "baseline", **{i: c.plan.label for i, c in enumerate(plans)}}
     reason = verdict.reason if not reverted else \
         f"{verdict.reason}; in steady state the adopted plan ran {steady.median_s * 1e3:.2f} ms, not faster than " \
-        f"the baseline's {base_ms:.2f} ms beyond the noise: switched back to the user configuration"
+        f"the user configuration's {check.reference_s * 1e3:.2f} ms measured around it beyond the noise " \
+        f"({check.threshold_s * 1e3:.2f} ms): switched back to the user configuration"
     return GdatReport(
         tuning_name=tuning_name, tuning_time_s=tuning_time_s,
         outcome="tuning successful" if adopted else "tuning unsatisfied", reason=reason,

@@ -12,9 +12,10 @@ entry of gdat's DDP forward), at step indices every rank knows (the schedule of
 4. decide: the candidate whose paired gain beats the noise
    (:func:`gdat.decide.decide_blocks_lossy_last`), else the user's configuration;
    rank 0 keeps it in the bank and writes the report (:mod:`gdat.tune_result`);
-5. confirm: ``confirm`` steps of the decision, timestamps only; an adopted plan
-   that does not beat the baseline's blocks (:func:`gdat.decide.holds_in_steady_state`)
-   gives way to the user's configuration on every rank.
+5. confirm: ``confirm`` steps of the decision, timestamps only; after an adoption
+   one block of the user's configuration follows, and the adopted plan comes back
+   only if its window beat the baseline around it (:func:`gdat.decide.steady_state_check`);
+   otherwise every rank stays on the user's configuration.
 
 A model the loop cannot tune, or a script that ends before the decision, gets a
 ``tuning unsatisfied`` report with the reason (:mod:`gdat.outcome`).  With
@@ -35,7 +36,7 @@ from gdat.collectives import broadcast_from_first
 from gdat.construction import TuneContext
 from gdat.ddp_internals import comm_hooks
 from gdat.ddp_model import WeakAttribute, process_group_of
-from gdat.decide import BASELINE, Block, decide_blocks_lossy_last, holds_in_steady_state
+from gdat.decide import BASELINE, Block, decide_blocks_lossy_last, steady_state_check
 from gdat.errors import PlanError, ProfileError
 from gdat.find_unused import FindUnusedCost, find_unused_cost
 from gdat.measure import Schedule, StepTimer, gather_window, plan_schedule
@@ -112,9 +113,9 @@ class OnlineTuner:
             log.warn(f"{reason}; nothing was saved in the knowledge base")
             self._leave_untuned(reason, write)
         else:
-            log.info(f"the script ended before the steady-state confirmation (it needs "
-                     f"{self.schedule.confirm_steps(self.decision_step).stop + 1} steps); the report gives the "
-                     f"estimate from the measurement blocks")
+            needs = self.schedule.confirmed_at(self.decision_step, self.verdict.winner is not None) + 1
+            log.info(f"the script ended before the steady-state confirmation (it needs {needs} steps); the report "
+                     f"gives the estimate from the measurement blocks")
 
     def outcome(self) -> outcome.Outcome:
         """What this tuner did, for the done line."""
@@ -138,7 +139,10 @@ class OnlineTuner:
         if s == self._probe_until:
             compression.installed(self.ddp).probe = False
         if self.decision_step is not None:
-            if s == sched.confirm_steps(self.decision_step).stop:
+            adopted = self.verdict.winner is not None
+            if adopted and s == sched.confirm_steps(self.decision_step).stop:
+                self._user_configuration()  # the baseline's block after the steady-state window
+            elif s == sched.confirmed_at(self.decision_step, adopted):
                 self._confirm()
             return
         if s == sched.compute_steps.start:
@@ -265,15 +269,19 @@ class OnlineTuner:
 
     # --- 5: confirm --------------------------------------------------------------------
     def _confirm(self) -> None:
-        """Measure the decided plan's steady state; switch back when an adopted plan
-        does not beat the baseline (rank 0 decides, every rank switches)."""
-        window = gather_window(self.timer, self.schedule.confirm_steps(self.decision_step), self.group)
-        revert = None
-        if self.rank == 0:
-            revert = self.verdict.winner is not None and not holds_in_steady_state(self.blocks, window)
-        revert = broadcast_from_first(revert, self.group)
-        if revert:
-            self._user_configuration()
+        """Take the steady-state window (and after an adoption the baseline's block
+        after it); an adopted plan that beat the baseline around it comes back,
+        otherwise the user's configuration stays (rank 0 decides, every rank switches)."""
+        d, sched = self.decision_step, self.schedule
+        window = gather_window(self.timer, sched.confirm_steps(d), self.group)
+        check = None
+        if self.verdict.winner is not None:
+            after = gather_window(self.timer, sched.recheck_steps(d), self.group)
+            if self.rank == 0:
+                last_base = max(j for j, b in enumerate(self.blocks) if b.plan == BASELINE)
+                check = steady_state_check(self.blocks, window, after, sched.steady_weight(last_base, d))
+            if broadcast_from_first(check.holds if check is not None else None, self.group):
+                self._apply(self.plans[self.verdict.winner].plan)
         self.done = True
         if self.rank == 0:
-            self.result.settle(window, revert)
+            self.result.settle(window, check)

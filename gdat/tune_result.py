@@ -7,9 +7,9 @@ against what is stored by then) and the report and chart are written, with the
 estimate from the paired blocks: the winner's step is ``m_base + D_w`` seconds
 (``m_base`` the baseline blocks' median, ``D_w`` the winner's paired difference,
 :func:`gdat.decide.standings`).  After the steady-state confirmation
-(:meth:`TuneResult.settle`) the report is rewritten with the steady-state median,
-and an adopted plan that did not hold is revoked in the bank
-(:func:`gdat.plan_bank.revoke`).
+(:meth:`TuneResult.settle`) the report is rewritten with the steady-state median
+and the paired check (:func:`gdat.decide.steady_state_check`), and an adopted
+plan that did not hold is revoked in the bank (:func:`gdat.plan_bank.revoke`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from gdat import log
 from gdat.aoe_result import improvement_percent
 from gdat.construction import TuneContext
-from gdat.decide import BASELINE, Block, Verdict, baseline_median_s, standings
+from gdat.decide import BASELINE, Block, Confirmation, Verdict, baseline_median_s, standings
 from gdat.errors import GdatError
 from gdat.find_unused import FindUnusedCost
 from gdat.knowledge_base import KnowledgeBase
@@ -80,7 +80,7 @@ class TuneResult:
         result_s = m_base if winner is None else \
             m_base + next(st.diff_s for st in standings(self.blocks) if st.candidate == self.verdict.winner)
         self.bank_outcome, self.bank_entry = self._save(winner, result_s)
-        self.report = self._report(None, False)
+        self.report = self._report(None, None)
         base_ms, result_ms = self.report.baseline_ms, self.report.result_ms
         change = f"step time {(result_ms - base_ms) / base_ms * 100:+.1f}%, AOE improvement " \
             f"{improvement_percent(base_ms, result_ms)}" if winner else "kept"
@@ -91,14 +91,16 @@ class TuneResult:
         if self.report_path is not None:
             write_chart(self.report_path, self.profile, self.found, winner)
 
-    def settle(self, window: WindowStats, reverted: bool) -> None:
-        """Record the steady state: revoke a plan that did not hold, rewrite the report."""
-        base = self._windows(BASELINE)
+    def settle(self, window: WindowStats, check: Confirmation | None) -> None:
+        """Record the steady state (``check``: an adopted plan's paired check against
+        the baseline around it): revoke a plan that did not hold, rewrite the report."""
+        reverted = check is not None and not check.holds
         if reverted:
             plan = self.winner.plan
             log.warn(f"steady state: the adopted plan {plan.label} ran {window.median_s * 1e3:.2f} ms against "
-                     f"{base.median_s * 1e3:.2f} ms for the user's configuration in the measurement blocks, not "
-                     f"faster beyond the noise; switched back to the user's configuration")
+                     f"{check.reference_s * 1e3:.2f} ms for the user's configuration measured around it, not faster "
+                     f"beyond the noise ({check.threshold_s * 1e3:.2f} ms); switched back to the user's configuration")
+            base = self._windows(BASELINE)
             verdict = BankedPlan(self.found.baseline_plan, base.median_s * 1e3, base.median_s * 1e3,
                                  self._bandwidth(), time.time())
             try:
@@ -107,21 +109,24 @@ class TuneResult:
                     self.bank_outcome = "unsatisfied"
             except (OSError, GdatError) as e:
                 log.warn(f"cannot record the switch back in the knowledge base ({e})")
+        elif check is not None:
+            log.info(f"tune: steady state of the adopted plan: {window.median_s * 1e3:.2f} ms over "
+                     f"{len(window.step_s)} steps against {check.reference_s * 1e3:.2f} ms for the user's "
+                     f"configuration measured around it (confirmed)")
         else:
-            which = "user configuration" if self.winner is None else "adopted plan"
-            log.info(f"tune: steady state of the {which}: {window.median_s * 1e3:.2f} ms over "
-                     f"{len(window.step_s)} steps (confirmed)")
-        self.report = self._report(window, reverted)
+            log.info(f"tune: steady state of the user configuration: {window.median_s * 1e3:.2f} ms over "
+                     f"{len(window.step_s)} steps")
+        self.report = self._report(window, check)
         if self.report_path is not None:
             self.report_path = write_report(self.report, self.ctx.config.work_path, self.report_path)
 
     def _windows(self, plan: int) -> WindowStats:
         return pooled([b.window for b in self.blocks if b.plan == plan])
 
-    def _report(self, steady: WindowStats | None, reverted: bool) -> GdatReport:
+    def _report(self, steady: WindowStats | None, check: Confirmation | None) -> GdatReport:
         report = tuning_report(self.ctx.tuning_name, time.time() - self.began, self.decision_step + 1, self.verdict,
                                self.blocks, self.plans, self.found, self.correction, self.bank_outcome,
-                               self.bank_entry, self.ctx.cost, self.ctx.topology, steady, reverted)
+                               self.bank_entry, self.ctx.cost, self.ctx.topology, steady, check)
         if self.find_unused is not None:
             report.extra["find_unused_parameters_cost"] = self.find_unused.to_dict()
         if self.squeeze_errors:
