@@ -2,6 +2,10 @@
 
     python benchmarks/bench_compression.py [--rates 2gbit,500mbit] [--rounds 2]
 
+``--rates 100gbit`` leaves the loopback effectively unshaped (its own speed, a few
+GB/s here): what communicating costs on this machine beyond the link (gloo's
+copies and sums run on the cores that compute backward).
+
 For each link rate, one 2-rank training job (``--model``, a transformer by default)
 inside a network namespace limited to that rate:
 
@@ -25,8 +29,11 @@ inside a network namespace limited to that rate:
    the exact allreduce (gdat's error probe; for every-bucket bf16, gdat's hook on
    all buckets, which equals the stock hook bitwise, tests/test_compression.py).
 
-Prints per rate each configuration's median step and its ratio to the
-no-communication step, and the gradient errors; ``--json`` saves everything.
+Prints per rate the profiled backward time, the calibrated model's time for one
+allreduce of every gradient, exact and in bf16 with its casts (whether the link
+can carry the compressed gradients during backward at all), each configuration's
+median step and its ratio to the no-communication step, and the gradient errors;
+``--json`` saves everything.
 """
 from __future__ import annotations
 
@@ -132,7 +139,12 @@ def worker(args: argparse.Namespace) -> None:
         rows = {name: median_ms(t) for name, t in times.items()}
         grid = {k: v for k, v in rows.items() if k.startswith("bucket_cap_mb=")}
         best = min(grid, key=grid.get)
+        found = tuner.found
+        timeline, total = found.timeline, layout.total_bytes
         result = {"model": f"{model}-{size}", "batch": int(batch), "rate": args.rate, "tuning": verdict,
+                  "backward_ms": (timeline.backward_end_s - timeline.backward_start_s) * 1e3,
+                  "link_exact_ms": found.cost.time_s(total) * 1e3,
+                  "link_compressed_ms": found.cost.compressed_times_s(total) * 1e3,
                   "rows_ms": rows, "best_grid": best, "no_comm_ms": rows[NO_COMM],
                   "exact_plan": exact.label, "exact_buckets": len(exact.buckets),
                   "compressed_plan": None if squeezed is None else {
@@ -143,7 +155,7 @@ def worker(args: argparse.Namespace) -> None:
                   "gradient_error": errors}
         with open(args.result, "w") as f:
             json.dump(result, f, indent=1)
-    del tr
+    tr = None  # free DDP (its reducer holds the process group) first
     dist.destroy_process_group()
 
 
@@ -155,6 +167,10 @@ def _print(r: dict) -> None:
           + ("none (the model predicted no gain)" if c is None else
              f"{c['label']}, buckets {c['compressed']} of {c['buckets']} in bf16 "
              f"({c['compressed_bytes'] / 2**20:.1f} of {c['total_bytes'] / 2**20:.1f} MiB)"))
+    fits = r["link_compressed_ms"] <= r["backward_ms"]
+    print(f"backward {r['backward_ms']:.1f} ms; one allreduce of every gradient (calibrated model): "
+          f"{r['link_exact_ms']:.1f} ms exact, {r['link_compressed_ms']:.1f} ms in bf16 with casts: the link "
+          f"{'can' if fits else 'cannot'} carry the compressed gradients during backward")
     print("| configuration | median step ms | / no-comm | max rel. gradient error |")
     print("|---|---:|---:|---:|")
     for name, ms in r["rows_ms"].items():

@@ -6,8 +6,9 @@ Run it with torchrun or gdat-run::
     gdat-run --nproc-per-node 2 -m gdat.demo_train --model transformer --steps 60
 
 It trains a built-in model on synthetic data with SGD (momentum) and, with
-``--out FILE``, rank 0 writes the per-step losses, the final parameters' checksum
-and per-step wall times as JSON.
+``--out FILE``, rank 0 writes the per-step losses, the final parameters' checksum,
+per-step wall times and the bucket sizes DDP's own logging data reports at the
+end, as JSON.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def main() -> None:
     if rank == 0 and args.out:
         with open(args.out, "w") as f:
             json.dump({"losses": losses, "checksum": checksum, "step_times_s": times,
-                       "world_size": dist.get_world_size()}, f)
+                       "world_size": dist.get_world_size(),
+                       "bucket_sizes": ddp._get_ddp_logging_data().get("rebuilt_bucket_sizes")}, f)
     # free DDP (its reducer holds the process group) before tearing the group down:
     # a process group destroyed by the interpreter at exit can abort in gloo
     del ddp, opt

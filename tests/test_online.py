@@ -71,6 +71,9 @@ def test_tuned_run_trains_exactly_like_stock_ddp_with_the_chosen_plan(runs):
     assert len(tuned["checksum"]) == len(stock["checksum"]) > 0
     for a, b in zip(tuned["checksum"], stock["checksum"]):
         assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
+    # after the steady-state confirmation the DDP runs the chosen plan (the adopted one, switched
+    # back in after the user's configuration's block, or the user's), as stock DDP's logging data says
+    assert tuned["bucket_sizes"] and tuned["bucket_sizes"] == stock["bucket_sizes"]
 
 
 def test_report_has_aoe_keys_and_the_evidence(runs):
