@@ -84,8 +84,9 @@ class RoundPlanner:
                 *((self.plans[st.candidate].plan, m_base + st.diff_s) for st in standings(self.blocks))]
 
     def refit(self) -> None:
-        """Step 1: correct the model to every measurement so far."""
+        """Step 1: correct the model to every measurement so far (said when it changes)."""
         measured = self.measured_estimates()
-        self.correction = fit_correction(self.found, measured)
-        log.info(f"tune: model correction {self.correction.extra_alpha_s * 1e3:+.3f} ms per allreduce, "
-                 f"offset {self.correction.offset_s * 1e3:+.2f} ms (from {len(measured)} plans)")
+        before, self.correction = self.correction, fit_correction(self.found, measured)
+        if self.correction != before:
+            log.info(f"tune: model correction {self.correction.extra_alpha_s * 1e3:+.3f} ms per allreduce, "
+                     f"offset {self.correction.offset_s * 1e3:+.2f} ms (from {len(measured)} plans)")
