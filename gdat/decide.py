@@ -3,8 +3,7 @@
 Two plans, two windows (:func:`decide`, :func:`beats`).  ``challenger`` beats
 ``reference`` when ``m_ref - m_ch > max(z * sqrt(se_ref^2 + se_ch^2), floor * m_ref)``
 with ``z = 2.5`` and ``floor = 1%`` (medians and standard errors of
-:class:`gdat.measure.WindowStats`).  The steady-state confirmation and the bank's
-replacement rule use it.
+:class:`gdat.measure.WindowStats`).  The bank's replacement rule uses it.
 
 Interleaved blocks (:func:`standings`, :func:`decide_blocks`).  The tuner measures
 the user's configuration (the baseline) and the candidates in blocks of a few
