@@ -151,8 +151,8 @@ class Schedule:
         return self.block_start(self.blocks) + 1
 
     def confirm_steps(self, decision_step: int) -> range:
-        """The steady-state window after a decision taken at ``decision_step``; the
-        confirmation is taken at the start of the step ``confirm_steps(d).stop``."""
+        """The steady-state window after a decision taken at ``decision_step``
+        (the confirmation comes at :meth:`confirmed_at`)."""
         return range(decision_step + TRANSITION_STEPS, decision_step + TRANSITION_STEPS + self.confirm)
 
     def recheck_steps(self, decision_step: int) -> range:
