@@ -13,6 +13,7 @@ plan that did not hold is revoked in the bank (:func:`gdat.plan_bank.revoke`).
 """
 from __future__ import annotations
 
+import atexit
 import time
 from dataclasses import dataclass, field
 
@@ -55,6 +56,7 @@ class TuneResult:
     bank_entry: str | None = None
     report: GdatReport | None = None
     report_path: str | None = None
+    reverted: bool = False
 
     @property
     def winner(self) -> RankedPlan | None:
@@ -74,7 +76,8 @@ class TuneResult:
                        self.report_path)
 
     def keep(self) -> None:
-        """Keep the decision in the bank, write the report and chart, say so."""
+        """Keep the decision in the bank, write the report, say so; the chart comes
+        at the end of the process (:meth:`_write_chart`)."""
         winner = self.winner
         m_base = baseline_median_s(self.blocks)
         result_s = m_base if winner is None else \
@@ -89,12 +92,20 @@ class TuneResult:
                  f"{self.verdict.reason}")
         self.report_path = write_report(self.report, self.ctx.config.work_path)
         if self.report_path is not None:
-            write_chart(self.report_path, self.profile, self.found, winner)
+            atexit.register(self._write_chart)
+
+    def _write_chart(self) -> None:
+        """The before/after chart next to the report, of the plan that runs (the
+        user's configuration after a switch back).  Drawn when the process ends:
+        importing matplotlib and drawing take about a second, which would stall a
+        training step."""
+        if self.report_path is not None:
+            write_chart(self.report_path, self.profile, self.found, None if self.reverted else self.winner)
 
     def settle(self, window: WindowStats, check: Confirmation | None) -> None:
         """Record the steady state (``check``: an adopted plan's paired check against
         the baseline around it): revoke a plan that did not hold, rewrite the report."""
-        reverted = check is not None and not check.holds
+        reverted = self.reverted = check is not None and not check.holds
         if reverted:
             plan = self.winner.plan
             log.warn(f"steady state: the adopted plan {plan.label} ran {window.median_s * 1e3:.2f} ms against "
