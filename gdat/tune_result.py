@@ -56,7 +56,12 @@ class TuneResult:
     bank_entry: str | None = None
     report: GdatReport | None = None
     report_path: str | None = None
-    reverted: bool = False
+    check: Confirmation | None = None  # the steady-state check, once taken after an adoption
+
+    @property
+    def reverted(self) -> bool:
+        """Whether the steady-state check switched the adopted plan back."""
+        return self.check is not None and not self.check.holds
 
     @property
     def winner(self) -> RankedPlan | None:
@@ -105,8 +110,8 @@ class TuneResult:
     def settle(self, window: WindowStats, check: Confirmation | None) -> None:
         """Record the steady state (``check``: an adopted plan's paired check against
         the baseline around it): revoke a plan that did not hold, rewrite the report."""
-        reverted = self.reverted = check is not None and not check.holds
-        if reverted:
+        self.check = check
+        if self.reverted:
             plan = self.winner.plan
             log.warn(f"steady state: the adopted plan {plan.label} ran {window.median_s * 1e3:.2f} ms against "
                      f"{check.reference_s * 1e3:.2f} ms for the user's configuration measured around it, not faster "

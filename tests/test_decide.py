@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from gdat.decide import BASELINE, FLOOR, Z, Block, beats, contenders, decide, decide_blocks, \
     round_order, standings, steady_state_check, step_sigma
-from gdat.measure import TRANSITION_STEPS, StepTimer, WindowStats, plan_schedule, window_stats
+from gdat.measure import TRANSITION_STEPS, StepTimer, WindowStats, plan_schedule, pooled, window_stats
 
 
 def steady(ms: float, jitter_ms: float = 0.0) -> WindowStats:
@@ -231,7 +231,7 @@ MLP_STEADY = (128.6, 124.0, 133.5, 125.1, 132.2, 129.0)
 def test_a_real_steady_state_gain_is_kept_where_the_pooled_rule_switched_back():
     blocks = [Block(p, 1 + (j >= 3), window_ms(*steps)) for j, (p, steps) in enumerate(MLP_BLOCKS)]
     assert decide_blocks(blocks).winner == 0
-    pooled_base = WindowStats(tuple(x for b in blocks if b.plan == BASELINE for x in b.window.step_s))
+    pooled_base = pooled([b.window for b in blocks if b.plan == BASELINE])
     assert pooled_base.median_s == pytest.approx(0.1378)
     # the old rule: 5 steady steps against every baseline step pooled, each with its own MAD
     assert not beats(pooled_base, window_ms(*MLP_STEADY[:5]))
@@ -247,7 +247,7 @@ def test_a_load_change_after_tuning_neither_reverts_a_real_gain_nor_keeps_a_fals
     blocks = blocks_of([BASELINE, 0, 0, BASELINE], lambda j, k, p: (100 if p == BASELINE else 90) + JITTER[k])
     slow_after = window_ms(*(130 + x for x in JITTER))
     slower = WindowStats(tuple(1.3 * x for x in steady(90.0, jitter_ms=0.4).step_s))
-    assert not beats(WindowStats(tuple(x for b in blocks if b.plan == BASELINE for x in b.window.step_s)), slower)
+    assert not beats(pooled([b.window for b in blocks if b.plan == BASELINE]), slower)
     assert steady_state_check(blocks, slower, slow_after, 0.9).holds
     assert not steady_state_check(blocks, steady(130.0, jitter_ms=0.4), slow_after, 0.9).holds
 
