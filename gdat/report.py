@@ -186,7 +186,7 @@ def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, ver
         result_ms = steady.median_s * 1e3 if adopted else base_ms
         steady_state = {"status": "reverted to the user configuration" if reverted else "confirmed",
                         "plan": winner.plan.label if winner else "user configuration", **steady.to_dict(),
-                        **({"paired_check": check.to_dict()} if check is not None else {})}
+                        "paired_check": check.to_dict() if check is not None else None}
     summary = RepoSummary()
     summary.count(bank_outcome)
     layout = found.timeline.layout
