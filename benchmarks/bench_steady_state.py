@@ -8,6 +8,8 @@ For each model (``--models``), ``--rounds`` rounds; in each round, as separate
 limited to ``--rate``, in a rotated order:
 
 * ``default``: torchrun, stock DDP's default buckets (25 MiB + 1 MiB first);
+* ``default-2``: the same job again: how far two identical jobs land apart here
+  (the noise band the goals are read against);
 * ``cap=C``: torchrun with ``--bucket-cap-mb C`` for C in ``--grid`` (1, 2, 5, 10, 25 MiB);
 * ``gdat``: ``gdat-run`` from an empty knowledge base (tunes during the run);
 * ``gdat-bank``: ``gdat-run`` again on the bank the ``gdat`` job of the round left.
@@ -18,7 +20,14 @@ steps are synchronous, so rank 0's step time is the job's).  Per round, the rati
 gdat / default and gdat / best grid cap are taken within the round; the printout
 gives their median and worst over rounds, and the table of all medians.  For each
 gdat job it also keeps what gdat's report said (plan, outcome, switched back or
-not).  ``--first-round K`` numbers the rounds from K (a run split over several
+not).
+
+Goals (issue 11), judged per round: where the best grid cap beats default by at
+least 5%, gdat / default <= 0.95; the median of gdat / best grid <= 1.00; and no
+gdat / default above the noise band, the largest ratio between the two identical
+default jobs of any round (``max(d2 / d, d / d2)``).
+
+``--first-round K`` numbers the rounds from K (a run split over several
 invocations keeps its rotation); ``--merge`` summarises saved ``--json`` files
 together.
 """
@@ -66,13 +75,14 @@ def _gdat_said(tmp: str, name: str) -> dict:
         g = json.load(f)["GDAT"]
     return {"outcome": g["gdat_tuning_result"], "plan": g["chosen_plan"]["label"],
             "buckets": g["chosen_plan"]["buckets"], "reverted": g.get("reverted", False),
+            "trial": g.get("trial", False),
             "baseline_ms": g["model_baseline_performance(ms)"], "result_ms": g["model_result_performance(ms)"],
             "reason": g["reason"]}
 
 
 def run_model(net, tmp: str, spec: str, args: argparse.Namespace) -> dict:
     model, size, batch = spec.split(":")
-    configs = ["default", *(f"cap={c}" for c in args.grid), "gdat", "gdat-bank"]
+    configs = ["default", "default-2", *(f"cap={c}" for c in args.grid), "gdat", "gdat-bank"]
     rounds = []
     port = 29700
     for r in range(args.first_round, args.first_round + args.rounds):
@@ -84,7 +94,7 @@ def run_model(net, tmp: str, spec: str, args: argparse.Namespace) -> dict:
         medians, said = {}, {}
         for name in order:
             port += 1
-            extra = ["--bucket-cap-mb", name[4:]] if name.startswith("cap=") else []
+            extra = ["--bucket-cap-mb", name[4:]] if name.startswith("cap=") else []  # default-2: none
             times = _job(net, tmp, f"{model}_{name}_{r}", model, size, batch, args.steps, port,
                          bank if name.startswith("gdat") else None, extra)
             medians[name] = statistics.median(times[-args.last:]) * 1e3
@@ -93,6 +103,45 @@ def run_model(net, tmp: str, spec: str, args: argparse.Namespace) -> dict:
             print(f"  {spec} round {r + 1} {name:<10} {medians[name]:8.1f} ms {said.get(name, '')}", flush=True)
         rounds.append({**medians, "gdat_said": said})
     return {"model": spec, "rounds": rounds}
+
+
+def _noise_band(rows: list[dict]) -> float | None:
+    """The largest ratio between the two identical default jobs of a round (None
+    for runs saved before ``default-2`` was measured)."""
+    pairs = [(r["default"], r["default-2"]) for r in rows if "default-2" in r]
+    return max(max(a / b, b / a) for a, b in pairs) if pairs else None
+
+
+def _best_cap(rows: list[dict], caps: list[str]) -> str:
+    """The cap whose median over rounds is lowest: the one a user would pick from
+    this grid.  Each round's fastest cap is also the luckiest of its jobs, a
+    reference biased low by the job-to-job noise."""
+    return min(caps, key=lambda c: statistics.median(r[c] for r in rows))
+
+
+def goals(rows: list[dict], caps: list[str]) -> list[str]:
+    """Issue 11's goals for the tuning run, judged on these rounds (module docstring)."""
+    over_default = [r["gdat"] / r["default"] for r in rows]
+    best = [min(r[c] for c in caps) for r in rows]
+    gaining = [g for g, b, r in zip(over_default, best, rows) if b <= 0.95 * r["default"]]
+    over_best = statistics.median(g / b for g, b in zip((r["gdat"] for r in rows), best))
+    cap = _best_cap(rows, caps)
+    over_cap = statistics.median(r["gdat"] / r[cap] for r in rows)
+    band = _noise_band(rows)
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    lines = [f"  goal: worst gdat / default <= 0.95 in the {len(gaining)} round(s) where the best grid beats default "
+             f"by >= 5%: " + (f"{verdict(max(gaining) <= 0.95)} (worst {max(gaining):.3f})" if gaining else "n/a"),
+             f"  goal: median gdat / best grid <= 1.00: {verdict(over_best <= 1.0)} ({over_best:.3f} against each "
+             f"round's fastest cap; {over_cap:.3f} against the {cap[4:]} MiB cap, best by median)"]
+    if band is None:
+        lines.append("  goal: never slower than default beyond noise: no noise band (run saved without default-2)")
+    else:
+        lines.append(f"  goal: every gdat / default <= the noise band {band:.3f} (two identical default jobs): "
+                     f"{verdict(max(over_default) <= band)} (worst {max(over_default):.3f})")
+    return lines
 
 
 def summarise(result: dict, grid: list[str]) -> list[str]:
@@ -107,16 +156,24 @@ def summarise(result: dict, grid: list[str]) -> list[str]:
                      f"worst {max(over_best):.3f}")
     best_grid_over_default = [min(r[c] for c in caps) / r["default"] for r in rows]
     lines.append(f"  best grid  / default:  median {statistics.median(best_grid_over_default):.3f}")
+    band = _noise_band(rows)
+    if band is not None:
+        twice = [r["default-2"] / r["default"] for r in rows if "default-2" in r]
+        lines.append(f"  default-2  / default:  median {statistics.median(twice):.3f}  range {min(twice):.3f}"
+                     f"-{max(twice):.3f}   noise band {band:.3f}")
     said = [r.get("gdat_said", {}).get("gdat", {}) for r in rows]
     lines.append(f"  gdat (tuning run): {sum(s.get('outcome') == 'tuning successful' for s in said)} adopted, "
+                 f"{sum(bool(s.get('trial')) for s in said)} tried on a lead short of the noise, "
                  f"{sum(bool(s.get('reverted')) for s in said)} switched back in steady state; plans: "
                  + ", ".join(f"{s.get('plan')} ({s.get('buckets')})" for s in said))
-    names = ["default", *caps, "gdat", "gdat-bank"]
+    lines += goals(rows, caps)
+    names = ["default", *(["default-2"] if band is not None else []), *caps, "gdat", "gdat-bank"]
     lines.append("| configuration | " + " | ".join(f"round {k + 1}" for k in range(len(rows))) + " | median |")
     lines.append("|---|" + "---:|" * (len(rows) + 1))
     for name in names:
-        vals = [r[name] for r in rows]
-        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {statistics.median(vals):.1f} |")
+        vals = [r.get(name) for r in rows]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in vals)
+                     + f" | {statistics.median(v for v in vals if v is not None):.1f} |")
     return lines
 
 

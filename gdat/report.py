@@ -174,14 +174,16 @@ def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, ver
     against the baseline around it, the bank outcome and the fitted and corrected
     model."""
     reverted = check is not None and not check.holds
-    adopted = verdict.winner is not None and not reverted
+    adopted = verdict.winner is not None and not reverted and (check is not None or not verdict.trial)
     winner = plans[verdict.winner] if verdict.winner is not None else None
     base_ms = baseline_median_s(blocks) * 1e3
     table = {st.candidate: st for st in standings(blocks)}
     if steady is None:
-        result_ms = base_ms + table[verdict.winner].diff_s * 1e3 if winner else base_ms
+        result_ms = base_ms + table[verdict.winner].diff_s * 1e3 if adopted else base_ms
         steady_state: dict[str, Any] = {"status": "pending: the script ended before the confirmation, or it has "
-                                                  "not run yet; the result is the estimate from the blocks"}
+                                                  "not run yet; the result is the estimate from the blocks" +
+                                                  ("; the plan on trial is not kept unless confirmed"
+                                                   if verdict.trial else "")}
     else:
         result_ms = steady.median_s * 1e3 if adopted else base_ms
         steady_state = {"status": "reverted to the user configuration" if reverted else "confirmed",
@@ -199,10 +201,15 @@ def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, ver
             pooled(windows).mad_s * 1e3 if windows else None, correction.predict_s(found, c.plan) * 1e3,
             None if st is None else st.diff_s * 1e3, len(windows)))
     label = {BASELINE: "baseline", **{i: c.plan.label for i, c in enumerate(plans)}}
-    reason = verdict.reason if not reverted else \
-        f"{verdict.reason}; in steady state the adopted plan ran {steady.median_s * 1e3:.2f} ms, not faster than " \
-        f"the user configuration's {check.reference_s * 1e3:.2f} ms measured around it beyond the noise " \
-        f"({check.threshold_s * 1e3:.2f} ms): switched back to the user configuration"
+    reason = verdict.reason
+    if reverted:
+        reason += f"; in steady state the {'plan on trial' if verdict.trial else 'adopted plan'} ran " \
+            f"{steady.median_s * 1e3:.2f} ms, not faster than the user configuration's {check.reference_s * 1e3:.2f} " \
+            f"ms measured around it beyond the noise ({check.threshold_s * 1e3:.2f} ms): switched back to the user " \
+            f"configuration"
+    elif verdict.trial and check is not None:
+        reason += f"; confirmed in steady state: {steady.median_s * 1e3:.2f} ms against the user configuration's " \
+            f"{check.reference_s * 1e3:.2f} ms measured around it (noise threshold {check.threshold_s * 1e3:.2f} ms)"
     return GdatReport(
         tuning_name=tuning_name, tuning_time_s=tuning_time_s,
         outcome="tuning successful" if adopted else "tuning unsatisfied", reason=reason,
@@ -214,7 +221,7 @@ def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, ver
         baseline_predicted_ms=found.simulate(found.baseline_plan).step_s * 1e3,
         baseline_corrected_ms=correction.predict_s(found, found.baseline_plan) * 1e3,
         noise_ms=verdict.noise_s * 1e3, tuning_steps=tuning_steps,
-        extra={"noisy": verdict.noisy, "reverted": reverted, "steady_state": steady_state,
+        extra={"noisy": verdict.noisy, "trial": verdict.trial, "reverted": reverted, "steady_state": steady_state,
                "topology": topology, "cost_model": ladder.to_dict(),
                "calibrated_cost_model": found.cost.to_dict(), "contention": found.contention.to_dict(),
                "model_correction": correction.to_dict(), "knowledge_base_entry": bank_entry,

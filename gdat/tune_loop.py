@@ -14,8 +14,9 @@ entry of gdat's DDP forward), at step indices every rank knows (the schedule of
    rank 0 keeps it in the bank and writes the report (:mod:`gdat.tune_result`);
 5. confirm: ``confirm`` steps of the decision, timestamps only; after an adoption
    one block of the user's configuration follows, and the adopted plan comes back
-   only if its window beat the baseline around it (:func:`gdat.decide.steady_state_check`);
-   otherwise every rank stays on the user's configuration.
+   only if its window beat the baseline around it (:func:`gdat.decide.steady_state_check`;
+   a plan on trial, which led by less than the noise, with its blocks' evidence
+   weighed in); otherwise every rank stays on the user's configuration.
 
 A model the loop cannot tune, or a script that ends before the decision, gets a
 ``tuning unsatisfied`` report with the reason (:mod:`gdat.outcome`).  With
@@ -36,7 +37,7 @@ from gdat.collectives import broadcast_from_first
 from gdat.construction import TuneContext
 from gdat.ddp_internals import comm_hooks
 from gdat.ddp_model import WeakAttribute, process_group_of
-from gdat.decide import BASELINE, Block, decide_blocks_lossy_last, steady_state_check
+from gdat.decide import BASELINE, Block, decide_blocks_lossy_last, standings, steady_state_check
 from gdat.errors import PlanError, ProfileError
 from gdat.find_unused import FindUnusedCost, find_unused_cost
 from gdat.measure import Schedule, StepTimer, gather_window, plan_schedule
@@ -279,7 +280,9 @@ class OnlineTuner:
             after = gather_window(self.timer, sched.recheck_steps(d), self.group)
             if self.rank == 0:
                 last_base = max(j for j, b in enumerate(self.blocks) if b.plan == BASELINE)
-                check = steady_state_check(self.blocks, window, after, sched.steady_weight(last_base, d))
+                trial = next(st for st in standings(self.blocks) if st.candidate == self.verdict.winner) \
+                    if self.verdict.trial else None
+                check = steady_state_check(self.blocks, window, after, sched.steady_weight(last_base, d), trial)
             if broadcast_from_first(check.holds if check is not None else None, self.group):
                 self._apply(self.plans[self.verdict.winner].plan)
         self.done = True

@@ -10,6 +10,11 @@ estimate from the paired blocks: the winner's step is ``m_base + D_w`` seconds
 (:meth:`TuneResult.settle`) the report is rewritten with the steady-state median
 and the paired check (:func:`gdat.decide.steady_state_check`), and an adopted
 plan that did not hold is revoked in the bank (:func:`gdat.plan_bank.revoke`).
+
+A plan on trial (:attr:`gdat.decide.Verdict.trial`: it led by less than the
+noise) is not kept at the decision: the report says the user's configuration
+stays, and the bank is written at the confirmation, with the plan (measured by
+its steady-state window) if it held, else with the user's configuration.
 """
 from __future__ import annotations
 
@@ -67,6 +72,14 @@ class TuneResult:
     def winner(self) -> RankedPlan | None:
         return None if self.verdict.winner is None else self.plans[self.verdict.winner]
 
+    @property
+    def adopted(self) -> RankedPlan | None:
+        """The plan that runs and is kept: the winner, unless it was switched back or
+        is on trial and not confirmed (yet)."""
+        if self.reverted or (self.verdict.trial and self.check is None):
+            return None
+        return self.winner
+
     def summary(self) -> str:
         """The report's outcome and where it is."""
         if self.report is None:
@@ -81,20 +94,26 @@ class TuneResult:
                        self.report_path)
 
     def keep(self) -> None:
-        """Keep the decision in the bank, write the report, say so; the chart comes
-        at the end of the process (:meth:`_write_chart`)."""
-        winner = self.winner
-        m_base = baseline_median_s(self.blocks)
-        result_s = m_base if winner is None else \
-            m_base + next(st.diff_s for st in standings(self.blocks) if st.candidate == self.verdict.winner)
-        self.bank_outcome, self.bank_entry = self._save(winner, result_s)
-        self.report = self._report(None, None)
-        base_ms, result_ms = self.report.baseline_ms, self.report.result_ms
-        change = f"step time {(result_ms - base_ms) / base_ms * 100:+.1f}%, AOE improvement " \
-            f"{improvement_percent(base_ms, result_ms)}" if winner else "kept"
-        log.info(f"tune: {self.report.outcome}: {winner.plan.label if winner else 'user configuration'} "
-                 f"{result_ms:.2f} ms vs baseline {base_ms:.2f} ms in paired blocks ({change}); "
-                 f"{self.verdict.reason}")
+        """Keep the decision in the bank (a plan on trial: at the confirmation), write
+        the report, say so; the chart comes at the end of the process (:meth:`_write_chart`)."""
+        if self.verdict.trial:
+            self.report = self._report(None, None)
+            log.info(f"tune: trying {self.winner.plan.label} in steady state against baseline "
+                     f"{self.report.baseline_ms:.2f} ms: {self.verdict.reason}; the knowledge base is written at "
+                     f"the confirmation")
+        else:
+            winner, m_base = self.adopted, baseline_median_s(self.blocks)
+            result_s = m_base if winner is None else \
+                m_base + next(st.diff_s for st in standings(self.blocks) if st.candidate == self.verdict.winner)
+            self.bank_outcome, self.bank_entry = self._save(
+                winner, result_s, None if winner is None else self._windows(self.verdict.winner))
+            self.report = self._report(None, None)
+            base_ms, result_ms = self.report.baseline_ms, self.report.result_ms
+            change = f"step time {(result_ms - base_ms) / base_ms * 100:+.1f}%, AOE improvement " \
+                f"{improvement_percent(base_ms, result_ms)}" if winner else "kept"
+            log.info(f"tune: {self.report.outcome}: {winner.plan.label if winner else 'user configuration'} "
+                     f"{result_ms:.2f} ms vs baseline {base_ms:.2f} ms in paired blocks ({change}); "
+                     f"{self.verdict.reason}")
         self.report_path = write_report(self.report, self.ctx.config.work_path)
         if self.report_path is not None:
             atexit.register(self._write_chart)
@@ -105,17 +124,25 @@ class TuneResult:
         importing matplotlib and drawing take about a second, which would stall a
         training step."""
         if self.report_path is not None:
-            write_chart(self.report_path, self.profile, self.found, None if self.reverted else self.winner)
+            write_chart(self.report_path, self.profile, self.found, self.adopted)
 
     def settle(self, window: WindowStats, check: Confirmation | None) -> None:
         """Record the steady state (``check``: an adopted plan's paired check against
         the baseline around it): revoke a plan that did not hold, rewrite the report."""
         self.check = check
+        if self.verdict.trial:
+            won = self.adopted
+            self.bank_outcome, self.bank_entry = self._save(
+                won, window.median_s if won else baseline_median_s(self.blocks), window if won else None)
         if self.reverted:
             plan = self.winner.plan
-            log.warn(f"steady state: the adopted plan {plan.label} ran {window.median_s * 1e3:.2f} ms against "
-                     f"{check.reference_s * 1e3:.2f} ms for the user's configuration measured around it, not faster "
-                     f"beyond the noise ({check.threshold_s * 1e3:.2f} ms); switched back to the user's configuration")
+            log.warn(f"steady state: the {'plan on trial' if self.verdict.trial else 'adopted plan'} {plan.label} ran "
+                     f"{window.median_s * 1e3:.2f} ms against {check.reference_s * 1e3:.2f} ms for the user's "
+                     f"configuration measured around it, not faster beyond the noise "
+                     f"({check.threshold_s * 1e3:.2f} ms); switched back to the user's configuration")
+            if self.verdict.trial:
+                self._rewrite_report(window, check)
+                return
             base = self._windows(BASELINE)
             verdict = BankedPlan(self.found.baseline_plan, base.median_s * 1e3, base.median_s * 1e3,
                                  self._bandwidth(), time.time())
@@ -126,12 +153,16 @@ class TuneResult:
             except (OSError, GdatError) as e:
                 log.warn(f"cannot record the switch back in the knowledge base ({e})")
         elif check is not None:
-            log.info(f"tune: steady state of the adopted plan: {window.median_s * 1e3:.2f} ms over "
-                     f"{len(window.step_s)} steps against {check.reference_s * 1e3:.2f} ms for the user's "
-                     f"configuration measured around it (confirmed)")
+            log.info(f"tune: steady state of the {'plan on trial' if self.verdict.trial else 'adopted plan'}: "
+                     f"{window.median_s * 1e3:.2f} ms over {len(window.step_s)} steps against "
+                     f"{check.reference_s * 1e3:.2f} ms for the user's configuration measured around it (confirmed"
+                     f"{'; adopted' if self.verdict.trial else ''})")
         else:
             log.info(f"tune: steady state of the user configuration: {window.median_s * 1e3:.2f} ms over "
                      f"{len(window.step_s)} steps")
+        self._rewrite_report(window, check)
+
+    def _rewrite_report(self, window: WindowStats, check: Confirmation | None) -> None:
         self.report = self._report(window, check)
         if self.report_path is not None:
             self.report_path = write_report(self.report, self.ctx.config.work_path, self.report_path)
@@ -149,10 +180,12 @@ class TuneResult:
             report.extra["compression"] = compression_section(self.ctx.compress, self.plans, self.squeeze_errors)
         return report
 
-    def _save(self, winner: RankedPlan | None, result_s: float) -> tuple[str, str | None]:
-        """Keep the winner (or the user's configuration as the verdict) in the bank;
-        returns the outcome and the entry's path if it was written.  When the bank
-        cannot be written, the outcome is judged by what construction found."""
+    def _save(self, winner: RankedPlan | None, result_s: float,
+              winner_window: WindowStats | None) -> tuple[str, str | None]:
+        """Keep the winner (or the user's configuration as the verdict) in the bank,
+        ``result_s`` and ``winner_window`` what it measured; returns the outcome and
+        the entry's path if it was written.  When the bank cannot be written, the
+        outcome is judged by what construction found."""
         found, base = self.found, self._windows(BASELINE)
         plan = found.baseline_plan if winner is None else winner.plan
         entry = BankedPlan(plan, base.median_s * 1e3, result_s * 1e3, self._bandwidth(), time.time())
@@ -161,7 +194,7 @@ class TuneResult:
         try:
             bank = KnowledgeBase(bank_root(), "gdat")
             settled = keep(bank, self.ctx.key, entry, winner is not None, found.timeline.layout, measured,
-                           None if winner is None else self._windows(self.verdict.winner))
+                           None if winner is None else winner_window)
         except (OSError, GdatError) as e:
             log.warn(f"cannot save the plan in the knowledge base ({e})")
             return ("reserved" if self.ctx.stored is not None else "add" if winner else "unsatisfied"), None

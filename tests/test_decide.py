@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from gdat.decide import BASELINE, FLOOR, Z, Block, beats, contenders, decide, decide_blocks, \
-    round_order, standings, steady_state_check, step_sigma
+    decide_blocks_lossy_last, round_order, standings, steady_state_check, step_sigma
 from gdat.measure import TRANSITION_STEPS, StepTimer, WindowStats, plan_schedule, pooled, window_stats
 
 
@@ -192,12 +193,47 @@ def test_rounds_alternate_the_baseline_first_and_last():
     assert round_order(2, [1]) == [1, BASELINE]
 
 
-def test_the_noise_is_pooled_over_blocks_and_a_noisy_run_adopts_nothing():
+def test_the_noise_is_pooled_over_blocks_and_a_noisy_run_adopts_nothing_on_the_blocks_alone():
     quiet = blocks_of([BASELINE, 0], lambda j, k, p: 100 + JITTER[k])
     assert step_sigma(quiet) == pytest.approx(1.4826 * 0.45e-3)
     noisy = blocks_of([BASELINE, 0, BASELINE], lambda j, k, p: (100 if p == BASELINE else 90) + 10 * JITTER[k])
     verdict = decide_blocks(noisy)
+    assert verdict.trial and verdict.noisy and "(the run was noisy): tried in steady state" in verdict.reason
+    equal = blocks_of([BASELINE, 0, BASELINE], lambda j, k, p: 100 + 10 * JITTER[k])
+    verdict = decide_blocks(equal)
     assert verdict.winner is None and verdict.noisy and verdict.reason.endswith("(the run was noisy)")
+
+
+def test_a_lead_short_of_the_noise_is_tried_and_kept_only_if_the_steady_state_confirms_it():
+    """Candidate 0 leads by 11 ms, under its threshold (the blocks' noise is +-6 ms):
+    it is tried.  The steady-state window alone would not clear the noise either;
+    weighed together with the blocks, a window as fast as the blocks said keeps the
+    plan, a window no faster than the baseline does not.  A lead within one
+    standard error is not tried."""
+    wide = (-6.0, 0.0, 6.0)
+    blocks = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 89, 1: 99}[p] + wide[k])
+    lead = {s.candidate: s for s in standings(blocks)}[0]
+    assert lead.se_s < -lead.diff_s < lead.threshold_s
+    verdict = decide_blocks(blocks)
+    assert verdict.winner == 0 and verdict.trial and "short of the noise threshold" in verdict.reason
+    after = window_ms(*(100 + x for x in wide))
+    window = WindowStats(tuple((89 + x) / 1e3 for x in (-6, 0, 6, -6, 6, 0)))
+    assert not steady_state_check(blocks, window, after, 0.6).holds  # the window alone: short of the noise
+    held = steady_state_check(blocks, window, after, 0.6, lead)
+    assert held.holds and held.combined_s == pytest.approx(-0.011), held
+    assert held.to_dict()["combined_with_blocks_ms"] == pytest.approx(-11.0)
+    assert not steady_state_check(blocks, steady(100.0, jitter_ms=6.0), after, 0.6, lead).holds
+    assert not steady_state_check(blocks, steady(100.5, jitter_ms=0.5), after, 0.6, replace(lead, diff_s=-0.05)).holds
+    close = blocks_of([BASELINE, 0, BASELINE], lambda j, k, p: (100 if p == BASELINE else 99.5) + wide[k])
+    assert decide_blocks(close).winner is None
+
+
+def test_a_compressed_candidate_is_never_tried_on_a_lead_short_of_the_noise():
+    wide = (-6.0, 0.0, 6.0)
+    blocks = blocks_of([BASELINE, 0, 1, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 99.8, 1: 88}[p] + wide[k])
+    assert decide_blocks(blocks).trial and decide_blocks(blocks).winner == 1
+    verdict = decide_blocks_lossy_last(blocks, [1])
+    assert verdict.winner is None and "is not tried" in verdict.reason
 
 
 def window_ms(*steps_ms: float) -> WindowStats:
@@ -255,12 +291,22 @@ def test_a_load_change_after_tuning_neither_reverts_a_real_gain_nor_keeps_a_fals
 @pytest.mark.parametrize("phase", range(5))
 @pytest.mark.parametrize("order", [[BASELINE, 0, 1, 0, BASELINE], [BASELINE, 0, 1, 1, BASELINE],
                                    [BASELINE, 0, BASELINE, 1, BASELINE]])
-def test_a_periodic_straggler_aliasing_with_the_blocks_never_wins(phase, order):
+def test_a_periodic_straggler_aliasing_with_the_blocks_is_never_adopted(phase, order):
     """One rank sleeping 0..300 ms in a 5-step cycle, the blocks 4 steps apart:
     block medians differ by up to 150 ms between plans that are all equal.  The
-    pooled noise keeps every one of them below its threshold, and the run is noisy."""
+    pooled noise keeps every one of them below its threshold, and the run is noisy;
+    a lead tried in steady state does not hold there."""
     s = plan_schedule(30)
-    blocks = [Block(p, 1, WindowStats(tuple(0.02 + 0.3 * ((k + phase) % 5) / 4 for k in s.block_steps(j))))
-              for j, p in enumerate(order)]
+
+    def straggler(steps: range) -> WindowStats:
+        return WindowStats(tuple(0.02 + 0.3 * ((k + phase) % 5) / 4 for k in steps))
+
+    blocks = [Block(p, 1, straggler(s.block_steps(j))) for j, p in enumerate(order)]
     verdict = decide_blocks(blocks)
-    assert verdict.winner is None and verdict.noisy
+    assert verdict.noisy and (verdict.winner is None or verdict.trial)
+    d = s.total - 1  # a plan on trial: its steady-state window and the baseline's block after it
+    if verdict.trial:
+        last_base = max(j for j, p in enumerate(order) if p == BASELINE)
+        check = steady_state_check(blocks, straggler(s.confirm_steps(d)), straggler(s.recheck_steps(d)),
+                                   s.steady_weight(last_base, d))
+        assert not check.holds, check
