@@ -1,0 +1,85 @@
+"""Stages 4-5 on rank 0, in-process: what the report and the bank hold for a plan on
+trial (a lead short of the noise) before and after the steady-state confirmation."""
+from __future__ import annotations
+
+import glob
+import json
+
+import pytest
+
+from gdat.config import GdatConfig
+from gdat.construction import TuneContext
+from gdat.cost_model import AllreduceCostModel
+from gdat.decide import BASELINE, decide_blocks, standings, steady_state_check
+from gdat.measure import WindowStats
+from gdat.plan_bank import BankedPlan
+from gdat.schedule.candidates import Correction, generate_candidates
+from gdat.tune_result import TuneResult
+from tests.test_cli_simulate import synthetic_profile
+from tests.test_decide import blocks_of, steady, window_ms
+
+WIDE = (-6.0, 0.0, 6.0)  # ms: a noisy run, so an 11 ms lead is short of its threshold
+
+
+@pytest.fixture()
+def trial(tmp_path, monkeypatch):
+    """A TuneResult whose verdict tries candidate 0, kept at the decision."""
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
+    profile = synthetic_profile()
+    cost = AllreduceCostModel.linear(1e-4, 4e-9, "test")
+    found = generate_candidates(profile, cost, 2)
+    blocks = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 89, 1: 99}[p] + WIDE[k])
+    verdict = decide_blocks(blocks)
+    assert verdict.trial and verdict.winner == 0
+    ctx = TuneContext(GdatConfig(work_path=str(tmp_path / "work")), cost, {"model": "synthetic"}, {}, None,
+                      "trial-test", {})
+    result = TuneResult(ctx, profile, found, list(found.ranked), blocks, verdict, 28, Correction(), 0.0)
+    result.keep()
+    return result, tmp_path
+
+
+def _report(result: TuneResult) -> dict:
+    with open(result.report_path) as f:
+        return json.load(f)["GDAT"]
+
+
+def _bank(tmp_path) -> list[BankedPlan]:
+    return [BankedPlan.from_payload(json.load(open(p))["payload"], p)
+            for p in glob.glob(str(tmp_path / "bank" / "gdat" / "*.json"))]
+
+
+def _settle(result: TuneResult, window: WindowStats) -> None:
+    lead = next(st for st in standings(result.blocks) if st.candidate == result.verdict.winner)
+    result.settle(window, steady_state_check(result.blocks, window, window_ms(*(100 + x for x in WIDE)), 0.6, lead))
+
+
+def test_a_plan_on_trial_is_neither_reported_nor_banked_before_its_confirmation(trial):
+    result, tmp_path = trial
+    g = _report(result)
+    assert g["trial"] is True and g["gdat_tuning_result"] == "tuning unsatisfied"
+    assert g["chosen_plan"]["plan"] == g["baseline_plan"]["plan"]
+    assert "tried in steady state" in g["reason"] and g["steady_state"]["status"].startswith("pending")
+    assert _bank(tmp_path) == []
+
+
+def test_a_confirmed_trial_is_adopted_and_banked_with_its_steady_state(trial):
+    result, tmp_path = trial
+    _settle(result, WindowStats(tuple((89 + x) / 1e3 for x in (-6, 0, 6, -6, 6, 0))))
+    g = _report(result)
+    assert g["gdat_tuning_result"] == "tuning successful" and g["reverted"] is False
+    assert g["model_result_performance(ms)"] == pytest.approx(89.0)
+    assert g["chosen_plan"]["label"] == result.plans[0].plan.label and "confirmed in steady state" in g["reason"]
+    assert g["steady_state"]["paired_check"]["combined_with_blocks_ms"] == pytest.approx(-11.0)
+    [entry] = _bank(tmp_path)
+    assert entry.plan.same_partition(result.plans[0].plan) and entry.result_ms == pytest.approx(89.0)
+
+
+def test_a_trial_the_steady_state_does_not_confirm_leaves_the_user_configuration(trial, capfd):
+    result, tmp_path = trial
+    _settle(result, steady(100.0, jitter_ms=6.0))
+    g = _report(result)
+    assert g["gdat_tuning_result"] == "tuning unsatisfied" and g["reverted"] is True
+    assert g["chosen_plan"]["plan"] == g["baseline_plan"]["plan"]
+    assert "the plan on trial" in capfd.readouterr().err
+    [entry] = _bank(tmp_path)
+    assert entry.plan.same_partition(result.found.baseline_plan)
