@@ -67,7 +67,7 @@ from gdat.measure import WindowStats, pooled
 
 __all__ = ["Verdict", "decide", "beats", "Block", "Standing", "BASELINE", "standings", "step_sigma",
            "decide_blocks", "decide_blocks_lossy_last", "contenders", "round_order", "Confirmation",
-           "steady_state_check", "baseline_median_s", "Z", "SCREEN_Z", "FLOOR", "NOISY"]
+           "steady_state_check", "kept", "standing_of", "baseline_median_s", "Z", "SCREEN_Z", "FLOOR", "NOISY"]
 
 Z = 2.5
 SCREEN_Z = 1.0
@@ -207,6 +207,11 @@ def _noisy(blocks: Sequence[Block], table: Sequence[Standing]) -> bool:
     return max([self_noise, *(s.threshold_s for s in table)]) > NOISY * m_base
 
 
+def standing_of(blocks: Sequence[Block], candidate: int) -> Standing:
+    """Candidate ``candidate``'s paired evidence (it must have been measured)."""
+    return next(st for st in standings(blocks) if st.candidate == candidate)
+
+
 def decide_blocks(blocks: Sequence[Block]) -> Verdict:
     """Adopt the candidate with the largest paired gain beyond its threshold (module
     docstring), or keep the baseline."""
@@ -317,3 +322,12 @@ def steady_state_check(blocks: Sequence[Block], steady: WindowStats, after: Wind
     weights = 1 / max(trial.se_s, 1e-12) ** 2, 1 / max(se, 1e-12) ** 2
     combined = (trial.diff_s * weights[0] + d * weights[1]) / sum(weights)
     return Confirmation(ref, d, max(Z / math.sqrt(sum(weights)), FLOOR * ref), after, combined)
+
+
+def kept(verdict: Verdict, check: Confirmation | None) -> int | None:
+    """The candidate that runs and is kept after ``verdict`` and its steady-state
+    ``check`` (``None``: not taken yet): the winner, unless the check switched it
+    back, or it is on trial and not confirmed yet."""
+    if verdict.winner is None or (check is not None and not check.holds) or (verdict.trial and check is None):
+        return None
+    return verdict.winner

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from gdat import log
 from gdat.aoe_result import improvement_percent, write_result
 from gdat.cost_model import AllreduceCostModel
-from gdat.decide import BASELINE, Block, Confirmation, Verdict, baseline_median_s, standings
+from gdat.decide import BASELINE, Block, Confirmation, Verdict, baseline_median_s, kept, standings
 from gdat.errors import PlanNotExpressible
 from gdat.knowledge_base import RepoSummary
 from gdat.layout import GradientLayout
@@ -174,7 +174,7 @@ def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, ver
     against the baseline around it, the bank outcome and the fitted and corrected
     model."""
     reverted = check is not None and not check.holds
-    adopted = verdict.winner is not None and not reverted and (check is not None or not verdict.trial)
+    adopted = kept(verdict, check) is not None
     winner = plans[verdict.winner] if verdict.winner is not None else None
     base_ms = baseline_median_s(blocks) * 1e3
     table = {st.candidate: st for st in standings(blocks)}

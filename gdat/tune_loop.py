@@ -37,7 +37,7 @@ from gdat.collectives import broadcast_from_first
 from gdat.construction import TuneContext
 from gdat.ddp_internals import comm_hooks
 from gdat.ddp_model import WeakAttribute, process_group_of
-from gdat.decide import BASELINE, Block, decide_blocks_lossy_last, standings, steady_state_check
+from gdat.decide import BASELINE, Block, decide_blocks_lossy_last, standing_of, steady_state_check
 from gdat.errors import PlanError, ProfileError
 from gdat.find_unused import FindUnusedCost, find_unused_cost
 from gdat.measure import Schedule, StepTimer, gather_window, plan_schedule
@@ -280,8 +280,7 @@ class OnlineTuner:
             after = gather_window(self.timer, sched.recheck_steps(d), self.group)
             if self.rank == 0:
                 last_base = max(j for j, b in enumerate(self.blocks) if b.plan == BASELINE)
-                trial = next(st for st in standings(self.blocks) if st.candidate == self.verdict.winner) \
-                    if self.verdict.trial else None
+                trial = standing_of(self.blocks, self.verdict.winner) if self.verdict.trial else None
                 check = steady_state_check(self.blocks, window, after, sched.steady_weight(last_base, d), trial)
             if broadcast_from_first(check.holds if check is not None else None, self.group):
                 self._apply(self.plans[self.verdict.winner].plan)

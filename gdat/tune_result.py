@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from gdat import log
 from gdat.aoe_result import improvement_percent
 from gdat.construction import TuneContext
-from gdat.decide import BASELINE, Block, Confirmation, Verdict, baseline_median_s, standings
+from gdat.decide import BASELINE, Block, Confirmation, Verdict, baseline_median_s, kept, standing_of
 from gdat.errors import GdatError
 from gdat.find_unused import FindUnusedCost
 from gdat.knowledge_base import KnowledgeBase
@@ -76,9 +76,8 @@ class TuneResult:
     def adopted(self) -> RankedPlan | None:
         """The plan that runs and is kept: the winner, unless it was switched back or
         is on trial and not confirmed (yet)."""
-        if self.reverted or (self.verdict.trial and self.check is None):
-            return None
-        return self.winner
+        i = kept(self.verdict, self.check)
+        return None if i is None else self.plans[i]
 
     def summary(self) -> str:
         """The report's outcome and where it is."""
@@ -104,7 +103,7 @@ class TuneResult:
         else:
             winner, m_base = self.adopted, baseline_median_s(self.blocks)
             result_s = m_base if winner is None else \
-                m_base + next(st.diff_s for st in standings(self.blocks) if st.candidate == self.verdict.winner)
+                m_base + standing_of(self.blocks, self.verdict.winner).diff_s
             self.bank_outcome, self.bank_entry = self._save(
                 winner, result_s, None if winner is None else self._windows(self.verdict.winner))
             self.report = self._report(None, None)
