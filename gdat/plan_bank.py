@@ -23,9 +23,11 @@ differently and beat it: beyond the noise (:func:`gdat.decide.beats`) when this 
 measured the stored plan (as a candidate, or as the user's configuration), else
 when its measured median step is shorter than the one the stored entry records.
 
-A plan the steady-state confirmation rejects (:func:`revoke`) gives way to the
-user's configuration as the verdict, under the lock, only where the entry still
-holds that plan (an entry another job stored meanwhile is left alone).
+The steady-state confirmation changes an entry this run wrote (:func:`swap`):
+an adopted plan it rejects gives way to the user's configuration as the verdict,
+and a plan on trial it confirms replaces the user's configuration kept
+provisionally at the decision; either under the lock, only where the entry still
+holds the plan this run wrote (an entry another job stored meanwhile is left alone).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from gdat.layout import GradientLayout, ParamInfo
 from gdat.measure import WindowStats
 from gdat.plan import BucketPlan
 
-__all__ = ["BankedPlan", "BankHit", "bank_key", "link_class", "lookup", "lookup_near", "keep", "revoke",
+__all__ = ["BankedPlan", "BankHit", "bank_key", "link_class", "lookup", "lookup_near", "keep", "swap",
            "BANDWIDTH_TOLERANCE"]
 
 BANDWIDTH_TOLERANCE = 1.5
@@ -174,15 +176,15 @@ def keep(bank: KnowledgeBase, key: dict[str, Any], entry: BankedPlan, won: bool,
     return settle(bank, key, entry.to_payload(), won, replaces, usable)
 
 
-def revoke(bank: KnowledgeBase, key: dict[str, Any], rejected: BucketPlan, verdict: BankedPlan) -> bool:
-    """Replace the entry under ``key`` by ``verdict`` (the user's configuration) if it
-    holds ``rejected``; returns whether it was replaced."""
+def swap(bank: KnowledgeBase, key: dict[str, Any], held: BucketPlan, replacement: BankedPlan) -> bool:
+    """Replace the entry under ``key`` by ``replacement`` if it holds ``held`` (the
+    plan this run wrote); returns whether it was replaced."""
     def choose(current: dict[str, Any] | None) -> dict[str, Any] | None:
         try:
             holds = current is not None and \
-                BankedPlan.from_payload(current, bank.path_for(key)).plan.same_partition(rejected)
+                BankedPlan.from_payload(current, bank.path_for(key)).plan.same_partition(held)
         except BankError:
             holds = False
-        return verdict.to_payload() if holds else None
+        return replacement.to_payload() if holds else None
 
     return bank.update(key, choose)

@@ -9,12 +9,14 @@ estimate from the paired blocks: the winner's step is ``m_base + D_w`` seconds
 :func:`gdat.decide.standings`).  After the steady-state confirmation
 (:meth:`TuneResult.settle`) the report is rewritten with the steady-state median
 and the paired check (:func:`gdat.decide.steady_state_check`), and an adopted
-plan that did not hold is revoked in the bank (:func:`gdat.plan_bank.revoke`).
+plan that did not hold is revoked in the bank (:func:`gdat.plan_bank.swap`).
 
 A plan on trial (:attr:`gdat.decide.Verdict.trial`: it led by less than the
 noise) is not kept at the decision: the report says the user's configuration
-stays, and the bank is written at the confirmation, with the plan (measured by
-its steady-state window) if it held, else with the user's configuration.
+stays, and the bank keeps the user's configuration as the verdict, as when no
+candidate leads at all, so a script that ends before the confirmation still
+saves its tuning.  Confirmed, the plan (measured by its steady-state window)
+replaces that entry (:func:`gdat.plan_bank.swap`).
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from gdat.find_unused import FindUnusedCost
 from gdat.knowledge_base import KnowledgeBase
 from gdat.measure import WindowStats, pooled
 from gdat.outcome import Outcome
-from gdat.plan_bank import BankedPlan, keep, revoke
+from gdat.plan import BucketPlan
+from gdat.plan_bank import BankedPlan, keep, swap
 from gdat.report import GdatReport, compression_section, tuning_report, write_report
 from gdat.report_chart import write_chart
 from gdat.schedule.candidates import Candidates, Correction, RankedPlan
@@ -93,21 +96,20 @@ class TuneResult:
                        self.report_path)
 
     def keep(self) -> None:
-        """Keep the decision in the bank (a plan on trial: at the confirmation), write
-        the report, say so; the chart comes at the end of the process (:meth:`_write_chart`)."""
+        """Keep the decision in the bank (for a plan on trial, the user's configuration
+        until the confirmation), write the report, say so; the chart comes at the end
+        of the process (:meth:`_write_chart`)."""
+        winner, m_base = self.adopted, baseline_median_s(self.blocks)
+        result_s = m_base if winner is None else m_base + standing_of(self.blocks, self.verdict.winner).diff_s
+        self.bank_outcome, self.bank_entry = self._save(
+            winner, result_s, None if winner is None else self._windows(self.verdict.winner))
+        self.report = self._report(None, None)
+        base_ms, result_ms = self.report.baseline_ms, self.report.result_ms
         if self.verdict.trial:
-            self.report = self._report(None, None)
-            log.info(f"tune: trying {self.winner.plan.label} in steady state against baseline "
-                     f"{self.report.baseline_ms:.2f} ms: {self.verdict.reason}; the knowledge base is written at "
-                     f"the confirmation")
+            log.info(f"tune: trying {self.winner.plan.label} in steady state against baseline {base_ms:.2f} ms: "
+                     f"{self.verdict.reason}; the user configuration stays in the knowledge base unless it is "
+                     f"confirmed")
         else:
-            winner, m_base = self.adopted, baseline_median_s(self.blocks)
-            result_s = m_base if winner is None else \
-                m_base + standing_of(self.blocks, self.verdict.winner).diff_s
-            self.bank_outcome, self.bank_entry = self._save(
-                winner, result_s, None if winner is None else self._windows(self.verdict.winner))
-            self.report = self._report(None, None)
-            base_ms, result_ms = self.report.baseline_ms, self.report.result_ms
             change = f"step time {(result_ms - base_ms) / base_ms * 100:+.1f}%, AOE improvement " \
                 f"{improvement_percent(base_ms, result_ms)}" if winner else "kept"
             log.info(f"tune: {self.report.outcome}: {winner.plan.label if winner else 'user configuration'} "
@@ -127,39 +129,55 @@ class TuneResult:
 
     def settle(self, window: WindowStats, check: Confirmation | None) -> None:
         """Record the steady state (``check``: an adopted plan's paired check against
-        the baseline around it): revoke a plan that did not hold, rewrite the report."""
+        the baseline around it): revoke a plan that did not hold, bank a confirmed
+        plan on trial, rewrite the report."""
         self.check = check
-        if self.verdict.trial:
-            won = self.adopted
-            self.bank_outcome, self.bank_entry = self._save(
-                won, window.median_s if won else baseline_median_s(self.blocks), window if won else None)
+        base = self._windows(BASELINE)
+        user = BankedPlan(self.found.baseline_plan, base.median_s * 1e3, base.median_s * 1e3, self._bandwidth(),
+                          time.time())
+        what = "plan on trial" if self.verdict.trial else "adopted plan"
         if self.reverted:
             plan = self.winner.plan
-            log.warn(f"steady state: the {'plan on trial' if self.verdict.trial else 'adopted plan'} {plan.label} ran "
-                     f"{window.median_s * 1e3:.2f} ms against {check.reference_s * 1e3:.2f} ms for the user's "
-                     f"configuration measured around it, not faster beyond the noise "
-                     f"({check.threshold_s * 1e3:.2f} ms); switched back to the user's configuration")
-            if self.verdict.trial:
-                self._rewrite_report(window, check)
-                return
-            base = self._windows(BASELINE)
-            verdict = BankedPlan(self.found.baseline_plan, base.median_s * 1e3, base.median_s * 1e3,
-                                 self._bandwidth(), time.time())
-            try:
-                if revoke(KnowledgeBase(bank_root(), "gdat"), self.ctx.key, plan, verdict):
-                    log.info("knowledge base: the entry now holds the user's configuration")
-                    self.bank_outcome = "unsatisfied"
-            except (OSError, GdatError) as e:
-                log.warn(f"cannot record the switch back in the knowledge base ({e})")
+            log.warn(f"steady state: the {what} {plan.label} ran {window.median_s * 1e3:.2f} ms against "
+                     f"{check.reference_s * 1e3:.2f} ms for the user's configuration measured around it, not faster "
+                     f"beyond the noise ({check.threshold_s * 1e3:.2f} ms); switched back to the user's configuration")
+            if not self.verdict.trial and self._swap(plan, user):
+                log.info("knowledge base: the entry now holds the user's configuration")
+                self.bank_outcome = "unsatisfied"
         elif check is not None:
-            log.info(f"tune: steady state of the {'plan on trial' if self.verdict.trial else 'adopted plan'}: "
-                     f"{window.median_s * 1e3:.2f} ms over {len(window.step_s)} steps against "
-                     f"{check.reference_s * 1e3:.2f} ms for the user's configuration measured around it (confirmed"
-                     f"{'; adopted' if self.verdict.trial else ''})")
+            log.info(f"tune: steady state of the {what}: {window.median_s * 1e3:.2f} ms over {len(window.step_s)} "
+                     f"steps against {check.reference_s * 1e3:.2f} ms for the user's configuration measured around "
+                     f"it (confirmed{'; adopted' if self.verdict.trial else ''})")
+            if self.verdict.trial:
+                self._bank_trial(window, user)
         else:
             log.info(f"tune: steady state of the user configuration: {window.median_s * 1e3:.2f} ms over "
                      f"{len(window.step_s)} steps")
         self._rewrite_report(window, check)
+
+    def _bank_trial(self, window: WindowStats, user: BankedPlan) -> None:
+        """A confirmed plan on trial replaces the user's configuration this run kept
+        at the decision; without that entry (another job's plan was stored), it is
+        kept by the bank's usual rule."""
+        won = self.winner
+        entry = BankedPlan(won.plan, user.baseline_ms, window.median_s * 1e3, user.bandwidth_bytes_per_s,
+                           time.time())
+        if self.bank_entry is None:
+            self.bank_outcome, self.bank_entry = self._save(won, window.median_s, window)
+        elif self._swap(self.found.baseline_plan, entry):
+            log.info(f"knowledge base: saved {self.bank_entry}")
+            self.bank_outcome = "add"
+        else:
+            self.bank_outcome, self.bank_entry = "reserved", None
+
+    def _swap(self, held: BucketPlan, replacement: BankedPlan) -> bool:
+        """:func:`gdat.plan_bank.swap` on this run's entry; a bank that cannot be
+        written is warned about."""
+        try:
+            return swap(KnowledgeBase(bank_root(), "gdat"), self.ctx.key, held, replacement)
+        except (OSError, GdatError) as e:
+            log.warn(f"cannot change the entry in the knowledge base ({e})")
+            return False
 
     def _rewrite_report(self, window: WindowStats, check: Confirmation | None) -> None:
         self.report = self._report(window, check)

@@ -11,6 +11,7 @@ from gdat.config import GdatConfig
 from gdat.construction import TuneContext
 from gdat.cost_model import AllreduceCostModel
 from gdat.decide import BASELINE, decide_blocks, standings, steady_state_check
+from gdat.knowledge_base import KnowledgeBase
 from gdat.measure import WindowStats
 from gdat.plan_bank import BankedPlan
 from gdat.schedule.candidates import Correction, generate_candidates
@@ -48,18 +49,26 @@ def _bank(tmp_path) -> list[BankedPlan]:
             for p in glob.glob(str(tmp_path / "bank" / "gdat" / "*.json"))]
 
 
+def _path(tmp_path) -> str:
+    [path] = glob.glob(str(tmp_path / "bank" / "gdat" / "*.json"))
+    return path
+
+
 def _settle(result: TuneResult, window: WindowStats) -> None:
     lead = next(st for st in standings(result.blocks) if st.candidate == result.verdict.winner)
     result.settle(window, steady_state_check(result.blocks, window, window_ms(*(100 + x for x in WIDE)), 0.6, lead))
 
 
-def test_a_plan_on_trial_is_neither_reported_nor_banked_before_its_confirmation(trial):
+def test_a_plan_on_trial_is_not_reported_and_the_user_configuration_is_banked_until_its_confirmation(trial):
     result, tmp_path = trial
     g = _report(result)
     assert g["trial"] is True and g["gdat_tuning_result"] == "tuning unsatisfied"
     assert g["chosen_plan"]["plan"] == g["baseline_plan"]["plan"]
     assert "tried in steady state" in g["reason"] and g["steady_state"]["status"].startswith("pending")
-    assert _bank(tmp_path) == []
+    # a script that ends here has still saved its tuning: the user's configuration as the verdict
+    [entry] = _bank(tmp_path)
+    assert entry.plan.same_partition(result.found.baseline_plan) and g["knowledge_base_entry"] == _path(tmp_path)
+    assert g["repo_summary"]["repo_unsatisfied_num"] == 1
 
 
 def test_a_confirmed_trial_is_adopted_and_banked_with_its_steady_state(trial):
@@ -72,6 +81,19 @@ def test_a_confirmed_trial_is_adopted_and_banked_with_its_steady_state(trial):
     assert g["steady_state"]["paired_check"]["combined_with_blocks_ms"] == pytest.approx(-11.0)
     [entry] = _bank(tmp_path)
     assert entry.plan.same_partition(result.plans[0].plan) and entry.result_ms == pytest.approx(89.0)
+    assert g["knowledge_base_entry"] == _path(tmp_path) and g["repo_summary"]["repo_add_num"] == 1
+
+
+def test_a_confirmed_trial_leaves_alone_a_plan_another_job_stored_meanwhile(trial):
+    result, tmp_path = trial
+    [mine] = _bank(tmp_path)
+    other = BankedPlan(result.plans[1].plan, 100.0, 95.0, mine.bandwidth_bytes_per_s, 0.0)
+    KnowledgeBase(str(tmp_path / "bank"), "gdat").put(result.ctx.key, other.to_payload())
+    _settle(result, WindowStats(tuple((89 + x) / 1e3 for x in (-6, 0, 6, -6, 6, 0))))
+    g = _report(result)
+    assert g["gdat_tuning_result"] == "tuning successful" and g["knowledge_base_entry"] is None
+    [entry] = _bank(tmp_path)
+    assert entry.plan.same_partition(result.plans[1].plan)
 
 
 def test_a_trial_the_steady_state_does_not_confirm_leaves_the_user_configuration(trial, capfd):
