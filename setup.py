@@ -10,6 +10,9 @@ from setuptools import setup
 # engines (ONNX Runtime through torch.onnx's exporter, OpenVINO); each accepts
 # torch 2.13.0 without replacing it.  The test extra includes them so that CI
 # runs the real models and the engines.
+# gdat's folders, in the order data flows through them (docs/architecture.md)
+STAGES = ["core", "reducer", "profiling", "schedule", "decide", "bank", "report", "tune", "demo"]
+
 AOE = ["transformers==5.24.0", "onnx==1.23.2", "onnxscript==0.7.2", "onnxruntime==1.31.1",
        "openvino==2026.4.1"]
 
@@ -20,7 +23,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["gdat", "gdat.profiling", "gdat.schedule", "aoe_full", "launch"],
+    packages=["gdat", *(f"gdat.{p}" for p in STAGES), "aoe_full", "launch"],
     install_requires=["torch>=2.13", "numpy"],
     extras_require={
         # the frameworks are pinned to releases tested with torch 2.13.0; expecttest lets

@@ -23,8 +23,8 @@ from aoe_full.graph_capture import trace
 from aoe_full.operators import classify, static_identity
 from aoe_full.partition import partition, structure_hash, whole_graph
 from aoe_full.signature import from_json
-from gdat import settings
-from gdat.device import device_type_of
+from gdat import options
+from gdat.core.device import device_type_of
 
 __all__ = ["apply_bank", "bank_choices", "AoeApplyWarning"]
 
@@ -74,8 +74,8 @@ def apply_bank(module: torch.nn.Module, bank_root: str | None = None) -> torch.n
     ``state_dict()`` keys).  A module with no matching entries, or one torch.fx
     cannot trace (warned with :class:`AoeApplyWarning`), comes back unchanged.
     ``bank_root``: the knowledge-base root (default: ``TUNE_BANK_PATH`` or
-    gdat's default, :func:`gdat.settings.bank_root`)."""
-    root = bank_root if bank_root is not None else settings.bank_root()
+    gdat's default, :func:`gdat.options.bank_root`)."""
+    root = bank_root if bank_root is not None else options.bank_root()
     try:
         choices = bank_choices(module, root)
         if choices:

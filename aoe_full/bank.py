@@ -1,20 +1,20 @@
 """The operator (OPAT) and subgraph (SGAT) knowledge bases.
 
-Both use :class:`gdat.knowledge_base.KnowledgeBase`, kinds ``"opat"`` and
+Both use :class:`gdat.bank.store.KnowledgeBase`, kinds ``"opat"`` and
 ``"sgat"``.  A key holds everything that changes which implementation is fastest:
 
 * OPAT: the operator's signature (kind, target, module configuration, argument
   shapes/dtypes/strides/``requires_grad``, grad mode, module state);
 * SGAT: the subgraph's structural hash and the signature of its inputs;
-* both: the scene, the hardware fingerprint (:func:`gdat.device.hardware_fingerprint`),
+* both: the scene, the hardware fingerprint (:func:`gdat.core.device.hardware_fingerprint`),
   the torch version and the number of intra-op threads.
 
 A payload stores the verdict: ``strategy`` is the winning strategy, or
 ``"eager"`` when nothing beat the default (so a later run need not measure it
 again), with the medians measured.
 
-Outcomes, counted in AOE's ``repo_summary`` (:class:`gdat.knowledge_base.RepoSummary`),
-follow the rule gdat's plans follow too (:func:`gdat.knowledge_base.settle`, under
+Outcomes, counted in AOE's ``repo_summary`` (:class:`gdat.bank.store.RepoSummary`),
+follow the rule gdat's plans follow too (:func:`gdat.bank.store.settle`, under
 the bank's lock):
 
 * no entry: ``add`` when a candidate beat the default (entry written), else
@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 import torch
 
-from gdat.device import hardware_fingerprint
-from gdat.knowledge_base import KnowledgeBase, settle
+from gdat.core.device import hardware_fingerprint
+from gdat.bank.store import KnowledgeBase, settle
 
 __all__ = ["BankContext", "Decision", "decide", "scan", "OPAT", "SGAT"]
 

@@ -21,7 +21,7 @@ from aoe_full.rewrite import (ImplCache, OpDispatch, SubgraphDispatch, install,
                               make_op_dispatch, subgraph_functions)
 from aoe_full.signature import from_json, to_json
 from aoe_full.strategies import OP_STRATEGIES, SUBGRAPH_STRATEGIES
-from gdat.jsonio import digest
+from gdat.core.jsonio import digest
 
 __all__ = ["OpChoice", "SubgraphChoice", "Choices", "apply_choices", "identity_of"]
 

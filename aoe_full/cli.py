@@ -38,10 +38,10 @@ from aoe_full.report import result_section, tuning_result
 from aoe_full.sgat import tune_subgraphs
 from aoe_full.strategies import strategy_names
 from aoe_full.tuned_model import header_path, save_tuned
-from gdat import settings
-from gdat.aoe_result import write_result
+from gdat import options
+from gdat.report.aoe_file import write_result
 from gdat.errors import GdatError, UsageError
-from gdat.jsonio import read_json
+from gdat.core.jsonio import read_json
 
 __all__ = ["main", "build_parser", "JOB_TYPES"]
 
@@ -183,8 +183,8 @@ def _offline(job: _TuneJob, run: TuningRun, path: str) -> OfflineResult:
 
 
 def _run_tuning(job: _TuneJob) -> None:
-    settings.check_writable_dir(job.output, "--output")
-    settings.check_writable_dir(job.cfg.bank_root, "knowledge base (TUNE_BANK_PATH)")
+    options.check_writable_dir(job.output, "--output")
+    options.check_writable_dir(job.cfg.bank_root, "knowledge base (TUNE_BANK_PATH)")
     now = datetime.datetime.now()
     stamp = now.strftime("%Y%m%d%H%M%S") + f"{now.microsecond // 1000:03d}"
     name = f"{job.source.name}_{stamp}"
@@ -238,8 +238,8 @@ def _split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
 def _run(argv: list[str]) -> int:
     own, passthrough = _split_passthrough(argv)
     args = build_parser().parse_args(own)
-    repeat = settings.repeat_tune()
-    bank = settings.bank_root()
+    repeat = options.repeat_tune()
+    bank = options.bank_root()
     mode = JOB_TYPES.get(args.job_type)
     if mode is None:
         raise UsageError(f"unknown --job_type {args.job_type!r}; expected 1 (SGAT), "
@@ -252,7 +252,7 @@ def _run(argv: list[str]) -> int:
     if not args.model:
         raise UsageError("--model (the training script) is required")
     command = gdat_command(args.model, args.output, args.gdat_args, passthrough)
-    settings.check_writable_dir(os.path.abspath(args.output), "--output")
+    options.check_writable_dir(os.path.abspath(args.output), "--output")
     code = run_gdat_job(command)
     print(f"gdat work path: {os.path.abspath(args.output)}")
     print("Aoe process finished")

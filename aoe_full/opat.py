@@ -21,7 +21,7 @@ from aoe_full.pipeline import ItemReport, TuneConfig, TuningRun, complete, prepa
 from aoe_full.signature import describe
 from aoe_full.strategies import DEFAULT, OP_STRATEGIES, CompileBudget, op_strategies
 from aoe_full.tuner import diff_tensors, tune_item
-from gdat.knowledge_base import KnowledgeBase, RepoSummary, key_id
+from gdat.bank.store import KnowledgeBase, RepoSummary, key_id
 
 __all__ = ["tune_operators", "selected"]
 

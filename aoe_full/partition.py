@@ -47,7 +47,7 @@ import torch.nn as nn
 
 from aoe_full.operators import classify, get_path, invoke_module
 from aoe_full.signature import module_config
-from gdat.jsonio import digest
+from gdat.core.jsonio import digest
 
 __all__ = ["Subgraph", "partition", "whole_graph", "WHOLE", "build_function", "structure_hash",
            "get_path"]

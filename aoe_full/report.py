@@ -1,6 +1,6 @@
 """The AOE result section of an OPAT or SGAT run.
 
-``aoe_result_<mode>_<timestamp>_<pid>.json`` (written by :mod:`gdat.aoe_result`)
+``aoe_result_<mode>_<timestamp>_<pid>.json`` (written by :mod:`gdat.report.aoe_file`)
 holds ``basic`` and one section, ``OPAT`` or ``SGAT``, with AOE's keys:
 
 * ``model_baseline_performance(ms)`` / ``model_result_performance(ms)``: median
@@ -34,7 +34,7 @@ from typing import Any
 from aoe_full.offline import OfflineResult
 from aoe_full.pipeline import TuningRun
 from aoe_full.tuner import ModelComparison
-from gdat.aoe_result import improvement_percent
+from gdat.report.aoe_file import improvement_percent
 
 __all__ = ["result_section", "tuning_result"]
 

@@ -32,7 +32,7 @@ from aoe_full.signature import call_signature, describe, to_json
 from aoe_full.strategies import (DEFAULT, OP_STRATEGIES, SUBGRAPH_STRATEGIES, CompileBudget,
                                  subgraph_strategies)
 from aoe_full.tuner import diff_tensors, tune_item
-from gdat.knowledge_base import KnowledgeBase, RepoSummary, key_id
+from gdat.bank.store import KnowledgeBase, RepoSummary, key_id
 
 __all__ = ["tune_subgraphs", "mutates_inputs"]
 

@@ -5,7 +5,7 @@ Under ``<work>/aoe_workspace/<model>_<timestamp>/tunespace/result/``:
 * ``<model>_<timestamp>_tune.pt``: the weights, a ``torch.save`` of
   ``{"state_dict": ...}`` (read with ``weights_only=True``);
 * ``<model>_<timestamp>_tune.json``: its header, a JSON document
-  (:mod:`gdat.jsonio`, schema ``aoe_full.tuned_model``, version 2)::
+  (:mod:`gdat.core.jsonio`, schema ``aoe_full.tuned_model``, version 2)::
 
       {"mode": "opat" | "sgat", "scene": "infer" | "train",
        "source": {kind, path, factory, sha256}, "capture": "fx" | "export",
@@ -44,7 +44,7 @@ from aoe_full.model_source import ModelSource, file_sha256, load_model, parse_mo
 from aoe_full.offline import OfflineModel, load_package
 from aoe_full.pipeline import SCENES, TuningRun, set_mode
 from gdat.errors import GdatError
-from gdat.jsonio import atomic_file, check_document, read_json, require, write_document
+from gdat.core.jsonio import atomic_file, check_document, read_json, require, write_document
 
 __all__ = ["save_tuned", "load_tuned", "read_header", "header_path", "SCHEMA", "VERSION"]
 

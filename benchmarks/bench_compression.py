@@ -67,13 +67,13 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from benchmarks.common import Trainer, max_over_ranks, median_ms
-    from gdat import compression
-    from gdat.config import GdatConfig
+    from gdat.reducer import compression
+    from gdat.options import GdatConfig
     from gdat.ddp import DistributedDataParallel
-    from gdat.decide import standings
-    from gdat.ddp_internals import comm_hooks, remove_comm_hook
-    from gdat.plan import BucketPlan
-    from gdat.plan_switch import ddp_bucket_arguments, switch_buckets
+    from gdat.decide.verdict import standings
+    from gdat.reducer.torch_internals import comm_hooks, remove_comm_hook
+    from gdat.core.plan import BucketPlan
+    from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -183,7 +183,7 @@ def _print(r: dict) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rates", default="2gbit,500mbit")
-    p.add_argument("--model", default="transformer:small:16", help="MODEL:SIZE:BATCH of gdat.demo_models")
+    p.add_argument("--model", default="transformer:small:16", help="MODEL:SIZE:BATCH of gdat.demo.models")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--measure-steps", type=int, default=6)
     p.add_argument("--json", default=None)

@@ -16,10 +16,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gdat.cost_model import AllreduceCostModel, Contention  # noqa: E402
+from gdat.core.cost_model import AllreduceCostModel, Contention  # noqa: E402
 from gdat.schedule.search import optimal_plan  # noqa: E402
-from gdat.layout import GradientLayout  # noqa: E402
-from gdat.timeline import ReadyTimeline  # noqa: E402
+from gdat.core.layout import GradientLayout  # noqa: E402
+from gdat.core.profile import ReadyTimeline  # noqa: E402
 
 
 def main() -> int:

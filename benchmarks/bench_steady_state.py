@@ -4,7 +4,7 @@
     python benchmarks/bench_steady_state.py --merge a.json b.json   (the summary of saved runs together)
 
 For each model (``--models``), ``--rounds`` rounds; in each round, as separate
-2-rank jobs of the unmodified script ``gdat.demo_train`` inside a network namespace
+2-rank jobs of the unmodified script ``gdat.demo.train`` inside a network namespace
 limited to ``--rate``, in a rotated order:
 
 * ``default``: torchrun, stock DDP's default buckets (25 MiB + 1 MiB first);
@@ -57,7 +57,7 @@ def _job(net, tmp: str, name: str, model: str, size: str, batch: str, steps: int
     else:
         runner = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", os.path.join(tmp, f"{name}_work")]
         env = {**os.environ, "TUNE_BANK_PATH": gdat_bank}
-    cmd = [*runner, "--nproc-per-node", "2", "--master-port", str(port), "-m", "gdat.demo_train",
+    cmd = [*runner, "--nproc-per-node", "2", "--master-port", str(port), "-m", "gdat.demo.train",
            "--model", model, "--size", size, "--batch", batch, "--steps", str(steps), "--out", out, *extra]
     done = subprocess.run(net.wrap(cmd), env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -180,7 +180,7 @@ def summarise(result: dict, grid: list[str]) -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="transformer:small:16,mlp:small:256",
-                   help="comma-separated MODEL:SIZE:BATCH of gdat.demo_models (default %(default)s)")
+                   help="comma-separated MODEL:SIZE:BATCH of gdat.demo.models (default %(default)s)")
     p.add_argument("--rate", default="2gbit")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=60)

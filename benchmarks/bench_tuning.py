@@ -38,9 +38,9 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from benchmarks.common import Trainer, max_over_ranks, median_ms
-    from gdat.config import GdatConfig
+    from gdat.options import GdatConfig
     from gdat.ddp import DistributedDataParallel
-    from gdat.plan_switch import switch_buckets
+    from gdat.reducer.plan_switch import switch_buckets
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -97,7 +97,7 @@ def main(script: str = __file__, doc: str = __doc__, models: str = "transformer:
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--rate", default="2gbit")
     p.add_argument("--models", default=models,
-                   help="comma-separated MODEL:SIZE:BATCH of gdat.demo_models (default %(default)s)")
+                   help="comma-separated MODEL:SIZE:BATCH of gdat.demo.models (default %(default)s)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--measure-steps", type=int, default=6)
     p.add_argument("--json", default=None)

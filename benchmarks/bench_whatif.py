@@ -44,7 +44,7 @@ def _spec(text: str) -> tuple[int, int, str]:
 
 def _network(spec: tuple[int, int, str]):
     from gdat.schedule.whatif import Network
-    from gdat.units import parse_rate
+    from gdat.core.units import parse_rate
 
     nodes, ranks, rate = spec
     r = parse_rate(rate)
@@ -65,8 +65,8 @@ def worker(args: argparse.Namespace) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from benchmarks.common import Trainer, max_over_ranks
-    from gdat.plan import BucketPlan
-    from gdat.plan_switch import ddp_bucket_arguments, switch_buckets
+    from gdat.core.plan import BucketPlan
+    from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
     from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
     from gdat.profiling.session import ProfileSession
 
@@ -182,10 +182,10 @@ def main() -> int:
     if args.worker:
         worker(args)
         return 0
-    from gdat.plan import BucketPlan
+    from gdat.core.plan import BucketPlan
     from gdat.schedule.simulator import simulate
     from gdat.schedule.whatif import link_beta, whatif_model
-    from gdat.timeline import Profile
+    from gdat.core.profile import Profile
 
     tmp = tempfile.mkdtemp(prefix="gdat-bench-whatif-")
     base = _spec(args.profile_at)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from gdat.demo_models import build_model, loss_fn, synthetic_batch
+from gdat.demo.models import build_model, loss_fn, synthetic_batch
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:

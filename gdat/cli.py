@@ -14,7 +14,7 @@ import json
 import sys
 
 from gdat.errors import GdatError, UsageError
-from gdat.jsonio import read_json
+from gdat.core.jsonio import read_json
 
 __all__ = ["main"]
 
@@ -25,12 +25,12 @@ def _show(path: str) -> list[str]:
         raise UsageError(f"{path}: not a gdat file")
     schema = doc.get("schema")
     if schema == "gdat.profile":
-        from gdat.profile_job import profile_summary
-        from gdat.timeline import Profile
+        from gdat.tune.profile_job import profile_summary
+        from gdat.core.profile import Profile
 
         return [f"profile {path}", *profile_summary(Profile.from_dict(doc, path))]
     if schema == "gdat.plan":
-        from gdat.plan import BucketPlan
+        from gdat.core.plan import BucketPlan
 
         plan = BucketPlan.from_document(doc, path)
         return [f"plan {plan.label or '(unlabelled)'}: {len(plan.buckets)} buckets",

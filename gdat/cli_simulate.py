@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from gdat.cost_model import AllreduceCostModel, Contention
+from gdat.core.cost_model import AllreduceCostModel, Contention
 from gdat.errors import UsageError
-from gdat.plan import BucketPlan
+from gdat.core.plan import BucketPlan
 from gdat.schedule.baselines import mgwfbp_plan, uniform_plan, uniform_plans
 from gdat.schedule.compress_search import SLACK, compressed_plan
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import calibrate, lower_bound_s, simulate
 from gdat.schedule.whatif import ALGOS, Network, network_of, whatif_model
-from gdat.timeline import Profile, ReadyTimeline
-from gdat.units import parse_rate
+from gdat.core.profile import Profile, ReadyTimeline
+from gdat.core.units import parse_rate
 
 __all__ = ["add_simulate_arguments", "simulate_command"]
 

@@ -2,15 +2,15 @@
 
 A subclass of ``torch.nn.parallel.DistributedDataParallel`` taking the same
 arguments plus ``gdat_config`` (default: from ``GDAT_*`` variables, see
-:mod:`gdat.config`).  ``gdat-run`` substitutes it for stock DDP in an unmodified
-script.  Construction (:mod:`gdat.construction`) decides the arguments stock DDP
+:mod:`gdat.options`).  ``gdat-run`` substitutes it for stock DDP in an unmodified
+script.  Construction (:mod:`gdat.tune.construction`) decides the arguments stock DDP
 is built with; this class then builds the mode's controller: the tuning loop
-(:class:`gdat.tune_loop.OnlineTuner`), the profile job
-(:class:`gdat.profile_job.ProfileJob`) or none.  Both need DDP's private members,
-checked first (:func:`gdat.ddp_internals.internals_available`): where this torch
+(:class:`gdat.tune.loop.OnlineTuner`), the profile job
+(:class:`gdat.tune.profile_job.ProfileJob`) or none.  Both need DDP's private members,
+checked first (:func:`gdat.reducer.torch_internals.internals_available`): where this torch
 lacks one, the model runs as stock DDP.  What gdat did with the model (tuned,
 applied, profiled, not tuned and why) is said at the end of the process
-(:mod:`gdat.outcome`).  A synchronised training step starts at
+(:mod:`gdat.report.outcome`).  A synchronised training step starts at
 each forward with grad enabled outside ``no_sync()``; at that moment the
 controller may act (record, switch plans, decide), always on the same step on
 every rank.
@@ -22,13 +22,15 @@ from typing import Any, Protocol
 
 import torch
 
-from gdat import compression, log, outcome
-from gdat.config import GdatConfig
-from gdat.construction import TuneContext, prepare_construction, tuning_name
-from gdat.ddp_internals import STOCK_DDP, detach_comm_hook, internals_available, lacking, missing_internals
-from gdat.model_check import check_model_across_ranks
-from gdat.profile_job import ProfileJob
-from gdat.tune_loop import OnlineTuner
+from gdat.reducer import compression
+from gdat.core import log
+from gdat.report import outcome
+from gdat.options import GdatConfig
+from gdat.tune.construction import TuneContext, prepare_construction, tuning_name
+from gdat.reducer.torch_internals import STOCK_DDP, detach_comm_hook, internals_available, lacking, missing_internals
+from gdat.reducer.model_check import check_model_across_ranks
+from gdat.tune.profile_job import ProfileJob
+from gdat.tune.loop import OnlineTuner
 
 __all__ = ["DistributedDataParallel", "STOCK_DDP", "MODEL_TRANSFORMS"]
 

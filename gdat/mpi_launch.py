@@ -68,7 +68,8 @@ def run_under_mpi(args: argparse.Namespace) -> int:
         from mpi4py import MPI
     except ImportError:
         raise UsageError("--gdat-launcher mpi needs mpi4py (pip install 'gdat[mpi]')") from None
-    from gdat import log, worker
+    from gdat.core import log
+    from gdat import worker
 
     comm = MPI.COMM_WORLD
     env = rendezvous_env(comm)

@@ -2,7 +2,7 @@
 
 ``gdat-run [--gdat-* options] [torchrun options] SCRIPT [script args]`` accepts
 every torchrun option unchanged (it is torchrun's own parser, extended with the
-``--gdat-*`` options of :mod:`gdat.config`) and starts the job with torchrun's own
+``--gdat-*`` options of :mod:`gdat.options`) and starts the job with torchrun's own
 ``run()``: rendezvous, process management, restarts and multi-node work exactly as
 with torchrun.  Each process runs :mod:`gdat.worker`, which substitutes gdat's DDP
 and runs the script.  Options are validated before anything starts: a bad value
@@ -17,9 +17,8 @@ import signal
 import sys
 
 from gdat import job_end
-from gdat.config import GdatConfig, add_arguments, config_from_args
+from gdat.options import GdatConfig, add_arguments, bank_root, check_usable_dir, check_writable_dir, config_from_args, repeat_tune
 from gdat.errors import GdatError, UsageError
-from gdat.settings import bank_root, check_usable_dir, check_writable_dir, repeat_tune
 
 __all__ = ["main", "build_parser", "prepare_job", "fresh_store_per_round"]
 
@@ -70,7 +69,7 @@ def prepare_job(
     config = GdatConfig(**{**config.__dict__, "work_path": os.path.abspath(config.work_path),
                            "plan": os.path.abspath(config.plan) if config.plan else ""})
     if config.plan:
-        from gdat.plan import BucketPlan
+        from gdat.core.plan import BucketPlan
 
         BucketPlan.load(config.plan)
     writes = [(config.work_path, "work path (--gdat-work-path)")] if config.mode != "off" else []

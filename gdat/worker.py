@@ -140,8 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     differing between ranks) ends the process with one line and status 2, Ctrl-C
     with one line (rank 0) and status 130, both through :mod:`gdat.job_end`.  A
     script that finishes, or calls ``sys.exit``, ends through :func:`end_process`
-    with its own status, after gdat's done line (:mod:`gdat.outcome`)."""
-    from gdat import job_end, log, outcome
+    with its own status, after gdat's done line (:mod:`gdat.report.outcome`)."""
+    from gdat import job_end
+    from gdat.core import log
+    from gdat.report import outcome
     from gdat.errors import GdatError
 
     argv = sys.argv[1:] if argv is None else argv

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from gdat.errors import UsageError
-from gdat.units import format_rate, parse_rate
+from gdat.core.units import format_rate, parse_rate
 from launch import netns
 from launch.errors import TestbedError
 

@@ -1,7 +1,7 @@
 """The demo: ``gdat-run`` tunes a built-in model on 2 gloo ranks over an emulated network.
 
 ``python -m launch.demo`` (what ``./run.sh demo`` runs) starts
-``gdat-run --nproc-per-node 2 -m gdat.demo_train ...`` inside a network namespace
+``gdat-run --nproc-per-node 2 -m gdat.demo.train ...`` inside a network namespace
 whose loopback is limited to ``--rate`` (default 2gbit), so communication costs
 about as much as backward compute, then prints the before/after summary from the
 result file.  Without namespaces (not root, no iproute2) it runs over plain
@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 from gdat.errors import GdatError
-from gdat.units import parse_rate
+from gdat.core.units import parse_rate
 from launch.testbed import emulated_network, namespace_unavailable_reason
 
 __all__ = ["main"]
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = os.path.abspath(args.work_path)
     cmd = [sys.executable, "-m", "gdat.run", "--gdat-work-path", work, "--nproc-per-node", "2",
-           "-m", "gdat.demo_train", "--model", args.model, "--size", args.size, "--batch", str(args.batch),
+           "-m", "gdat.demo.train", "--model", args.model, "--size", args.size, "--batch", str(args.batch),
            "--steps", str(args.steps)]
     before = set(glob.glob(os.path.join(work, "aoe_result_gdat_*.json")))
     reason = namespace_unavailable_reason()

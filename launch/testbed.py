@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from gdat.errors import GdatError, UsageError
-from gdat.units import parse_rate
+from gdat.core.units import parse_rate
 from launch import netns
 from launch.errors import TestbedError
 

@@ -21,7 +21,7 @@ from aoe_full.rewrite import is_tuned
 from aoe_full.sample_models import small_convnet, small_transformer
 from aoe_full.signature import call_signature, to_json
 from aoe_full.strategies import compile_unavailable_reason
-from gdat.knowledge_base import KnowledgeBase
+from gdat.bank.store import KnowledgeBase
 
 
 def _store_ops(bank, model, x, scene, strategy_for_kind):

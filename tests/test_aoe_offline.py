@@ -17,7 +17,7 @@ from aoe_full.offline import package_strategy, write_package
 from aoe_full.model_source import load_model, parse_model_spec
 from aoe_full.pipeline import TuningRun
 from aoe_full.strategies import compile_unavailable_reason
-from gdat.knowledge_base import RepoSummary
+from gdat.bank.store import RepoSummary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -20,7 +20,7 @@ from aoe_full.partition import partition, structure_hash
 from aoe_full.sample_models import explicit_attention_transformer, small_convnet
 from aoe_full.signature import call_signature
 from aoe_full.tuned_model import save_tuned
-from gdat.knowledge_base import KnowledgeBase
+from gdat.bank.store import KnowledgeBase
 
 FAST = MeasureConfig(warmup=2, rounds=5, sample_s=0.001)
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gdat.errors import BankError, PlanError, ProfileError
-from gdat.knowledge_base import BankWarning, KnowledgeBase
-from gdat.plan import BucketPlan
-from gdat.plan_bank import BankedPlan
-from gdat.timeline import Profile
+from gdat.bank.store import BankWarning, KnowledgeBase
+from gdat.core.plan import BucketPlan
+from gdat.bank.plans import BankedPlan
+from gdat.core.profile import Profile
 from tests.helpers import REPO, run_cmd, run_in_process
 
 json_values = st.recursive(

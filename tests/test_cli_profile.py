@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from gdat.timeline import Profile
+from gdat.core.profile import Profile
 from tests.helpers import REPO, run_cmd, run_in_process
 
-TRAIN = ["-m", "gdat.demo_train", "--model", "transformer", "--size", "tiny", "--steps", "12"]
+TRAIN = ["-m", "gdat.demo.train", "--model", "transformer", "--size", "tiny", "--steps", "12"]
 
 
 def test_profile_writes_profile_trace_and_chart(tmp_path):
@@ -33,12 +33,12 @@ def test_profile_writes_profile_trace_and_chart(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["gdat-run", "--nproc-per-node", "2", "no_such_script.py"], "training script 'no_such_script.py' does not exist"),
     (["gdat", "profile", "--nproc-per-node", "2", "missing.py"], "training script 'missing.py' does not exist"),
-    (["gdat-run", "--gdat-comm-budget-s", "-1", "-m", "gdat.demo_train"], "--gdat-comm-budget-s must be a positive"),
-    (["gdat-run", "--gdat-mode", "fast", "-m", "gdat.demo_train"], "--gdat-mode must be one of"),
-    (["gdat-run", "--gdat-compress", "int8", "-m", "gdat.demo_train"], "--gdat-compress must be one of bf16, fp16"),
-    (["gdat-run", "--gdat-max-tune-steps", "0", "-m", "gdat.demo_train"], "--gdat-max-tune-steps must be a positive"),
+    (["gdat-run", "--gdat-comm-budget-s", "-1", "-m", "gdat.demo.train"], "--gdat-comm-budget-s must be a positive"),
+    (["gdat-run", "--gdat-mode", "fast", "-m", "gdat.demo.train"], "--gdat-mode must be one of"),
+    (["gdat-run", "--gdat-compress", "int8", "-m", "gdat.demo.train"], "--gdat-compress must be one of bf16, fp16"),
+    (["gdat-run", "--gdat-max-tune-steps", "0", "-m", "gdat.demo.train"], "--gdat-max-tune-steps must be a positive"),
     (["gdat-run", "-m", "no.such.module"], "training module 'no.such.module' cannot be found"),
-    (["gdat-run", "--no-python", "-m", "gdat.demo_train"], "--no-python is not supported"),
+    (["gdat-run", "--no-python", "-m", "gdat.demo.train"], "--no-python is not supported"),
     (["gdat", "show", "/nonexistent/profile.json"], "no such file"),
     (["gdat", "simulate", "/nonexistent/profile.json"], "no such file"),
 ])

@@ -5,11 +5,13 @@ import math
 
 import pytest
 
-from gdat.cost_model import AllreduceCostModel, CastCost
-from gdat.plan import BucketPlan
+from gdat.core.cost_model import AllreduceCostModel, CastCost
+from gdat.core.plan import BucketPlan
 from gdat.cli import main as gdat_main
 from gdat.schedule.whatif import Network, hops, link_beta, queue_loads, whatif_cost, wire_factor
-from gdat.timeline import BucketSpan, ParamInfo, Profile, RankTimeline, StepRecord
+from gdat.core.layout import ParamInfo
+from gdat.core.profile import Profile
+from gdat.core.timeline import BucketSpan, RankTimeline, StepRecord
 
 N = 24
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import os
 
-from gdat.knowledge_base import KnowledgeBase
+from gdat.bank.store import KnowledgeBase
 from tests.helpers import REPO, run_cmd
 
 FACTORY = """
-from gdat.demo_models import build_model
+from gdat.demo.models import build_model
 
 
 def build():
@@ -20,7 +20,7 @@ TRAIN = """
 import json, sys
 import torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from gdat.demo_models import build_model, loss_fn, synthetic_batch
+from gdat.demo.models import build_model, loss_fn, synthetic_batch
 from gdat.worker import end_process
 
 torch.set_num_threads(1)

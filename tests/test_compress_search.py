@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gdat.cost_model import AllreduceCostModel, CastCost, Contention
-from gdat.decide import BASELINE, Block, decide_blocks_lossy_last
+from gdat.core.cost_model import AllreduceCostModel, CastCost, Contention
+from gdat.decide.verdict import BASELINE, Block, decide_blocks_lossy_last
 from gdat.errors import ProfileError
-from gdat.measure import WindowStats
-from gdat.report import compression_section
+from gdat.decide.windows import WindowStats
+from gdat.report.gdat_report import compression_section
 from gdat.schedule.candidates import Candidates, rank_candidates, with_compressed_candidate
-from gdat.plan import BucketPlan
+from gdat.core.plan import BucketPlan
 from gdat.schedule.compress_search import SLACK, compressed_plan, suffix_ends
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import Calibration, simulate

@@ -9,15 +9,15 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (allreduce
                                                                         fp16_compress_hook)
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gdat import compression
-from gdat.compression import REDUCED_DTYPES, CompressionState, compression_hook, reduced_allreduce_works
-from gdat.config import GdatConfig
+from gdat.reducer import compression
+from gdat.reducer.compression import REDUCED_DTYPES, CompressionState, compression_hook, reduced_allreduce_works
+from gdat.options import GdatConfig
 from gdat.ddp import DistributedDataParallel as GdatDDP
-from gdat.ddp_internals import comm_hooks
-from gdat.ddp_model import reducer_parameters
-from gdat.device import Clock
+from gdat.reducer.torch_internals import comm_hooks
+from gdat.reducer.ddp_model import reducer_parameters
+from gdat.core.device import Clock
 from gdat.errors import PlanError, UsageError
-from gdat.plan import Bucket, BucketPlan
+from gdat.core.plan import Bucket, BucketPlan
 from gdat.profiling.comm_trace import BucketTracer, tracing_allreduce_hook
 from tests.distributed import run_ranks
 from tests.models import batch, mlp

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gdat.cost_model import AllreduceCostModel, CostSegment, fit_allreduce
+from gdat.core.cost_model import AllreduceCostModel, CostSegment, fit_allreduce
 from gdat.errors import ProfileError
 
 SIZES = [2 ** k for k in range(12, 26)]

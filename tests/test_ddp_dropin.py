@@ -17,7 +17,7 @@ import torch
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel as StockDDP
 
-from gdat.config import GdatConfig
+from gdat.options import GdatConfig
 from tests.distributed import run_ranks
 from tests.models import batch, mlp
 
@@ -53,7 +53,7 @@ def _without(member):
     if member is None:
         yield
         return
-    import gdat.ddp_internals as internals
+    import gdat.reducer.torch_internals as internals
 
     saved = getattr(internals.STOCK_DDP, member)
     delattr(internals.STOCK_DDP, member)
@@ -152,7 +152,7 @@ def test_a_torch_without_a_needed_internal_is_named_once_and_left_stock(ranks):
 
 
 def test_missing_internals_are_named(monkeypatch):
-    from gdat.ddp_internals import STOCK_DDP, missing_internals
+    from gdat.reducer.torch_internals import STOCK_DDP, missing_internals
 
     assert missing_internals() == []
     monkeypatch.delattr(STOCK_DDP, "_ddp_init_helper")

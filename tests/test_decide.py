@@ -8,9 +8,11 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gdat.decide import BASELINE, FLOOR, Z, Block, beats, contenders, decide, decide_blocks, \
-    decide_blocks_lossy_last, round_order, standings, steady_state_check, step_sigma
-from gdat.measure import TRANSITION_STEPS, StepTimer, WindowStats, plan_schedule, pooled, window_stats
+from gdat.decide.confirm import steady_state_check
+from gdat.decide.verdict import BASELINE, FLOOR, Z, Block, beats, contenders, decide, decide_blocks, \
+    decide_blocks_lossy_last, round_order, standings, step_sigma
+from gdat.decide.windows import StepTimer, WindowStats, pooled, window_stats
+from gdat.decide.calendar import TRANSITION_STEPS, plan_calendar
 
 
 def steady(ms: float, jitter_ms: float = 0.0) -> WindowStats:
@@ -42,7 +44,7 @@ def test_window_stats_reject_empty_and_ragged_windows():
 
 def test_step_timer_measures_the_interval_between_step_starts(monkeypatch):
     clock = iter([10.0, 10.5, 11.25])
-    monkeypatch.setattr("gdat.measure.time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr("gdat.decide.windows.time", SimpleNamespace(perf_counter=lambda: next(clock)))
     timer = StepTimer()
     assert [timer.tick(), timer.tick(), timer.tick()] == [0, 1, 2]
     assert timer.step_s == {0: 0.5, 1: 0.75} and timer.steps == 3
@@ -92,7 +94,7 @@ def test_the_default_schedule_decides_within_thirty_steps():
     """The decision is taken at the start of the step after the last measured one,
     so it counts in the budget: a 30-step script is tuned to the end; the
     steady-state confirmation follows."""
-    s = plan_schedule(30)
+    s = plan_calendar(30)
     assert (s.warmup, s.profile, s.measure, s.blocks, s.confirm) == (2, 3, 3, 5, 6)
     assert s.compute_steps == range(2, 5) and s.overlap_steps == range(5, 8)
     assert [s.block_start(b) for b in range(6)] == [8, 12, 16, 20, 24, 28]
@@ -104,19 +106,19 @@ def test_the_default_schedule_decides_within_thirty_steps():
     assert s.recheck_steps(28) == range(36, 39)
     assert (s.confirmed_at(28, adopted=True), s.confirmed_at(28, adopted=False)) == (39, 35)
     assert s.steady_weight(4, 28) == pytest.approx((31.5 - 26) / (37 - 26))
-    assert plan_schedule(33).blocks == 6 and plan_schedule(33).total == 33
+    assert plan_calendar(33).blocks == 6 and plan_calendar(33).total == 33
 
 
 def test_a_budget_too_small_for_two_blocks_gives_none():
-    assert plan_schedule(16).blocks == 0
-    assert plan_schedule(17).blocks == 2
-    assert plan_schedule(1000).blocks == 247
+    assert plan_calendar(16).blocks == 0
+    assert plan_calendar(17).blocks == 2
+    assert plan_calendar(1000).blocks == 247
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 200), st.integers(0, 5), st.integers(1, 6), st.integers(1, 8))
 def test_schedule_phases_are_contiguous_and_within_budget(max_steps, warmup, profile, measure):
-    s = plan_schedule(max_steps, warmup, profile, measure)
+    s = plan_calendar(max_steps, warmup, profile, measure)
     if s.blocks == 0:
         assert warmup + 2 * profile + 2 * (TRANSITION_STEPS + measure) + 1 > max_steps
         return
@@ -296,7 +298,7 @@ def test_a_periodic_straggler_aliasing_with_the_blocks_is_never_adopted(phase, o
     block medians differ by up to 150 ms between plans that are all equal.  The
     pooled noise keeps every one of them below its threshold, and the run is noisy;
     a lead tried in steady state does not hold there."""
-    s = plan_schedule(30)
+    s = plan_calendar(30)
 
     def straggler(steps: range) -> WindowStats:
         return WindowStats(tuple(0.02 + 0.3 * ((k + phase) % 5) / 4 for k in steps))

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gdat import cli, run
 from gdat.errors import BankError, PlanError, ProfileError, UsageError
-from gdat.jsonio import MAX_NESTING, read_json
-from gdat.knowledge_base import BankWarning, KnowledgeBase
-from gdat.plan import BucketPlan
-from gdat.timeline import Profile
+from gdat.core.jsonio import MAX_NESTING, read_json
+from gdat.bank.store import BankWarning, KnowledgeBase
+from gdat.core.plan import BucketPlan
+from gdat.core.profile import Profile
 from launch.testbed import namespace_unavailable_reason
 from tests.helpers import BIN, REPO, run_cmd
 

@@ -10,11 +10,11 @@ from hypothesis import given, settings, strategies as st
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gdat.ddp_model import reducer_parameters
+from gdat.reducer.ddp_model import reducer_parameters
 from gdat.errors import PlanError, PlanNotExpressible
-from gdat.layout import FIXED_ORDER, GradientLayout, model_layout, params_of
-from gdat.plan import MIB, Bucket, BucketPlan, plan_from_caps
-from gdat.plan_switch import PlanApproximated, ddp_bucket_arguments, switch_buckets
+from gdat.core.layout import FIXED_ORDER, GradientLayout, model_layout, params_of
+from gdat.core.plan import MIB, Bucket, BucketPlan, plan_from_caps
+from gdat.reducer.plan_switch import PlanApproximated, ddp_bucket_arguments, switch_buckets
 from tests.distributed import run_ranks
 from tests.models import batch, mlp
 
@@ -140,7 +140,7 @@ def test_fallback_without_cap_list_approximates_with_a_warning(monkeypatch):
     grads = layout(range(8), [4 * MIB] * 8, ["float32"] * 8)
     plan = BucketPlan.from_ends(grads, [2, 4, 6, 8], "pairs")
     assert ddp_bucket_arguments(plan, grads)["bucket_cap_mb_list"] == [8.0] * 4
-    monkeypatch.setattr("gdat.plan_switch.supports_cap_list", lambda: False)
+    monkeypatch.setattr("gdat.reducer.plan_switch.supports_cap_list", lambda: False)
     with pytest.warns(PlanApproximated, match="bucket_cap_mb=8"):
         args = ddp_bucket_arguments(plan, grads)
     assert args == {"bucket_cap_mb": 8.0}
@@ -249,8 +249,8 @@ def _find_unused_switch_job(rank, world, name):
     order; after every switch each step's buckets are the plan's and the gradients
     those of a stock DDP built with the same caps (the branch model leaves its last
     block unused on every second step)."""
-    from gdat.ddp_model import param_infos
-    from gdat.demo_models import build_model, loss_fn, synthetic_batch
+    from gdat.reducer.ddp_model import param_infos
+    from gdat.demo.models import build_model, loss_fn, synthetic_batch
 
     model = build_model(name, "tiny")
     grads = model_layout(param_infos(model), FIXED_ORDER)

@@ -70,7 +70,7 @@ def test_two_jobs_writing_one_bank_both_finish_and_the_bank_stays_valid(tmp_path
 
 
 def _hammer(root: str, n: int) -> None:
-    from gdat.knowledge_base import KnowledgeBase
+    from gdat.bank.store import KnowledgeBase
 
     bank = KnowledgeBase(root, "gdat")
     for _ in range(n):
@@ -81,7 +81,7 @@ def _hammer(root: str, n: int) -> None:
 def test_concurrent_read_modify_write_of_one_entry_loses_nothing(tmp_path):
     import multiprocessing
 
-    from gdat.knowledge_base import KnowledgeBase
+    from gdat.bank.store import KnowledgeBase
 
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_hammer, args=(str(tmp_path), 40)) for _ in range(4)]
@@ -122,9 +122,9 @@ def test_a_steady_state_regression_switches_back_to_training_exactly_like_stock_
     configuration's block after it.  The adopted plan does not hold: the job stays
     on the user's configuration, says so, records it in the bank, and trains
     exactly as stock DDP with the user's configuration does."""
-    from gdat.measure import plan_schedule
+    from gdat.decide.calendar import plan_calendar
 
-    s = plan_schedule(30)
+    s = plan_calendar(30)
     hiccup = f"{s.block_start(0)}-{s.block_steps(0).stop - 1}"
     window = s.confirm_steps(s.total - 1)
     pause = ["--pause-s", "0.25", "--pause-steps", f"{hiccup},{window.start}-{window.stop - 1}"]

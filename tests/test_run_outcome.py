@@ -25,7 +25,7 @@ def _job(name: str, tmp_path_factory, *args: str):
 
 def _short_profile(tmp_path_factory):
     """6 training steps where the profile needs 9; the script drops its DDP before it ends."""
-    return _job("short", tmp_path_factory, "--gdat-mode", "profile", "-m", "gdat.demo_train", "--model", "mlp",
+    return _job("short", tmp_path_factory, "--gdat-mode", "profile", "-m", "gdat.demo.train", "--model", "mlp",
                 "--size", "tiny", "--steps", "6")
 
 
@@ -62,7 +62,7 @@ def test_every_run_ends_with_one_line_saying_what_gdat_did(tmp_path_factory, job
 
 
 def test_the_done_line_counts_repeated_outcomes_and_caps_the_clauses():
-    from gdat.outcome import Outcome, done_line
+    from gdat.report.outcome import Outcome, done_line
 
     many = [Outcome("not tuned (x)", "w")] * 3 + [Outcome(f"tuned ({k})", "w", f"/abs/w/r{k}.json") for k in range(4)]
     line = done_line(many, "unused")

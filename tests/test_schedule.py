@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gdat.cost_model import AllreduceCostModel, Contention, CostSegment
+from gdat.core.cost_model import AllreduceCostModel, Contention, CostSegment
 from gdat.errors import ProfileError
-from gdat.plan import BucketPlan
-from gdat.layout import FIXED_ORDER, GradientLayout, ParamInfo
+from gdat.core.plan import BucketPlan
+from gdat.core.layout import FIXED_ORDER, GradientLayout, ParamInfo
 from gdat.schedule.baselines import horovod_plan, mgwfbp_plan, uniform_plans
 from gdat.schedule.candidates import rank_candidates
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import calibrate, comm_end, lower_bound_s, measured_plan, simulate
-from gdat.timeline import Profile, RankTimeline, ReadyTimeline, StepRecord
+from gdat.core.profile import Profile, ReadyTimeline
+from gdat.core.timeline import RankTimeline, StepRecord
 
 
 def make_timeline(gaps, sizes, post=0.001, start=0.002, dtypes=None) -> ReadyTimeline:
@@ -222,8 +223,9 @@ def _profile(overlap_end_s=None, compute_span_scale=1.5, sigma=1.2, ranks=2, shu
     of two (2.1 ms of allreduce each under the model); compute steps launch both buckets at the end of backward and take
     ``compute_span_scale`` times the model's time; overlapped steps stretch backward
     by ``sigma`` and end communication at ``overlap_end_s``."""
-    from gdat.layout import ParamInfo
-    from gdat.timeline import BucketSpan, Profile, RankTimeline, StepRecord
+    from gdat.core.layout import ParamInfo
+    from gdat.core.profile import Profile
+    from gdat.core.timeline import BucketSpan, RankTimeline, StepRecord
 
     cost = AllreduceCostModel.linear(1e-4, 1e-7)
     params = tuple(ParamInfo(i, f"p{i}", (2500,), "float32", 10000) for i in range(4))
@@ -308,9 +310,9 @@ def test_generated_candidates_include_a_stored_plan_once_and_never_the_baseline_
 
 
 def test_later_rounds_admit_no_plan_when_the_search_ranked_none():
-    from gdat.decide import BASELINE, Block
-    from gdat.measure import WindowStats
-    from gdat.rounds import RoundPlanner
+    from gdat.decide.verdict import BASELINE, Block
+    from gdat.decide.windows import WindowStats
+    from gdat.decide.rounds import RoundPlanner
     from gdat.schedule.candidates import generate_candidates
 
     profile, cost = _profile()

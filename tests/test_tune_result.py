@@ -7,15 +7,16 @@ import json
 
 import pytest
 
-from gdat.config import GdatConfig
-from gdat.construction import TuneContext
-from gdat.cost_model import AllreduceCostModel
-from gdat.decide import BASELINE, decide_blocks, standings, steady_state_check
-from gdat.knowledge_base import KnowledgeBase
-from gdat.measure import WindowStats
-from gdat.plan_bank import BankedPlan
+from gdat.options import GdatConfig
+from gdat.tune.construction import TuneContext
+from gdat.core.cost_model import AllreduceCostModel
+from gdat.decide.verdict import BASELINE, decide_blocks, standings
+from gdat.decide.confirm import steady_state_check
+from gdat.bank.store import KnowledgeBase
+from gdat.decide.windows import WindowStats
+from gdat.bank.plans import BankedPlan
 from gdat.schedule.candidates import Correction, generate_candidates
-from gdat.tune_result import TuneResult
+from gdat.tune.result import TuneResult
 from tests.test_cli_simulate import synthetic_profile
 from tests.test_decide import blocks_of, steady, window_ms
 

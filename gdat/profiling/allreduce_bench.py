@@ -28,8 +28,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gdat.cost_model import AllreduceCostModel, fit_allreduce
-from gdat.device import Clock, device_for_backend
+from gdat.core.cost_model import AllreduceCostModel, fit_allreduce
+from gdat.core.device import Clock, device_for_backend
 from gdat.errors import UsageError
 
 __all__ = ["measure_allreduce", "fit_from_ladder", "MIN_TOP_BYTES"]
@@ -85,5 +85,5 @@ def measure_allreduce(
 
 
 def fit_from_ladder(samples: list[tuple[int, float]], source: str = "microbenchmark") -> AllreduceCostModel:
-    """Fit the ladder's samples (see :func:`gdat.cost_model.fit_allreduce`)."""
+    """Fit the ladder's samples (see :func:`gdat.core.cost_model.fit_allreduce`)."""
     return fit_allreduce([n for n, _ in samples], [t for _, t in samples], source)

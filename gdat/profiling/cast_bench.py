@@ -2,7 +2,7 @@
 
 For float32 buffers of ``MIN_BYTES * 4^k`` bytes up to :data:`MAX_BYTES` (four
 sizes, the same on every rank): the compression hook's own casts, ``small =
-buf.to(d).div_(W); buf.copy_(small)`` (:mod:`gdat.compression`), one warm-up, then
+buf.to(d).div_(W); buf.copy_(small)`` (:mod:`gdat.reducer.compression`), one warm-up, then
 3 timed repeats, and more (up to 20) while the size's share of the budget,
 ``budget / 4``, lasts.  A size's
 time is the median of its repeats, then the maximum over ranks (one small MAX
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gdat.compression import REDUCED_DTYPES
-from gdat.cost_model import CastCost
-from gdat.device import Clock, device_for_backend
+from gdat.reducer.compression import REDUCED_DTYPES
+from gdat.core.cost_model import CastCost
+from gdat.core.device import Clock, device_for_backend
 
 __all__ = ["measure_cast", "MIN_BYTES", "MAX_BYTES"]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gdat.jsonio import atomic_write_text
-from gdat.timeline import Profile
+from gdat.core.jsonio import atomic_write_text
+from gdat.core.profile import Profile
 
 __all__ = ["chrome_trace", "write_chrome_trace"]
 

@@ -17,7 +17,7 @@ the completion time (when the allreduce's future completes).  Its
   is lost;
 * ``"off"``: launch at once, record nothing.
 
-With a :class:`gdat.compression.CompressionState` as ``compression``, each bucket
+With a :class:`gdat.reducer.compression.CompressionState` as ``compression``, each bucket
 is reduced as that state says (the buckets it compresses in their reduced dtype,
 the others exactly as above), so tracing composes with per-bucket compression.
 """
@@ -28,8 +28,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from gdat.compression import CompressionState
-from gdat.device import Clock
+from gdat.reducer.compression import CompressionState
+from gdat.core.device import Clock
 
 __all__ = ["BucketTracer", "TracedBucket", "tracing_allreduce_hook", "MODES"]
 

@@ -8,9 +8,10 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from gdat.cost_model import AllreduceCostModel
-from gdat.layout import READY_ORDER, ParamInfo
-from gdat.timeline import Profile, RankTimeline, StepRecord
+from gdat.core.cost_model import AllreduceCostModel
+from gdat.core.layout import READY_ORDER, ParamInfo
+from gdat.core.profile import Profile
+from gdat.core.timeline import RankTimeline, StepRecord
 
 __all__ = ["gather_profile", "local_profile"]
 
@@ -25,7 +26,7 @@ def gather_profile(
     bucket_order: str = READY_ORDER,
 ) -> Profile:
     """All-gather each rank's steps (a collective: every rank must call it);
-    ``bucket_order`` is the DDP's rule (:func:`gdat.ddp_model.bucket_order_of`)."""
+    ``bucket_order`` is the DDP's rule (:func:`gdat.reducer.ddp_model.bucket_order_of`)."""
     group = group if group is not None else dist.group.WORLD
     rank = dist.get_rank(group)
     world = dist.get_world_size(group)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from gdat.jsonio import atomic_file
-from gdat.timeline import StepRecord
+from gdat.core.jsonio import atomic_file
+from gdat.core.timeline import StepRecord
 
 __all__ = ["plot_available", "plot_overlap"]
 

@@ -30,11 +30,11 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils._pytree import tree_leaves
 
-from gdat.ddp_model import WeakAttribute, bucket_order_of, reducer_parameters
-from gdat.device import Clock
-from gdat.layout import FIXED_ORDER
+from gdat.reducer.ddp_model import WeakAttribute, bucket_order_of, reducer_parameters
+from gdat.core.device import Clock
+from gdat.core.layout import FIXED_ORDER
 from gdat.profiling.comm_trace import TracedBucket
-from gdat.timeline import BucketSpan, StepRecord
+from gdat.core.timeline import BucketSpan, StepRecord
 
 __all__ = ["StepRecorder"]
 

@@ -21,16 +21,17 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from gdat.cost_model import AllreduceCostModel
-from gdat.ddp_internals import remove_comm_hook
-from gdat.ddp_model import WeakAttribute, bucket_order_of, param_infos, process_group_of
-from gdat.device import Clock, device_type_of
+from gdat.core.cost_model import AllreduceCostModel
+from gdat.reducer.torch_internals import remove_comm_hook
+from gdat.reducer.ddp_model import WeakAttribute, bucket_order_of, param_infos, process_group_of
+from gdat.core.device import Clock, device_type_of
 from gdat.errors import UsageError
 from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
 from gdat.profiling.comm_trace import BucketTracer, tracing_allreduce_hook
 from gdat.profiling.gather import gather_profile, local_profile
 from gdat.profiling.recorder import StepRecorder
-from gdat.timeline import Profile, StepRecord
+from gdat.core.profile import Profile
+from gdat.core.timeline import StepRecord
 
 __all__ = ["ProfileSession", "profile_ddp"]
 
@@ -72,7 +73,7 @@ class ProfileSession:
     def finish(self, cost_model: AllreduceCostModel | None = None, meta: dict[str, Any] | None = None) -> Profile:
         """Stop recording and gather (a collective).  The tracer stays on this reducer,
         averaging untraced, but is forgotten as a registered hook: a reducer rebuilt
-        by :func:`gdat.plan_switch.switch_buckets` does not get it back."""
+        by :func:`gdat.reducer.plan_switch.switch_buckets` does not get it back."""
         steps = self._stop()
         remove_comm_hook(self.ddp, tracing_allreduce_hook, self.tracer)
         return gather_profile(steps, self.params, self.device_type, self.group, cost_model, meta,

@@ -16,11 +16,11 @@ the optima when the tuner generates its candidates.
 """
 from __future__ import annotations
 
-from gdat.cost_model import AllreduceCostModel, Contention
+from gdat.core.cost_model import AllreduceCostModel, Contention
 from gdat.errors import PlanError
-from gdat.plan import MIB, BucketPlan, plan_from_caps
+from gdat.core.plan import MIB, BucketPlan, plan_from_caps
 from gdat.schedule.simulator import comm_end, stretched
-from gdat.timeline import ReadyTimeline
+from gdat.core.profile import ReadyTimeline
 
 __all__ = [
     "uniform_plan",

@@ -16,7 +16,7 @@
    unless it is ranked already (and is left out when DDP cannot form it from this
    run's gradient layout).
 
-Plans are told apart by their partition (:meth:`gdat.plan.BucketPlan.same_partition`):
+Plans are told apart by their partition (:meth:`gdat.core.plan.BucketPlan.same_partition`):
 a plan grouping gradients like one already chosen, or like the baseline, is never
 measured.
 
@@ -27,7 +27,7 @@ not see (per-call overhead of many small buckets, contention on them) is added t
 every allreduce, and a constant ``offset_s`` (what the profile's instrumentation
 and the time of the run shift for every plan alike).  Fit: least squares over the
 measured plans (the baseline and every measured candidate, each at its
-drift-corrected estimate ``m_base + D_i`` of :mod:`gdat.decide`),
+drift-corrected estimate ``m_base + D_i`` of :mod:`gdat.decide.verdict`),
 ``min sum_i (measured_i - simulate(plan_i; alpha + extra) - offset)^2``: for a given
 ``extra`` the offset is the mean residual; ``extra`` is the best of 0 and 40
 values spaced evenly in log scale from 1 us to 5% of the baseline step (0 unless
@@ -44,14 +44,14 @@ from typing import Sequence
 
 import numpy as np
 
-from gdat.cost_model import AllreduceCostModel, Contention, CostSegment
+from gdat.core.cost_model import AllreduceCostModel, Contention, CostSegment
 from gdat.errors import PlanError, PlanNotExpressible
-from gdat.plan import BucketPlan
+from gdat.core.plan import BucketPlan
 from gdat.schedule.baselines import peer_plans
 from gdat.schedule.compress_search import compressed_plan
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import Calibration, Simulation, calibrate, lower_bound_s, measured_plan, simulate
-from gdat.timeline import Profile, ReadyTimeline
+from gdat.core.profile import Profile, ReadyTimeline
 
 __all__ = ["with_compressed_candidate", "RankedPlan", "rank_candidates", "Candidates", "generate_candidates", "Correction", "fit_correction",
            "admissible", "TIE"]

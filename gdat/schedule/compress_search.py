@@ -8,7 +8,7 @@ and their allreduces end the step, so the tail is what compression can shorten.
 ``s = n`` is the exact optimum of :mod:`gdat.schedule.search`.
 
 Recurrence (notation of :mod:`gdat.schedule.search`; ``c`` exact, ``c~`` compressed
-work, :meth:`gdat.cost_model.AllreduceCostModel.compressed_times_s`).  ``f(j)`` is
+work, :meth:`gdat.core.cost_model.AllreduceCostModel.compressed_times_s`).  ``f(j)`` is
 the exact table; for each suffix start ``s``
 
     F(s, s) = f(s),   F(s, j) = min_{s <= i < j} g(max(R_j, F(s, i)), c~(S_j - S_i))
@@ -20,7 +20,7 @@ the buckets after it compressed, exactly under the model.  All ``s`` are solved
 together, one column ``j`` at a time: ``O(n^3)`` time, ``O(n^2)`` memory.
 
 Choice.  Step ``T(s) = max(T'_b, F(s, n)) + post``.  Among the suffix starts whose
-step is within ``SLACK`` (1%, the tuner's noise floor, :data:`gdat.decide.FLOOR`)
+step is within ``SLACK`` (1%, the tuner's noise floor, :data:`gdat.decide.verdict.FLOOR`)
 of the best ``T``, the one compressing the fewest bytes (the largest ``s``) is
 returned: compression buys time only where it is exposed, and a gain below the
 floor could not be confirmed on real steps anyway.  ``None`` when that choice
@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from gdat.cost_model import AllreduceCostModel, Contention
+from gdat.core.cost_model import AllreduceCostModel, Contention
 from gdat.errors import PlanError
-from gdat.plan import BucketPlan
+from gdat.core.plan import BucketPlan
 from gdat.schedule.search import allowed_cuts, earliest_ends
 from gdat.schedule.simulator import comm_end, stretched
-from gdat.timeline import ReadyTimeline
+from gdat.core.profile import ReadyTimeline
 
 __all__ = ["compressed_plan", "suffix_ends", "SLACK"]
 

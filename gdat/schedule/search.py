@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from gdat.cost_model import AllreduceCostModel, Contention
+from gdat.core.cost_model import AllreduceCostModel, Contention
 from gdat.errors import PlanError
-from gdat.plan import BucketPlan
+from gdat.core.plan import BucketPlan
 from gdat.schedule.simulator import comm_end, stretched
-from gdat.timeline import ReadyTimeline
+from gdat.core.profile import ReadyTimeline
 
 __all__ = ["optimal_plan", "allowed_cuts", "earliest_ends"]
 

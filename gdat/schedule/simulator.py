@@ -9,7 +9,7 @@ Model (all times in seconds since step start, sizes in bytes).
   ``r'_j = t_0 + sigma (r_j - t_0)``, ``T'_b = t_0 + sigma (T_b - t_0)``.
 * Buckets.  Bucket ``k`` is ready at ``R_k``, the latest ``r'`` of its gradients
   and of every earlier bucket's (``r`` is a running maximum along the layout's
-  order, :class:`~gdat.timeline.ReadyTimeline`; under DDP's fixed bucket order of
+  order, :class:`~gdat.core.profile.ReadyTimeline`; under DDP's fixed bucket order of
   ``find_unused_parameters=True`` that order is reverse registration order, not
   the ready order, so a bucket waits for its latest member, not its last one).
   Allreduces run one at a time on the link, in bucket order (DDP launches bucket
@@ -56,11 +56,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gdat.cost_model import AllreduceCostModel, Contention
+from gdat.core.cost_model import AllreduceCostModel, Contention
 from gdat.errors import PlanError, ProfileError
-from gdat.layout import FIXED_ORDER
-from gdat.plan import Bucket, BucketPlan
-from gdat.timeline import Profile, ReadyTimeline
+from gdat.core.layout import FIXED_ORDER
+from gdat.core.plan import Bucket, BucketPlan
+from gdat.core.profile import Profile, ReadyTimeline
 
 MAX_SLOWDOWN = 3.0
 

@@ -53,11 +53,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from gdat.cost_model import AllreduceCostModel, Contention
+from gdat.core.cost_model import AllreduceCostModel, Contention
 from gdat.errors import UsageError
 from gdat.schedule.simulator import calibrate
-from gdat.timeline import Profile, ReadyTimeline
-from gdat.units import format_rate
+from gdat.core.profile import Profile, ReadyTimeline
+from gdat.core.units import format_rate
 
 __all__ = ["ALGOS", "Network", "wire_factor", "queue_loads", "link_beta", "hops", "network_of",
            "whatif_cost", "whatif_contention", "WhatIf", "whatif_model", "LOOPBACK_MTU", "ETHERNET_MTU"]

@@ -1,0 +1,256 @@
+"""The GDAT result report (``aoe_result_gdat_<timestamp>_<pid>.json``) and its chart.
+
+The report carries AOE's keys (``basic``, ``GDAT.model_baseline_performance(ms)``,
+``model_result_performance(ms)``, ``model_performance_improvement``,
+``gdat_tuning_result``, ``repo_summary``) plus what a user needs to trust or replay
+the decision: the chosen plan in every format (DDP caps, HCCL split indices,
+MindSpore fusion config), every candidate's predicted and measured step time, the
+lower bound, the model's prediction error before and after the correction
+measurement taught it, the noise threshold, the cost model and the contention
+factors, every measurement block's steps, and the steady state after tuning.
+``model_result_performance(ms)`` is the adopted plan's steady-state median, measured
+after tuning (``steady_state``); until the confirmation has run (or when the
+script ended before it) it is the paired estimate from the measurement blocks and
+``steady_state.status`` says ``pending``.  When the user's configuration runs on
+(nothing adopted, or switched back) it is the baseline's median: what runs is the
+baseline, and a difference between two windows of one configuration is drift, not
+a result.  :func:`hit_report`, :func:`tuning_report` and :func:`untuned_report`
+assemble it for a knowledge-base hit, a tuning run and a model gdat did not tune
+(``tuning unsatisfied``, the reason, ``null`` performance); :func:`write_report` writes it
+(the tuning run's before/after chart beside it is :mod:`gdat.report.chart`'s).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from gdat.core import log
+from gdat.report.aoe_file import improvement_percent, write_result
+from gdat.core.cost_model import AllreduceCostModel
+from gdat.decide.verdict import BASELINE, Block, Verdict, baseline_median_s, standings
+from gdat.decide.confirm import Confirmation, kept
+from gdat.errors import PlanNotExpressible
+from gdat.bank.store import RepoSummary
+from gdat.core.layout import GradientLayout
+from gdat.decide.windows import WindowStats, pooled
+from gdat.core.plan import BucketPlan
+from gdat.bank.plans import BankedPlan
+from gdat.schedule.candidates import Candidates, Correction, RankedPlan
+
+__all__ = ["CandidateResult", "GdatReport", "plan_formats", "hit_report", "untuned_report", "tuning_report",
+           "write_report", "compression_section"]
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """A plan the tuner considered: predicted and (if measured) measured median step."""
+
+    plan: BucketPlan
+    predicted_ms: float
+    measured_ms: float | None = None
+    mad_ms: float | None = None
+    corrected_ms: float | None = None
+    paired_diff_ms: float | None = None
+    blocks: int = 0
+
+
+def plan_formats(plan: BucketPlan, layout: GradientLayout) -> dict[str, Any]:
+    """The plan as DDP caps (for gradients laid out as ``layout``) and, where
+    expressible, HCCL and MindSpore indices."""
+    out: dict[str, Any] = {"label": plan.label, "buckets": len(plan.buckets),
+                           "bucket_bytes": list(plan.bucket_bytes), "plan": plan.to_dict()}
+    for name, fn in (("bucket_cap_mb_list", lambda: plan.ddp_caps_mb(layout)),
+                     ("hccl_split_indices", lambda: plan.hccl_split_indices(len(layout))),
+                     ("mindspore_all_reduce_fusion_config", lambda: plan.mindspore_fusion_config(len(layout)))):
+        try:
+            out[name] = fn()
+        except PlanNotExpressible as e:
+            out[name] = f"not expressible: {e}"
+    return out
+
+
+@dataclass
+class GdatReport:
+    """Everything the tuner learnt in one run."""
+
+    tuning_name: str
+    tuning_time_s: float
+    outcome: str
+    reason: str
+    baseline_ms: float | None
+    result_ms: float | None
+    summary: RepoSummary
+    chosen: dict[str, Any]
+    baseline_plan: dict[str, Any]
+    candidates: list[CandidateResult] = field(default_factory=list)
+    lower_bound_ms: float | None = None
+    baseline_predicted_ms: float | None = None
+    noise_ms: float | None = None
+    tuning_steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    baseline_corrected_ms: float | None = None
+
+    def prediction_error(self, corrected: bool = False) -> float | None:
+        """Median of |predicted - measured| / measured over measured plans (the
+        baseline included), with the model as generation fitted it or, with
+        ``corrected``, as measurement corrected it."""
+        pairs = [(c.corrected_ms if corrected else c.predicted_ms, c.measured_ms) for c in self.candidates
+                 if c.measured_ms]
+        base = self.baseline_corrected_ms if corrected else self.baseline_predicted_ms
+        if base is not None:
+            pairs.append((base, self.baseline_ms))
+        pairs = [(p, m) for p, m in pairs if p is not None]
+        if not pairs:
+            return None
+        return statistics.median(abs(p - m) / m for p, m in pairs)
+
+    def section(self) -> dict[str, Any]:
+        err, corrected = self.prediction_error(), self.prediction_error(corrected=True)
+        return {
+            "model_baseline_performance(ms)": _ms(self.baseline_ms),
+            "model_result_performance(ms)": _ms(self.result_ms),
+            "model_performance_improvement": None if self.baseline_ms is None or self.result_ms is None
+            else improvement_percent(self.baseline_ms, self.result_ms),
+            "gdat_tuning_result": self.outcome,
+            "reason": self.reason,
+            "repo_summary": self.summary.to_dict(),
+            "chosen_plan": self.chosen,
+            "baseline_plan": self.baseline_plan,
+            "candidates": [{"label": c.plan.label, "buckets": len(c.plan.buckets), "plan": c.plan.to_dict(),
+                            "predicted_step_ms": round(c.predicted_ms, 3),
+                            "measured_step_ms": None if c.measured_ms is None else round(c.measured_ms, 3),
+                            "measured_mad_ms": None if c.mad_ms is None else round(c.mad_ms, 3),
+                            "corrected_predicted_step_ms": _ms(c.corrected_ms),
+                            "paired_difference_ms": _ms(c.paired_diff_ms), "blocks": c.blocks}
+                           for c in self.candidates],
+            "baseline_predicted_step_ms": None if self.baseline_predicted_ms is None
+            else round(self.baseline_predicted_ms, 3),
+            "lower_bound_ms": None if self.lower_bound_ms is None else round(self.lower_bound_ms, 3),
+            "model_prediction_error": None if err is None else round(err, 4),
+            "model_prediction_error_corrected": None if corrected is None else round(corrected, 4),
+            "noise_threshold_ms": None if self.noise_ms is None else round(self.noise_ms, 3),
+            "tuning_steps": self.tuning_steps,
+            **self.extra,
+        }
+
+    def write(self, work_path: str, path: str | None = None) -> str:
+        """Write the result file (a new one, or ``path`` again); returns its path."""
+        os.makedirs(work_path, exist_ok=True)
+        return write_result(work_path, "gdat", self.tuning_name, self.tuning_time_s, self.section(), path)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def hit_report(tuning_name: str, entry: BankedPlan, layout: GradientLayout, bank_root: str,
+               topology: dict[str, Any]) -> GdatReport:
+    """The report of a knowledge-base hit: the stored plan, no tuning step."""
+    summary = RepoSummary()
+    summary.count("hit")
+    return GdatReport(tuning_name, 0.0, "bank hit", "plan taken from the knowledge base; no tuning steps",
+                      entry.baseline_ms, entry.result_ms, summary, plan_formats(entry.plan, layout), {},
+                      tuning_steps=0, extra={"knowledge_base": bank_root, "topology": topology})
+
+
+def untuned_report(tuning_name: str, reason: str, tuning_steps: int = 0) -> GdatReport:
+    """The report of a model gdat did not tune: ``tuning unsatisfied`` with the
+    reason, no plan and no measured step time (``null``: nothing was measured)."""
+    summary = RepoSummary()
+    summary.count("unsatisfied")
+    return GdatReport(tuning_name, 0.0, "tuning unsatisfied", reason, None, None, summary, {}, {},
+                      tuning_steps=tuning_steps)
+
+
+def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, verdict: Verdict,
+                  blocks: Sequence[Block], plans: Sequence[RankedPlan], found: Candidates, correction: Correction,
+                  bank_outcome: str, bank_entry: str | None, ladder: AllreduceCostModel,
+                  topology: dict[str, Any], steady: WindowStats | None, check: Confirmation | None) -> GdatReport:
+    """The report of a tuning run: every block and measured candidate (its paired
+    estimate ``m_base + D_i`` as its measured step), the verdict, the steady state
+    after tuning (``None``: not measured yet) with an adopted plan's paired check
+    against the baseline around it, the bank outcome and the fitted and corrected
+    model."""
+    reverted = check is not None and not check.holds
+    adopted = kept(verdict, check) is not None
+    winner = plans[verdict.winner] if verdict.winner is not None else None
+    base_ms = baseline_median_s(blocks) * 1e3
+    table = {st.candidate: st for st in standings(blocks)}
+    if steady is None:
+        result_ms = base_ms + table[verdict.winner].diff_s * 1e3 if adopted else base_ms
+        steady_state: dict[str, Any] = {"status": "pending: the script ended before the confirmation, or it has "
+                                                  "not run yet; the result is the estimate from the blocks" +
+                                                  ("; the plan on trial is not kept unless confirmed"
+                                                   if verdict.trial else "")}
+    else:
+        result_ms = steady.median_s * 1e3 if adopted else base_ms
+        steady_state = {"status": "reverted to the user configuration" if reverted else "confirmed",
+                        "plan": winner.plan.label if winner else "user configuration", **steady.to_dict(),
+                        "paired_check": check.to_dict() if check is not None else None}
+    summary = RepoSummary()
+    summary.count(bank_outcome)
+    layout = found.timeline.layout
+    results = []
+    for i, c in enumerate(plans):
+        st = table.get(i)
+        windows = [b.window for b in blocks if b.plan == i]
+        results.append(CandidateResult(
+            c.plan, c.sim.step_s * 1e3, None if st is None else base_ms + st.diff_s * 1e3,
+            pooled(windows).mad_s * 1e3 if windows else None, correction.predict_s(found, c.plan) * 1e3,
+            None if st is None else st.diff_s * 1e3, len(windows)))
+    label = {BASELINE: "baseline", **{i: c.plan.label for i, c in enumerate(plans)}}
+    reason = verdict.reason
+    if reverted:
+        reason += f"; in steady state the {'plan on trial' if verdict.trial else 'adopted plan'} ran " \
+            f"{steady.median_s * 1e3:.2f} ms, not faster than the user configuration's {check.reference_s * 1e3:.2f} " \
+            f"ms measured around it beyond the noise ({check.threshold_s * 1e3:.2f} ms): switched back to the user " \
+            f"configuration"
+    elif verdict.trial and check is not None:
+        reason += f"; confirmed in steady state: {steady.median_s * 1e3:.2f} ms against the user configuration's " \
+            f"{check.reference_s * 1e3:.2f} ms measured around it (noise threshold {check.threshold_s * 1e3:.2f} ms)"
+    return GdatReport(
+        tuning_name=tuning_name, tuning_time_s=tuning_time_s,
+        outcome="tuning successful" if adopted else "tuning unsatisfied", reason=reason,
+        baseline_ms=base_ms, result_ms=result_ms, summary=summary,
+        chosen=plan_formats(winner.plan if adopted else found.baseline_plan, layout),
+        baseline_plan=plan_formats(found.baseline_plan, layout),
+        candidates=results,
+        lower_bound_ms=found.lower_bound_s() * 1e3,
+        baseline_predicted_ms=found.simulate(found.baseline_plan).step_s * 1e3,
+        baseline_corrected_ms=correction.predict_s(found, found.baseline_plan) * 1e3,
+        noise_ms=verdict.noise_s * 1e3, tuning_steps=tuning_steps,
+        extra={"noisy": verdict.noisy, "trial": verdict.trial, "reverted": reverted, "steady_state": steady_state,
+               "topology": topology, "cost_model": ladder.to_dict(),
+               "calibrated_cost_model": found.cost.to_dict(), "contention": found.contention.to_dict(),
+               "model_correction": correction.to_dict(), "knowledge_base_entry": bank_entry,
+               "baseline_window": pooled([b.window for b in blocks if b.plan == BASELINE]).to_dict(),
+               "windows": [{**b.to_dict(), "label": label[b.plan]} for b in blocks]})
+
+
+def compression_section(dtype: str, candidates: Sequence[RankedPlan],
+                        errors: dict[int, dict[int, float]]) -> dict[str, Any]:
+    """The report's ``compression`` entry: per measured compressed candidate, each
+    compressed bucket's size and the relative error ``||c - e||_2 / ||e||_2`` of its
+    averaged gradient against the exact allreduce, measured on a real step
+    (``null`` where the probe did not see the bucket)."""
+    return {"dtype": dtype, "candidates": [
+        {"label": candidates[i].plan.label, "compressed_buckets": [
+            {"bucket": k, "nbytes": b.nbytes,
+             "relative_error": None if found.get(k) is None else float(f"{found[k]:.3e}")}
+            for k, b in enumerate(candidates[i].plan.buckets) if b.compress]}
+        for i, found in sorted(errors.items())]}
+
+
+def write_report(report: GdatReport, work_path: str, path: str | None = None) -> str | None:
+    """Write ``report`` (a new file, or ``path`` again) and say where; ``None``
+    (with a warning) if it cannot be written."""
+    try:
+        path = report.write(work_path, path)
+    except OSError as e:
+        log.warn(f"cannot write the report ({e})")
+        return None
+    log.info(f"report: {path}")
+    return path
