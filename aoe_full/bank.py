@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 import torch
 
-from gdat.core.device import hardware_fingerprint
 from gdat.bank.store import KnowledgeBase, settle
+from gdat.core.device import hardware_fingerprint
 
 __all__ = ["BankContext", "Decision", "decide", "scan", "OPAT", "SGAT"]
 

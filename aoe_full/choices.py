@@ -17,8 +17,7 @@ import torch
 from aoe_full.errors import TunedModelError
 from aoe_full.graph_capture import trace
 from aoe_full.partition import partition, structure_hash, whole_graph
-from aoe_full.rewrite import (ImplCache, OpDispatch, SubgraphDispatch, install,
-                              make_op_dispatch, subgraph_functions)
+from aoe_full.rewrite import ImplCache, OpDispatch, SubgraphDispatch, install, make_op_dispatch, subgraph_functions
 from aoe_full.signature import from_json, to_json
 from aoe_full.strategies import OP_STRATEGIES, SUBGRAPH_STRATEGIES
 from gdat.core.jsonio import digest

@@ -23,15 +23,15 @@ from typing import NoReturn
 
 import torch
 
-from aoe_full.gdat_job import gdat_command, run_gdat_job
 from aoe_full.errors import CandidateError
+from aoe_full.gdat_job import gdat_command, run_gdat_job
 from aoe_full.graph_capture import check_input_names, graphable, trace
 from aoe_full.inputs import InputSpec, make_inputs, parse_inputs
 from aoe_full.measure import MeasureConfig
 from aoe_full.model_source import FRAMEWORKS, ModelSource, load_model, parse_model_spec
 from aoe_full.offline import OfflineResult, package_strategy, write_package
-from aoe_full.operators import KINDS, tunable_nodes
 from aoe_full.opat import tune_operators
+from aoe_full.operators import KINDS, tunable_nodes
 from aoe_full.pipeline import SCENES, TuneConfig, TuningRun, set_mode
 from aoe_full.progress import ProgressBar
 from aoe_full.report import result_section, tuning_result
@@ -39,9 +39,9 @@ from aoe_full.sgat import tune_subgraphs
 from aoe_full.strategies import strategy_names
 from aoe_full.tuned_model import header_path, save_tuned
 from gdat import options
-from gdat.report.aoe_file import write_result
-from gdat.errors import GdatError, UsageError
 from gdat.core.jsonio import read_json
+from gdat.errors import GdatError, UsageError
+from gdat.report.aoe_file import write_result
 
 __all__ = ["main", "build_parser", "JOB_TYPES"]
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import types
 import sys
+import types
 from dataclasses import asdict, dataclass
 from typing import Any
 

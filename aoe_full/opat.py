@@ -16,8 +16,8 @@ import torch
 from aoe_full.bank import OPAT, BankContext, decide
 from aoe_full.choices import Choices, OpChoice, identity_of
 from aoe_full.operators import OpInstance, base_callable, find_operators, resolve_args
-from aoe_full.progress import ProgressBar
 from aoe_full.pipeline import ItemReport, TuneConfig, TuningRun, complete, prepare
+from aoe_full.progress import ProgressBar
 from aoe_full.signature import describe
 from aoe_full.strategies import DEFAULT, OP_STRATEGIES, CompileBudget, op_strategies
 from aoe_full.tuner import diff_tensors, tune_item

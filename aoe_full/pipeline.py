@@ -20,8 +20,8 @@ from aoe_full.graph_capture import Capture, capture
 from aoe_full.measure import MeasureConfig
 from aoe_full.progress import ProgressBar
 from aoe_full.tuner import ModelComparison, compare_models
-from gdat.core.device import device_type_of
 from gdat.bank.store import RepoSummary
+from gdat.core.device import device_type_of
 
 __all__ = ["TuneConfig", "ItemReport", "TuningRun", "GateResult", "prepare", "finish", "complete",
            "SCENES", "set_mode", "tuned_copy"]

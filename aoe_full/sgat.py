@@ -25,12 +25,11 @@ from aoe_full.bank import OPAT, SGAT, BankContext, decide
 from aoe_full.choices import Choices, OpChoice, SubgraphChoice, identity_of
 from aoe_full.operators import OpInstance, find_operators
 from aoe_full.partition import WHOLE, Subgraph, get_path, partition, structure_hash, whole_graph
-from aoe_full.progress import ProgressBar
 from aoe_full.pipeline import ItemReport, TuneConfig, TuningRun, complete, prepare
+from aoe_full.progress import ProgressBar
 from aoe_full.rewrite import ImplCache, make_op_dispatch, subgraph_functions
 from aoe_full.signature import call_signature, describe, to_json
-from aoe_full.strategies import (DEFAULT, OP_STRATEGIES, SUBGRAPH_STRATEGIES, CompileBudget,
-                                 subgraph_strategies)
+from aoe_full.strategies import DEFAULT, OP_STRATEGIES, SUBGRAPH_STRATEGIES, CompileBudget, subgraph_strategies
 from aoe_full.tuner import diff_tensors, tune_item
 from gdat.bank.store import KnowledgeBase, RepoSummary, key_id
 

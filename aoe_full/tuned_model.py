@@ -43,8 +43,8 @@ from aoe_full.inputs import InputSpec, make_inputs
 from aoe_full.model_source import ModelSource, file_sha256, load_model, parse_model_spec
 from aoe_full.offline import OfflineModel, load_package
 from aoe_full.pipeline import SCENES, TuningRun, set_mode
-from gdat.errors import GdatError
 from gdat.core.jsonio import atomic_file, check_document, read_json, require, write_document
+from gdat.errors import GdatError
 
 __all__ = ["save_tuned", "load_tuned", "read_header", "header_path", "SCHEMA", "VERSION"]
 

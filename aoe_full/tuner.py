@@ -17,8 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from aoe_full.measure import (Comparison, MeasureConfig, Timing, compare, make_step, measure,
-                              relative_error)
+from aoe_full.measure import Comparison, MeasureConfig, Timing, compare, make_step, measure, relative_error
 from aoe_full.strategies import DEFAULT, CompileBudget, Strategy
 
 __all__ = ["ItemTuning", "tune_item", "ModelComparison", "compare_models", "diff_tensors"]

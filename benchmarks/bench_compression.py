@@ -52,7 +52,7 @@ GRID_MIB = (1, 5, 10, 25, 50)
 NO_COMM = "no communication (no_sync, each rank alone)"
 DEFAULT = "ddp default (25 MiB + 1 MiB first)"
 EXACT = "gdat exact (best exact plan measured)"
-SQUEEZED = "gdat with compression (exposed tail in bf16)"
+COMPRESSED = "gdat with compression (exposed tail in bf16)"
 STOCK_BF16 = "stock bf16_compress_hook, every bucket"
 
 
@@ -67,29 +67,28 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from benchmarks.common import Trainer, max_over_ranks, median_ms
-    from gdat.reducer import compression
-    from gdat.options import GdatConfig
-    from gdat.ddp import DistributedDataParallel
-    from gdat.decide.verdict import standings
-    from gdat.reducer.torch_internals import comm_hooks, remove_comm_hook
     from gdat.core.plan import BucketPlan
+    from gdat.ddp import DistributedDataParallel
+    from gdat.options import GdatConfig
+    from gdat.reducer import compression
     from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
+    from gdat.reducer.torch_internals import comm_hooks, remove_comm_hook
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     model, size, batch = args.model.split(":")
     config = GdatConfig(mode="tune", work_path=args.work, comm_budget_s=3.0, compress="bf16", max_tune_steps=40)
     tr = Trainer(model, size, int(batch), lambda m: DistributedDataParallel(m, gdat_config=config))
-    tuner = tr.ddp._gdat
-    while not tuner.done:
+    while not tr.ddp.gdat_done:
         tr.step()
-    layout = tuner.found.timeline.layout
-    verdict = tuner.outcome().clause
-    table = {st.candidate: st.diff_s for st in standings(tuner.blocks)}
-    exact_ids = [i for i, p in enumerate(tuner.plans) if not p.plan.compressed]
-    exact = tuner.plans[min(exact_ids, key=lambda i: table.get(i, float("inf")))].plan
-    squeezed = next((p.plan for p in tuner.plans if p.plan.compressed), None)
-    default_plan = tuner.found.baseline_plan
+    decision = tr.ddp.gdat_decision
+    layout = decision.found.timeline.layout
+    verdict = f"adopted {decision.adopted.plan.label}" if decision.adopted else "kept the user configuration"
+    table = {i: st.diff_s for i, st in decision.standings.items()}
+    exact_ids = [i for i, p in enumerate(decision.plans) if not p.plan.compressed]
+    exact = decision.plans[min(exact_ids, key=lambda i: table.get(i, float("inf")))].plan
+    compressed = next((p.plan for p in decision.plans if p.plan.compressed), None)
+    default_plan = decision.found.baseline_plan
     everything = default_plan.with_compression(
         [k for k, b in enumerate(default_plan.buckets) if b.dtype == "float32"], "bf16", "bf16 everywhere")
 
@@ -109,8 +108,8 @@ def worker(args: argparse.Namespace) -> None:
     configs = {NO_COMM: lambda: use(None, {}), DEFAULT: lambda: use(None, {})}
     configs.update({f"bucket_cap_mb={c}": (lambda c=c: use(None, {"bucket_cap_mb": c})) for c in GRID_MIB})
     configs[EXACT] = lambda: use(exact, {})
-    if squeezed is not None:
-        configs[SQUEEZED] = lambda: use(squeezed, {})
+    if compressed is not None:
+        configs[COMPRESSED] = lambda: use(compressed, {})
     configs[STOCK_BF16] = lambda: use(None, {}, _stock_bf16)
     times: dict[str, list[float]] = {name: [] for name in configs}
     names = list(configs)
@@ -125,10 +124,10 @@ def worker(args: argparse.Namespace) -> None:
                 tr.window(2)
                 times[name] += max_over_ranks(tr.window(args.measure_steps))
     errors = {}
-    for name, plan in ((SQUEEZED, squeezed), (STOCK_BF16, everything)):
+    for name, plan in ((COMPRESSED, compressed), (STOCK_BF16, everything)):
         if plan is None:
             continue
-        use(plan if plan is squeezed else None, {})
+        use(plan if plan is compressed else None, {})
         tr.window(2)
         state = compression.installed(tr.ddp) or compression.install(tr.ddp, plan)
         state.probe = True
@@ -139,7 +138,7 @@ def worker(args: argparse.Namespace) -> None:
         rows = {name: median_ms(t) for name, t in times.items()}
         grid = {k: v for k, v in rows.items() if k.startswith("bucket_cap_mb=")}
         best = min(grid, key=grid.get)
-        found = tuner.found
+        found = decision.found
         timeline, total = found.timeline, layout.total_bytes
         result = {"model": f"{model}-{size}", "batch": int(batch), "rate": args.rate, "tuning": verdict,
                   "backward_ms": (timeline.backward_end_s - timeline.backward_start_s) * 1e3,
@@ -147,10 +146,10 @@ def worker(args: argparse.Namespace) -> None:
                   "link_compressed_ms": found.cost.compressed_times_s(total) * 1e3,
                   "rows_ms": rows, "best_grid": best, "no_comm_ms": rows[NO_COMM],
                   "exact_plan": exact.label, "exact_buckets": len(exact.buckets),
-                  "compressed_plan": None if squeezed is None else {
-                      "label": squeezed.label, "buckets": len(squeezed.buckets),
-                      "compressed": [k for k, b in enumerate(squeezed.buckets) if b.compress],
-                      "compressed_bytes": compression.compressed_bytes(squeezed),
+                  "compressed_plan": None if compressed is None else {
+                      "label": compressed.label, "buckets": len(compressed.buckets),
+                      "compressed": [k for k, b in enumerate(compressed.buckets) if b.compress],
+                      "compressed_bytes": compression.compressed_bytes(compressed),
                       "total_bytes": layout.total_bytes},
                   "gradient_error": errors}
         with open(args.result, "w") as f:

@@ -29,9 +29,9 @@ def worker(args: argparse.Namespace) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from benchmarks.common import Trainer, max_over_ranks, median_ms
-    from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
     from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
     from gdat.profiling.session import ProfileSession
+    from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
     from gdat.schedule.baselines import mgwfbp_plan, uniform_plan
     from gdat.schedule.search import optimal_plan
     from gdat.schedule.simulator import calibrate, simulate

@@ -17,9 +17,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gdat.core.cost_model import AllreduceCostModel, Contention  # noqa: E402
-from gdat.schedule.search import optimal_plan  # noqa: E402
 from gdat.core.layout import GradientLayout  # noqa: E402
 from gdat.core.profile import ReadyTimeline  # noqa: E402
+from gdat.schedule.search import optimal_plan  # noqa: E402
 
 
 def main() -> int:

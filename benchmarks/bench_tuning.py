@@ -38,8 +38,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from benchmarks.common import Trainer, max_over_ranks, median_ms
-    from gdat.options import GdatConfig
     from gdat.ddp import DistributedDataParallel
+    from gdat.options import GdatConfig
     from gdat.reducer.plan_switch import switch_buckets
 
     torch.set_num_threads(1)
@@ -49,10 +49,9 @@ def worker(args: argparse.Namespace) -> None:
     config = GdatConfig(mode="tune", work_path=args.work, comm_budget_s=3.0)
     options = {"find_unused_parameters": True} if args.find_unused else {}
     tr = Trainer(model, size, batch, lambda m: DistributedDataParallel(m, gdat_config=config, **options))
-    tuner = tr.ddp._gdat
-    while not tuner.done:
+    while not tr.ddp.gdat_done:
         tr.step()
-    tuning_steps = tuner.decision_step + 1
+    tuning_steps = tr.ddp.gdat_decision.decision_step + 1
     after_tuning = max_over_ranks(tr.window(args.measure_steps))
     report = None
     if dist.get_rank() == 0:

@@ -43,8 +43,8 @@ def _spec(text: str) -> tuple[int, int, str]:
 
 
 def _network(spec: tuple[int, int, str]):
-    from gdat.schedule.whatif import Network
     from gdat.core.units import parse_rate
+    from gdat.schedule.whatif import Network
 
     nodes, ranks, rate = spec
     r = parse_rate(rate)
@@ -66,9 +66,9 @@ def worker(args: argparse.Namespace) -> None:
 
     from benchmarks.common import Trainer, max_over_ranks
     from gdat.core.plan import BucketPlan
-    from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
     from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
     from gdat.profiling.session import ProfileSession
+    from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -183,9 +183,9 @@ def main() -> int:
         worker(args)
         return 0
     from gdat.core.plan import BucketPlan
+    from gdat.core.profile import Profile
     from gdat.schedule.simulator import simulate
     from gdat.schedule.whatif import link_beta, whatif_model
-    from gdat.core.profile import Profile
 
     tmp = tempfile.mkdtemp(prefix="gdat-bench-whatif-")
     base = _spec(args.profile_at)

@@ -21,13 +21,13 @@ def _rank(rank: int, world: int, port: int) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from gdat.reducer.ddp_model import reducer_parameters
     from gdat.core.device import Clock, default_backend, device_for_local_rank
     from gdat.core.layout import GradientLayout
     from gdat.core.plan import BucketPlan
-    from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
     from gdat.profiling.comm_trace import BucketTracer, tracing_allreduce_hook
     from gdat.profiling.session import profile_ddp
+    from gdat.reducer.ddp_model import reducer_parameters
+    from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
     device = device_for_local_rank("cuda", rank)

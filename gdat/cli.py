@@ -13,8 +13,8 @@ import argparse
 import json
 import sys
 
-from gdat.errors import GdatError, UsageError
 from gdat.core.jsonio import read_json
+from gdat.errors import GdatError, UsageError
 
 __all__ = ["main"]
 
@@ -25,8 +25,8 @@ def _show(path: str) -> list[str]:
         raise UsageError(f"{path}: not a gdat file")
     schema = doc.get("schema")
     if schema == "gdat.profile":
-        from gdat.tune.profile_job import profile_summary
         from gdat.core.profile import Profile
+        from gdat.profiling.outputs import profile_summary
 
         return [f"profile {path}", *profile_summary(Profile.from_dict(doc, path))]
     if schema == "gdat.plan":

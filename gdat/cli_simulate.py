@@ -16,15 +16,15 @@ import argparse
 from dataclasses import dataclass
 
 from gdat.core.cost_model import AllreduceCostModel, Contention
-from gdat.errors import UsageError
 from gdat.core.plan import BucketPlan
+from gdat.core.profile import Profile, ReadyTimeline
+from gdat.core.units import parse_rate
+from gdat.errors import UsageError
 from gdat.schedule.baselines import mgwfbp_plan, uniform_plan, uniform_plans
 from gdat.schedule.compress_search import SLACK, compressed_plan
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import calibrate, lower_bound_s, simulate
 from gdat.schedule.whatif import ALGOS, Network, network_of, whatif_model
-from gdat.core.profile import Profile, ReadyTimeline
-from gdat.core.units import parse_rate
 
 __all__ = ["add_simulate_arguments", "simulate_command"]
 
@@ -117,9 +117,9 @@ def _table(args: argparse.Namespace, m: _Model) -> list[str]:
     plans: list[BucketPlan] = [optimal_plan(m.timeline, m.cost, m.contention, args.max_buckets)]
     plans += [*uniform_plans(m.timeline), mgwfbp_plan(m.timeline, m.cost, m.contention)]
     if m.cost.cast is not None:
-        squeezed = compressed_plan(m.timeline, m.cost, m.contention, m.cost.cast.dtype,
+        compressed = compressed_plan(m.timeline, m.cost, m.contention, m.cost.cast.dtype,
                                    f"optimal+{m.cost.cast.dtype}")
-        plans += [squeezed] if squeezed is not None else []
+        plans += [compressed] if compressed is not None else []
     rows = sorted(((simulate(m.timeline, p, m.cost, m.contention), p) for p in plans), key=lambda r: r[0].step_s)
     bound = lower_bound_s(m.timeline, m.cost, m.contention)
     lines = [m.scope,

@@ -5,8 +5,8 @@ arguments plus ``gdat_config`` (default: from ``GDAT_*`` variables, see
 :mod:`gdat.options`).  ``gdat-run`` substitutes it for stock DDP in an unmodified
 script.  Construction (:mod:`gdat.tune.construction`) decides the arguments stock DDP
 is built with; this class then builds the mode's controller: the tuning loop
-(:class:`gdat.tune.loop.OnlineTuner`), the profile job
-(:class:`gdat.tune.profile_job.ProfileJob`) or none.  Both need DDP's private members,
+(:class:`gdat.tune.loop.TuningLoop`), the profile job
+(:class:`gdat.tune.profile_job.ProfileJob`) or none.  Both need torch's private members,
 checked first (:func:`gdat.reducer.torch_internals.internals_available`): where this torch
 lacks one, the model runs as stock DDP.  What gdat did with the model (tuned,
 applied, profiled, not tuned and why) is said at the end of the process
@@ -22,15 +22,23 @@ from typing import Any, Protocol
 
 import torch
 
-from gdat.reducer import compression
 from gdat.core import log
-from gdat.report import outcome
+from gdat.decide.record import Decision
 from gdat.options import GdatConfig
-from gdat.tune.construction import TuneContext, prepare_construction, tuning_name
-from gdat.reducer.torch_internals import STOCK_DDP, detach_comm_hook, internals_available, lacking, missing_internals
+from gdat.reducer import compression
 from gdat.reducer.model_check import check_model_across_ranks
+from gdat.reducer.torch_internals import (
+    STOCK_DDP,
+    detach_comm_hook,
+    internals_available,
+    lacking,
+    missing_internals,
+    state_without_hooks,
+)
+from gdat.report import outcome
+from gdat.tune.construction import TuneContext, prepare_construction, tuning_name
+from gdat.tune.loop import TuningLoop
 from gdat.tune.profile_job import ProfileJob
-from gdat.tune.loop import OnlineTuner
 
 __all__ = ["DistributedDataParallel", "STOCK_DDP", "MODEL_TRANSFORMS"]
 
@@ -84,30 +92,43 @@ class DistributedDataParallel(STOCK_DDP):
         self._gdat: Controller | None = None
         if tune is not None or mode == "profile":
             if internals_available(self):
-                self._gdat = OnlineTuner(self, tune) if tune is not None else ProfileJob(self, config)
+                self._gdat = TuningLoop(self, tune) if tune is not None else ProfileJob(self, config)
             else:
                 _lacks_internals(module, config, missing_internals(self))
+
+    @property
+    def gdat_done(self) -> bool:
+        """Whether gdat has finished with this DDP: tuning decided and confirmed, the
+        profile written, or nothing to do (a knowledge-base hit, a plan file, mode off,
+        a model gdat does not tune)."""
+        return self._gdat is None or self._gdat.done
+
+    @property
+    def gdat_decision(self) -> Decision | None:
+        """The tuning decision's record (:class:`gdat.decide.record.Decision`) once the
+        tuning loop has decided, on every rank (with its steady state once confirmed);
+        ``None`` before, and for a DDP gdat does not tune."""
+        return self._gdat.decision if isinstance(self._gdat, TuningLoop) else None
 
     def __getstate__(self) -> dict[str, Any]:
         """Stock DDP's state without gdat's controller and comm hooks: a deep copy or
         an unpickled instance is a stock-behaving DDP (``_gdat`` is ``None``) with the
         user's comm hooks, as stock DDP keeps them; tuning stays with the original."""
-        state = super().__getstate__()
+        state = state_without_hooks(super().__getstate__(),
+                                    lambda hook: getattr(hook, "__module__", "").startswith("gdat."))
         state["_gdat"] = None
-        state["_comm_hooks"] = [(hook, hook_state) for hook, hook_state in state.get("_comm_hooks", [])
-                                if not getattr(hook, "__module__", "").startswith("gdat.")]
         return state
 
     def register_comm_hook(self, state: object, hook: Any) -> None:
         """Stock DDP's; a comm hook of the user's replaces gdat's compression hook
         (gdat never replaces the user's), with one line saying so, and the
         profile's tracer where the tuner left it on the reducer."""
-        if isinstance(self._gdat, OnlineTuner):
+        if isinstance(self._gdat, TuningLoop):
             self._gdat.release_reducer()
-        squeezing = compression.installed(self)
-        if squeezing is not None:
+        compressing = compression.installed(self)
+        if compressing is not None:
             log.warn("a comm hook was registered: gdat's gradient compression is turned off for it")
-            detach_comm_hook(self, compression.compression_hook, squeezing)
+            detach_comm_hook(self, compression.compression_hook, compressing)
         super().register_comm_hook(state, hook)
 
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:

@@ -68,8 +68,8 @@ def run_under_mpi(args: argparse.Namespace) -> int:
         from mpi4py import MPI
     except ImportError:
         raise UsageError("--gdat-launcher mpi needs mpi4py (pip install 'gdat[mpi]')") from None
-    from gdat.core import log
     from gdat import worker
+    from gdat.core import log
 
     comm = MPI.COMM_WORLD
     env = rendezvous_env(comm)

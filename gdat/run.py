@@ -17,8 +17,16 @@ import signal
 import sys
 
 from gdat import job_end
-from gdat.options import GdatConfig, add_arguments, bank_root, check_usable_dir, check_writable_dir, config_from_args, repeat_tune
 from gdat.errors import GdatError, UsageError
+from gdat.options import (
+    GdatConfig,
+    add_arguments,
+    bank_root,
+    check_usable_dir,
+    check_writable_dir,
+    config_from_args,
+    repeat_tune,
+)
 
 __all__ = ["main", "build_parser", "prepare_job", "fresh_store_per_round"]
 

@@ -25,21 +25,12 @@ __all__ = ["install", "main"]
 
 def install() -> None:
     """Make ``torch.nn.parallel.DistributedDataParallel`` gdat's subclass (where the
-    package, its ``distributed`` module and Dynamo name it)."""
-    import torch.nn.parallel
-    import torch.nn.parallel.distributed
-
+    package, its ``distributed`` module and Dynamo name it,
+    :func:`gdat.reducer.torch_internals.substitute_ddp_class`)."""
     from gdat.ddp import DistributedDataParallel
+    from gdat.reducer.torch_internals import substitute_ddp_class
 
-    import torch._dynamo.convert_frame
-
-    torch.nn.parallel.DistributedDataParallel = DistributedDataParallel
-    torch.nn.parallel.distributed.DistributedDataParallel = DistributedDataParallel
-    # DDP's forward marks the DDP being run on the class its module names
-    # (``DistributedDataParallel._active_ddp_module``), and Dynamo asks the class its
-    # own module imported whether a DDP is running, to split the compiled graph at
-    # bucket boundaries (DDPOptimizer): both must name the same class.
-    torch._dynamo.convert_frame.DistributedDataParallel = DistributedDataParallel
+    substitute_ddp_class(DistributedDataParallel)
 
 
 def isolate_restart_store() -> None:
@@ -50,23 +41,14 @@ def isolate_restart_store() -> None:
     attempt's keys then send gloo's connection setup to dead ports and the
     restarted job fails or hangs.  On a restart (``TORCHELASTIC_RESTART_COUNT`` >
     0, agent store in use) the store the rendezvous creates is wrapped in a
-    ``PrefixStore`` named after the attempt.
+    ``PrefixStore`` named after the attempt
+    (:func:`gdat.reducer.torch_internals.per_attempt_store`).
     """
-    import importlib
-
-    import torch.distributed as dist
-
-    rendezvous = importlib.import_module("torch.distributed.rendezvous")  # the name is shadowed by a function
-
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    if attempt == "0" or not rendezvous._torchelastic_use_agent_store():
-        return
-    create = rendezvous._create_c10d_store
+    if attempt != "0":
+        from gdat.reducer.torch_internals import per_attempt_store
 
-    def per_attempt(*args, **kwargs):
-        return dist.PrefixStore(f"/gdat/attempt_{attempt}", create(*args, **kwargs))
-
-    rendezvous._create_c10d_store = per_attempt
+        per_attempt_store(f"/gdat/attempt_{attempt}")
 
 
 _open_files: "weakref.WeakSet[io.IOBase]" = weakref.WeakSet()
@@ -143,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     with its own status, after gdat's done line (:mod:`gdat.report.outcome`)."""
     from gdat import job_end
     from gdat.core import log
-    from gdat.report import outcome
     from gdat.errors import GdatError
+    from gdat.report import outcome
 
     argv = sys.argv[1:] if argv is None else argv
     kind, target, *rest = argv

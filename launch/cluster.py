@@ -43,8 +43,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from gdat.errors import UsageError
 from gdat.core.units import format_rate, parse_rate
+from gdat.errors import UsageError
 from launch import netns
 from launch.errors import TestbedError
 

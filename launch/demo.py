@@ -18,8 +18,8 @@ import os
 import subprocess
 import sys
 
-from gdat.errors import GdatError
 from gdat.core.units import parse_rate
+from gdat.errors import GdatError
 from launch.testbed import emulated_network, namespace_unavailable_reason
 
 __all__ = ["main"]

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import uuid
 
-from launch.errors import TestbedError
 from gdat.errors import UsageError
+from launch.errors import TestbedError
 
 __all__ = ["tool", "ip", "tc", "unique_name", "namespace_unavailable_reason", "run", "shape", "remove",
            "check_amount", "SIZE_UNITS", "TIME_UNITS"]

@@ -39,8 +39,8 @@ import sys
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from gdat.errors import GdatError, UsageError
 from gdat.core.units import parse_rate
+from gdat.errors import GdatError, UsageError
 from launch import netns
 from launch.errors import TestbedError
 

@@ -13,8 +13,8 @@ import torch
 import aoe_full
 from aoe_full.choices import Choices, SubgraphChoice
 from aoe_full.errors import TunedModelError
-from aoe_full.offline import package_strategy, write_package
 from aoe_full.model_source import load_model, parse_model_spec
+from aoe_full.offline import package_strategy, write_package
 from aoe_full.pipeline import TuningRun
 from aoe_full.strategies import compile_unavailable_reason
 from gdat.bank.store import RepoSummary

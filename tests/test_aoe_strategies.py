@@ -9,8 +9,7 @@ import torch.nn.functional as F
 
 from aoe_full.measure import make_step, relative_error
 from aoe_full.operators import invoke_module
-from aoe_full.strategies import (DEFAULT, OP_STRATEGIES, compile_unavailable_reason,
-                                 op_strategies)
+from aoe_full.strategies import DEFAULT, OP_STRATEGIES, compile_unavailable_reason, op_strategies
 from aoe_full.tuner import diff_tensors
 
 

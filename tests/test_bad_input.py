@@ -6,13 +6,14 @@ import os
 import warnings
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from gdat.errors import BankError, PlanError, ProfileError
+from gdat.bank.plans import BankedPlan
 from gdat.bank.store import BankWarning, KnowledgeBase
 from gdat.core.plan import BucketPlan
-from gdat.bank.plans import BankedPlan
 from gdat.core.profile import Profile
+from gdat.errors import BankError, PlanError, ProfileError
 from tests.helpers import REPO, run_cmd, run_in_process
 
 json_values = st.recursive(

@@ -8,11 +8,11 @@ import warnings
 
 import pytest
 
+from gdat.bank.plans import BankedPlan, bank_key, keep, link_class, lookup
 from gdat.bank.store import BankWarning, KnowledgeBase, RepoSummary, key_id, settle
 from gdat.core.layout import GradientLayout, ParamInfo
-from gdat.decide.windows import WindowStats
 from gdat.core.plan import BucketPlan
-from gdat.bank.plans import BankedPlan, bank_key, keep, link_class, lookup
+from gdat.decide.windows import WindowStats
 
 PARAMS = tuple(ParamInfo(i, f"p{i}", (8, 4), "float32", 128) for i in range(4))
 MODEL = GradientLayout.of(PARAMS)

@@ -5,13 +5,13 @@ import math
 
 import pytest
 
-from gdat.core.cost_model import AllreduceCostModel, CastCost
-from gdat.core.plan import BucketPlan
 from gdat.cli import main as gdat_main
-from gdat.schedule.whatif import Network, hops, link_beta, queue_loads, whatif_cost, wire_factor
+from gdat.core.cost_model import AllreduceCostModel, CastCost, CostSegment
 from gdat.core.layout import ParamInfo
+from gdat.core.plan import BucketPlan
 from gdat.core.profile import Profile
 from gdat.core.timeline import BucketSpan, RankTimeline, StepRecord
+from gdat.schedule.whatif import Network, hops, link_beta, queue_loads, whatif_cost, wire_factor
 
 N = 24
 
@@ -159,3 +159,21 @@ def test_compressed_plans_are_shown_beside_exact_ones(tmp_path, capsys):
     synthetic_profile().save(str(path))
     code, out, _ = _simulate(capsys, path)
     assert code == 0 and "no cast cost" in out and "optimal+bf16" not in out
+
+
+def test_a_what_if_that_changes_nothing_predicts_what_the_measured_model_predicts(tmp_path, capsys):
+    """One lower bound and one table for one profile at one rate, with or without a
+    what-if option, also for a piecewise allreduce model (the shape moves segment by
+    segment)."""
+    base = synthetic_profile()
+    piecewise = AllreduceCostModel((CostSegment(0, 3e-4, 4e-9), CostSegment(1 << 18, 1e-5, 8e-9)))
+    for cost in (base.cost_model, piecewise):
+        path = tmp_path / "p.json"
+        Profile(base.world_size, base.backend, base.device_type, base.torch_version, base.params, base.ranks,
+                cost).save(str(path))
+        code, measured, err = _simulate(capsys, path)
+        assert code == 0, err
+        code, same, err = _simulate(capsys, path, "--ranks-per-node", "2", "--nodes", "1")
+        assert code == 0, err
+        assert same.splitlines()[0].startswith("what-if: ")
+        assert same.splitlines()[2:] == measured.splitlines()[2:]

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gdat.core.cost_model import AllreduceCostModel, CastCost, Contention
+from gdat.core.plan import BucketPlan
 from gdat.decide.verdict import BASELINE, Block, decide_blocks_lossy_last
-from gdat.errors import ProfileError
 from gdat.decide.windows import WindowStats
+from gdat.errors import ProfileError
 from gdat.report.gdat_report import compression_section
 from gdat.schedule.candidates import Candidates, rank_candidates, with_compressed_candidate
-from gdat.core.plan import BucketPlan
 from gdat.schedule.compress_search import SLACK, compressed_plan, suffix_ends
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import Calibration, simulate
@@ -24,7 +25,7 @@ costs = st.builds(lambda a, b, c: AllreduceCostModel.linear(a, b).with_cast(Cast
                   st.floats(1e-6, 2e-3), st.floats(1e-10, 1e-8), st.floats(0, 5e-9))
 
 
-def _squeezed(t, ends, s, label="x"):
+def _compressed_plan(t, ends, s, label="x"):
     plan = BucketPlan.from_ends(t.layout, ends, label)
     starts = [0, *ends[:-1]]
     return plan.with_compression([k for k, a in enumerate(starts) if a >= s], "bf16", label)
@@ -38,10 +39,10 @@ def test_each_suffix_start_gets_the_earliest_end_of_brute_force(tl, cost, cont):
     n = len(sizes)
     final, head, tail = suffix_ends(t, cost, cont)
     for s in range(n + 1):
-        brute = min(simulate(t, _squeezed(t, ends, s), cost, cont).comm_end_s
+        brute = min(simulate(t, _compressed_plan(t, ends, s), cost, cont).comm_end_s
                     for ends in all_partitions(n) if s in (0, *ends))
         assert final[s] == pytest.approx(brute, rel=1e-12, abs=1e-15)
-        got = simulate(t, _squeezed(t, head[s] + tail[s], s), cost, cont).comm_end_s
+        got = simulate(t, _compressed_plan(t, head[s] + tail[s], s), cost, cont).comm_end_s
         assert got == pytest.approx(final[s], rel=1e-12, abs=1e-15)
     exact = simulate(t, optimal_plan(t, cost, cont), cost, cont).comm_end_s
     assert final[n] == pytest.approx(exact, rel=1e-12, abs=1e-15)
@@ -54,7 +55,7 @@ def test_the_choice_is_within_slack_of_the_best_and_compresses_least(tl, cost, c
     t = make_timeline(gaps, sizes)
     n = len(sizes)
     plan = compressed_plan(t, cost, cont, "bf16")
-    steps = {s: min(simulate(t, _squeezed(t, ends, s), cost, cont).step_s
+    steps = {s: min(simulate(t, _compressed_plan(t, ends, s), cost, cont).step_s
                     for ends in all_partitions(n) if s in (0, *ends)) for s in range(n + 1)}
     best = min(steps.values())
     fewest = max(s for s, v in steps.items() if v <= best * (1 + SLACK))

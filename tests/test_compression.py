@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (allreduce_hook, bf16_compress_hook,
-                                                                        fp16_compress_hook)
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
+    allreduce_hook,
+    bf16_compress_hook,
+    fp16_compress_hook,
+)
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from gdat.core.device import Clock
+from gdat.core.plan import Bucket, BucketPlan
+from gdat.ddp import DistributedDataParallel as GdatDDP
+from gdat.errors import PlanError, UsageError
+from gdat.options import GdatConfig
+from gdat.profiling.comm_trace import BucketTracer, tracing_allreduce_hook
 from gdat.reducer import compression
 from gdat.reducer.compression import REDUCED_DTYPES, CompressionState, compression_hook, reduced_allreduce_works
-from gdat.options import GdatConfig
-from gdat.ddp import DistributedDataParallel as GdatDDP
-from gdat.reducer.torch_internals import comm_hooks
 from gdat.reducer.ddp_model import reducer_parameters
-from gdat.core.device import Clock
-from gdat.errors import PlanError, UsageError
-from gdat.core.plan import Bucket, BucketPlan
-from gdat.profiling.comm_trace import BucketTracer, tracing_allreduce_hook
+from gdat.reducer.torch_internals import comm_hooks
 from tests.distributed import run_ranks
 from tests.models import batch, mlp
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gdat.core.cost_model import AllreduceCostModel, CostSegment, fit_allreduce
+from gdat.bank.plans import link_class
+from gdat.core.cost_model import MAX_BANDWIDTH_BYTES_PER_S, AllreduceCostModel, CostSegment
 from gdat.errors import ProfileError
+from gdat.profiling.allreduce_fit import fit_allreduce
 
 SIZES = [2 ** k for k in range(12, 26)]
 
@@ -52,3 +54,10 @@ def test_piecewise_evaluation_and_lower_line():
     a, b = m.lower_line()
     assert all(a + b * n <= m.time_s(n) for n in (0, 10, 999, 1000, 10 ** 7))
     assert AllreduceCostModel.from_dict(m.to_dict(), "m") == m
+
+
+def test_bandwidth_is_one_over_beta_and_capped_where_the_fit_clamped_beta_to_zero():
+    assert AllreduceCostModel.linear(1e-4, 4e-9).bandwidth_bytes_per_s == pytest.approx(2.5e8)
+    flat = AllreduceCostModel.linear(1e-4, 0.0)
+    assert flat.bandwidth_bytes_per_s == MAX_BANDWIDTH_BYTES_PER_S
+    assert link_class(flat.bandwidth_bytes_per_s) == 48  # the key and the stored entry agree

@@ -86,11 +86,12 @@ def _one(rank, work, options, accumulate, user_hook, missing):
         }
         a, b = _train(stock, rank, accumulate), _train(tuned, rank, accumulate)
     facts["equal"] = all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    facts["tuned"] = tuned._gdat is not None and tuned._gdat.done and bool(tuned._gdat.plans)
+    facts["tuned"] = tuned.gdat_done and tuned.gdat_decision is not None and bool(tuned.gdat_decision.plans)
     copied, unpickled = copy.deepcopy(tuned), pickle.loads(pickle.dumps(tuned))
     x = batch(rank, 999, 256)
     with torch.no_grad():
-        facts["copies"] = all(type(c) is type(tuned) and c._gdat is None and torch.equal(c(x), tuned(x))
+        facts["copies"] = all(type(c) is type(tuned) and c.gdat_done and c.gdat_decision is None
+                              and torch.equal(c(x), tuned(x))
                               for c in (copied, unpickled))
     return facts
 
@@ -108,7 +109,7 @@ def _hook_after_tuning(rank, work):
     stock = StockDDP(stock_model)
     tuned = DistributedDataParallel(gdat_model, gdat_config=GdatConfig(mode="tune", work_path=work, comm_budget_s=0.3))
     first = _train(stock, rank), _train(tuned, rank)
-    facts = {"tuned, no candidate": tuned._gdat.done and not tuned._gdat.plans}
+    facts = {"tuned, no candidate": tuned.gdat_done and not tuned.gdat_decision.plans}
     stock.register_comm_hook(None, allreduce_hook)
     tuned.register_comm_hook(None, allreduce_hook)
     then = _train(stock, rank), _train(tuned, rank)

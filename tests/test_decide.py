@@ -6,13 +6,26 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gdat.decide.confirm import steady_state_check
-from gdat.decide.verdict import BASELINE, FLOOR, Z, Block, beats, contenders, decide, decide_blocks, \
-    decide_blocks_lossy_last, round_order, standings, step_sigma
-from gdat.decide.windows import StepTimer, WindowStats, pooled, window_stats
 from gdat.decide.calendar import TRANSITION_STEPS, plan_calendar
+from gdat.decide.confirm import steady_state_check
+from gdat.decide.verdict import (
+    BASELINE,
+    FLOOR,
+    Block,
+    Z,
+    beats,
+    contenders,
+    decide,
+    decide_blocks,
+    decide_blocks_lossy_last,
+    round_order,
+    standings,
+    step_sigma,
+)
+from gdat.decide.windows import StepTimer, WindowStats, pooled, window_stats
 
 
 def steady(ms: float, jitter_ms: float = 0.0) -> WindowStats:

@@ -10,14 +10,15 @@ import subprocess
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gdat import cli, run
-from gdat.errors import BankError, PlanError, ProfileError, UsageError
-from gdat.core.jsonio import MAX_NESTING, read_json
 from gdat.bank.store import BankWarning, KnowledgeBase
+from gdat.core.jsonio import MAX_NESTING, read_json
 from gdat.core.plan import BucketPlan
 from gdat.core.profile import Profile
+from gdat.errors import BankError, PlanError, ProfileError, UsageError
 from launch.testbed import namespace_unavailable_reason
 from tests.helpers import BIN, REPO, run_cmd
 

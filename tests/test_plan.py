@@ -6,14 +6,15 @@ import random
 import pytest
 import torch
 import torch.distributed as dist
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gdat.reducer.ddp_model import reducer_parameters
-from gdat.errors import PlanError, PlanNotExpressible
 from gdat.core.layout import FIXED_ORDER, GradientLayout, model_layout, params_of
 from gdat.core.plan import MIB, Bucket, BucketPlan, plan_from_caps
+from gdat.errors import PlanError, PlanNotExpressible
+from gdat.reducer.ddp_model import reducer_parameters
 from gdat.reducer.plan_switch import PlanApproximated, ddp_bucket_arguments, switch_buckets
 from tests.distributed import run_ranks
 from tests.models import batch, mlp
@@ -249,8 +250,8 @@ def _find_unused_switch_job(rank, world, name):
     order; after every switch each step's buckets are the plan's and the gradients
     those of a stock DDP built with the same caps (the branch model leaves its last
     block unused on every second step)."""
-    from gdat.reducer.ddp_model import param_infos
     from gdat.demo.models import build_model, loss_fn, synthetic_batch
+    from gdat.reducer.ddp_model import param_infos
 
     model = build_model(name, "tiny")
     grads = model_layout(param_infos(model), FIXED_ORDER)

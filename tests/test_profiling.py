@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gdat.reducer.ddp_model import reducer_parameters
 from gdat.core.device import Clock
+from gdat.core.profile import Profile
 from gdat.profiling.chrome_trace import write_chrome_trace
 from gdat.profiling.comm_trace import BucketTracer, tracing_allreduce_hook
 from gdat.profiling.session import profile_ddp
-from gdat.core.profile import Profile
+from gdat.reducer.ddp_model import reducer_parameters
 from tests.distributed import run_ranks
 from tests.models import batch, mlp
 

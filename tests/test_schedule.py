@@ -7,18 +7,19 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gdat.core.cost_model import AllreduceCostModel, Contention, CostSegment
-from gdat.errors import ProfileError
-from gdat.core.plan import BucketPlan
 from gdat.core.layout import FIXED_ORDER, GradientLayout, ParamInfo
+from gdat.core.plan import BucketPlan
+from gdat.core.profile import Profile, ReadyTimeline
+from gdat.core.timeline import RankTimeline, StepRecord
+from gdat.errors import ProfileError
 from gdat.schedule.baselines import horovod_plan, mgwfbp_plan, uniform_plans
 from gdat.schedule.candidates import rank_candidates
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import calibrate, comm_end, lower_bound_s, measured_plan, simulate
-from gdat.core.profile import Profile, ReadyTimeline
-from gdat.core.timeline import RankTimeline, StepRecord
 
 
 def make_timeline(gaps, sizes, post=0.001, start=0.002, dtypes=None) -> ReadyTimeline:
@@ -310,9 +311,9 @@ def test_generated_candidates_include_a_stored_plan_once_and_never_the_baseline_
 
 
 def test_later_rounds_admit_no_plan_when_the_search_ranked_none():
+    from gdat.decide.rounds import RoundPlanner
     from gdat.decide.verdict import BASELINE, Block
     from gdat.decide.windows import WindowStats
-    from gdat.decide.rounds import RoundPlanner
     from gdat.schedule.candidates import generate_candidates
 
     profile, cost = _profile()

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from gdat.core.units import parse_rate
 from gdat.errors import UsageError
 from gdat.schedule.whatif import Network, link_beta
-from gdat.core.units import parse_rate
 from launch.errors import TestbedError
 from launch.netns import tool as _tool
 from launch.testbed import emulated_network, namespace_unavailable_reason

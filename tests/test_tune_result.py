@@ -7,15 +7,16 @@ import json
 
 import pytest
 
-from gdat.options import GdatConfig
-from gdat.tune.construction import TuneContext
-from gdat.core.cost_model import AllreduceCostModel
-from gdat.decide.verdict import BASELINE, decide_blocks, standings
-from gdat.decide.confirm import steady_state_check
-from gdat.bank.store import KnowledgeBase
-from gdat.decide.windows import WindowStats
 from gdat.bank.plans import BankedPlan
+from gdat.bank.store import KnowledgeBase
+from gdat.core.cost_model import AllreduceCostModel
+from gdat.decide.confirm import steady_state_check
+from gdat.decide.record import Decision
+from gdat.decide.verdict import BASELINE, decide_blocks, standings
+from gdat.decide.windows import WindowStats
+from gdat.options import GdatConfig
 from gdat.schedule.candidates import Correction, generate_candidates
+from gdat.tune.construction import TuneContext
 from gdat.tune.result import TuneResult
 from tests.test_cli_simulate import synthetic_profile
 from tests.test_decide import blocks_of, steady, window_ms
@@ -35,7 +36,9 @@ def trial(tmp_path, monkeypatch):
     assert verdict.trial and verdict.winner == 0
     ctx = TuneContext(GdatConfig(work_path=str(tmp_path / "work")), cost, {"model": "synthetic"}, {}, None,
                       "trial-test", {})
-    result = TuneResult(ctx, profile, found, list(found.ranked), blocks, verdict, 28, Correction(), 0.0)
+    decision = Decision("trial-test", cost, {}, "", profile, found, found.ranked, tuple(blocks), verdict, Correction(),
+                        28, 0.0)
+    result = TuneResult(ctx, decision, 0.0)
     result.keep()
     return result, tmp_path
 
@@ -56,8 +59,9 @@ def _path(tmp_path) -> str:
 
 
 def _settle(result: TuneResult, window: WindowStats) -> None:
-    lead = next(st for st in standings(result.blocks) if st.candidate == result.verdict.winner)
-    result.settle(window, steady_state_check(result.blocks, window, window_ms(*(100 + x for x in WIDE)), 0.6, lead))
+    d = result.decision
+    lead = next(st for st in standings(d.blocks) if st.candidate == d.verdict.winner)
+    result.settle(window, steady_state_check(d.blocks, window, window_ms(*(100 + x for x in WIDE)), 0.6, lead))
 
 
 def test_a_plan_on_trial_is_not_reported_and_the_user_configuration_is_banked_until_its_confirmation(trial):
@@ -68,7 +72,8 @@ def test_a_plan_on_trial_is_not_reported_and_the_user_configuration_is_banked_un
     assert "tried in steady state" in g["reason"] and g["steady_state"]["status"].startswith("pending")
     # a script that ends here has still saved its tuning: the user's configuration as the verdict
     [entry] = _bank(tmp_path)
-    assert entry.plan.same_partition(result.found.baseline_plan) and g["knowledge_base_entry"] == _path(tmp_path)
+    assert entry.plan.same_partition(result.decision.found.baseline_plan)
+    assert g["knowledge_base_entry"] == _path(tmp_path)
     assert g["repo_summary"]["repo_unsatisfied_num"] == 1
 
 
@@ -78,23 +83,24 @@ def test_a_confirmed_trial_is_adopted_and_banked_with_its_steady_state(trial):
     g = _report(result)
     assert g["gdat_tuning_result"] == "tuning successful" and g["reverted"] is False
     assert g["model_result_performance(ms)"] == pytest.approx(89.0)
-    assert g["chosen_plan"]["label"] == result.plans[0].plan.label and "confirmed in steady state" in g["reason"]
+    assert g["chosen_plan"]["label"] == result.decision.plans[0].plan.label
+    assert "confirmed in steady state" in g["reason"]
     assert g["steady_state"]["paired_check"]["combined_with_blocks_ms"] == pytest.approx(-11.0)
     [entry] = _bank(tmp_path)
-    assert entry.plan.same_partition(result.plans[0].plan) and entry.result_ms == pytest.approx(89.0)
+    assert entry.plan.same_partition(result.decision.plans[0].plan) and entry.result_ms == pytest.approx(89.0)
     assert g["knowledge_base_entry"] == _path(tmp_path) and g["repo_summary"]["repo_add_num"] == 1
 
 
 def test_a_confirmed_trial_leaves_alone_a_plan_another_job_stored_meanwhile(trial):
     result, tmp_path = trial
     [mine] = _bank(tmp_path)
-    other = BankedPlan(result.plans[1].plan, 100.0, 95.0, mine.bandwidth_bytes_per_s, 0.0)
+    other = BankedPlan(result.decision.plans[1].plan, 100.0, 95.0, mine.bandwidth_bytes_per_s, 0.0)
     KnowledgeBase(str(tmp_path / "bank"), "gdat").put(result.ctx.key, other.to_payload())
     _settle(result, WindowStats(tuple((89 + x) / 1e3 for x in (-6, 0, 6, -6, 6, 0))))
     g = _report(result)
     assert g["gdat_tuning_result"] == "tuning successful" and g["knowledge_base_entry"] is None
     [entry] = _bank(tmp_path)
-    assert entry.plan.same_partition(result.plans[1].plan)
+    assert entry.plan.same_partition(result.decision.plans[1].plan)
 
 
 def test_a_trial_the_steady_state_does_not_confirm_leaves_the_user_configuration(trial, capfd):
@@ -105,4 +111,4 @@ def test_a_trial_the_steady_state_does_not_confirm_leaves_the_user_configuration
     assert g["chosen_plan"]["plan"] == g["baseline_plan"]["plan"]
     assert "the plan on trial" in capfd.readouterr().err
     [entry] = _bank(tmp_path)
-    assert entry.plan.same_partition(result.found.baseline_plan)
+    assert entry.plan.same_partition(result.decision.found.baseline_plan)

@@ -37,12 +37,13 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from gdat.decide.verdict import beats
-from gdat.errors import BankError, PlanError
 from gdat.bank.store import BankWarning, KnowledgeBase, Settled, settle
+from gdat.core.cost_model import MAX_BANDWIDTH_BYTES_PER_S
 from gdat.core.layout import GradientLayout, ParamInfo
-from gdat.decide.windows import WindowStats
 from gdat.core.plan import BucketPlan
+from gdat.decide.verdict import beats
+from gdat.decide.windows import WindowStats
+from gdat.errors import BankError, PlanError
 
 __all__ = ["BankedPlan", "BankHit", "bank_key", "link_class", "lookup", "lookup_near", "keep", "swap",
            "BANDWIDTH_TOLERANCE"]
@@ -74,11 +75,12 @@ class BankedPlan:
             raise BankError(f"{where}: malformed GDAT entry ({e})") from None
 
 
-_MAX_LINK_CLASS = 48
+_MAX_LINK_CLASS = int(math.log2(MAX_BANDWIDTH_BYTES_PER_S))
 
 
 def link_class(bandwidth_bytes_per_s: float) -> int:
-    """``floor(log2(bandwidth))`` in bytes/s, clamped to 0..48 (1 B/s .. 256 TiB/s)."""
+    """``floor(log2(bandwidth))`` in bytes/s, clamped to 0..48 (1 B/s .. 256 TiB/s,
+    :data:`gdat.core.cost_model.MAX_BANDWIDTH_BYTES_PER_S`)."""
     return min(_MAX_LINK_CLASS, int(math.floor(math.log2(max(bandwidth_bytes_per_s, 1.0)))))
 
 

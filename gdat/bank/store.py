@@ -35,8 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from gdat.errors import BankError, GdatWarning
 from gdat.core.jsonio import canonical_json, digest, read_document, write_document
+from gdat.errors import BankError, GdatWarning
 
 __all__ = ["KnowledgeBase", "RepoSummary", "BankWarning", "Settled", "settle", "key_id"]
 

@@ -7,12 +7,7 @@ bandwidth-bound, and some transports change protocol at a size threshold), the
 model is piecewise: segment ``i`` applies from ``min_bytes[i]`` up to the next
 segment's start.
 
-Fitting.  :func:`fit_allreduce` solves weighted least squares
-``min sum_i ((alpha + beta n_i - t_i) / t_i)^2`` so every sample counts by its
-relative error (plain least squares would ignore the small messages that decide
-alpha).  A two-segment fit replaces the single line when the line's largest
-relative error exceeds ``split_above`` and the best split (at least two sizes on
-each side, least squared relative error) halves the squared relative error.
+The fit to measured allreduce times is :mod:`gdat.profiling.allreduce_fit`'s.
 
 Compression.  A bucket of ``n`` float32 bytes allreduced in a 2-byte dtype
 (:mod:`gdat.reducer.compression`) costs ``t(n * COMPRESSED_RATIO) + cast(n)`` seconds of
@@ -31,16 +26,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from gdat.errors import ProfileError
 from gdat.core.jsonio import require
+from gdat.errors import ProfileError
 
-__all__ = ["CostSegment", "CastCost", "AllreduceCostModel", "Contention", "fit_allreduce", "COMPRESSED_RATIO"]
+__all__ = ["CostSegment", "CastCost", "AllreduceCostModel", "Contention", "COMPRESSED_RATIO",
+           "MAX_BANDWIDTH_BYTES_PER_S"]
 
 COMPRESSED_RATIO = 0.5
+MAX_BANDWIDTH_BYTES_PER_S = 2.0 ** 48  # 256 TiB/s, the bank's highest link class
 
 
 @dataclass(frozen=True)
@@ -116,6 +113,13 @@ class AllreduceCostModel:
     def beta_s_per_byte(self) -> float:
         """Inverse bandwidth of the largest messages, seconds per byte."""
         return self.segments[-1].beta_s_per_byte
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float:
+        """The link's bandwidth as this model sees it, ``1 / beta`` bytes per second,
+        at most ``MAX_BANDWIDTH_BYTES_PER_S`` (a fit may clamp ``beta`` to 0).  The
+        knowledge base keys, looks up and stores a plan by this one quantity."""
+        return 1.0 / max(self.beta_s_per_byte, 1.0 / MAX_BANDWIDTH_BYTES_PER_S)
 
     def time_s(self, nbytes: float) -> float:
         """Predicted allreduce time of one ``nbytes`` message, seconds."""
@@ -207,84 +211,3 @@ class Contention:
             float(require(d, "compute_stretch", (int, float), ProfileError, where, lambda v: v >= 1)),
             float(require(d, "comm_slowdown", (int, float), ProfileError, where, lambda v: v >= 1)),
         )
-
-
-_MIN_ALPHA_S = 1e-7
-
-
-def _wls_line(n: np.ndarray, t: np.ndarray) -> tuple[float, float]:
-    """Weighted least squares of ``t ~ alpha + beta n`` with weights ``1/t``,
-    constrained to alpha > 0 and beta >= 0."""
-    w = 1.0 / t
-    a = np.stack([w, w * n], axis=1)
-    (alpha, beta), *_ = np.linalg.lstsq(a, w * t, rcond=None)
-    if beta < 0:
-        beta = 0.0
-        alpha = float(np.sum(w * w * t) / np.sum(w * w))
-    if alpha < _MIN_ALPHA_S:
-        alpha = _MIN_ALPHA_S
-        beta = max(0.0, float(np.sum(w * w * n * (t - alpha)) / np.sum(w * w * n * n)))
-    return float(alpha), float(beta)
-
-
-def _errors(model: AllreduceCostModel, n: np.ndarray, t: np.ndarray) -> tuple[float, float]:
-    pred = model.times_s(n)
-    return float(np.sqrt(np.mean((pred - t) ** 2))), float(np.max(np.abs(pred - t) / t))
-
-
-def _rel_sse(model: AllreduceCostModel, n: np.ndarray, t: np.ndarray) -> float:
-    return float(np.sum(((model.times_s(n) - t) / t) ** 2))
-
-
-def _fit_lines(n: np.ndarray, t: np.ndarray, source: str, split_above: float) -> AllreduceCostModel:
-    alpha, beta = _wls_line(n, t)
-    best = AllreduceCostModel.linear(alpha, beta, source)
-    _, rel = _errors(best, n, t)
-    sizes = np.unique(n)
-    if rel > split_above and len(sizes) >= 4:
-        line_sse = best_sse = _rel_sse(best, n, t)
-        for cut in sizes[2:-1]:
-            lo, hi = n < cut, n >= cut
-            a1, b1 = _wls_line(n[lo], t[lo])
-            a2, b2 = _wls_line(n[hi], t[hi])
-            cand = AllreduceCostModel(
-                (CostSegment(0, a1, b1), CostSegment(int(cut), a2, b2)), source=source)
-            sse = _rel_sse(cand, n, t)
-            if sse < line_sse / 2 and sse < best_sse:
-                best, best_sse = cand, sse
-    return best
-
-
-def fit_allreduce(
-    nbytes: Sequence[float], times_s: Sequence[float], source: str, split_above: float = 0.15,
-) -> AllreduceCostModel:
-    """Fit an :class:`AllreduceCostModel` to ``(nbytes, seconds)`` samples.
-
-    Repeated sizes are fine (each sample counts).  Needs samples of at least two
-    distinct sizes and positive times.  Outliers (a noisy small message on a busy
-    host) are dropped one at a time, at most a fifth of the samples: the worst
-    sample goes while its relative error exceeds both 10% and three times the
-    median relative error.  ``n_samples`` counts the samples kept.
-    """
-    n = np.asarray(nbytes, dtype=np.float64)
-    t = np.asarray(times_s, dtype=np.float64)
-    if n.shape != t.shape or n.ndim != 1:
-        raise ProfileError("fit: sizes and times must be equal-length sequences")
-    if len(np.unique(n)) < 2:
-        raise ProfileError("fit: need samples of at least two message sizes")
-    if np.any(t <= 0) or not np.all(np.isfinite(t)):
-        raise ProfileError("fit: times must be positive and finite")
-    order = np.argsort(n, kind="stable")
-    n, t = n[order], t[order]
-    keep = np.ones(len(n), dtype=bool)
-    for _ in range(len(n) // 5 + 1):
-        model = _fit_lines(n[keep], t[keep], source, split_above)
-        rel = np.abs(model.times_s(n) - t) / t
-        worst = int(np.argmax(np.where(keep, rel, -1.0)))
-        if rel[worst] <= max(0.1, 3.0 * float(np.median(rel[keep]))) or keep.sum() - 1 < 3 \
-                or len(np.unique(n[keep])) <= 2 or (~keep).sum() >= len(n) // 5:
-            break
-        keep[worst] = False
-    rmse, max_rel = _errors(model, n[keep], t[keep])
-    return AllreduceCostModel(model.segments, rmse_s=rmse, max_rel_err=max_rel, n_samples=int(keep.sum()),
-                              source=source)

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Sequence
 
-from gdat.errors import PlanError, ProfileError
 from gdat.core.jsonio import require
+from gdat.errors import PlanError, ProfileError
 
 __all__ = ["ParamInfo", "params_of", "GradientLayout", "model_layout", "READY_ORDER", "FIXED_ORDER",
            "BUCKET_ORDERS", "fills_backwards"]

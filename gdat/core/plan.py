@@ -24,10 +24,10 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from gdat.options import COMPRESS_DTYPES
-from gdat.errors import PlanError, PlanNotExpressible
 from gdat.core.jsonio import check_document, read_document, require, write_document
 from gdat.core.layout import GradientLayout, fills_backwards
+from gdat.errors import PlanError, PlanNotExpressible
+from gdat.options import COMPRESS_DTYPES
 
 __all__ = ["Bucket", "BucketPlan", "plan_from_caps", "MIB", "PLAN_SCHEMA", "PLAN_VERSION"]
 

@@ -23,11 +23,11 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from gdat.errors import ProfileError
 from gdat.core.cost_model import AllreduceCostModel
 from gdat.core.jsonio import check_document, read_document, require, write_document
 from gdat.core.layout import BUCKET_ORDERS, FIXED_ORDER, READY_ORDER, GradientLayout, ParamInfo
 from gdat.core.timeline import STEP_KINDS, RankTimeline, StepRecord
+from gdat.errors import ProfileError
 
 __all__ = ["Profile", "ReadyTimeline", "PROFILE_SCHEMA", "PROFILE_VERSION"]
 

@@ -17,11 +17,11 @@ A step is one of two kinds (:data:`STEP_KINDS`):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from gdat.errors import ProfileError
 from gdat.core.jsonio import require
+from gdat.errors import ProfileError
 
 __all__ = ["BucketSpan", "StepRecord", "RankTimeline", "STEP_KINDS"]
 

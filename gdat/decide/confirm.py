@@ -1,7 +1,7 @@
 """The confirmation: whether a decided plan holds in steady state.
 
-Paired like the blocks of :mod:`gdat.decide.verdict`: after adoption the adopted plan runs a steady-state window of ``n_s`` steps, then the
-user's configuration one block of ``n_a`` steps.  The window's reference is the
+Paired like the blocks of :mod:`gdat.decide.verdict`: after adoption the adopted
+plan runs a steady-state window of ``n_s`` steps, then the user's configuration one block of ``n_a`` steps.  The window's reference is the
 baseline interpolated between the last baseline block of tuning (``n_b`` steps)
 and that block after it, ``ref = (1-w) m_before + w m_after`` (``w``: the
 window's position between the two, in steps), so a load change between tuning
@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from gdat.decide.verdict import BASELINE, FLOOR, Z, Block, Standing, Verdict
+from gdat.decide.verdict import BASELINE, FLOOR, Block, Standing, Verdict, Z
 from gdat.decide.windows import WindowStats, noise_sigma_s
 
 __all__ = ["Confirmation", "steady_state_check", "kept"]

@@ -24,9 +24,9 @@ block was a candidate's.
 from __future__ import annotations
 
 from gdat.core import log
+from gdat.core.plan import BucketPlan
 from gdat.decide.verdict import BASELINE, Block, baseline_median_s, contenders, round_order, standings
 from gdat.errors import PlanError, ProfileError
-from gdat.core.plan import BucketPlan
 from gdat.schedule.candidates import Candidates, Correction, RankedPlan, admissible, fit_correction
 
 __all__ = ["RoundPlanner"]

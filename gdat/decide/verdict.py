@@ -231,7 +231,8 @@ def decide_blocks_lossy_last(blocks: Sequence[Block], lossy: Collection[int]) ->
     if ref_diff - win.diff_s > margin:
         return Verdict(verdict.winner, margin, verdict.noisy,
                        f"compressed candidate beat the fastest exact configuration by "
-                       f"{(ref_diff - win.diff_s) * 1e3:.2f} ms in paired blocks (noise threshold {margin * 1e3:.2f} ms)")
+                       f"{(ref_diff - win.diff_s) * 1e3:.2f} ms in paired blocks (noise threshold "
+                       f"{margin * 1e3:.2f} ms)")
     fallback = decide_blocks([b for b in blocks if b.plan not in lossy])
     return replace(fallback, reason=fallback.reason + "; the compressed candidate did not beat the fastest exact "
                    "configuration by more than the noise")

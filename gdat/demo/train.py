@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gdat.demo.models import MODELS, build_model, loss_fn, synthetic_batch
+from gdat.reducer.torch_internals import ddp_logging_data
 
 
 def main() -> None:
@@ -64,7 +65,7 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump({"losses": losses, "checksum": checksum, "step_times_s": times,
                        "world_size": dist.get_world_size(),
-                       "bucket_sizes": ddp._get_ddp_logging_data().get("rebuilt_bucket_sizes")}, f)
+                       "bucket_sizes": ddp_logging_data(ddp).get("rebuilt_bucket_sizes")}, f)
     # free DDP (its reducer holds the process group) before tearing the group down:
     # a process group destroyed by the interpreter at exit can abort in gloo
     del ddp, opt

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gdat.core.cost_model import AllreduceCostModel, fit_allreduce
+from gdat.core.cost_model import AllreduceCostModel
 from gdat.core.device import Clock, device_for_backend
 from gdat.errors import UsageError
+from gdat.profiling.allreduce_fit import fit_allreduce
 
 __all__ = ["measure_allreduce", "fit_from_ladder", "MIN_TOP_BYTES"]
 
@@ -85,5 +86,5 @@ def measure_allreduce(
 
 
 def fit_from_ladder(samples: list[tuple[int, float]], source: str = "microbenchmark") -> AllreduceCostModel:
-    """Fit the ladder's samples (see :func:`gdat.core.cost_model.fit_allreduce`)."""
+    """Fit the ladder's samples (see :func:`gdat.profiling.allreduce_fit.fit_allreduce`)."""
     return fit_allreduce([n for n, _ in samples], [t for _, t in samples], source)

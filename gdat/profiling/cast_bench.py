@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gdat.reducer.compression import REDUCED_DTYPES
 from gdat.core.cost_model import CastCost
 from gdat.core.device import Clock, device_for_backend
+from gdat.reducer.compression import REDUCED_DTYPES
 
 __all__ = ["measure_cast", "MIN_BYTES", "MAX_BYTES"]
 

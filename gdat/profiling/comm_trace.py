@@ -28,8 +28,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from gdat.reducer.compression import CompressionState
 from gdat.core.device import Clock
+from gdat.reducer.compression import CompressionState
 
 __all__ = ["BucketTracer", "TracedBucket", "tracing_allreduce_hook", "MODES"]
 

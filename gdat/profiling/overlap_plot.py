@@ -2,8 +2,9 @@
 
 One row pair per rank: the upper bar shows forward, backward and optimizer spans,
 the lower bar each bucket's allreduce; ticks above the backward bar mark each
-gradient becoming ready.  The x axis is milliseconds since the step's start.  Needs matplotlib (``pip install gdat[plot]``); :func:`plot_available` says
-whether it is there.
+gradient becoming ready.  The x axis is milliseconds since the step's start.
+Needs matplotlib (``pip install gdat[plot]``); :func:`plot_available` says whether
+it is there.
 """
 from __future__ import annotations
 

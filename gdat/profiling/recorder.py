@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-from torch.utils._pytree import tree_leaves
 
-from gdat.reducer.ddp_model import WeakAttribute, bucket_order_of, reducer_parameters
 from gdat.core.device import Clock
 from gdat.core.layout import FIXED_ORDER
-from gdat.profiling.comm_trace import TracedBucket
 from gdat.core.timeline import BucketSpan, StepRecord
+from gdat.profiling.comm_trace import TracedBucket
+from gdat.reducer.ddp_model import WeakAttribute, bucket_order_of, reducer_parameters
+from gdat.reducer.torch_internals import output_tensors, queue_backward_callback
 
 __all__ = ["StepRecorder"]
 
@@ -141,7 +141,7 @@ class StepRecorder:
         def engine_done() -> None:
             marks.backward_end = self.clock.mark()
 
-        torch.autograd.Variable._execution_engine.queue_callback(engine_done)
+        queue_backward_callback(engine_done)
 
     # --- driving -------------------------------------------------------------
     def start_step(self, kind: str | None = None) -> None:
@@ -159,7 +159,7 @@ class StepRecorder:
         if marks is None:
             return
         marks.forward_end = self.clock.mark()
-        for t in tree_leaves(output):
+        for t in output_tensors(output):
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 t.register_hook(lambda grad, m=marks: self._on_backward_start(m))
 

@@ -22,16 +22,16 @@ import torch
 import torch.distributed as dist
 
 from gdat.core.cost_model import AllreduceCostModel
-from gdat.reducer.torch_internals import remove_comm_hook
-from gdat.reducer.ddp_model import WeakAttribute, bucket_order_of, param_infos, process_group_of
 from gdat.core.device import Clock, device_type_of
+from gdat.core.profile import Profile
+from gdat.core.timeline import StepRecord
 from gdat.errors import UsageError
 from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
 from gdat.profiling.comm_trace import BucketTracer, tracing_allreduce_hook
 from gdat.profiling.gather import gather_profile, local_profile
 from gdat.profiling.recorder import StepRecorder
-from gdat.core.profile import Profile
-from gdat.core.timeline import StepRecord
+from gdat.reducer.ddp_model import WeakAttribute, bucket_order_of, param_infos, process_group_of
+from gdat.reducer.torch_internals import remove_comm_hook
 
 __all__ = ["ProfileSession", "profile_ddp"]
 

@@ -41,10 +41,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gdat.reducer.torch_internals import STOCK_DDP, comm_hooks, remove_comm_hook
-from gdat.reducer.ddp_model import process_group_of, reducer_parameters
 from gdat.core.device import device_for_backend
 from gdat.core.plan import BucketPlan
+from gdat.reducer.ddp_model import process_group_of, reducer_parameters
+from gdat.reducer.torch_internals import STOCK_DDP, comm_hooks, remove_comm_hook
 
 __all__ = ["REDUCED_DTYPES", "COMPRESSIBLE_DTYPE", "CompressionState", "compression_hook", "allreduce_average",
            "reduced_allreduce_works", "compressed_bytes", "install", "installed", "forget"]

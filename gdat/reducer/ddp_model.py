@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gdat.reducer.torch_internals import STOCK_DDP, ignored_parameter_names
 from gdat.core.layout import FIXED_ORDER, READY_ORDER, ParamInfo, params_of
+from gdat.reducer.torch_internals import STOCK_DDP, ignored_parameter_names
 
 __all__ = ["reducer_parameters", "param_infos", "process_group_of", "bucket_order_of", "WeakAttribute", "ddp_options",
            "options_group"]

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from gdat.core.collectives import gather_from_all
-from gdat.reducer.ddp_model import ddp_options, options_group, param_infos
-from gdat.errors import ModelMismatchError
 from gdat.core.layout import ParamInfo
+from gdat.errors import ModelMismatchError
+from gdat.reducer.ddp_model import ddp_options, options_group, param_infos
 
 __all__ = ["check_same_model", "check_model_across_ranks"]
 

@@ -30,12 +30,12 @@ from typing import Any, Sequence
 
 import torch
 
-from gdat.reducer import compression
-from gdat.reducer.torch_internals import rebuild_reducer, supports_cap_list
-from gdat.reducer.ddp_model import WeakAttribute
-from gdat.errors import GdatWarning, PlanError
 from gdat.core.layout import GradientLayout
 from gdat.core.plan import MIB, BucketPlan, plan_from_caps
+from gdat.errors import GdatWarning, PlanError
+from gdat.reducer import compression
+from gdat.reducer.ddp_model import WeakAttribute
+from gdat.reducer.torch_internals import rebuild_reducer, supports_cap_list
 
 __all__ = ["ddp_bucket_arguments", "closest_uniform_cap_mb", "switch_buckets", "PlanApproximated"]
 

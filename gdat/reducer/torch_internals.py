@@ -1,9 +1,10 @@
-"""DDP's private members: the one module of gdat that touches them, checked first.
+"""torch's private members: the one module of gdat that reads or patches them, checked first.
 
 gdat switches a live DDP to another bucket plan by rebuilding its reducer the way
-DDP's own constructor builds it, and it reads and edits the list of comm hooks
-registered on it.  Both need members of torch's DDP that are not public API
-(torch 2.13):
+DDP's own constructor builds it, reads and edits the list of comm hooks
+registered on it, times backward with autograd's engine, and substitutes its DDP
+class where torch and Dynamo name DDP.  These need members of torch (DDP, Dynamo,
+c10d, autograd) that are not public API (torch 2.13):
 
 ===========================================================  =========================================
 member                                                       use
@@ -15,11 +16,17 @@ member                                                       use
 ``torch.nn.parallel.distributed._BucketCapacityConfig``      caps exactly as the constructor derives them
 ``Reducer._set_static_graph``, ``Logger._set_static_graph``  re-mark a rebuilt static-graph reducer
 ``torch._dynamo.utils.get_optimize_ddp_mode``                recognise the python-reducer mode
+``torch._dynamo.convert_frame.DistributedDataParallel``      the DDP class Dynamo asks (substituted)
+``torch.autograd.Variable._execution_engine.queue_callback``  mark the end of backward compute
+``torch.utils._pytree.tree_leaves``                          the tensors of a forward's output
 instance ``_comm_hooks``                                     the user's comm hooks (re-registered)
 instance ``_use_python_reducer``, ``_bucket_config``,        the constructor's state a rebuild resets
 ``_has_rebuilt_buckets``,
 ``_static_graph_delay_allreduce_enqueued`` (static graph)
 module ``_ddp_params_and_buffers_to_ignore``                 parameters DDP ignores (optional)
+instance ``_get_ddp_logging_data``                           DDP's logging data (the demo's bucket sizes)
+``torch.distributed.rendezvous._create_c10d_store``,         a store per elastic restart (optional:
+``._torchelastic_use_agent_store``                           without them the worker leaves it as is)
 ===========================================================  =========================================
 
 :func:`internals_available` checks, when gdat's DDP is constructed and before any
@@ -38,7 +45,9 @@ import torch.nn.parallel.distributed as ddp_module
 from gdat.core import log
 
 __all__ = ["STOCK_DDP", "internals_available", "missing_internals", "lacking", "supports_cap_list",
-           "python_reducer_active", "comm_hooks", "remove_comm_hook", "detach_comm_hook", "rebuild_reducer", "ignored_parameter_names"]
+           "python_reducer_active", "comm_hooks", "remove_comm_hook", "detach_comm_hook", "rebuild_reducer",
+           "ignored_parameter_names", "state_without_hooks", "substitute_ddp_class", "queue_backward_callback",
+           "output_tensors", "ddp_logging_data", "per_attempt_store"]
 
 STOCK_DDP: type = next(c for c in ddp_module.DistributedDataParallel.__mro__
                        if c.__module__ == "torch.nn.parallel.distributed")
@@ -63,6 +72,12 @@ def missing_internals(ddp: torch.nn.Module | None = None) -> list[str]:
             missing.append(f"{owner}._set_static_graph")
     if not callable(getattr(getattr(getattr(torch, "_dynamo", None), "utils", None), "get_optimize_ddp_mode", None)):
         missing.append("torch._dynamo.utils.get_optimize_ddp_mode")
+    if not hasattr(_convert_frame(), "DistributedDataParallel"):
+        missing.append("torch._dynamo.convert_frame.DistributedDataParallel")
+    if not callable(getattr(getattr(torch.autograd.Variable, "_execution_engine", None), "queue_callback", None)):
+        missing.append("torch.autograd.Variable._execution_engine.queue_callback")
+    if not callable(getattr(_pytree(), "tree_leaves", None)):
+        missing.append("torch.utils._pytree.tree_leaves")
     if ddp is not None:
         needed = _INSTANCE_MEMBERS + (_STATIC_GRAPH_MEMBERS if getattr(ddp, "static_graph", False) else ())
         missing += [f"DistributedDataParallel().{m}" for m in needed if not hasattr(ddp, m)]
@@ -151,3 +166,72 @@ def ignored_parameter_names(module: torch.nn.Module) -> set[str]:
     ``_set_params_and_buffers_to_ignore_for_model`` stores them on the module)."""
     return set(getattr(module, "_ddp_params_and_buffers_to_ignore", ()))
 
+
+def _convert_frame() -> Any:
+    import torch._dynamo.convert_frame
+
+    return torch._dynamo.convert_frame
+
+
+def _pytree() -> Any:
+    import torch.utils._pytree
+
+    return torch.utils._pytree
+
+
+def state_without_hooks(state: dict[str, Any], drop: Callable[[Callable[..., Any]], bool]) -> dict[str, Any]:
+    """A DDP's pickled ``state`` (``__getstate__``) without the comm hooks for which
+    ``drop(hook)`` holds."""
+    return {**state, "_comm_hooks": [(hook, hook_state) for hook, hook_state in state.get("_comm_hooks", [])
+                                     if not drop(hook)]}
+
+
+def substitute_ddp_class(cls: type) -> None:
+    """Make ``cls`` the ``DistributedDataParallel`` that ``torch.nn.parallel``, its
+    ``distributed`` module and Dynamo name.  DDP's forward marks the DDP being run on
+    the class its module names (``_active_ddp_module``), and Dynamo asks the class
+    its own module imported whether a DDP is running, to split the compiled graph at
+    bucket boundaries (DDPOptimizer): all must name the same class."""
+    import torch.nn.parallel
+
+    torch.nn.parallel.DistributedDataParallel = cls
+    ddp_module.DistributedDataParallel = cls
+    frame = _convert_frame()
+    if hasattr(frame, "DistributedDataParallel"):
+        frame.DistributedDataParallel = cls
+
+
+def queue_backward_callback(fn: Callable[[], None]) -> None:
+    """Call ``fn`` when autograd's engine finishes the backward now running."""
+    torch.autograd.Variable._execution_engine.queue_callback(fn)
+
+
+def output_tensors(output: Any) -> list[Any]:
+    """The leaves of a forward's output (tensors among them), however nested."""
+    return _pytree().tree_leaves(output)
+
+
+def ddp_logging_data(ddp: torch.nn.Module) -> dict[str, Any]:
+    """DDP's runtime logging data (``rebuilt_bucket_sizes``, ...)."""
+    return ddp._get_ddp_logging_data()
+
+
+def per_attempt_store(prefix: str) -> bool:
+    """Wrap the store torchrun's ``env://`` rendezvous creates in a ``PrefixStore``
+    named ``prefix``, where the rendezvous uses torchelastic's agent store; returns
+    whether it did (``False`` also where this torch lacks the members)."""
+    import importlib
+
+    import torch.distributed as dist
+
+    rendezvous = importlib.import_module("torch.distributed.rendezvous")  # the name is shadowed by a function
+    uses_agent = getattr(rendezvous, "_torchelastic_use_agent_store", None)
+    create = getattr(rendezvous, "_create_c10d_store", None)
+    if not callable(uses_agent) or not callable(create) or not uses_agent():
+        return False
+
+    def per_attempt(*args: Any, **kwargs: Any) -> Any:
+        return dist.PrefixStore(prefix, create(*args, **kwargs))
+
+    rendezvous._create_c10d_store = per_attempt
+    return True

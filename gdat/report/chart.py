@@ -10,10 +10,10 @@ from __future__ import annotations
 from gdat.core import log
 from gdat.core.cost_model import Contention
 from gdat.core.plan import BucketPlan
-from gdat.schedule.candidates import Candidates, RankedPlan
-from gdat.schedule.simulator import Simulation, stretched
 from gdat.core.profile import Profile, ReadyTimeline
 from gdat.core.timeline import BucketSpan, StepRecord
+from gdat.schedule.candidates import Candidates, RankedPlan
+from gdat.schedule.simulator import Simulation, stretched
 
 __all__ = ["write_chart", "predicted_step_record"]
 

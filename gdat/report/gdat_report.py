@@ -8,13 +8,11 @@ MindSpore fusion config), every candidate's predicted and measured step time, th
 lower bound, the model's prediction error before and after the correction
 measurement taught it, the noise threshold, the cost model and the contention
 factors, every measurement block's steps, and the steady state after tuning.
-``model_result_performance(ms)`` is the adopted plan's steady-state median, measured
-after tuning (``steady_state``); until the confirmation has run (or when the
-script ended before it) it is the paired estimate from the measurement blocks and
-``steady_state.status`` says ``pending``.  When the user's configuration runs on
-(nothing adopted, or switched back) it is the baseline's median: what runs is the
-baseline, and a difference between two windows of one configuration is drift, not
-a result.  :func:`hit_report`, :func:`tuning_report` and :func:`untuned_report`
+``model_result_performance(ms)`` is the decision's result
+(:attr:`gdat.decide.record.Decision.result_s`: the adopted plan's steady-state
+median, its paired estimate until the confirmation has run, the baseline's median
+when the user's configuration runs on); ``steady_state.status`` says ``pending``
+until the confirmation.  :func:`hit_report`, :func:`tuning_report` and :func:`untuned_report`
 assemble it for a knowledge-base hit, a tuning run and a model gdat did not tune
 (``tuning unsatisfied``, the reason, ``null`` performance); :func:`write_report` writes it
 (the tuning run's before/after chart beside it is :mod:`gdat.report.chart`'s).
@@ -26,18 +24,18 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from gdat.core import log
-from gdat.report.aoe_file import improvement_percent, write_result
-from gdat.core.cost_model import AllreduceCostModel
-from gdat.decide.verdict import BASELINE, Block, Verdict, baseline_median_s, standings
-from gdat.decide.confirm import Confirmation, kept
-from gdat.errors import PlanNotExpressible
-from gdat.bank.store import RepoSummary
-from gdat.core.layout import GradientLayout
-from gdat.decide.windows import WindowStats, pooled
-from gdat.core.plan import BucketPlan
+from gdat.bank.decisions import Kept
 from gdat.bank.plans import BankedPlan
-from gdat.schedule.candidates import Candidates, Correction, RankedPlan
+from gdat.bank.store import RepoSummary
+from gdat.core import log
+from gdat.core.layout import GradientLayout
+from gdat.core.plan import BucketPlan
+from gdat.decide.record import Decision
+from gdat.decide.verdict import BASELINE
+from gdat.decide.windows import pooled
+from gdat.errors import PlanNotExpressible
+from gdat.report.aoe_file import improvement_percent, write_result
+from gdat.schedule.candidates import RankedPlan
 
 __all__ = ["CandidateResult", "GdatReport", "plan_formats", "hit_report", "untuned_report", "tuning_report",
            "write_report", "compression_section"]
@@ -165,69 +163,71 @@ def untuned_report(tuning_name: str, reason: str, tuning_steps: int = 0) -> Gdat
                       tuning_steps=tuning_steps)
 
 
-def tuning_report(tuning_name: str, tuning_time_s: float, tuning_steps: int, verdict: Verdict,
-                  blocks: Sequence[Block], plans: Sequence[RankedPlan], found: Candidates, correction: Correction,
-                  bank_outcome: str, bank_entry: str | None, ladder: AllreduceCostModel,
-                  topology: dict[str, Any], steady: WindowStats | None, check: Confirmation | None) -> GdatReport:
-    """The report of a tuning run: every block and measured candidate (its paired
-    estimate ``m_base + D_i`` as its measured step), the verdict, the steady state
-    after tuning (``None``: not measured yet) with an adopted plan's paired check
-    against the baseline around it, the bank outcome and the fitted and corrected
-    model."""
-    reverted = check is not None and not check.holds
-    adopted = kept(verdict, check) is not None
-    winner = plans[verdict.winner] if verdict.winner is not None else None
-    base_ms = baseline_median_s(blocks) * 1e3
-    table = {st.candidate: st for st in standings(blocks)}
-    if steady is None:
-        result_ms = base_ms + table[verdict.winner].diff_s * 1e3 if adopted else base_ms
+def tuning_report(d: Decision, kept: Kept) -> GdatReport:
+    """The report of a tuning decision ``d`` and what the bank ``kept`` of it: every
+    block and measured candidate (its paired estimate ``m_base + D_i`` as its
+    measured step), the verdict, the steady state after tuning (pending until the
+    confirmation) with an adopted plan's paired check against the baseline around
+    it, the bank outcome and the fitted and corrected model."""
+    verdict, found, correction = d.verdict, d.found, d.correction
+    base_ms = d.baseline_s * 1e3
+    if d.steady is None:
         steady_state: dict[str, Any] = {"status": "pending: the script ended before the confirmation, or it has "
                                                   "not run yet; the result is the estimate from the blocks" +
                                                   ("; the plan on trial is not kept unless confirmed"
                                                    if verdict.trial else "")}
     else:
-        result_ms = steady.median_s * 1e3 if adopted else base_ms
-        steady_state = {"status": "reverted to the user configuration" if reverted else "confirmed",
-                        "plan": winner.plan.label if winner else "user configuration", **steady.to_dict(),
-                        "paired_check": check.to_dict() if check is not None else None}
+        steady_state = {"status": "reverted to the user configuration" if d.reverted else "confirmed",
+                        "plan": d.winner.plan.label if d.winner else "user configuration", **d.steady.to_dict(),
+                        "paired_check": d.check.to_dict() if d.check is not None else None}
     summary = RepoSummary()
-    summary.count(bank_outcome)
+    summary.count(kept.outcome)
     layout = found.timeline.layout
     results = []
-    for i, c in enumerate(plans):
-        st = table.get(i)
-        windows = [b.window for b in blocks if b.plan == i]
+    for i, c in enumerate(d.plans):
+        st = d.standings.get(i)
+        windows = [b.window for b in d.blocks if b.plan == i]
         results.append(CandidateResult(
             c.plan, c.sim.step_s * 1e3, None if st is None else base_ms + st.diff_s * 1e3,
             pooled(windows).mad_s * 1e3 if windows else None, correction.predict_s(found, c.plan) * 1e3,
             None if st is None else st.diff_s * 1e3, len(windows)))
-    label = {BASELINE: "baseline", **{i: c.plan.label for i, c in enumerate(plans)}}
-    reason = verdict.reason
-    if reverted:
-        reason += f"; in steady state the {'plan on trial' if verdict.trial else 'adopted plan'} ran " \
-            f"{steady.median_s * 1e3:.2f} ms, not faster than the user configuration's {check.reference_s * 1e3:.2f} " \
-            f"ms measured around it beyond the noise ({check.threshold_s * 1e3:.2f} ms): switched back to the user " \
-            f"configuration"
-    elif verdict.trial and check is not None:
-        reason += f"; confirmed in steady state: {steady.median_s * 1e3:.2f} ms against the user configuration's " \
-            f"{check.reference_s * 1e3:.2f} ms measured around it (noise threshold {check.threshold_s * 1e3:.2f} ms)"
+    label = {BASELINE: "baseline", **{i: c.plan.label for i, c in enumerate(d.plans)}}
+    extra: dict[str, Any] = {
+        "noisy": verdict.noisy, "trial": verdict.trial, "reverted": d.reverted, "steady_state": steady_state,
+        "topology": dict(d.topology), "cost_model": d.ladder.to_dict(),
+        "calibrated_cost_model": found.cost.to_dict(), "contention": found.contention.to_dict(),
+        "model_correction": correction.to_dict(), "knowledge_base_entry": kept.entry,
+        "baseline_window": d.window_of(BASELINE).to_dict(),
+        "windows": [{**b.to_dict(), "label": label[b.plan]} for b in d.blocks]}
+    if d.find_unused is not None:
+        extra["find_unused_parameters_cost"] = d.find_unused.to_dict()
+    if d.compression_errors:
+        extra["compression"] = compression_section(d.compress, d.plans, d.compression_errors)
     return GdatReport(
-        tuning_name=tuning_name, tuning_time_s=tuning_time_s,
-        outcome="tuning successful" if adopted else "tuning unsatisfied", reason=reason,
-        baseline_ms=base_ms, result_ms=result_ms, summary=summary,
-        chosen=plan_formats(winner.plan if adopted else found.baseline_plan, layout),
-        baseline_plan=plan_formats(found.baseline_plan, layout),
+        tuning_name=d.tuning_name, tuning_time_s=d.tuning_time_s,
+        outcome="tuning successful" if d.adopted is not None else "tuning unsatisfied", reason=_reason(d),
+        baseline_ms=base_ms, result_ms=d.result_s * 1e3, summary=summary,
+        chosen=plan_formats(d.runs, layout), baseline_plan=plan_formats(found.baseline_plan, layout),
         candidates=results,
         lower_bound_ms=found.lower_bound_s() * 1e3,
         baseline_predicted_ms=found.simulate(found.baseline_plan).step_s * 1e3,
         baseline_corrected_ms=correction.predict_s(found, found.baseline_plan) * 1e3,
-        noise_ms=verdict.noise_s * 1e3, tuning_steps=tuning_steps,
-        extra={"noisy": verdict.noisy, "trial": verdict.trial, "reverted": reverted, "steady_state": steady_state,
-               "topology": topology, "cost_model": ladder.to_dict(),
-               "calibrated_cost_model": found.cost.to_dict(), "contention": found.contention.to_dict(),
-               "model_correction": correction.to_dict(), "knowledge_base_entry": bank_entry,
-               "baseline_window": pooled([b.window for b in blocks if b.plan == BASELINE]).to_dict(),
-               "windows": [{**b.to_dict(), "label": label[b.plan]} for b in blocks]})
+        noise_ms=verdict.noise_s * 1e3, tuning_steps=d.decision_step + 1, extra=extra)
+
+
+def _reason(d: Decision) -> str:
+    """The verdict's reason, and what the steady state said of it."""
+    reason, check = d.verdict.reason, d.check
+    if d.reverted:
+        return reason + f"; in steady state the {'plan on trial' if d.verdict.trial else 'adopted plan'} ran " \
+            f"{d.steady.median_s * 1e3:.2f} ms, not faster than the user configuration's " \
+            f"{check.reference_s * 1e3:.2f} ms measured around it beyond the noise ({check.threshold_s * 1e3:.2f} " \
+            f"ms): switched back to the user configuration"
+    if d.verdict.trial and check is not None:
+        return reason + f"; confirmed in steady state: {d.steady.median_s * 1e3:.2f} ms against the user " \
+            f"configuration's {check.reference_s * 1e3:.2f} ms measured around it (noise threshold " \
+            f"{check.threshold_s * 1e3:.2f} ms)"
+    return reason
 
 
 def compression_section(dtype: str, candidates: Sequence[RankedPlan],

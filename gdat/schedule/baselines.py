@@ -17,10 +17,10 @@ the optima when the tuner generates its candidates.
 from __future__ import annotations
 
 from gdat.core.cost_model import AllreduceCostModel, Contention
-from gdat.errors import PlanError
 from gdat.core.plan import MIB, BucketPlan, plan_from_caps
-from gdat.schedule.simulator import comm_end, stretched
 from gdat.core.profile import ReadyTimeline
+from gdat.errors import PlanError
+from gdat.schedule.simulator import comm_end, stretched
 
 __all__ = [
     "uniform_plan",

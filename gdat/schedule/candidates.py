@@ -45,15 +45,16 @@ from typing import Sequence
 import numpy as np
 
 from gdat.core.cost_model import AllreduceCostModel, Contention, CostSegment
-from gdat.errors import PlanError, PlanNotExpressible
 from gdat.core.plan import BucketPlan
+from gdat.core.profile import Profile, ReadyTimeline
+from gdat.errors import PlanError, PlanNotExpressible
 from gdat.schedule.baselines import peer_plans
 from gdat.schedule.compress_search import compressed_plan
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import Calibration, Simulation, calibrate, lower_bound_s, measured_plan, simulate
-from gdat.core.profile import Profile, ReadyTimeline
 
-__all__ = ["with_compressed_candidate", "RankedPlan", "rank_candidates", "Candidates", "generate_candidates", "Correction", "fit_correction",
+__all__ = ["with_compressed_candidate", "RankedPlan", "rank_candidates", "Candidates", "generate_candidates",
+           "Correction", "fit_correction",
            "admissible", "TIE"]
 
 TIE = 0.02
@@ -137,8 +138,9 @@ def rank_candidates(
     max_buckets: int | None = None, exclude: tuple[BucketPlan, ...] = (),
 ) -> list[RankedPlan]:
     """``k`` distinct plans to measure (step 3 of the module docstring; near-ties
-    diversified by :func:`_diverse`, plans the model cannot tell apart measured once).  Plans grouping gradients like one in
-    ``exclude``, and plans DDP cannot form, are skipped."""
+    diversified by :func:`_diverse`, plans the model cannot tell apart measured
+    once).  Plans grouping gradients like one in ``exclude``, and plans DDP cannot
+    form, are skipped."""
     searches = [(contention, max_buckets, "optimal"), (Contention(), max_buckets, "optimal-no-contention")]
     searches += [(contention, limit, f"optimal-max{limit}") for limit in (2, 4, 8)
                  if max_buckets is None or limit < max_buckets]

@@ -33,11 +33,11 @@ from __future__ import annotations
 import numpy as np
 
 from gdat.core.cost_model import AllreduceCostModel, Contention
-from gdat.errors import PlanError
 from gdat.core.plan import BucketPlan
+from gdat.core.profile import ReadyTimeline
+from gdat.errors import PlanError
 from gdat.schedule.search import allowed_cuts, earliest_ends
 from gdat.schedule.simulator import comm_end, stretched
-from gdat.core.profile import ReadyTimeline
 
 __all__ = ["compressed_plan", "suffix_ends", "SLACK"]
 
@@ -59,7 +59,7 @@ def suffix_ends(timeline: ReadyTimeline, cost: AllreduceCostModel, contention: C
     ok, first = allowed_cuts(timeline)
     ready_at = np.concatenate([[0.0], ready])
     f, parent = earliest_ends(cost, ready_at, bwd_end, kappa, prefix, ok, first)
-    squeezable = np.array([d == "float32" for d in timeline.layout.dtypes] + [False])
+    compressible = np.array([d == "float32" for d in timeline.layout.dtypes] + [False])
     table = np.full((n + 1, n + 1), np.inf)
     starts = np.nonzero(ok & np.isfinite(np.where(np.arange(n + 1) == 0, 0.0, f)))[0]
     table[starts, starts] = f[starts]
@@ -69,7 +69,7 @@ def suffix_ends(timeline: ReadyTimeline, cost: AllreduceCostModel, contention: C
             continue
         i = np.arange(first[j], j)
         span = prefix[j] - prefix[i]
-        work = np.where(squeezable[i], cost.compressed_times_s(span), cost.times_s(span))
+        work = np.where(compressible[i], cost.compressed_times_s(span), cost.times_s(span))
         prev = table[:j, i]
         ends = comm_end(np.maximum(ready_at[j], prev), np.broadcast_to(work, prev.shape), bwd_end, kappa)
         ends = np.where(prev < np.inf, ends, np.inf)

@@ -28,10 +28,10 @@ from __future__ import annotations
 import numpy as np
 
 from gdat.core.cost_model import AllreduceCostModel, Contention
-from gdat.errors import PlanError
 from gdat.core.plan import BucketPlan
-from gdat.schedule.simulator import comm_end, stretched
 from gdat.core.profile import ReadyTimeline
+from gdat.errors import PlanError
+from gdat.schedule.simulator import comm_end, stretched
 
 __all__ = ["optimal_plan", "allowed_cuts", "earliest_ends"]
 

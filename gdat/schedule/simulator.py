@@ -33,9 +33,11 @@ programme exact and gives the lower bound:
     LB = max(T'_b, max_j g(r'_j, alpha_lo + beta_lo * S_j)) + post
 
 where ``S_j`` is the total size of gradients ``j..n`` and ``alpha_lo + beta_lo n``
-is a line below the cost model.  Every bucket holding gradient ``j`` or a later one
-starts no earlier than ``r'_j`` and the link must still carry ``S_j`` bytes and at
-least one start-up latency, so no plan ends communication earlier.
+is a line below the cost model (:meth:`AllreduceCostModel.lower_line`).  Every
+bucket holding gradient ``j`` or a later one starts no earlier than ``r'_j`` and
+the link must still carry ``S_j`` bytes and at least one start-up latency, so no
+plan ends communication earlier.  This is the one lower bound every
+path uses: the tuner's report and every table of ``gdat simulate``.
 
 Calibration (:func:`calibrate`).  The allreduce cost is first rescaled to what the
 profile's compute-only steps measured in situ (see :func:`calibrate`).  ``sigma`` is
@@ -57,14 +59,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from gdat.core.cost_model import AllreduceCostModel, Contention
-from gdat.errors import PlanError, ProfileError
 from gdat.core.layout import FIXED_ORDER
 from gdat.core.plan import Bucket, BucketPlan
 from gdat.core.profile import Profile, ReadyTimeline
+from gdat.errors import PlanError, ProfileError
 
 MAX_SLOWDOWN = 3.0
 
-__all__ = ["Simulation", "simulate", "bucket_work_s", "lower_bound_s", "comm_end", "stretched", "calibrate", "Calibration",
+__all__ = ["Simulation", "simulate", "bucket_work_s", "lower_bound_s", "comm_end", "stretched", "calibrate",
+           "Calibration",
            "measured_plan"]
 
 
@@ -147,8 +150,8 @@ def lower_bound_s(timeline: ReadyTimeline, cost: AllreduceCostModel,
                   contention: Contention = Contention()) -> float:
     """The shortest step any plan can have under the model (module docstring)."""
     ready, bwd_end = stretched(timeline, contention.compute_stretch)
-    alpha, beta = cost.lower_line()
     suffix = np.cumsum(np.asarray(timeline.layout.nbytes, dtype=np.float64)[::-1])[::-1]
+    alpha, beta = cost.lower_line()
     ends = comm_end(ready, alpha + beta * suffix, bwd_end, contention.comm_slowdown)
     return max(bwd_end, float(np.max(ends))) + timeline.post_s
 

@@ -34,14 +34,19 @@ trees (Sanders, Speck & Traeff, "Two-tree algorithms for full bandwidth broadcas
 reduction and scan", Parallel Computing 2009) as NCCL uses them between nodes
 (NCCL 2.4 release notes and blog, 2019).  docs/whatif.md derives the loads.
 
-Transfer (:func:`whatif_cost`).  The profile's calibrated cost ``alpha_m + beta_m
-n`` was measured on network ``M``.  Its efficiency ``eta = beta_m /
-beta_link(M)`` (what the in-situ allreduces achieve against the nominal links;
-1 when ``M``'s rates are not known) carries over: ``beta_T = eta beta_link(T)``,
-and ``a = alpha_m / h(M)``, ``alpha_T = a h(T)``.  When ``M``'s rate is not
-known, it is recovered from ``beta_m`` (``R = q w / beta_m`` for ``M``'s
-bottleneck queue), and a target that names no new rate keeps it.  Backward
-compute per rank is taken as measured (data parallelism keeps the per-rank batch).
+Transfer (:func:`whatif_cost`).  The profile's calibrated cost was measured on
+network ``M``; for messages of the largest segment it is ``alpha_m + beta_m n``.
+Its efficiency ``eta = beta_m / beta_link(M)`` (what the in-situ allreduces achieve
+against the nominal links; 1 when ``M``'s rates are not known) carries over:
+``beta_T = eta beta_link(T)``.  When ``M``'s rate is not known, it is recovered
+from ``beta_m`` (``R = q w / beta_m`` for ``M``'s bottleneck queue), and a target
+that names no new rate keeps it.  The measured model moves segment by segment:
+each segment's per-byte cost is scaled by ``beta_T / beta_m`` and its latency by
+the hop ratio ``h(T) / h(M)``, so the shape the ladder measured (latency-bound
+small messages, a protocol change at a size threshold) is kept, and a what-if
+that changes nothing predicts exactly what the measured model predicts.  Backward
+compute per rank is taken as measured (data parallelism keeps the per-rank batch),
+and so is the cast cost of compression (compute on the host).
 
 Contention (:func:`whatif_contention`).  Overlapped communication steals CPU from
 backward in proportion to the bytes it moves per second: the stretch above 1
@@ -53,11 +58,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from gdat.core.cost_model import AllreduceCostModel, Contention
-from gdat.errors import UsageError
-from gdat.schedule.simulator import calibrate
+from gdat.core.cost_model import AllreduceCostModel, Contention, CostSegment
 from gdat.core.profile import Profile, ReadyTimeline
 from gdat.core.units import format_rate
+from gdat.errors import UsageError
+from gdat.schedule.simulator import calibrate
 
 __all__ = ["ALGOS", "Network", "wire_factor", "queue_loads", "link_beta", "hops", "network_of",
            "whatif_cost", "whatif_contention", "WhatIf", "whatif_model", "LOOPBACK_MTU", "ETHERNET_MTU"]
@@ -187,7 +192,7 @@ def _fill_unknown(target: Network, measured: Network) -> Network:
 
 def whatif_cost(measured_cost: AllreduceCostModel, measured: Network, target: Network,
                 algo: str = "ring") -> AllreduceCostModel:
-    """The linear cost model on ``target`` (module docstring, "Transfer")."""
+    """The measured cost model moved to ``target`` (module docstring, "Transfer")."""
     beta_m = measured_cost.beta_s_per_byte
     nominal = link_beta(measured, "ring")
     known = measured if nominal is not None else _with_recovered_rate(measured, beta_m, "ring")
@@ -197,9 +202,12 @@ def whatif_cost(measured_cost: AllreduceCostModel, measured: Network, target: Ne
     if beta_t is None:
         raise UsageError(f"what-if: no rate known for the links of {target.describe()}; give --inter-node-bandwidth "
                          f"and --intra-node-bandwidth")
-    hop_s = measured_cost.alpha_s / hops(measured, "ring")
-    return AllreduceCostModel.linear(hop_s * hops(target, algo), eta * beta_t,
-                                     source=f"what-if {algo}: {full.describe()}")
+    beta_scale = eta * beta_t / beta_m if beta_m > 0 else 1.0
+    hop_scale = hops(target, algo) / hops(measured, "ring")
+    return AllreduceCostModel(
+        tuple(CostSegment(s.min_bytes, s.alpha_s * hop_scale, s.beta_s_per_byte * beta_scale)
+              for s in measured_cost.segments),
+        source=f"what-if {algo}: {full.describe()}", cast=measured_cost.cast)
 
 
 def whatif_contention(measured: Contention, measured_beta_s_per_byte: float,

@@ -1,22 +1,20 @@
 """The tuning loop of ``--gdat-mode tune``, on the user's own training steps.
 
 Every step is a real training step.  The loop acts at the start of a step (the
-entry of gdat's DDP forward), at step indices every rank knows (the schedule of
-:mod:`gdat.decide.windows`); where it goes next, rank 0 decides and broadcasts:
+entry of gdat's DDP forward), at step indices every rank knows (the calendar of
+:mod:`gdat.decide.calendar`); where it goes next, rank 0 decides and broadcasts:
 
 1. profile: compute-only and overlapped steps, traced (:mod:`gdat.profiling.session`);
 2. generate: rank 0 ranks the first round's candidates (:mod:`gdat.schedule.candidates`);
 3. measure, interleaved: blocks of the user's configuration (the baseline) and the
-   candidates, in rounds rank 0 plans (:mod:`gdat.decide.rounds`), each block switching
-   the live DDP's buckets only when they change (:class:`gdat.reducer.plan_switch.LiveBuckets`);
-4. decide: the candidate whose paired gain beats the noise
-   (:func:`gdat.decide.verdict.decide_blocks_lossy_last`), else the user's configuration;
-   rank 0 keeps it in the bank and writes the report (:mod:`gdat.tune.result`);
-5. confirm: ``confirm`` steps of the decision, timestamps only; after an adoption
-   one block of the user's configuration follows, and the adopted plan comes back
-   only if its window beat the baseline around it (:func:`gdat.decide.confirm.steady_state_check`;
-   a plan on trial, which led by less than the noise, with its blocks' evidence
-   weighed in); otherwise every rank stays on the user's configuration.
+   candidates, in rounds rank 0 plans (:mod:`gdat.decide.rounds`), switching the
+   live DDP's buckets only when they change (:class:`gdat.reducer.plan_switch.LiveBuckets`);
+4. decide (:func:`gdat.decide.verdict.decide_blocks_lossy_last`): every rank holds
+   the record (:class:`gdat.decide.record.Decision`), rank 0 keeps it in the bank
+   and writes the report (:mod:`gdat.tune.result`);
+5. confirm (:mod:`gdat.decide.confirm`): ``confirm`` steps of the decision; after an
+   adoption one block of the user's configuration follows, and the plan comes back
+   only if its window beat the baseline around it.
 
 A model the loop cannot tune, or a script that ends before the decision, gets a
 ``tuning unsatisfied`` report with the reason (:mod:`gdat.report.outcome`).  With
@@ -32,32 +30,32 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gdat.reducer import compression
 from gdat.core import log
-from gdat.report import outcome
 from gdat.core.collectives import broadcast_from_first
-from gdat.tune.construction import TuneContext
-from gdat.reducer.torch_internals import comm_hooks
-from gdat.reducer.ddp_model import WeakAttribute, process_group_of
-from gdat.decide.verdict import BASELINE, Block, decide_blocks_lossy_last, standing_of
-from gdat.decide.confirm import steady_state_check
-from gdat.errors import PlanError, ProfileError
-from gdat.schedule.find_unused import FindUnusedCost, find_unused_cost
-from gdat.decide.windows import StepTimer, gather_window
-from gdat.decide.calendar import StepCalendar, plan_calendar
 from gdat.core.plan import BucketPlan
-from gdat.reducer.plan_switch import LiveBuckets
-from gdat.profiling.session import ProfileSession
-from gdat.decide.rounds import RoundPlanner
-from gdat.schedule.candidates import Candidates, Correction, RankedPlan, generate_candidates, \
-    with_compressed_candidate
 from gdat.core.profile import Profile
+from gdat.decide.calendar import StepCalendar, plan_calendar
+from gdat.decide.confirm import steady_state_check
+from gdat.decide.record import Decision
+from gdat.decide.rounds import RoundPlanner
+from gdat.decide.verdict import BASELINE, Block, decide_blocks_lossy_last
+from gdat.decide.windows import StepTimer, gather_window
+from gdat.errors import PlanError, ProfileError
+from gdat.profiling.session import ProfileSession
+from gdat.reducer import compression
+from gdat.reducer.ddp_model import WeakAttribute, process_group_of
+from gdat.reducer.plan_switch import LiveBuckets
+from gdat.reducer.torch_internals import comm_hooks
+from gdat.report import outcome
+from gdat.schedule.candidates import Candidates, Correction, RankedPlan, generate_candidates, with_compressed_candidate
+from gdat.schedule.find_unused import FindUnusedCost, find_unused_cost
+from gdat.tune.construction import TuneContext
 from gdat.tune.result import TuneResult
 
-__all__ = ["OnlineTuner"]
+__all__ = ["TuningLoop"]
 
 
-class OnlineTuner:
+class TuningLoop:
     """Controller of one DDP in tune mode (see the module docstring)."""
 
     ddp = WeakAttribute()
@@ -77,14 +75,13 @@ class OnlineTuner:
         self.found: Candidates | None = None
         self.plans: list[RankedPlan] = []
         self.blocks: list[Block] = []
-        self.squeeze_errors: dict[int, dict[int, float]] = {}
+        self.compression_errors: dict[int, dict[int, float]] = {}
         self._probe_until = -1
         self.live = LiveBuckets(ddp, ctx.user_bucket_args)
         self.current = BASELINE
         self.round_no = 1
         self.rounds: RoundPlanner | None = None  # rank 0, from the first block on
-        self.verdict = None  # every rank, from the decision on
-        self.decision_step: int | None = None
+        self.decision: Decision | None = None  # every rank, from the decision on
         self.result: TuneResult | None = None  # rank 0, from the decision on
         self.untuned: outcome.Outcome | None = None
         self.find_unused: FindUnusedCost | None = None
@@ -97,28 +94,24 @@ class OnlineTuner:
                      f"steps 0..{self.calendar.total - 1} (up to {self.calendar.blocks} interleaved blocks of "
                      f"{self.calendar.measure} measured steps), then {self.calendar.confirm} steady-state steps")
 
-    def _give_up(self, reason: str) -> None:
-        """Leave this model untuned: one line, a report with the reason (rank 0)."""
-        log.warn(f"{reason}; not tuning")
-        self._leave_untuned(reason, write=True)
-        self.done = True
-
-    def _leave_untuned(self, reason: str, write: bool) -> None:
-        """This tuner's outcome: not tuned for ``reason``, with its report (rank 0, where ``write``)."""
+    def _give_up(self, reason: str, write: bool = True, then: str = "not tuning") -> None:
+        """Leave this model untuned: one line, a report with the reason (rank 0, where ``write``)."""
+        log.warn(f"{reason}; {then}")
         self.untuned = outcome.untuned(reason, self.ctx.tuning_name, self.ctx.config.work_path,
                                        write and self.rank == 0, self.timer.steps)
+        self.done = True
 
     def end_early(self, write: bool) -> None:
         """The script ended before tuning finished: say what it lacked; before the
         decision, a report saying so (rank 0, where ``write``); after it, the report
         of step 4 stays."""
-        if self.decision_step is None:
+        if self.decision is None:
             reason = f"tuning incomplete: the script stopped after {self.timer.steps} steps; tuning needs " \
                 f"{self.calendar.total} (lower --gdat-max-tune-steps)"
-            log.warn(f"{reason}; nothing was saved in the knowledge base")
-            self._leave_untuned(reason, write)
+            self._give_up(reason, write, "nothing was saved in the knowledge base")
         else:
-            needs = self.calendar.confirmed_at(self.decision_step, self.verdict.winner is not None) + 1
+            d = self.decision
+            needs = self.calendar.confirmed_at(d.decision_step, d.verdict.winner is not None) + 1
             log.info(f"the script ended before the steady-state confirmation (it needs {needs} steps); the report "
                      f"gives the estimate from the measurement blocks")
 
@@ -132,7 +125,7 @@ class OnlineTuner:
 
     def interrupted_summary(self) -> str:
         """The Ctrl-C line: where tuning stood and what was saved."""
-        if self.decision_step is None:
+        if self.decision is None:
             return f"interrupted at step {self.timer.steps} while tuning (it needed {self.calendar.total} steps); " \
                 "nothing was saved"
         kept = self.result.summary() if self.result is not None else "decided"
@@ -140,28 +133,29 @@ class OnlineTuner:
 
     # --- the loop: what happens at the start of each step -----------------------
     def before_step(self) -> None:
-        s, sched = self.timer.tick(), self.calendar
+        s, cal = self.timer.tick(), self.calendar
         if s == self._probe_until:
             compression.installed(self.ddp).probe = False
-        if self.decision_step is not None:
-            adopted = self.verdict.winner is not None
-            if adopted and s == sched.confirm_steps(self.decision_step).stop:
+        if self.decision is not None:
+            d = self.decision.decision_step
+            adopted = self.decision.verdict.winner is not None
+            if adopted and s == cal.confirm_steps(d).stop:
                 self._user_configuration()  # the baseline's block after the steady-state window
-            elif s == sched.confirmed_at(self.decision_step, adopted):
+            elif s == cal.confirmed_at(d, adopted):
                 self._confirm()
             return
-        if s == sched.compute_steps.start:
+        if s == cal.compute_steps.start:
             if comm_hooks(self.ddp):
                 self._give_up("a comm hook is registered on this DDP: gdat cannot trace it")
                 return
             self.session = ProfileSession(self.ddp)
             self.live.traced()
-        if s in sched.compute_steps or s in sched.overlap_steps:
-            self.session.begin_step("compute" if s in sched.compute_steps else "overlap")
-        elif s == sched.overlap_steps.stop:
+        if s in cal.compute_steps or s in cal.overlap_steps:
+            self.session.begin_step("compute" if s in cal.compute_steps else "overlap")
+        elif s == cal.overlap_steps.stop:
             self._generate()
         else:
-            ended = sched.block_ending_at(s)
+            ended = cal.block_ending_at(s)
             if ended is not None:
                 self._end_block(ended, s)
 
@@ -177,7 +171,7 @@ class OnlineTuner:
 
     def _generate(self) -> None:
         self.session.recorder.start_step()
-        self.profile = self.session.finish(self.ctx.cost, {"source": "gdat online tuner"})
+        self.profile = self.session.finish(self.ctx.cost, {"source": "gdat tuning loop"})
         self.session = None
         found = None
         if self.rank == 0:
@@ -186,9 +180,10 @@ class OnlineTuner:
                 if self.ctx.compress:
                     found = with_compressed_candidate(found, self.ctx.compress, self._first_round_size())
                 log.info(f"tune: {found.describe()}")
-                self.find_unused = find_unused_cost(self.profile, found.cost)
-                if self.find_unused is not None:
-                    log.warn(self.find_unused.describe())
+                unused = find_unused_cost(self.profile, found.cost)
+                if unused is not None:
+                    log.warn(unused.describe())
+                found = (found, unused)
             except (ProfileError, PlanError) as e:
                 found = f"cannot build candidate plans ({e})"
         found = broadcast_from_first(found, self.group)
@@ -196,6 +191,7 @@ class OnlineTuner:
             self._user_configuration()
             self._give_up(found)
             return
+        found, self.find_unused = found
         self.found = found
         self.plans = list(found.ranked)
         if not found.ranked:
@@ -218,7 +214,7 @@ class OnlineTuner:
         log.info(f"tune: candidate {plan + 1}/{len(self.plans)} {c.plan.label} ({len(c.plan.buckets)} buckets), "
                  f"block {b + 1}/{self.calendar.blocks} round {self.round_no}: predicted "
                  f"{c.sim.step_s * 1e3:.2f} ms{corrected}")
-        self._apply(c.plan, probe=plan not in self.squeeze_errors)
+        self._apply(c.plan, probe=plan not in self.compression_errors)
 
     def _apply(self, plan: BucketPlan, probe: bool = False) -> None:
         """Switch to ``plan``, with the compression error probe on for this step and
@@ -240,9 +236,9 @@ class OnlineTuner:
 
     def _end_block(self, b: int, step: int) -> None:
         window = gather_window(self.timer, self.calendar.block_steps(b), self.group)
-        squeezing = compression.installed(self.ddp)
-        if squeezing is not None and squeezing.errors and self.current not in self.squeeze_errors:
-            self.squeeze_errors[self.current] = dict(squeezing.errors)
+        hook = compression.installed(self.ddp)
+        if hook is not None and hook.errors and self.current not in self.compression_errors:
+            self.compression_errors[self.current] = dict(hook.errors)
         self.blocks.append(Block(self.current, self.round_no, window))
         who = "baseline (user configuration)" if self.current == BASELINE else \
             f"candidate {self.current + 1} {self.plans[self.current].plan.label}"
@@ -257,19 +253,24 @@ class OnlineTuner:
 
     # --- 4: decide -----------------------------------------------------------------------
     def _decide(self, step: int) -> None:
-        """Decide (rank 0), switch every rank to the decision, keep and report."""
-        verdict = broadcast_from_first(decide_blocks_lossy_last(
-            self.blocks, [i for i, p in enumerate(self.plans) if p.plan.compressed]) if self.rank == 0 else None,
-            self.group)
-        self.verdict, self.decision_step = verdict, step
+        """Decide (rank 0) and tell every rank, which switches to the decision and
+        holds its record; rank 0 keeps and reports it."""
+        told = None
+        if self.rank == 0:
+            self.rounds.refit()
+            told = (decide_blocks_lossy_last(self.blocks, [i for i, p in enumerate(self.plans) if p.plan.compressed]),
+                    self.rounds.correction)
+        verdict, correction = broadcast_from_first(told, self.group)
+        self.decision = Decision(
+            self.ctx.tuning_name, self.ctx.cost, self.ctx.topology, self.ctx.compress, self.profile, self.found,
+            tuple(self.plans), tuple(self.blocks), verdict, correction, step, time.time() - self.began,
+            dict(self.compression_errors), self.find_unused)
         if verdict.winner is None:
             self._user_configuration()
         else:
             self._apply(self.plans[verdict.winner].plan)
         if self.rank == 0:
-            self.rounds.refit()
-            self.result = TuneResult(self.ctx, self.profile, self.found, self.plans, self.blocks, verdict, step,
-                                     self.rounds.correction, self.began, self.squeeze_errors, self.find_unused)
+            self.result = TuneResult(self.ctx, self.decision, self.began)
             self.result.keep()
 
     # --- 5: confirm --------------------------------------------------------------------
@@ -277,17 +278,22 @@ class OnlineTuner:
         """Take the steady-state window (and after an adoption the baseline's block
         after it); an adopted plan that beat the baseline around it comes back,
         otherwise the user's configuration stays (rank 0 decides, every rank switches)."""
-        d, sched = self.decision_step, self.calendar
-        window = gather_window(self.timer, sched.confirm_steps(d), self.group)
+        d, cal = self.decision, self.calendar
+        window = gather_window(self.timer, cal.confirm_steps(d.decision_step), self.group)
         check = None
-        if self.verdict.winner is not None:
-            after = gather_window(self.timer, sched.recheck_steps(d), self.group)
+        if d.verdict.winner is not None:
+            after = gather_window(self.timer, cal.recheck_steps(d.decision_step), self.group)
             if self.rank == 0:
-                last_base = max(j for j, b in enumerate(self.blocks) if b.plan == BASELINE)
-                trial = standing_of(self.blocks, self.verdict.winner) if self.verdict.trial else None
-                check = steady_state_check(self.blocks, window, after, sched.steady_weight(last_base, d), trial)
-            if broadcast_from_first(check.holds if check is not None else None, self.group):
-                self._apply(self.plans[self.verdict.winner].plan)
+                last_base = max(j for j, b in enumerate(d.blocks) if b.plan == BASELINE)
+                trial = d.standings[d.verdict.winner] if d.verdict.trial else None
+                check = steady_state_check(d.blocks, window, after, cal.steady_weight(last_base, d.decision_step),
+                                           trial)
+            check = broadcast_from_first(check, self.group)
+            if check.holds:
+                self._apply(self.plans[d.verdict.winner].plan)
         self.done = True
         if self.rank == 0:
             self.result.settle(window, check)
+            self.decision = self.result.decision
+        else:
+            self.decision = d.confirmed(window, check, time.time() - self.began)
