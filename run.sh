@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gdat's one entry point for a fresh machine: sets up .venv idempotently, then
 #   ./run.sh demo   tunes the built-in demo model with gdat-run (2 ranks, emulated network)
-#   ./run.sh test   runs the test suite
+#   ./run.sh test   runs the test suite (two test files at a time; pytest options pass through)
 #   ./run.sh env    only sets up .venv
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -30,6 +30,6 @@ shift || true
 case "$cmd" in
   env) setup ;;
   demo) setup; exec "$PY" -m launch.demo "$@" ;;
-  test) setup; exec "$PY" -m pytest -q -p no:cacheprovider tests "$@" ;;
+  test) setup; exec "$PY" -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests "$@" ;;
   *) echo "usage: ./run.sh demo|test|env" >&2; exit 2 ;;
 esac

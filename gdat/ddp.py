@@ -34,6 +34,7 @@ from gdat.reducer.torch_internals import (
     lacking,
     missing_internals,
     state_without_hooks,
+    watch_runtime_logging,
 )
 from gdat.report import outcome
 from gdat.tune.construction import TuneContext, prepare_construction, tuning_name
@@ -143,6 +144,16 @@ class DistributedDataParallel(STOCK_DDP):
         output = super().forward(*inputs, **kwargs)
         _after_forward(ctl, output)
         return output
+
+
+def _hold_reducer(ddp: DistributedDataParallel) -> None:
+    """The user samples DDP's runtime logging: gdat's tuning rebuilds nothing more."""
+    if isinstance(ddp._gdat, TuningLoop):
+        ddp._gdat.hold_reducer("DDP's runtime logging is sampled (_set_ddp_runtime_logging_sample_rate), and a "
+                               "plan switch rebuilds the reducer, which restarts it: gdat leaves the reducer as it is")
+
+
+watch_runtime_logging(DistributedDataParallel, _hold_reducer)
 
 
 def _lacks_internals(module: torch.nn.Module, config: GdatConfig, missing: list[str]) -> None:

@@ -1,13 +1,14 @@
 """Run a function on N real gloo ranks (torch.multiprocessing, spawn) and collect results."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import pickle
 import socket
 import tempfile
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -52,3 +53,15 @@ def run_ranks(fn: Callable[..., Any], world_size: int = 2, args: tuple = ()) -> 
         if status != "ok":
             raise AssertionError(f"rank {r} failed:\n{value}")
     return [v for _, v in results]
+
+
+@contextlib.contextmanager
+def one_rank_group() -> Iterator[None]:
+    """A 1-rank gloo group in this process (an in-memory store), for what a job does at
+    DDP construction without spawning one."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        gc.collect()
+        dist.destroy_process_group()

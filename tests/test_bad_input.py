@@ -14,7 +14,8 @@ from gdat.bank.store import BankWarning, KnowledgeBase
 from gdat.core.plan import BucketPlan
 from gdat.core.profile import Profile
 from gdat.errors import BankError, PlanError, ProfileError
-from tests.helpers import REPO, run_cmd, run_in_process
+from tests.distributed import one_rank_group
+from tests.helpers import REPO, run_in_process
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10, 10 ** 9) | st.floats(allow_nan=False) | st.text(max_size=8),
@@ -147,14 +148,18 @@ def test_bad_plan_files_on_the_command_line(tmp_path, monkeypatch, capsys):
     assert code == 2 and "gdat.plan schema version 3 is not supported" in capsys.readouterr().err
 
 
-def test_a_plan_for_another_model_stops_the_job_with_a_clear_error(tmp_path):
+def test_a_plan_for_another_model_is_refused_at_construction_with_a_clear_error(tmp_path, monkeypatch):
+    """The plan file is checked against the model DDP wraps; the error is a
+    GdatError, which a job under gdat-run ends with as its one line and status 2
+    (the job-level path: tests/test_hostile_input.py)."""
+    import torch
+
+    from gdat.ddp import DistributedDataParallel
+    from gdat.options import GdatConfig
+
     other = tmp_path / "other.json"
     BucketPlan.from_document(VALID_PLAN, "x").save(str(other))
-    done = run_cmd(["gdat-run", "--gdat-plan", str(other), "--gdat-work-path", str(tmp_path / "w"),
-                    "--nproc-per-node", "2", SCRIPT, "--steps", "3"],
-                   cwd=str(tmp_path),
-                   env={"TUNE_BANK_PATH": str(tmp_path / "bank")})
-    assert done.returncode == 2
-    lines = [line for line in done.stderr.splitlines() if line.strip() and "run.py:" not in line]
-    assert len(lines) == 1, done.stderr
-    assert "gdat: error: plan bucket 0 claims 8 bytes" in lines[0] or "does not cover parameter" in lines[0]
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
+    model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(8)])
+    with one_rank_group(), pytest.raises(PlanError, match="plan bucket 0 claims 8 bytes|does not cover parameter"):
+        DistributedDataParallel(model, gdat_config=GdatConfig(plan=str(other), work_path=str(tmp_path / "w")))

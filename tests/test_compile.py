@@ -19,11 +19,12 @@ SCRIPT = os.path.join(REPO, "tests", "scripts", "compiled_loop.py")
 
 @pytest.mark.parametrize("where", ["ddp", "module"])
 def test_a_compiled_script_tunes_and_exits_with_its_own_status(tmp_path, where):
-    # the 13.8 M-parameter LM: 55 MB of gradients, three of DDP's default 25 MiB buckets,
-    # so that Dynamo's DDPOptimizer splits the graph (it logs the split under ddp_graphs)
-    done = run_cmd(["gdat-run", "--nproc-per-node", "2", "--master-port", str(free_port()), SCRIPT,
-                    "--compile", where, "--backend", "aot_eager", "--model", "lm", "--batch", "2", "--seq", "32",
-                    "--out", str(tmp_path / "out.json")],
+    # a 2-layer LM of 9 MB in 2 MiB buckets, so that Dynamo's DDPOptimizer splits the graph (it logs
+    # the split under ddp_graphs)
+    done = run_cmd(["gdat-run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+                    "--gdat-comm-budget-s", "0.3", SCRIPT, "--compile", where, "--backend", "aot_eager",
+                    "--model", "lm", "--layers", "2", "--dim", "128", "--batch", "2", "--seq", "32",
+                    "--bucket-cap-mb", "2", "--out", str(tmp_path / "out.json")],
                    cwd=str(tmp_path), env={"TUNE_BANK_PATH": str(tmp_path / "bank"), "PYTHONPATH": REPO,
                                            "TORCH_LOGS": "ddp_graphs"})
     assert done.returncode == 0, done.stderr[-4000:]

@@ -165,3 +165,27 @@ def test_missing_internals_are_named(monkeypatch):
     assert missing_internals(not_a_ddp) == [f"DistributedDataParallel().{m}" for m in
                                             ("_comm_hooks", "_use_python_reducer", "_bucket_config",
                                              "_has_rebuilt_buckets")]
+
+
+def test_sampling_ddps_runtime_logging_stops_tuning_and_keeps_the_reducer(tmp_path, monkeypatch, capfd):
+    """A user who samples DDP's runtime logging reads it: gdat then rebuilds no
+    reducer (a rebuild restarts that logging), and the logging runs as on stock DDP
+    (PyTorch's own check of it: ``test_ddp_logging_data_cpu``, tests/torch_ddp_suite.py)."""
+    from gdat.ddp import DistributedDataParallel
+    from tests.distributed import one_rank_group
+
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
+    with one_rank_group():
+        ddp = DistributedDataParallel(mlp(), gdat_config=GdatConfig(mode="tune", work_path=str(tmp_path),
+                                                                    comm_budget_s=0.1))
+        assert not ddp.gdat_done
+        ddp._set_ddp_runtime_logging_sample_rate(2)
+        assert ddp.gdat_done and ddp.gdat_decision is None
+        reducer = ddp.reducer
+        for step in range(14):
+            ddp(batch(0, step)).pow(2).mean().backward()
+            data = ddp._get_ddp_logging_data()
+            if 0 < step and (step < 10 or step % 2 == 0):
+                assert data.get("iteration") == step and data.get("forward_compute_time") >= 1
+        assert ddp.reducer is reducer
+    assert "DDP's runtime logging is sampled" in capfd.readouterr().err

@@ -24,7 +24,7 @@ from tests.distributed import free_port
 from tests.helpers import REPO, run_cmd
 
 SCRIPTS = os.path.join(REPO, "tests", "scripts")
-STEPS = 40  # gdat's default schedule decides at step 30; the rest runs the chosen plan
+STEPS = 32  # gdat's default schedule decides at step 28; the rest runs the chosen plan
 FRAMEWORKS = {
     "hf_trainer": "hf_trainer.py",        # find_unused_parameters=True, clipping, accumulation 2 (no_sync)
     "accelerate": "accelerate_loop.py",
@@ -71,7 +71,8 @@ def _run_jobs(name: str, root) -> Jobs:
     gdat_out, stock_out = root / "gdat", root / "stock"
     gdat_out.mkdir()
     stock_out.mkdir()
-    gdat = _torchrun("gdat-run", script, "--out", str(gdat_out), "--steps", str(STEPS), cwd=str(gdat_out), env=env)
+    gdat = _torchrun("gdat-run", "--gdat-comm-budget-s", "0.3", script, "--out", str(gdat_out), "--steps", str(STEPS),
+                     cwd=str(gdat_out), env=env)
     assert gdat.returncode == 0, gdat.stderr[-4000:]
     reports = glob.glob(str(gdat_out / "gdat_work" / "aoe_result_gdat_*.json"))
     report = json.load(open(reports[0]))["GDAT"] if len(reports) == 1 else None

@@ -14,6 +14,7 @@ from gdat.schedule.whatif import Network, link_beta
 from launch.errors import TestbedError
 from launch.netns import tool as _tool
 from launch.testbed import emulated_network, namespace_unavailable_reason
+from tests.distributed import free_port
 from tests.helpers import REPO, run_cmd
 
 UNAVAILABLE = namespace_unavailable_reason()
@@ -29,45 +30,53 @@ def test_parse_rate_units():
             parse_rate(bad)
 
 
-def _namespaces() -> set[str]:
+def _namespaces(owner: int) -> set[str]:
+    """The network namespaces process ``owner`` made (named ``gdat-<pid>-...``); other
+    jobs on the machine may make and remove their own meanwhile."""
     out = subprocess.run([_tool("ip"), "netns", "list"], capture_output=True, text=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
+    return {line.split()[0] for line in out.splitlines() if line.startswith(f"gdat-{owner}-")}
+
+
+def _testbed(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess, int]:
+    """``gdat-testbed ARGS`` to its end: the completed process and its pid."""
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gdat-testbed"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), proc.pid
 
 
 @needs_testbed
 def test_namespace_is_removed_on_success_and_on_failure():
-    before = _namespaces()
+    me = os.getpid()
     with emulated_network("1gbit") as net:
-        assert net.name in _namespaces()
+        assert _namespaces(me) == {net.name}
         shown = subprocess.run(net.wrap([_tool("tc"), "qdisc", "show", "dev", "lo"]), capture_output=True, text=True)
         assert "tbf" in shown.stdout and "1Gbit" in shown.stdout
-    assert _namespaces() == before
+    assert _namespaces(me) == set()
     with pytest.raises(RuntimeError):
         with emulated_network("1gbit") as net:
             raise RuntimeError("job failed")
-    assert _namespaces() == before
+    assert _namespaces(me) == set()
 
 
 @needs_testbed
 def test_shell_entry_runs_the_command_inside_and_propagates_status():
-    before = _namespaces()
-    done = run_cmd(["gdat-testbed", "--rate", "500mbit", "--", sys.executable, "-c",
-                    "import socket, sys; print(socket.if_nameindex()); sys.exit(3)"])
+    done, pid = _testbed("--rate", "500mbit", "--", sys.executable, "-c",
+                         "import socket, sys; print(socket.if_nameindex()); sys.exit(3)")
     assert done.returncode == 3
     assert "'lo'" in done.stdout and "eth" not in done.stdout  # only loopback inside
-    assert _namespaces() == before
+    assert _namespaces(pid) == set()
 
 
 @needs_testbed
 def test_sigterm_removes_the_namespace():
-    before = _namespaces()
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gdat-testbed"), "--rate", "1gbit",
                              "--", "sleep", "30"], stderr=subprocess.PIPE, text=True)
     line = proc.stderr.readline()
-    assert "namespace" in line
+    assert "namespace" in line and _namespaces(proc.pid)
     proc.terminate()
     assert proc.wait(timeout=20) != 0
-    assert _namespaces() == before
+    assert _namespaces(proc.pid) == set()
 
 
 def test_bad_rate_is_a_one_line_error_with_status_2():
@@ -103,7 +112,7 @@ def test_fitted_beta_matches_the_emulated_rate(tmp_path):
     out = tmp_path / "fit.json"
     rate = "1gbit"
     done = run_cmd(["gdat-testbed", "--rate", rate, "--", sys.executable, "-m", "torch.distributed.run",
-                    "--nproc-per-node", "2", "--master-port", "29517", str(script), str(out)], cwd=REPO)
+                    "--nproc-per-node", "2", "--master-port", str(free_port()), str(script), str(out)], cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     fit = json.loads(out.read_text())
     beta = fit["segments"][-1]["beta_s_per_byte"]
@@ -122,9 +131,8 @@ def test_testbed_error_when_unavailable(monkeypatch):
 
 @needs_testbed
 def test_nodes_have_their_own_hostnames_and_shaped_links_and_everything_is_removed():
-    before = _namespaces()
-    done = run_cmd(["gdat-testbed", "--nodes", "2", "--rate", "1gbit", "--intra-rate", "4gbit", "--", "sh", "-c",
-                    f"hostname; getent ahostsv4 node0 node1 | grep -E \"STREAM node[01]\"; {_tool('tc')} qdisc show"])
+    done, pid = _testbed("--nodes", "2", "--rate", "1gbit", "--intra-rate", "4gbit", "--", "sh", "-c",
+                         f"hostname; getent ahostsv4 node0 node1 | grep -E \"STREAM node[01]\"; {_tool('tc')} qdisc show")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     lines = out.splitlines()
@@ -133,23 +141,22 @@ def test_nodes_have_their_own_hostnames_and_shaped_links_and_everything_is_remov
     assert sum("198.18.0.2 " in line for line in lines) == 2
     assert out.count("rate 1Gbit") == 2 and out.count("rate 4Gbit") == 2  # each node's eth0 and lo
     assert "2 nodes (node0, node1)" in done.stderr
-    assert _namespaces() == before
+    assert _namespaces(pid) == set()
 
 
 @needs_testbed
 def test_nodes_are_removed_on_sigterm_and_a_failing_node_stops_the_others(tmp_path):
-    before = _namespaces()
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gdat-testbed"), "--nodes", "2",
                              "--rate", "1gbit", "--", "sleep", "30"], stderr=subprocess.PIPE, text=True)
-    assert "2 nodes" in proc.stderr.readline()
+    assert "2 nodes" in proc.stderr.readline() and _namespaces(proc.pid)
     proc.terminate()
     assert proc.wait(timeout=30) != 0
-    assert _namespaces() == before
+    assert _namespaces(proc.pid) == set()
     # node1 fails at once; node0 would sleep 30 s but is stopped after the 1 s grace
-    done = run_cmd(["gdat-testbed", "--nodes", "2", "--rate", "1gbit", "--grace", "1", "--", "sh", "-c",
-                    '[ "$(hostname)" = node0 ] && sleep 30; exit 3'], timeout=25)
+    done, pid = _testbed("--nodes", "2", "--rate", "1gbit", "--grace", "1", "--", "sh", "-c",
+                         '[ "$(hostname)" = node0 ] && sleep 30; exit 3', timeout=25)
     assert done.returncode == 3
-    assert _namespaces() == before
+    assert _namespaces(pid) == set()
 
 
 def test_cluster_error_when_unavailable(monkeypatch):

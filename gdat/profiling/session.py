@@ -74,13 +74,14 @@ class ProfileSession:
         """Stop recording and gather (a collective).  The tracer stays on this reducer,
         averaging untraced, but is forgotten as a registered hook: a reducer rebuilt
         by :func:`gdat.reducer.plan_switch.switch_buckets` does not get it back."""
-        steps = self._stop()
+        steps = self.stop()
         remove_comm_hook(self.ddp, tracing_allreduce_hook, self.tracer)
         return gather_profile(steps, self.params, self.device_type, self.group, cost_model, meta,
                               self.bucket_order)
 
-    def _stop(self) -> list[StepRecord]:
-        """Stop recording: every recorded step; the hooks removed, the tracer off."""
+    def stop(self) -> list[StepRecord]:
+        """Stop recording: every recorded step; the hooks removed, the tracer off
+        (it averages untraced)."""
         steps = self.recorder.finish()
         self.recorder.detach()
         self.tracer.set_mode("off")
@@ -90,7 +91,7 @@ class ProfileSession:
         """This rank's steps so far as a one-rank :class:`Profile`, with no
         collective and no DDP needed (for a script that ended early, its DDP
         possibly gone): the hooks are removed, the tracer averages untraced."""
-        steps = self._stop()
+        steps = self.stop()
         return local_profile(steps, self.params, self.device_type, self.rank, self.world_size, self.backend,
                              cost_model, meta, self.bucket_order)
 

@@ -25,6 +25,8 @@ instance ``_use_python_reducer``, ``_bucket_config``,        the constructor's s
 ``_static_graph_delay_allreduce_enqueued`` (static graph)
 module ``_ddp_params_and_buffers_to_ignore``                 parameters DDP ignores (optional)
 instance ``_get_ddp_logging_data``                           DDP's logging data (the demo's bucket sizes)
+``DistributedDataParallel._set_ddp_runtime_logging_sample_rate``  watched: the user samples DDP's runtime
+                                                             logging, which a rebuild restarts (optional)
 ``torch.distributed.rendezvous._create_c10d_store``,         a store per elastic restart (optional:
 ``._torchelastic_use_agent_store``                           without them the worker leaves it as is)
 ===========================================================  =========================================
@@ -47,7 +49,7 @@ from gdat.core import log
 __all__ = ["STOCK_DDP", "internals_available", "missing_internals", "lacking", "supports_cap_list",
            "python_reducer_active", "comm_hooks", "remove_comm_hook", "detach_comm_hook", "rebuild_reducer",
            "ignored_parameter_names", "state_without_hooks", "substitute_ddp_class", "queue_backward_callback",
-           "output_tensors", "ddp_logging_data", "per_attempt_store"]
+           "output_tensors", "ddp_logging_data", "per_attempt_store", "watch_runtime_logging"]
 
 STOCK_DDP: type = next(c for c in ddp_module.DistributedDataParallel.__mro__
                        if c.__module__ == "torch.nn.parallel.distributed")
@@ -235,3 +237,23 @@ def per_attempt_store(prefix: str) -> bool:
 
     rendezvous._create_c10d_store = per_attempt
     return True
+
+
+def watch_runtime_logging(cls: type, notify: Callable[[Any], None]) -> None:
+    """Make ``cls`` (a subclass of DDP) call ``notify(ddp)`` when the user sets the
+    sample rate of DDP's runtime logging (``_set_ddp_runtime_logging_sample_rate``),
+    before DDP sets it: the user then reads that logging, which a reducer rebuild
+    restarts (its iteration count and sampled times belong to the reducer).  Nothing
+    to watch where this torch has no such method."""
+    name = "_set_ddp_runtime_logging_sample_rate"
+    stock = getattr(STOCK_DDP, name, None)
+    if not callable(stock):
+        return
+
+    def sample(ddp: torch.nn.Module, sample_rate: int) -> None:
+        notify(ddp)
+        stock(ddp, sample_rate)
+
+    sample.__doc__ = stock.__doc__
+    setattr(cls, name, sample)
+

@@ -176,9 +176,9 @@ def _plan_file(config: GdatConfig, model: GradientLayout, kwargs: dict[str, Any]
     compress = plan.compressed and bool(_compression(config.compress, group))
     if plan.compressed and not compress:
         log.info("the plan compresses buckets; without --gdat-compress they are reduced exactly")
+    arguments = _plan_arguments(plan, plan.layout_on(model))
     outcome.record(outcome.Outcome(f"applied plan file {config.plan}", config.work_path))
-    return Construction({**kwargs, **_plan_arguments(plan, plan.layout_on(model))},
-                        compressed=plan if compress else None)
+    return Construction({**kwargs, **arguments}, compressed=plan if compress else None)
 
 
 def _repeat_tune() -> bool:

@@ -5,7 +5,7 @@ entry of gdat's DDP forward), at step indices every rank knows (the calendar of
 :mod:`gdat.decide.calendar`); where it goes next, rank 0 decides and broadcasts:
 
 1. profile: compute-only and overlapped steps, traced (:mod:`gdat.profiling.session`);
-2. generate: rank 0 ranks the first round's candidates (:mod:`gdat.schedule.candidates`);
+2. generate: rank 0 ranks the first round's candidates (:mod:`gdat.tune.generate`);
 3. measure, interleaved: blocks of the user's configuration (the baseline) and the
    candidates, in rounds rank 0 plans (:mod:`gdat.decide.rounds`), switching the
    live DDP's buckets only when they change (:class:`gdat.reducer.plan_switch.LiveBuckets`);
@@ -40,16 +40,16 @@ from gdat.decide.record import Decision
 from gdat.decide.rounds import RoundPlanner
 from gdat.decide.verdict import BASELINE, Block, decide_blocks_lossy_last
 from gdat.decide.windows import StepTimer, gather_window
-from gdat.errors import PlanError, ProfileError
 from gdat.profiling.session import ProfileSession
 from gdat.reducer import compression
 from gdat.reducer.ddp_model import WeakAttribute, process_group_of
 from gdat.reducer.plan_switch import LiveBuckets
 from gdat.reducer.torch_internals import comm_hooks
 from gdat.report import outcome
-from gdat.schedule.candidates import Candidates, Correction, RankedPlan, generate_candidates, with_compressed_candidate
-from gdat.schedule.find_unused import FindUnusedCost, find_unused_cost
+from gdat.schedule.candidates import Candidates, Correction, RankedPlan
+from gdat.schedule.find_unused import FindUnusedCost
 from gdat.tune.construction import TuneContext
+from gdat.tune.generate import first_candidates
 from gdat.tune.result import TuneResult
 
 __all__ = ["TuningLoop"]
@@ -164,29 +164,11 @@ class TuningLoop:
             self.session.end_forward(output)
 
     # --- 1, 2: profile and generate ----------------------------------------------------
-    def _first_round_size(self) -> int:
-        """Round 1's candidates: ``top_k``, leaving 2 blocks for a second round when
-        the budget has them."""
-        return min(self.ctx.config.top_k, max(1, self.calendar.blocks - 3))
-
     def _generate(self) -> None:
         self.session.recorder.start_step()
         self.profile = self.session.finish(self.ctx.cost, {"source": "gdat tuning loop"})
         self.session = None
-        found = None
-        if self.rank == 0:
-            try:
-                found = generate_candidates(self.profile, self.ctx.cost, self._first_round_size(), self.ctx.stored)
-                if self.ctx.compress:
-                    found = with_compressed_candidate(found, self.ctx.compress, self._first_round_size())
-                log.info(f"tune: {found.describe()}")
-                unused = find_unused_cost(self.profile, found.cost)
-                if unused is not None:
-                    log.warn(unused.describe())
-                found = (found, unused)
-            except (ProfileError, PlanError) as e:
-                found = f"cannot build candidate plans ({e})"
-        found = broadcast_from_first(found, self.group)
+        found = first_candidates(self.profile, self.ctx, self.calendar, self.group)
         if isinstance(found, str):
             self._user_configuration()
             self._give_up(found)
@@ -227,6 +209,24 @@ class TuningLoop:
         """Switch to the user's buckets; the profile's tracer stays while no
         candidate was ever switched to (:meth:`gdat.reducer.plan_switch.LiveBuckets.to_user`)."""
         self.live.to_user(keep_tracer=not self.plans)
+
+    def hold_reducer(self, why: str) -> None:
+        """From now on no reducer rebuild (``why``: the user relies on the reducer's
+        state): before the decision tuning stops, on the user's configuration; after
+        it, the decided plan stays, without the steady-state confirmation's switches."""
+        if self.done:
+            return
+        if self.session is not None:
+            self.session.stop()
+            self.session = None
+        if self.decision is None:
+            self._user_configuration()
+            self._give_up(why)
+            return
+        if self.decision.adopted is None:
+            self._user_configuration()
+        log.warn(f"{why}; the steady-state confirmation is skipped")
+        self.done = True
 
     def release_reducer(self) -> None:
         """The user registers a comm hook: take the profile's tracer off the reducer

@@ -2,7 +2,7 @@
 
 ``--compile ddp``: ``torch.compile(DDP(model))`` (Dynamo's DDPOptimizer splits the
 graph at DDP's bucket boundaries); ``--compile module``: ``DDP(torch.compile(model))``.
-``--model mlp`` (small, for tests) or ``lm`` (a GPT-2-sized transformer language
+``--model mlp`` (small) or ``lm`` (a GPT-2-sized transformer language
 model: vocabulary 8192, width 384, 6 layers, 13.8 M parameters).
 Rank 0 writes the losses, the final parameters and the step times to ``--out``.
 """
@@ -23,6 +23,9 @@ p.add_argument("--depth", type=int, default=8)
 p.add_argument("--batch", type=int, default=32)
 p.add_argument("--model", choices=("mlp", "lm"), default="mlp")
 p.add_argument("--seq", type=int, default=128)
+p.add_argument("--layers", type=int, default=6, help="the LM's layers")
+p.add_argument("--dim", type=int, default=384, help="the LM's width")
+p.add_argument("--bucket-cap-mb", type=float, default=None, help="DDP's bucket_cap_mb (default: DDP's)")
 p.add_argument("--out", default=None)
 args = p.parse_args()
 
@@ -36,7 +39,7 @@ class LM(torch.nn.Module):
     def __init__(self, vocab=8192, d=384, layers=6):
         super().__init__()
         self.embed = torch.nn.Embedding(vocab, d)
-        block = torch.nn.TransformerEncoderLayer(d, 6, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
+        block = torch.nn.TransformerEncoderLayer(d, d // 64, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
         self.blocks = torch.nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.head = torch.nn.Linear(d, vocab, bias=False)
         self.head.weight = self.embed.weight
@@ -47,17 +50,18 @@ class LM(torch.nn.Module):
 
 
 if args.model == "lm":
-    model = LM()
+    model = LM(d=args.dim, layers=args.layers)
 else:
     layers = []
     for _ in range(args.depth):
         layers += [torch.nn.Linear(args.width, args.width), torch.nn.GELU()]
     model = torch.nn.Sequential(*layers)
+caps = {} if args.bucket_cap_mb is None else {"bucket_cap_mb": args.bucket_cap_mb}
 if args.compile == "module":
-    ddp = DDP(torch.compile(model, backend=args.backend))
+    ddp = DDP(torch.compile(model, backend=args.backend), **caps)
     step_model = ddp
 else:
-    ddp = DDP(model)
+    ddp = DDP(model, **caps)
     step_model = torch.compile(ddp, backend=args.backend) if args.compile == "ddp" else ddp
 opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
 losses, times = [], []
