@@ -132,6 +132,14 @@ class DistributedDataParallel(STOCK_DDP):
             detach_comm_hook(self, compression.compression_hook, compressing)
         super().register_comm_hook(state, hook)
 
+    def _hold_reducer(self) -> None:
+        """The user samples DDP's runtime logging: gdat's tuning rebuilds nothing more
+        (:func:`gdat.reducer.torch_internals.watch_runtime_logging`)."""
+        if isinstance(self._gdat, TuningLoop):
+            self._gdat.hold_reducer("DDP's runtime logging is sampled (_set_ddp_runtime_logging_sample_rate), and a "
+                                    "plan switch rebuilds the reducer, which restarts it: gdat leaves the reducer as "
+                                    "it is")
+
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
         """Stock DDP's forward; at the start of a synchronised step the controller
         acts.  Under ``torch.compile`` Dynamo traces this forward as it traces stock
@@ -146,14 +154,7 @@ class DistributedDataParallel(STOCK_DDP):
         return output
 
 
-def _hold_reducer(ddp: DistributedDataParallel) -> None:
-    """The user samples DDP's runtime logging: gdat's tuning rebuilds nothing more."""
-    if isinstance(ddp._gdat, TuningLoop):
-        ddp._gdat.hold_reducer("DDP's runtime logging is sampled (_set_ddp_runtime_logging_sample_rate), and a "
-                               "plan switch rebuilds the reducer, which restarts it: gdat leaves the reducer as it is")
-
-
-watch_runtime_logging(DistributedDataParallel, _hold_reducer)
+watch_runtime_logging(DistributedDataParallel, DistributedDataParallel._hold_reducer)
 
 
 def _lacks_internals(module: torch.nn.Module, config: GdatConfig, missing: list[str]) -> None:
