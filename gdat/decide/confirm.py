@@ -3,9 +3,9 @@
 Paired like the blocks of :mod:`gdat.decide.verdict`: after adoption the adopted
 plan runs a steady-state window of ``n_s`` steps, then the user's configuration one
 block of ``n_a`` steps.  The window's reference is the baseline interpolated
-between the last baseline block of tuning (``n_b`` steps) and that block after it, ``ref = (1-w) m_before + w m_after`` (``w``: the
-window's position between the two, in steps), so a load change between tuning
-and steady state cancels.  ``d = m_steady - ref`` with
+between the last baseline block of tuning (``n_b`` steps) and that block after
+it, ``ref = (1-w) m_before + w m_after`` (``w``: the window's position between the
+two, in steps), so a load change between tuning and steady state cancels.  ``d = m_steady - ref`` with
 ``se(d)^2 = (1.2533 sigma)^2 (1/n_s + (1-w)^2/n_b + w^2/n_a)`` (``sigma`` pooled
 over every block and both windows); the plan holds when
 ``-d > max(z * se(d), floor * ref)``, else the user's configuration comes back.
