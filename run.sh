@@ -30,6 +30,6 @@ shift || true
 case "$cmd" in
   env) setup ;;
   demo) setup; exec "$PY" -m launch.demo "$@" ;;
-  test) setup; exec "$PY" -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests "$@" ;;
+  test) setup; exec "$PY" -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests "$@" ;;
   *) echo "usage: ./run.sh demo|test|env" >&2; exit 2 ;;
 esac

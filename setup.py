@@ -29,8 +29,9 @@ setup(
         # the frameworks are pinned to releases tested with torch 2.13.0; expecttest lets
         # tests import PyTorch's own DDP suite (torch.testing._internal)
         # pytest-xdist runs two test files at once (./run.sh test): most of a spawned job's time is
-        # one process starting or waiting, which the other file's job fills
-        "test": ["pytest", "pytest-xdist==3.8.0", "hypothesis", "matplotlib", "expecttest", "accelerate==1.15.0",
+        # one process starting or waiting, which the other file's job fills; its loadgroup needs the
+        # node ids of pytest before 9.2
+        "test": ["pytest==9.1.1", "pytest-xdist==3.8.0", "hypothesis", "matplotlib", "expecttest", "accelerate==1.15.0",
                  "lightning==2.6.6", *AOE],
         "mpi": ["mpi4py", "mpich"],
         "npu": ["torch-npu"],

@@ -65,3 +65,41 @@ def one_rank_group() -> Iterator[None]:
     finally:
         gc.collect()
         dist.destroy_process_group()
+
+
+def _shared_jobs(rank: int, world_size: int, jobs: dict[str, str], work: str) -> dict[str, Any]:
+    """Run every job ``module:function`` in turn on this rank; a job that raises
+    gives its traceback instead of a result (the others still run)."""
+    import importlib
+
+    found: dict[str, Any] = {}
+    for name, spec in jobs.items():
+        module, function = spec.split(":")
+        try:
+            found[name] = ("ok", getattr(importlib.import_module(module), function)(
+                rank, world_size, os.path.join(work, name)))
+        except BaseException:
+            found[name] = ("error", traceback.format_exc())
+        dist.barrier()
+    return found
+
+
+_shared: dict[str, list[Any]] = {}
+
+
+def shared_two_rank_job(name: str, jobs: dict[str, str], work: str) -> list[Any]:
+    """Job ``name``'s per-rank results from one 2-rank gloo job running every job
+    of ``jobs`` (``name: "module:function"``, each called ``function(rank,
+    world_size, work_dir)``), spawned once per process: the modules that share it
+    pay for one start of two ranks.  A job that raised re-raises here with its
+    traceback."""
+    if not _shared:
+        for r, results in enumerate(run_ranks(_shared_jobs, 2, (jobs, work))):
+            for job, outcome in results.items():
+                _shared.setdefault(job, []).append(outcome)
+    per_rank = _shared[name]
+    for r, (status, value) in enumerate(per_rank):
+        if status != "ok":
+            raise AssertionError(f"rank {r} failed in {name}:\n{value}")
+    return [value for _, value in per_rank]
+

@@ -22,7 +22,6 @@ from gdat.reducer import compression
 from gdat.reducer.compression import REDUCED_DTYPES, CompressionState, compression_hook, reduced_allreduce_works
 from gdat.reducer.ddp_model import reducer_parameters
 from gdat.reducer.torch_internals import comm_hooks
-from tests.distributed import run_ranks
 from tests.models import batch, mlp
 
 CAP_MB = 0.02  # several buckets of the 6-layer mlp
@@ -55,7 +54,7 @@ def _backward(ddps, x) -> None:
         d(x).pow(2).sum().backward()
 
 
-def _job(rank: int, world: int) -> dict:
+def _job(rank: int, world: int, work: str) -> dict:
     exact = DDP(mlp(), bucket_cap_mb=CAP_MB)
     stock = {name: DDP(mlp(), bucket_cap_mb=CAP_MB) for name in STOCK_HOOKS}
     for name, d in stock.items():
@@ -99,8 +98,8 @@ def _job(rank: int, world: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ranks() -> list[dict]:
-    return run_ranks(_job, 2)
+def ranks(two_rank_job) -> list[dict]:
+    return two_rank_job("compression")
 
 
 def test_compressed_buckets_equal_stock_hook_and_the_others_stock_ddp_bitwise(ranks):

@@ -18,10 +18,9 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from torch.nn.parallel import DistributedDataParallel as StockDDP
 
 from gdat.options import GdatConfig
-from tests.distributed import run_ranks
 from tests.models import batch, mlp
 
-STEPS = 40
+STEPS = 26  # tuning decides at step 14 (CONFIG's short calendar); its confirmation ends by step 25
 
 CONFIGURATIONS = {
     "plain": ({}, 1, False, None),
@@ -31,6 +30,8 @@ CONFIGURATIONS = {
     "find_unused_parameters": ({"find_unused_parameters": True}, 1, False, None),  # tuned in its fixed bucket order
     "torch without a DDP internal": ({}, 1, False, "_remove_autograd_hooks"),  # warned once, stock DDP
 }
+# the shortest calendar with a candidate block: 2 warm-up, 2 + 2 profiled, 2 blocks of 1 + 3 steps
+SHORT = {"comm_budget_s": 0.1, "max_tune_steps": 15, "profile_steps": 2}
 EXPECT_TUNED = {"plain": True, "accumulation": True, "static graph, bucket view": True, "user comm hook": False,
                 "find_unused_parameters": True, "torch without a DDP internal": False}
 
@@ -68,7 +69,7 @@ def _one(rank, work, options, accumulate, user_hook, missing):
     from gdat.ddp import DistributedDataParallel
 
     os.environ["TUNE_BANK_PATH"] = os.path.join(work, "bank")  # a bank of its own: tuned, not a hit
-    config = GdatConfig(mode="tune", work_path=work, comm_budget_s=0.3)
+    config = GdatConfig(mode="tune", work_path=work, **SHORT)
     stock_model, gdat_model = mlp(256, 6), mlp(256, 6)
     stock = StockDDP(stock_model, **options)
     stderr = io.StringIO()
@@ -107,7 +108,7 @@ def _hook_after_tuning(rank, work):
     stock_model = torch.nn.Linear(256, 1, bias=False)
     gdat_model = copy.deepcopy(stock_model)
     stock = StockDDP(stock_model)
-    tuned = DistributedDataParallel(gdat_model, gdat_config=GdatConfig(mode="tune", work_path=work, comm_budget_s=0.3))
+    tuned = DistributedDataParallel(gdat_model, gdat_config=GdatConfig(mode="tune", work_path=work, **SHORT))
     first = _train(stock, rank), _train(tuned, rank)
     facts = {"tuned, no candidate": tuned.gdat_done and not tuned.gdat_decision.plans}
     stock.register_comm_hook(None, allreduce_hook)
@@ -125,8 +126,8 @@ def _all_configurations(rank, world, work):
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    return run_ranks(_all_configurations, 2, (str(tmp_path_factory.mktemp("dropin")),))
+def ranks(two_rank_job):
+    return two_rank_job("dropin")
 
 
 @pytest.mark.parametrize("name", list(CONFIGURATIONS))
@@ -134,7 +135,7 @@ def test_gdat_ddp_trains_exactly_like_stock_ddp(ranks, name):
     for per_rank in ranks:
         facts = per_rank[name]
         assert facts["isinstance"] and facts["module"] and facts["state_dict"]
-        assert facts["equal"], "parameters after 40 steps equal stock DDP's, bitwise"
+        assert facts["equal"], f"parameters after {STEPS} steps equal stock DDP's, bitwise"
         assert facts["tuned"] == EXPECT_TUNED[name]
         assert facts["copies"], "deepcopy and pickle give a stock-behaving gdat DDP, as stock DDP does"
 

@@ -16,7 +16,6 @@ from gdat.core.plan import MIB, Bucket, BucketPlan, plan_from_caps
 from gdat.errors import PlanError, PlanNotExpressible
 from gdat.reducer.ddp_model import reducer_parameters
 from gdat.reducer.plan_switch import PlanApproximated, ddp_bucket_arguments, switch_buckets
-from tests.distributed import run_ranks
 from tests.models import batch, mlp
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -300,7 +299,7 @@ def _find_unused_switch_job(rank, world, name):
     return {"results": results, "unused_steps": unused_steps, "unused_ready_early": early}
 
 
-def _plan_jobs(rank, world):
+def _plan_jobs(rank, world, work):
     """Everything this module checks on 2 ranks, in one job."""
     return {"construct": _construct_job(rank, world),
             "switch": {options: _switch_job(rank, world, *options) for options in SWITCH_OPTIONS},
@@ -308,8 +307,8 @@ def _plan_jobs(rank, world):
 
 
 @pytest.fixture(scope="module")
-def two_ranks():
-    return run_ranks(_plan_jobs, 2)[0]
+def two_ranks(two_rank_job):
+    return two_rank_job("plan")[0]
 
 
 @pytest.mark.parametrize("static_graph, as_view", SWITCH_OPTIONS)

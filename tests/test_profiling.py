@@ -36,15 +36,15 @@ def _profile_job(rank: int, world: int, compute_mode: str) -> dict:
     return {"schema": "gdat.profile", "version": 1, **profile.to_dict()}
 
 
-def _two_rank_jobs(rank: int, world: int) -> dict:
+def _two_rank_jobs(rank: int, world: int, work: str) -> dict:
     """Everything this module checks on 2 ranks, in one job."""
     return {"profiles": {mode: _profile_job(rank, world, mode) for mode in ("deferred", "no_sync")},
             "bitwise": _bitwise_jobs(rank, world), "reducer_order": _reducer_order_job(rank, world)}
 
 
 @pytest.fixture(scope="module")
-def two_ranks() -> list[dict]:
-    return run_ranks(_two_rank_jobs, 2)
+def two_ranks(two_rank_job) -> list[dict]:
+    return two_rank_job("profiling")
 
 
 @pytest.fixture(params=["deferred", "no_sync"])

@@ -17,7 +17,8 @@ def _job(name: str, tmp_path_factory, *args: str):
     """Each job runs once for the module: (completed process, work path)."""
     if name not in _ran:
         work = tmp_path_factory.mktemp(name)
-        done = run_cmd(["gdat-run", "--nproc-per-node", "2", "--master-port", str(free_port()), *args],
+        done = run_cmd(["gdat-run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+                        "--gdat-comm-budget-s", "0.3", *args],
                        cwd=str(work), env={"TUNE_BANK_PATH": str(work / "bank"), "PYTHONPATH": REPO})
         _ran[name] = (done, work)
     return _ran[name]
