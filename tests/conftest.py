@@ -3,7 +3,9 @@
 ``./run.sh test`` runs two test files at a time (pytest-xdist, ``--dist loadgroup``).
 Every test is put in its file's group, so a file's module-scoped jobs run once, in
 one worker; the files of :data:`TWO_RANK_JOBS` form one group, sharing one spawned
-2-rank gloo job (:func:`tests.distributed.shared_two_rank_job`).  Groups are handed
+2-rank gloo job (:func:`tests.distributed.shared_two_rank_job`), and the aoe_full
+files one group, so that one worker pays Inductor's first compile in a process
+(its C++ toolchain's warm-up, seconds on a cold cache).  Groups are handed
 to the workers longest first (:data:`LONGEST_FIRST`, from ``--durations``), so that
 both finish at about the same time.
 """
@@ -22,13 +24,15 @@ TWO_RANK_JOBS = {
 }
 _SHARING = {spec.split(":")[0].rsplit(".", 1)[-1] for spec in TWO_RANK_JOBS.values()}
 # the groups whose spawned jobs take longest, longest first; the others follow in file order
-LONGEST_FIRST = ["test_gdat_run", "test_torch_ddp_suite", "test_reliability", "test_frameworks", "test_multinode",
-                 "test_compile", "two_ranks", "test_aoe_offline", "test_run_outcome", "test_worker_exit"]
+LONGEST_FIRST = ["aoe", "test_gdat_run", "test_torch_ddp_suite", "test_reliability", "test_frameworks",
+                 "test_multinode", "test_compile", "two_ranks", "test_run_outcome", "test_worker_exit"]
 
 
 def _group(item: pytest.Item) -> str:
     module = item.module.__name__.rsplit(".", 1)[-1]
-    return "two_ranks" if module in _SHARING else module
+    if module in _SHARING:
+        return "two_ranks"
+    return "aoe" if module.startswith("test_aoe_") else module
 
 
 @pytest.hookimpl(tryfirst=True)
