@@ -1,6 +1,6 @@
 """PyTorch's own DDP tests (shipped in the torch wheel) pass with gdat's DDP
 substituted: the gloo/CPU subset, run by ``tests/torch_ddp_suite.py`` the way
-PyTorch's ``test_distributed_spawn.py`` runs it (real spawned gloo ranks)."""
+PyTorch's ``test_distributed_spawn.py`` runs it (real gloo ranks, one process each)."""
 from __future__ import annotations
 
 import os
