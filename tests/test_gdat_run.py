@@ -26,7 +26,10 @@ TRAIN = ["-m", "gdat.demo.train", "--model", "transformer", "--size", "tiny", "-
 RATE = "2gbit"
 
 
-def _launch(tmp, name, steps=STEPS, env=None, gdat=True, extra=(), gdat_extra=("--gdat-comm-budget-s", "0.3")):
+def _launch(tmp, name, steps=STEPS, env=None, gdat=True, extra=(), gdat_extra=()):
+    """One launch in the testbed; gdat-run's defaults unless ``gdat_extra``: the
+    launches that look the link up measure it for the default 2 s (a short ladder
+    on a busy machine measures tbf's burst, up to 2x the link's rate)."""
     out = tmp / f"{name}.json"
     runner = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", str(tmp / name), *gdat_extra] if gdat else \
         [sys.executable, "-m", "torch.distributed.run"]
@@ -49,7 +52,7 @@ def _nested(depth: int) -> str:
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gdat_run")
     kb = KnowledgeBase(str(tmp / "bank"), "gdat")
-    first = _launch(tmp, "first", gdat_extra=())  # gdat-run's defaults
+    first = _launch(tmp, "first")
     caps = first[1]["GDAT"]["chosen_plan"]["bucket_cap_mb_list"]
     reference = _launch(tmp, "reference", gdat=False,
                         extra=("--bucket-cap-mb-list", ",".join(repr(c) for c in caps)))
@@ -63,9 +66,7 @@ def runs(tmp_path_factory):
     entry = first[1]["GDAT"]["knowledge_base_entry"]
     assert entry and os.path.exists(entry)
     shutil.copy(entry, tmp / "first_entry.json")
-    # measured as long as the first launch, so that both find the same link class (a 0.3 s ladder on
-    # a busy machine may not), where the first one's entry is
-    repeat = _launch(tmp, "repeat", env={"REPEAT_TUNE": "True"}, gdat_extra=())
+    repeat = _launch(tmp, "repeat", env={"REPEAT_TUNE": "True"})
     # the entry a FIFO, its neighbouring link classes a truncated copy and deeply nested JSON;
     # a 30-step script under the defaults tunes afresh and saves
     doc = json.loads((tmp / "first_entry.json").read_text())
@@ -77,7 +78,9 @@ def runs(tmp_path_factory):
         f.write(text[: len(text) // 2])
     with open(neighbours[1], "w") as f:
         f.write(_nested(5000))
-    hostile = _launch(tmp, "hostile", steps=30, gdat_extra=())
+    hostile = _launch(tmp, "hostile", steps=30)
+    saved = hostile[1]["GDAT"]["knowledge_base_entry"]
+    hostile_entry = json.loads(open(saved).read()) if saved else None
     # the first entry again, as if tuned at 2.2 x this link's bandwidth, one link class up
     for path in glob.glob(str(tmp / "bank" / "gdat" / "*.json")):
         os.unlink(path)
@@ -85,7 +88,7 @@ def runs(tmp_path_factory):
            {**doc["payload"], "bandwidth_bytes_per_s": doc["payload"]["bandwidth_bytes_per_s"] * 2.2})
     shifted = _launch(tmp, "shifted")
     return {"first": first, "reference": reference, "given": given, "second": second, "repeat": repeat,
-            "hostile": hostile, "shifted": shifted, "stored": doc, "bank": entry}
+            "hostile": hostile, "hostile_entry": hostile_entry, "shifted": shifted, "stored": doc, "bank": entry}
 
 
 def test_tuned_run_trains_exactly_like_stock_ddp_with_the_chosen_plan(runs):
@@ -172,8 +175,7 @@ def test_hostile_entries_are_warned_about_and_a_thirty_step_run_tunes_afresh_and
     g = report["GDAT"]
     assert g["gdat_tuning_result"] in ("tuning successful", "tuning unsatisfied")
     assert g["tuning_steps"] <= 30 and g["repo_summary"]["total_num"] == 1
-    saved = g["knowledge_base_entry"]
-    assert saved and json.loads(open(saved).read())["payload"]["plan"]  # a whole new entry
+    assert runs["hostile_entry"]["payload"]["plan"]  # a whole new entry (read before the next launch)
     # (it replaces the FIFO, or a corrupt neighbour when this run measured a neighbouring link class)
 
 
