@@ -37,7 +37,8 @@ from gdat.reducer.torch_internals import (
     watch_runtime_logging,
 )
 from gdat.report import outcome
-from gdat.tune.construction import TuneContext, prepare_construction, tuning_name
+from gdat.tune.construction import prepare_construction, tuning_name
+from gdat.tune.context import TuneContext
 from gdat.tune.loop import TuningLoop
 from gdat.tune.profile_job import ProfileJob
 
@@ -47,7 +48,8 @@ MODEL_TRANSFORMS = "gdat.model_transforms"
 
 
 class Controller(Protocol):
-    done: bool  # nothing left to do: forward no longer calls it
+    done: bool  # finished: tuning decided and checked, the profile written
+    watching: bool  # the forward still calls it (measuring on, the drift watch)
 
     def before_step(self) -> None: ...
 
@@ -146,7 +148,7 @@ class DistributedDataParallel(STOCK_DDP):
         DDP's, except the controller's two calls, which run eagerly (they measure,
         communicate and switch plans): each is a graph break."""
         ctl = self._gdat
-        if ctl is None or ctl.done or not (torch.is_grad_enabled() and self.require_backward_grad_sync):
+        if ctl is None or not ctl.watching or not (torch.is_grad_enabled() and self.require_backward_grad_sync):
             return super().forward(*inputs, **kwargs)
         _before_step(ctl)
         output = super().forward(*inputs, **kwargs)

@@ -48,6 +48,13 @@ def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
+def _settled(kb: KnowledgeBase, path: str, confident: bool) -> dict:
+    """The entry at ``path`` marked settled (a hit) or inconclusive (resumed); returns it."""
+    doc = json.loads(open(path).read())
+    kb.put(doc["key"], {**doc["payload"], "confident": confident})
+    return doc
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gdat_run")
@@ -60,12 +67,17 @@ def runs(tmp_path_factory):
     BucketPlan.from_dict(first[1]["GDAT"]["chosen_plan"]["plan"]).save(str(plan_file))
     given = _launch(tmp, "given", env={"TUNE_BANK_PATH": str(tmp / "unused_bank")},
                     gdat_extra=("--gdat-plan", str(plan_file)))
-    # a 0.01 s allreduce budget measures the link badly (only messages tbf's burst lets
-    # through), yet the launch finds the first one's entry
-    second = _launch(tmp, "second", gdat_extra=("--gdat-comm-budget-s", "0.01"))
     entry = first[1]["GDAT"]["knowledge_base_entry"]
     assert entry and os.path.exists(entry)
     shutil.copy(entry, tmp / "first_entry.json")
+    # settled evidence is a hit: a 0.01 s allreduce budget measures the link badly (only
+    # messages tbf's burst lets through), yet the launch finds the first one's entry
+    _settled(kb, entry, True)
+    second = _launch(tmp, "second", gdat_extra=("--gdat-comm-budget-s", "0.01"))
+    # inconclusive evidence is resumed: measured again with the kept profile, and pooled
+    _settled(kb, entry, False)
+    resumed = _launch(tmp, "resumed")
+    _settled(kb, entry, True)
     repeat = _launch(tmp, "repeat", env={"REPEAT_TUNE": "True"})
     # the entry a FIFO, its neighbouring link classes a truncated copy and deeply nested JSON;
     # a 30-step script under the defaults tunes afresh and saves
@@ -87,7 +99,8 @@ def runs(tmp_path_factory):
     kb.put({**doc["key"], "link_class": doc["key"]["link_class"] + 1},
            {**doc["payload"], "bandwidth_bytes_per_s": doc["payload"]["bandwidth_bytes_per_s"] * 2.2})
     shifted = _launch(tmp, "shifted")
-    return {"first": first, "reference": reference, "given": given, "second": second, "repeat": repeat,
+    return {"first": first, "reference": reference, "given": given, "second": second, "resumed": resumed,
+            "repeat": repeat,
             "hostile": hostile, "hostile_entry": hostile_entry, "shifted": shifted, "stored": doc, "bank": entry}
 
 
@@ -127,7 +140,7 @@ def test_report_has_aoe_keys_and_the_evidence(runs):
     # per-block evidence: the baseline's blocks and every candidate's, and the steady state after tuning
     assert [w["label"] for w in g["windows"]].count("baseline") >= 1
     assert sum(c["blocks"] for c in g["candidates"]) == sum(w["label"] != "baseline" for w in g["windows"])
-    assert g["steady_state"]["status"] in ("confirmed", "reverted to the user configuration")
+    assert g["steady_state"]["status"] in ("confirmed", "reverted to the user configuration", "running on trial")
     if g["gdat_tuning_result"] == "tuning successful":
         assert g["model_result_performance(ms)"] == pytest.approx(g["steady_state"]["median_ms"], abs=1e-3)
     assert g["model_prediction_error_corrected"] is not None
@@ -148,6 +161,18 @@ def test_a_second_launch_on_a_badly_measured_link_hits_the_bank_and_runs_no_tuni
     assert len(runs["second"][0]["losses"]) == len(runs["reference"][0]["losses"]) == STEPS
     for a, b in zip(runs["second"][0]["losses"], runs["reference"][0]["losses"]):
         assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_inconclusive_evidence_is_resumed_without_profiling_and_pooled(runs):
+    data, report, stderr = runs["resumed"]
+    first = runs["first"][1]["GDAT"]
+    assert "inconclusive evidence of 1 launch(es)" in stderr and "resuming the evidence of 1 launch(es)" in stderr
+    assert len(data["losses"]) == STEPS
+    g = report["GDAT"]
+    assert g["evidence"]["launches"] == 2 and g["evidence"]["paired_blocks"] > first["evidence"]["paired_blocks"]
+    # no profile steps: the first block starts right after the warm-up
+    assert g["windows"][0]["label"] == "baseline" and len(g["windows"]) >= len(first["windows"])
+    assert g["repo_summary"]["total_num"] == 1
 
 
 def test_repeat_tune_tunes_again_and_keeps_or_replaces_the_entry(runs):
@@ -197,7 +222,8 @@ def test_a_plan_file_is_applied_without_tuning(runs):
 
 
 def test_every_launch_ends_with_one_line_saying_what_gdat_did(runs):
-    said = {"first": "tuned (", "repeat": "tuned (", "second": "applied the knowledge base's plan",
+    said = {"first": "tuned (", "repeat": "tuned (", "resumed": "tuned (",
+            "second": "applied the knowledge base's plan",
             "given": "applied plan file", "hostile": "tuned (", "shifted": "tuned ("}
     for name, start in said.items():
         last = [line for line in runs[name][2].splitlines() if line.startswith("gdat: ")][-1]

@@ -22,12 +22,14 @@ by a worse one.  This run's winner replaces a stored plan when it groups gradien
 differently and beat it: beyond the noise (:func:`gdat.decide.verdict.beats`) when this run
 measured the stored plan (as a candidate, or as the user's configuration), else
 when its measured median step is shorter than the one the stored entry records.
+An entry whose evidence is inconclusive (``confident`` false) is not a result to
+defend: the run that resumed it pooled its evidence, and replaces it as if the
+key had none (add / unsatisfied).
 
-The steady-state confirmation changes an entry this run wrote (:func:`swap`):
-an adopted plan it rejects gives way to the user's configuration as the verdict,
-and a plan on trial it confirms replaces the user's configuration kept
-provisionally at the decision; either under the lock, only where the entry still
-holds the plan this run wrote (an entry another job stored meanwhile is left alone).
+The steady-state confirmation changes an entry this run wrote (:func:`swap`),
+under the lock and only where the entry still holds the plan this run wrote (an
+entry another job stored meanwhile is left alone): the decision's plan gives way
+to what the confirmation settled, with the evidence grown by its window.
 """
 from __future__ import annotations
 
@@ -41,9 +43,11 @@ from gdat.bank.store import BankWarning, KnowledgeBase, Settled, settle
 from gdat.core.cost_model import MAX_BANDWIDTH_BYTES_PER_S
 from gdat.core.layout import GradientLayout, ParamInfo
 from gdat.core.plan import BucketPlan
+from gdat.core.profile import Profile
+from gdat.decide.sequential import Evidence
 from gdat.decide.verdict import beats
 from gdat.decide.windows import WindowStats
-from gdat.errors import BankError, PlanError
+from gdat.errors import BankError, PlanError, ProfileError
 
 __all__ = ["BankedPlan", "BankHit", "bank_key", "link_class", "lookup", "lookup_near", "keep", "swap",
            "BANDWIDTH_TOLERANCE"]
@@ -53,25 +57,42 @@ BANDWIDTH_TOLERANCE = 1.5
 
 @dataclass(frozen=True)
 class BankedPlan:
-    """A stored tuning result: the plan and what it measured when tuned."""
+    """A stored tuning result: the plan that runs and what it measured when tuned.
+
+    ``confident``: whether the evidence settled the key (an entry written before
+    evidence was kept counts as settled); ``evidence``: the paired observations the
+    decision rests on (:class:`gdat.decide.sequential.Evidence`); ``profile``: the
+    profile the candidates came from, so that a launch resuming inconclusive
+    evidence measures without profiling again."""
 
     plan: BucketPlan
     baseline_ms: float
     result_ms: float
     bandwidth_bytes_per_s: float
     tuned_unix_s: float
+    confident: bool = True
+    evidence: Evidence | None = None
+    profile: Profile | None = None
 
     def to_payload(self) -> dict[str, Any]:
         return {"plan": self.plan.to_dict(), "baseline_ms": self.baseline_ms, "result_ms": self.result_ms,
-                "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s, "tuned_unix_s": self.tuned_unix_s}
+                "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s, "tuned_unix_s": self.tuned_unix_s,
+                "confident": self.confident,
+                **({"evidence": self.evidence.to_dict()} if self.evidence is not None else {}),
+                **({"profile": self.profile.to_document()} if self.profile is not None else {})}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], where: str) -> "BankedPlan":
         try:
+            evidence = payload.get("evidence")
+            profile = payload.get("profile")
             return cls(BucketPlan.from_dict(payload.get("plan"), f"{where}.plan"),
                        float(payload["baseline_ms"]), float(payload["result_ms"]),
-                       float(payload["bandwidth_bytes_per_s"]), float(payload.get("tuned_unix_s", time.time())))
-        except (KeyError, TypeError, ValueError, PlanError) as e:
+                       float(payload["bandwidth_bytes_per_s"]), float(payload.get("tuned_unix_s", time.time())),
+                       bool(payload.get("confident", True)),
+                       None if evidence is None else Evidence.from_dict(evidence),
+                       None if profile is None else Profile.from_dict(profile, f"{where}.profile"))
+        except (KeyError, TypeError, ValueError, AttributeError, PlanError, ProfileError) as e:
             raise BankError(f"{where}: malformed GDAT entry ({e})") from None
 
 
@@ -163,8 +184,9 @@ def keep(bank: KnowledgeBase, key: dict[str, Any], entry: BankedPlan, won: bool,
     ``entry``: the winner's plan (or, when ``won`` is false, the user's
     configuration as the verdict) with the medians measured; ``measured``: every
     plan this run measured with its window; ``winner``: the winner's window."""
-    def usable(payload: dict[str, Any]) -> bool:
-        return _usable(payload, bank.path_for(key), entry.bandwidth_bytes_per_s, model) is not None
+    def usable(payload: dict[str, Any]) -> bool:  # an inconclusive entry is this run's to replace
+        found = _usable(payload, bank.path_for(key), entry.bandwidth_bytes_per_s, model)
+        return found is not None and found[0].confident
 
     def replaces(payload: dict[str, Any]) -> bool:
         stored = BankedPlan.from_payload(payload, bank.path_for(key))

@@ -172,6 +172,10 @@ class Profile:
                         raise ProfileError(f"{where}: rank {r.rank} step {s.step} names unknown parameter {i}")
         return profile
 
+    def to_document(self) -> dict[str, Any]:
+        """The profile as a versioned document (what :meth:`save` writes, :meth:`from_dict` reads)."""
+        return {"schema": PROFILE_SCHEMA, "version": PROFILE_VERSION, **self.to_dict()}
+
     def save(self, path: str) -> None:
         """Write the profile as a versioned JSON document (atomically)."""
         write_document(path, PROFILE_SCHEMA, PROFILE_VERSION, self.to_dict())

@@ -10,76 +10,110 @@ two, in steps), so a load change between tuning and steady state cancels.  ``d =
 over every block and both windows); the plan holds when
 ``-d > max(z * se(d), floor * ref)``, else the user's configuration comes back.
 
-A plan on trial (:attr:`gdat.decide.verdict.Verdict.trial`: it led by less than
-its threshold) is confirmed by both measurements weighed by their inverse
-variances, ``d_c = (D_i / se(D_i)^2 + d / se(d)^2) /
-(1 / se(D_i)^2 + 1 / se(d)^2)`` with ``se(d_c)^2 = 1 / (1 / se(D_i)^2 + 1 /
-se(d)^2)``, and the plan is adopted when ``-d_c > max(z * se(d_c), floor * ref)``
-and the window alone was faster (``d < 0``), else the user's configuration comes
-back.  (Two looks at the evidence, each at ``z = 2.5``, about double the
-false-adoption rate of one: still under 1.5%.)
+A plan on trial (:attr:`gdat.decide.verdict.Verdict.trial`: the evidence was
+inconclusive and it leads) is judged by the sequential test instead
+(:func:`confirm_trial`): the window's ``d`` with variance ``se(d)^2`` is one more
+paired observation of it, and the key's evidence with it is tested again
+(:func:`gdat.decide.sequential.weigh`).  Adopted, the plan holds; rejected, the
+user's configuration comes back; still inconclusive, the plan goes on running
+while measuring goes on (:attr:`Confirmation.outcome`), unless its window was
+slower than the baseline around it beyond the noise, ``d > max(z * se(d), floor *
+ref)`` (``regressed``): a plan on trial may run only while it is not seen to cost
+the user (a single window cannot reject it, as differences are clipped, but it can
+send it back).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
-from gdat.decide.verdict import BASELINE, FLOOR, Block, Standing, Verdict, Z
+from gdat.decide.sequential import Evidence, Judgement, Observation, index_of, weigh, with_observation
+from gdat.decide.verdict import BASELINE, FLOOR, Block, Verdict, Z
 from gdat.decide.windows import WindowStats, noise_sigma_s
 
-__all__ = ["Confirmation", "steady_state_check", "kept"]
+__all__ = ["Confirmation", "steady_state_check", "confirm_trial", "kept", "runs"]
 
 
 @dataclass(frozen=True)
 class Confirmation:
-    """The steady-state check of an adopted plan (module docstring): ``reference_s``
+    """The steady-state check of a decided plan (module docstring): ``reference_s``
     the interpolated baseline, ``diff_s`` the window's median minus it (negative:
-    faster), ``threshold_s`` the gain it must show, ``after`` the baseline block
-    measured after the window."""
+    faster), ``var_s2`` its variance, ``steps`` the window's steps, ``threshold_s``
+    the gain an adopted plan must show, ``after`` the baseline block measured after
+    the window; for a plan on trial, the sequential test's ``judgement`` with this
+    window and the plan's ``trial_status`` in it (adopt, reject, continue)."""
 
     reference_s: float
     diff_s: float
+    var_s2: float
+    steps: int
     threshold_s: float
     after: WindowStats
-    combined_s: float | None = None  # a plan on trial: ``d_c``, the window and the blocks weighed together
+    judgement: Judgement | None = None
+    trial_status: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """``holds`` (the plan stays, adopted), ``switched back`` (the user's
+        configuration comes back) or ``continues`` (a plan on trial runs on, the
+        evidence inconclusive)."""
+        if self.trial_status is None:
+            return "holds" if -self.diff_s > self.threshold_s else "switched back"
+        return {"adopt": "holds", "reject": "switched back", "regressed": "switched back"}.get(self.trial_status,
+                                                                                              "continues")
 
     @property
     def holds(self) -> bool:
-        if self.combined_s is None:
-            return -self.diff_s > self.threshold_s
-        return self.diff_s < 0 and -self.combined_s > self.threshold_s
+        return self.outcome == "holds"
+
+    def observation(self, launch: int) -> Observation:
+        """This window as one paired observation (in launch ``launch``)."""
+        return Observation(self.diff_s, self.var_s2, self.steps, launch)
 
     def to_dict(self) -> dict[str, object]:
         return {"baseline_after": self.after.to_dict(), "reference_ms": self.reference_s * 1e3,
-                "diff_ms": self.diff_s * 1e3, "threshold_ms": self.threshold_s * 1e3, "holds": self.holds,
-                "combined_with_blocks_ms": None if self.combined_s is None else self.combined_s * 1e3}
+                "diff_ms": self.diff_s * 1e3, "se_ms": self.var_s2 ** 0.5 * 1e3, "threshold_ms": self.threshold_s * 1e3,
+                "outcome": self.outcome, "holds": self.holds, "sequential_status": self.trial_status}
 
 
-def steady_state_check(blocks: Sequence[Block], steady: WindowStats, after: WindowStats, w: float,
-                       trial: Standing | None = None) -> Confirmation:
-    """Whether the adopted plan's ``steady`` window beats the baseline around it: the
+def steady_state_check(blocks: Sequence[Block], steady: WindowStats, after: WindowStats, w: float) -> Confirmation:
+    """Whether the decided plan's ``steady`` window beats the baseline around it: the
     last baseline block of ``blocks`` before it and ``after`` it, ``w`` its position
-    between the two (0: at the block before, 1: at ``after``).  ``trial``: the paired
-    evidence of a plan on trial, weighed in (module docstring)."""
+    between the two (0: at the block before, 1: at ``after``)."""
     if not 0.0 <= w <= 1.0:
         raise ValueError(f"interpolation weight {w} outside [0, 1]")
     before = next(b.window for b in reversed(blocks) if b.plan == BASELINE)
     ref = (1 - w) * before.median_s + w * after.median_s
     sigma = 1.2533 * noise_sigma_s([*(b.window for b in blocks), steady, after])
     se = sigma * math.sqrt(1 / len(steady.step_s) + (1 - w) ** 2 / len(before.step_s) + w * w / len(after.step_s))
-    d = steady.median_s - ref
-    if trial is None:
-        return Confirmation(ref, d, max(Z * se, FLOOR * ref), after)
-    weights = 1 / max(trial.se_s, 1e-12) ** 2, 1 / max(se, 1e-12) ** 2
-    combined = (trial.diff_s * weights[0] + d * weights[1]) / sum(weights)
-    return Confirmation(ref, d, max(Z / math.sqrt(sum(weights)), FLOOR * ref), after, combined)
+    return Confirmation(ref, steady.median_s - ref, se * se, len(steady.step_s), max(Z * se, FLOOR * ref), after)
+
+
+def confirm_trial(check: Confirmation, evidence: Evidence, plan: dict[str, object],
+                  launch: int) -> tuple[Confirmation, Evidence]:
+    """A plan on trial's check, judged by the sequential test with its window added
+    to ``evidence`` (module docstring); returns the check and the evidence."""
+    evidence = with_observation(evidence, plan, check.observation(launch))
+    judgement = weigh(evidence)
+    status = judgement.status[index_of(evidence, plan)]
+    if status == "continue" and check.diff_s > check.threshold_s:
+        status = "regressed"
+    return replace(check, judgement=judgement, trial_status=status), evidence
 
 
 def kept(verdict: Verdict, check: Confirmation | None) -> int | None:
-    """The candidate that runs and is kept after ``verdict`` and its steady-state
+    """The candidate adopted and kept after ``verdict`` and its steady-state
     ``check`` (``None``: not taken yet): the winner, unless the check switched it
-    back, or it is on trial and not confirmed yet."""
+    back, or it is on trial and not adopted (yet)."""
     if verdict.winner is None or (check is not None and not check.holds) or (verdict.trial and check is None):
+        return None
+    return verdict.winner
+
+
+def runs(verdict: Verdict, check: Confirmation | None) -> int | None:
+    """The candidate that runs (``None``: the user's configuration): the adopted
+    one, or a plan on trial until the check switches it back."""
+    if verdict.winner is None or (check is not None and check.outcome == "switched back"):
         return None
     return verdict.winner

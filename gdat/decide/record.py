@@ -13,12 +13,19 @@ Derived quantities (seconds):
 
 * ``baseline_s``: the median of every baseline step (``m_base``);
 * the adopted plan (:func:`gdat.decide.confirm.kept`): the winner, unless the
-  confirmation switched it back, or it is on trial and not confirmed (yet);
+  confirmation switched it back, or it is on trial and not adopted (yet);
+* the plan that runs (:func:`gdat.decide.confirm.runs`): the adopted one, or a plan
+  on trial (the leader of inconclusive evidence) until the check switches it back;
 * ``result_s``, the step of the configuration that runs: ``m_base`` when the user's
-  configuration runs (nothing adopted, or switched back: a difference between two
-  windows of one configuration is drift, not a result); the adopted plan's
-  steady-state median once confirmed; before that, its paired estimate
+  configuration runs (nothing runs in its place, or switched back: a difference
+  between two windows of one configuration is drift, not a result); the running
+  plan's steady-state median once measured; before that, its paired estimate
   ``m_base + D_w`` (:func:`gdat.decide.verdict.standings`).
+
+The record also holds the knowledge-base key's ``evidence`` as this decision left
+it (:class:`gdat.decide.sequential.Evidence`, this launch's blocks and its
+steady-state window pooled with earlier launches') and the sequential test's
+``judgement`` of it.
 """
 from __future__ import annotations
 
@@ -29,7 +36,8 @@ from typing import Any, Mapping
 from gdat.core.cost_model import AllreduceCostModel
 from gdat.core.plan import BucketPlan
 from gdat.core.profile import Profile
-from gdat.decide.confirm import Confirmation, kept
+from gdat.decide.confirm import Confirmation, kept, runs
+from gdat.decide.sequential import Evidence, Judgement, weigh
 from gdat.decide.verdict import BASELINE, Block, Standing, Verdict, baseline_median_s, standings
 from gdat.decide.windows import WindowStats, pooled
 from gdat.schedule.candidates import Candidates, Correction, RankedPlan
@@ -51,8 +59,9 @@ class Decision:
       each compressed bucket's relative error) and ``find_unused``: what was measured;
     * ``verdict``, ``correction`` (the model as measurement corrected it),
       ``decision_step`` and ``tuning_time_s``: what was chosen, when;
-    * ``steady`` and ``check``: the steady-state window and, after an adoption, its
-      paired check (``None``: not taken yet).
+    * ``steady`` and ``check``: the steady-state window and, where a plan runs, its
+      paired check (``None``: not taken yet);
+    * ``evidence`` and ``judgement``: what the verdict rests on (module docstring).
     """
 
     tuning_name: str
@@ -71,10 +80,26 @@ class Decision:
     find_unused: FindUnusedCost | None = None
     steady: WindowStats | None = None
     check: Confirmation | None = None
+    evidence: Evidence | None = None
+    judgement: Judgement | None = None
 
-    def confirmed(self, steady: WindowStats, check: Confirmation | None, tuning_time_s: float) -> "Decision":
-        """The record after the steady-state confirmation."""
-        return replace(self, steady=steady, check=check, tuning_time_s=tuning_time_s)
+    def confirmed(self, steady: WindowStats, check: Confirmation | None, tuning_time_s: float,
+                  evidence: Evidence | None) -> "Decision":
+        """The record after the steady-state confirmation (the check's window added
+        to the evidence, and a plan on trial's judgement)."""
+        judgement = weigh(evidence) if evidence is not None else self.judgement
+        return replace(self, steady=steady, check=check, tuning_time_s=tuning_time_s, evidence=evidence,
+                       judgement=judgement)
+
+    @property
+    def confident(self) -> bool:
+        """Whether the evidence settles the key: a plan adopted and kept, or nothing
+        beating the user's configuration."""
+        if self.judgement is None:
+            return self.verdict.confident
+        if self.check is not None and self.check.trial_status is None and not self.check.holds:
+            return False  # an adopted plan the steady state contradicted: measure again
+        return self.judgement.confident
 
     @property
     def winner(self) -> RankedPlan | None:
@@ -90,12 +115,18 @@ class Decision:
     @property
     def reverted(self) -> bool:
         """Whether the steady-state check switched the chosen plan back."""
-        return self.check is not None and not self.check.holds
+        return self.check is not None and self.check.outcome == "switched back"
+
+    @property
+    def running(self) -> RankedPlan | None:
+        """The candidate that runs (module docstring); ``None``: the user's configuration."""
+        i = runs(self.verdict, self.check)
+        return None if i is None else self.plans[i]
 
     @property
     def runs(self) -> BucketPlan:
-        """The plan that runs: the adopted one, else the user's configuration."""
-        return self.found.baseline_plan if self.adopted is None else self.adopted.plan
+        """The plan that runs: the running candidate's, else the user's configuration."""
+        return self.found.baseline_plan if self.running is None else self.running.plan
 
     @functools.cached_property
     def standings(self) -> dict[int, Standing]:
@@ -113,16 +144,16 @@ class Decision:
     @property
     def result_s(self) -> float:
         """The step of the configuration that runs (module docstring), seconds."""
-        if self.adopted is None:
+        if self.running is None:
             return self.baseline_s
         if self.steady is not None:
             return self.steady.median_s
         return self.baseline_s + self.standings[self.verdict.winner].diff_s
 
     @property
-    def adopted_window(self) -> WindowStats | None:
-        """What the adopted plan measured: its steady state once confirmed, else its blocks."""
-        if self.adopted is None:
+    def running_window(self) -> WindowStats | None:
+        """What the running plan measured: its steady state once taken, else its blocks."""
+        if self.running is None:
             return None
         return self.steady if self.steady is not None else self.window_of(self.verdict.winner)
 

@@ -52,7 +52,7 @@ from gdat.decide.windows import WindowStats, noise_sigma_s, pooled
 
 __all__ = ["Verdict", "decide", "beats", "Block", "Standing", "BASELINE", "standings", "step_sigma",
            "decide_blocks", "decide_blocks_lossy_last", "contenders", "round_order", "standing_of",
-           "baseline_median_s", "Z", "SCREEN_Z", "FLOOR", "NOISY"]
+           "paired_differences", "is_noisy", "baseline_median_s", "Z", "SCREEN_Z", "FLOOR", "NOISY"]
 
 Z = 2.5
 SCREEN_Z = 1.0
@@ -65,14 +65,17 @@ BASELINE = -1
 class Verdict:
     """The decision: ``winner`` is an index into the candidates, or ``None`` (keep
     the baseline); ``noise_s`` the threshold the winner had to beat (the largest
-    threshold when there is no winner); ``trial``: the winner led by less than its
-    threshold and is adopted only if the steady-state check confirms it."""
+    threshold when there is no winner); ``trial``: the winner is not adopted (yet):
+    it runs until the steady-state check, which adopts it or switches back;
+    ``confident``: whether the evidence settled the question for this knowledge-base
+    key (:mod:`gdat.decide.judge`), so that later launches need not measure again."""
 
     winner: int | None
     noise_s: float
     noisy: bool
     reason: str
     trial: bool = False
+    confident: bool = True
 
 
 def _threshold(base: WindowStats, cand: WindowStats) -> float:
@@ -148,14 +151,15 @@ def baseline_median_s(blocks: Sequence[Block]) -> float:
     return pooled([b.window for b in blocks if b.plan == BASELINE]).median_s
 
 
-def standings(blocks: Sequence[Block]) -> list[Standing]:
-    """Every measured candidate's paired evidence (module docstring), by candidate index."""
+def paired_differences(blocks: Sequence[Block]) -> dict[int, list[tuple[float, float, int]]]:
+    """Per candidate index, each of its blocks' paired difference to the baseline
+    interpolated around it (module docstring): ``(d seconds, variance seconds^2,
+    measured steps)``; nothing without a baseline block."""
     base_at = [j for j, b in enumerate(blocks) if b.plan == BASELINE]
     if not base_at:
-        return []
-    m_base = baseline_median_s(blocks)
+        return {}
     se2 = (1.2533 * step_sigma(blocks)) ** 2
-    paired: dict[int, list[tuple[float, float]]] = {}
+    paired: dict[int, list[tuple[float, float, int]]] = {}
     for j, b in enumerate(blocks):
         if b.plan == BASELINE:
             continue
@@ -167,13 +171,28 @@ def standings(blocks: Sequence[Block]) -> list[Standing]:
             w = (j - before) / (after - before)
             ref = (1 - w) * blocks[before].window.median_s + w * blocks[after].window.median_s
             var = 1.0 + w * w + (1 - w) * (1 - w)
-        paired.setdefault(b.plan, []).append((b.window.median_s - ref, var * se2 / len(b.window.step_s)))
+        n = len(b.window.step_s)
+        paired.setdefault(b.plan, []).append((b.window.median_s - ref, var * se2 / n, n))
+    return paired
+
+
+def standings(blocks: Sequence[Block]) -> list[Standing]:
+    """Every measured candidate's paired evidence (module docstring), by candidate index."""
+    paired = paired_differences(blocks)
+    if not paired:
+        return []
+    m_base = baseline_median_s(blocks)
     out = []
     for i in sorted(paired):
-        diffs = [d for d, _ in paired[i]]
-        se = math.sqrt(statistics.fmean(v for _, v in paired[i]) / len(diffs))
+        diffs = [d for d, _, _ in paired[i]]
+        se = math.sqrt(statistics.fmean(v for _, v, _ in paired[i]) / len(diffs))
         out.append(Standing(i, statistics.fmean(diffs), se, len(diffs), max(Z * se, FLOOR * m_base)))
     return out
+
+
+def is_noisy(blocks: Sequence[Block]) -> bool:
+    """Whether the run was noisy (module docstring)."""
+    return _noisy(blocks, standings(blocks))
 
 
 def _noisy(blocks: Sequence[Block], table: Sequence[Standing]) -> bool:

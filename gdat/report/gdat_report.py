@@ -43,7 +43,10 @@ __all__ = ["CandidateResult", "GdatReport", "plan_formats", "hit_report", "untun
 
 @dataclass(frozen=True)
 class CandidateResult:
-    """A plan the tuner considered: predicted and (if measured) measured median step."""
+    """A plan the tuner considered: its predicted step and, if measured, its paired
+    estimate ``m_base + D`` (``measured_ms``, the one the model's error is judged
+    by: the machine's drift taken out), the median of its own steps, their median
+    absolute deviation and the paired difference ``D``."""
 
     plan: BucketPlan
     predicted_ms: float
@@ -52,6 +55,7 @@ class CandidateResult:
     corrected_ms: float | None = None
     paired_diff_ms: float | None = None
     blocks: int = 0
+    median_ms: float | None = None
 
 
 def plan_formats(plan: BucketPlan, layout: GradientLayout) -> dict[str, Any]:
@@ -119,7 +123,7 @@ class GdatReport:
             "baseline_plan": self.baseline_plan,
             "candidates": [{"label": c.plan.label, "buckets": len(c.plan.buckets), "plan": c.plan.to_dict(),
                             "predicted_step_ms": round(c.predicted_ms, 3),
-                            "measured_step_ms": None if c.measured_ms is None else round(c.measured_ms, 3),
+                            "measured_step_ms": _ms(c.median_ms), "paired_estimate_ms": _ms(c.measured_ms),
                             "measured_mad_ms": None if c.mad_ms is None else round(c.mad_ms, 3),
                             "corrected_predicted_step_ms": _ms(c.corrected_ms),
                             "paired_difference_ms": _ms(c.paired_diff_ms), "blocks": c.blocks}
@@ -174,12 +178,13 @@ def tuning_report(d: Decision, kept: Kept) -> GdatReport:
     if d.steady is None:
         steady_state: dict[str, Any] = {"status": "pending: the script ended before the confirmation, or it has "
                                                   "not run yet; the result is the estimate from the blocks" +
-                                                  ("; the plan on trial is not kept unless confirmed"
+                                                  ("; the plan on trial is not kept unless adopted"
                                                    if verdict.trial else "")}
     else:
-        steady_state = {"status": "reverted to the user configuration" if d.reverted else "confirmed",
-                        "plan": d.winner.plan.label if d.winner else "user configuration", **d.steady.to_dict(),
-                        "paired_check": d.check.to_dict() if d.check is not None else None}
+        status = "reverted to the user configuration" if d.reverted else \
+            "running on trial" if d.check is not None and d.check.outcome == "continues" else "confirmed"
+        steady_state = {"status": status, "plan": d.winner.plan.label if d.winner else "user configuration",
+                        **d.steady.to_dict(), "paired_check": d.check.to_dict() if d.check is not None else None}
     summary = RepoSummary()
     summary.count(kept.outcome)
     layout = found.timeline.layout
@@ -190,7 +195,7 @@ def tuning_report(d: Decision, kept: Kept) -> GdatReport:
         results.append(CandidateResult(
             c.plan, c.sim.step_s * 1e3, None if st is None else base_ms + st.diff_s * 1e3,
             pooled(windows).mad_s * 1e3 if windows else None, correction.predict_s(found, c.plan) * 1e3,
-            None if st is None else st.diff_s * 1e3, len(windows)))
+            None if st is None else st.diff_s * 1e3, len(windows), pooled(windows).median_s * 1e3 if windows else None))
     label = {BASELINE: "baseline", **{i: c.plan.label for i, c in enumerate(d.plans)}}
     extra: dict[str, Any] = {
         "noisy": verdict.noisy, "trial": verdict.trial, "reverted": d.reverted, "steady_state": steady_state,
@@ -198,7 +203,8 @@ def tuning_report(d: Decision, kept: Kept) -> GdatReport:
         "calibrated_cost_model": found.cost.to_dict(), "contention": found.contention.to_dict(),
         "model_correction": correction.to_dict(), "knowledge_base_entry": kept.entry,
         "baseline_window": d.window_of(BASELINE).to_dict(),
-        "windows": [{**b.to_dict(), "label": label[b.plan]} for b in d.blocks]}
+        "windows": [{**b.to_dict(), "label": label[b.plan]} for b in d.blocks],
+        "evidence": _evidence(d)}
     if d.find_unused is not None:
         extra["find_unused_parameters_cost"] = d.find_unused.to_dict()
     if d.compression_errors:
@@ -218,16 +224,34 @@ def tuning_report(d: Decision, kept: Kept) -> GdatReport:
 def _reason(d: Decision) -> str:
     """The verdict's reason, and what the steady state said of it."""
     reason, check = d.verdict.reason, d.check
+    if check is None or d.steady is None:
+        return reason
+    measured = f"{d.steady.median_s * 1e3:.2f} ms against the user configuration's {check.reference_s * 1e3:.2f} " \
+        f"ms measured around it"
     if d.reverted:
-        return reason + f"; in steady state the {'plan on trial' if d.verdict.trial else 'adopted plan'} ran " \
-            f"{d.steady.median_s * 1e3:.2f} ms, not faster than the user configuration's " \
-            f"{check.reference_s * 1e3:.2f} ms measured around it beyond the noise ({check.threshold_s * 1e3:.2f} " \
-            f"ms): switched back to the user configuration"
-    if d.verdict.trial and check is not None:
-        return reason + f"; confirmed in steady state: {d.steady.median_s * 1e3:.2f} ms against the user " \
-            f"configuration's {check.reference_s * 1e3:.2f} ms measured around it (noise threshold " \
-            f"{check.threshold_s * 1e3:.2f} ms)"
+        why = {"reject": "rejected by the sequential test",
+               "regressed": f"slower beyond the noise ({check.threshold_s * 1e3:.2f} ms)"}.get(
+            check.trial_status, f"not faster beyond the noise ({check.threshold_s * 1e3:.2f} ms)")
+        return f"{reason}; in steady state the {'plan on trial' if d.verdict.trial else 'adopted plan'} ran " \
+            f"{measured}, {why}: switched back to the user configuration"
+    if d.verdict.trial and check.outcome == "holds":
+        return f"{reason}; adopted in steady state by the sequential test: {measured}"
+    if check.outcome == "continues":
+        return f"{reason}; in steady state {measured}, still inconclusive: it runs on while measuring goes on"
     return reason
+
+
+def _evidence(d: Decision) -> dict[str, Any] | None:
+    """What the decision rests on: launches, paired blocks, each candidate's mean
+    difference and log-likelihood ratio against the sequential test's bounds."""
+    ev, j = d.evidence, d.judgement
+    if ev is None or j is None:
+        return None
+    return {"confident": d.confident, "launches": ev.launches, "paired_blocks": ev.blocks,
+            "min_gain_ms": round(j.delta_s * 1e3, 3), "adopt_at": round(j.upper, 3), "reject_at": round(j.lower, 3),
+            "candidates": [{"plan": p.plan.get("label", ""), "blocks": len(p.observations),
+                            "mean_diff_ms": round(p.mean_s * 1e3, 3), "llr": round(llr, 3), "status": status}
+                           for p, llr, status in zip(ev.plans, j.llr, j.status)]}
 
 
 def compression_section(dtype: str, candidates: Sequence[RankedPlan],

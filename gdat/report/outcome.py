@@ -48,7 +48,8 @@ class Outcome:
 
 
 class Watched(Protocol):
-    done: bool
+    done: bool  # finished what it set out to do
+    watching: bool  # still acting at each step (its outcome may still change)
 
     def end_early(self, write: bool) -> None: ...
 
@@ -73,7 +74,7 @@ def record(outcome: Outcome) -> None:
     """Keep ``outcome`` for the done line (finished controllers are kept by their
     outcome, so nothing here holds a finished tuner's measurements)."""
     _register()
-    _entries[:] = [e.outcome() if not isinstance(e, Outcome) and e.done else e for e in _entries]
+    _entries[:] = [e.outcome() if not isinstance(e, Outcome) and not e.watching else e for e in _entries]
     _entries.append(outcome)
 
 

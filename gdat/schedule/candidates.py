@@ -106,11 +106,12 @@ class Candidates:
 
 
 def generate_candidates(profile: Profile, cost: AllreduceCostModel, k: int,
-                        stored: BucketPlan | None = None) -> Candidates:
-    """Steps 1-4 of the module docstring; raises :class:`ProfileError` or
+                        stored: BucketPlan | None = None, calibration: Calibration | None = None) -> Candidates:
+    """Steps 1-4 of the module docstring (step 1 given as ``calibration``, where the
+    profile was measured on another link); raises :class:`ProfileError` or
     :class:`PlanError` when the profile cannot support a plan."""
     timeline = profile.ready_timeline("compute")
-    fitted = calibrate(profile, cost)
+    fitted = calibration if calibration is not None else calibrate(profile, cost)
     baseline = measured_plan(profile)
     ranked = rank_candidates(timeline, fitted.cost, fitted.contention, k, exclude=(baseline,))
     if stored is not None and not any(r.plan.same_partition(stored) for r in ranked) \

@@ -67,7 +67,7 @@ from gdat.errors import PlanError, ProfileError
 MAX_SLOWDOWN = 3.0
 
 __all__ = ["Simulation", "simulate", "bucket_work_s", "lower_bound_s", "comm_end", "stretched", "calibrate",
-           "Calibration",
+           "Calibration", "recalibrated",
            "measured_plan"]
 
 
@@ -226,3 +226,12 @@ def calibrate(profile: Profile, cost: AllreduceCostModel) -> Calibration:
         else:
             hi = mid
     return Calibration(cost, Contention(sigma, hi), scale)
+
+
+def recalibrated(calibration: Calibration, cost: AllreduceCostModel) -> Calibration:
+    """``calibration`` carried to a link measured again (``cost``, its
+    microbenchmark fit): the in-situ scale and the contention factors are the
+    machine's, kept; only the link's cost changes."""
+    return Calibration(cost.scaled(calibration.comm_scale, f"{cost.source} x {calibration.comm_scale:.3f} (in-situ, "
+                                                            f"kept)"), calibration.contention, calibration.comm_scale)
+

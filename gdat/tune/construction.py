@@ -21,11 +21,15 @@ in named stages:
 5. lookup (:func:`_look_up`): rank 0 reads the bank, every rank receives its
    answer.  A near miss (an entry of the same key at another link class) measures
    the link again, longer, and looks up again (:func:`_recheck`);
-6. hit (:func:`_hit`, without ``REPEAT_TUNE``): the plan becomes DDP's
-   ``bucket_cap_mb_list``, so it applies from DDP's first bucket rebuild and no step
-   is spent tuning;
+6. hit (:func:`_hit`, without ``REPEAT_TUNE``): an entry whose evidence settled
+   the key becomes DDP's ``bucket_cap_mb_list``, so it applies from DDP's first
+   bucket rebuild and no step is spent tuning; ``apply`` mode applies any entry's
+   plan;
 7. miss: ``apply`` mode runs the user's configuration; ``tune`` mode gives the
-   :class:`TuneContext` the tuning loop (:mod:`gdat.tune.loop`) starts from.
+   :class:`gdat.tune.context.TuneContext` the tuning loop (:mod:`gdat.tune.loop`)
+   starts from.  An entry whose evidence is inconclusive is resumed: its evidence
+   and the profile its candidates came from go with it, so tuning measures again
+   without profiling, and pools (also under ``REPEAT_TUNE``).
 
 With ``--gdat-compress``, stage 3 also checks that the backend sums the reduced
 dtype (:func:`gdat.reducer.compression.reduced_allreduce_works`; if not, one line
@@ -62,8 +66,9 @@ from gdat.reducer.plan_switch import ddp_bucket_arguments
 from gdat.reducer.torch_internals import python_reducer_active
 from gdat.report import outcome
 from gdat.report.gdat_report import hit_report, write_report
+from gdat.tune.context import Construction, TuneContext
 
-__all__ = ["prepare_construction", "Construction", "TuneContext", "tuning_name"]
+__all__ = ["prepare_construction", "tuning_name"]
 
 _UNSUPPORTED = {
     "mixed_precision": "DDP's mixed_precision option",
@@ -71,35 +76,6 @@ _UNSUPPORTED = {
 }
 _RECHECK_S = 1.0
 _RECHECK_MIN_BYTES = 256 << 10
-
-
-@dataclass(frozen=True)
-class TuneContext:
-    """Facts fixed at construction that the tuning loop and its report use:
-    the allreduce fit of the ladder (``cost``), the bank key to keep the result
-    under, the user's own bucket arguments, the plan stored under the key when
-    ``REPEAT_TUNE`` re-tunes it, the report's name, the job's topology (as the
-    report lists it, :meth:`gdat.profiling.topology.Topology.to_dict`) and the
-    reduced dtype lossy candidates may use (``""``: none)."""
-
-    config: GdatConfig
-    cost: AllreduceCostModel
-    key: dict[str, Any]
-    user_bucket_args: dict[str, Any]
-    stored: BucketPlan | None
-    tuning_name: str
-    topology: dict[str, Any]
-    compress: str = ""
-
-
-@dataclass(frozen=True)
-class Construction:
-    """The keyword arguments to build stock DDP with, the tuning context when
-    the model is to be tuned, and a compressed plan whose hook to install."""
-
-    kwargs: dict[str, Any]
-    tune: TuneContext | None = None
-    compressed: BucketPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +118,7 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
     except ProfileError as e:
         return _untuned(module, kwargs, config, f"cannot fit the allreduce cost ({e}); this model runs as stock DDP",
                         group)
-    if hit is not None and (config.mode == "apply" or not repeat):
+    if hit is not None and (config.mode == "apply" or (not repeat and hit.entry.confident)):
         return _hit(module, kwargs, config, hit, link, compress, group)
     if config.mode == "apply":
         log.info("knowledge base miss: running the user's configuration untuned (--gdat-mode apply)")
@@ -154,9 +130,11 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
         cost = cost.with_cast(measure_cast(compress, min(0.5, config.comm_budget_s), group))
     start = hit or near
     user_args = {k: options.get(k) for k in ("bucket_cap_mb", "bucket_cap_mb_list")}
-    return Construction(kwargs, TuneContext(config, cost, key if hit is None else hit.key, user_args,
-                                            None if start is None else start.entry.plan, tuning_name(module),
-                                            link.report_layout(), compress))
+    resume = hit is not None and not hit.entry.confident
+    return Construction(kwargs, TuneContext(
+        config, cost, key if hit is None else hit.key, user_args, None if start is None else start.entry.plan,
+        tuning_name(module), link.report_layout(), compress, None if hit is None else hit.entry.evidence,
+        hit.entry.profile if resume else None))
 
 
 def _unsupported(options: dict[str, Any]) -> str | None:

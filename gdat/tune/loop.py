@@ -5,16 +5,18 @@ entry of gdat's DDP forward), at step indices every rank knows (the calendar of
 :mod:`gdat.decide.calendar`); where it goes next, rank 0 decides and broadcasts:
 
 1. profile: compute-only and overlapped steps, traced (:mod:`gdat.profiling.session`);
+   none where the key's inconclusive evidence is resumed with its kept profile;
 2. generate: rank 0 ranks the first round's candidates (:mod:`gdat.tune.generate`);
 3. measure, interleaved: blocks of the user's configuration (the baseline) and the
    candidates, in rounds rank 0 plans (:mod:`gdat.decide.rounds`), switching the
    live DDP's buckets only when they change (:class:`gdat.reducer.plan_switch.LiveBuckets`);
-4. decide (:func:`gdat.decide.verdict.decide_blocks_lossy_last`): every rank holds
-   the record (:class:`gdat.decide.record.Decision`), rank 0 keeps it in the bank
-   and writes the report (:mod:`gdat.tune.result`);
-5. confirm (:mod:`gdat.decide.confirm`): ``confirm`` steps of the decision; after an
-   adoption one block of the user's configuration follows, and the plan comes back
-   only if its window beat the baseline around it.
+4. decide (:func:`gdat.decide.judge.judge`: the blocks pooled with the key's
+   evidence, by the sequential test): every rank holds the record
+   (:class:`gdat.decide.record.Decision`), rank 0 keeps it in the bank and writes
+   the report (:mod:`gdat.tune.result`);
+5. and after: the steady-state check, measuring on while the evidence is
+   inconclusive, and the watch for drift (:mod:`gdat.tune.steady`); a link that
+   changed class starts the loop again under the new rate (:meth:`TuningLoop.retune`).
 
 A model the loop cannot tune, or a script that ends before the decision, gets a
 ``tuning unsatisfied`` report with the reason (:mod:`gdat.report.outcome`).  With
@@ -33,12 +35,11 @@ import torch.distributed as dist
 from gdat.core import log
 from gdat.core.collectives import broadcast_from_first
 from gdat.core.plan import BucketPlan
-from gdat.core.profile import Profile
-from gdat.decide.calendar import StepCalendar, plan_calendar
-from gdat.decide.confirm import steady_state_check
+from gdat.decide.calendar import plan_calendar
+from gdat.decide.judge import judge
 from gdat.decide.record import Decision
 from gdat.decide.rounds import RoundPlanner
-from gdat.decide.verdict import BASELINE, Block, decide_blocks_lossy_last
+from gdat.decide.verdict import BASELINE, Block
 from gdat.decide.windows import StepTimer, gather_window
 from gdat.profiling.session import ProfileSession
 from gdat.reducer import compression
@@ -46,11 +47,11 @@ from gdat.reducer.ddp_model import WeakAttribute, process_group_of
 from gdat.reducer.plan_switch import LiveBuckets
 from gdat.reducer.torch_internals import comm_hooks
 from gdat.report import outcome
-from gdat.schedule.candidates import Candidates, Correction, RankedPlan
-from gdat.schedule.find_unused import FindUnusedCost
-from gdat.tune.construction import TuneContext
+from gdat.schedule.candidates import Correction
+from gdat.tune.context import TuneContext
 from gdat.tune.generate import first_candidates
 from gdat.tune.result import TuneResult
+from gdat.tune.steady import SteadyState
 
 __all__ = ["TuningLoop"]
 
@@ -62,44 +63,54 @@ class TuningLoop:
 
     def __init__(self, ddp: torch.nn.Module, ctx: TuneContext) -> None:
         self.ddp = ddp
-        self.ctx = ctx
         self.group = process_group_of(ddp)
         self.rank = dist.get_rank(self.group)
-        c = ctx.config
-        self.calendar: StepCalendar = plan_calendar(c.max_tune_steps, c.warmup_steps, profile=c.profile_steps)
-        self.timer = StepTimer()
-        self.session: ProfileSession | None = None
-        self.done = False
-        self.began = time.time()
-        self.profile: Profile | None = None
-        self.found: Candidates | None = None
-        self.plans: list[RankedPlan] = []
-        self.blocks: list[Block] = []
-        self.compression_errors: dict[int, dict[int, float]] = {}
-        self._probe_until = -1
         self.live = LiveBuckets(ddp, ctx.user_bucket_args)
-        self.current = BASELINE
-        self.round_no = 1
+        self.done = False  # tuning decided and checked: nothing to wait for
+        self.watching = True  # the forward still calls the loop
+        self.untuned: outcome.Outcome | None = None
+        self.result: TuneResult | None = None  # rank 0, from the decision on
+        self._probe_until = -1
+        outcome.watch(self)
+        self._start(ctx)
+
+    def _start(self, ctx: TuneContext) -> None:
+        """(Re)start tuning under ``ctx`` at the next step."""
+        self.ctx, c = ctx, ctx.config
+        resume = ctx.kept_profile is not None
+        self.calendar = plan_calendar(c.max_tune_steps, c.warmup_steps, profile=0 if resume else c.profile_steps)
+        self.timer = StepTimer()
+        self.began = time.time()
+        self.session: ProfileSession | None = None
+        self.profile = ctx.kept_profile
+        self.found, self.plans, self.blocks, self.find_unused = None, [], [], None
+        self.compression_errors: dict[int, dict[int, float]] = {}
+        self.current, self.round_no = BASELINE, 1
         self.rounds: RoundPlanner | None = None  # rank 0, from the first block on
         self.decision: Decision | None = None  # every rank, from the decision on
-        self.result: TuneResult | None = None  # rank 0, from the decision on
-        self.untuned: outcome.Outcome | None = None
-        self.find_unused: FindUnusedCost | None = None
-        outcome.watch(self)
+        self.steady: SteadyState | None = None  # from the decision on
         if self.calendar.blocks == 0:
             self._give_up(f"--gdat-max-tune-steps {c.max_tune_steps} leaves no room for a candidate (needs at least "
                           f"{plan_calendar(10 ** 6, c.warmup_steps, c.profile_steps).block_start(2) + 1})")
-        else:
-            log.info(f"tune: knowledge base {'re-tune (REPEAT_TUNE)' if ctx.stored else 'miss'}; tuning in "
-                     f"steps 0..{self.calendar.total - 1} (up to {self.calendar.blocks} interleaved blocks of "
-                     f"{self.calendar.measure} measured steps), then {self.calendar.confirm} steady-state steps")
+            return
+        why = f"inconclusive evidence of {ctx.prior.launches} launch(es) ({ctx.prior.blocks} paired blocks), " \
+            f"resumed" if resume else "re-tune (REPEAT_TUNE)" if ctx.stored else "miss"
+        log.info(f"tune: knowledge base {why}; tuning in steps 0..{self.calendar.total - 1} (up to "
+                 f"{self.calendar.blocks} interleaved blocks of {self.calendar.measure} measured steps), then "
+                 f"{self.calendar.confirm} steady-state steps")
+
+    def retune(self, ctx: TuneContext) -> None:
+        """The link changed class mid-run: tune again under ``ctx`` (its rate, its
+        key's evidence, the kept profile) from the next step."""
+        self.done = False
+        self._start(ctx)
 
     def _give_up(self, reason: str, write: bool = True, then: str = "not tuning") -> None:
         """Leave this model untuned: one line, a report with the reason (rank 0, where ``write``)."""
         log.warn(f"{reason}; {then}")
         self.untuned = outcome.untuned(reason, self.ctx.tuning_name, self.ctx.config.work_path,
                                        write and self.rank == 0, self.timer.steps)
-        self.done = True
+        self.done, self.watching = True, False
 
     def end_early(self, write: bool) -> None:
         """The script ended before tuning finished: say what it lacked; before the
@@ -110,10 +121,8 @@ class TuningLoop:
                 f"{self.calendar.total} (lower --gdat-max-tune-steps)"
             self._give_up(reason, write, "nothing was saved in the knowledge base")
         else:
-            d = self.decision
-            needs = self.calendar.confirmed_at(d.decision_step, d.verdict.winner is not None) + 1
-            log.info(f"the script ended before the steady-state confirmation (it needs {needs} steps); the report "
-                     f"gives the estimate from the measurement blocks")
+            log.info(f"the script ended before the steady-state confirmation (it needs {self.steady.confirm_at + 1} "
+                     f"steps); the report gives the estimate from the measurement blocks")
 
     def outcome(self) -> outcome.Outcome:
         """What this tuner did, for the done line."""
@@ -136,15 +145,10 @@ class TuningLoop:
         s, cal = self.timer.tick(), self.calendar
         if s == self._probe_until:
             compression.installed(self.ddp).probe = False
-        if self.decision is not None:
-            d = self.decision.decision_step
-            adopted = self.decision.verdict.winner is not None
-            if adopted and s == cal.confirm_steps(d).stop:
-                self._user_configuration()  # the baseline's block after the steady-state window
-            elif s == cal.confirmed_at(d, adopted):
-                self._confirm()
+        if self.steady is not None:
+            self.steady.before_step(s)
             return
-        if s == cal.compute_steps.start:
+        if s == cal.compute_steps.start and self.profile is None:
             if comm_hooks(self.ddp):
                 self._give_up("a comm hook is registered on this DDP: gdat cannot trace it")
                 return
@@ -165,12 +169,13 @@ class TuningLoop:
 
     # --- 1, 2: profile and generate ----------------------------------------------------
     def _generate(self) -> None:
-        self.session.recorder.start_step()
-        self.profile = self.session.finish(self.ctx.cost, {"source": "gdat tuning loop"})
-        self.session = None
+        if self.session is not None:
+            self.session.recorder.start_step()
+            self.profile = self.session.finish(self.ctx.cost, {"source": "gdat tuning loop"})
+            self.session = None
         found = first_candidates(self.profile, self.ctx, self.calendar, self.group)
         if isinstance(found, str):
-            self._user_configuration()
+            self.user_configuration()
             self._give_up(found)
             return
         found, self.find_unused = found
@@ -187,7 +192,7 @@ class TuningLoop:
     def _start_block(self, plan: int, b: int) -> None:
         self.current = plan
         if plan == BASELINE:
-            self._user_configuration()
+            self.user_configuration()
             return
         c = self.plans[plan]
         correction = self.rounds.correction if self.rounds is not None else Correction()
@@ -196,16 +201,16 @@ class TuningLoop:
         log.info(f"tune: candidate {plan + 1}/{len(self.plans)} {c.plan.label} ({len(c.plan.buckets)} buckets), "
                  f"block {b + 1}/{self.calendar.blocks} round {self.round_no}: predicted "
                  f"{c.sim.step_s * 1e3:.2f} ms{corrected}")
-        self._apply(c.plan, probe=plan not in self.compression_errors)
+        self.apply(c.plan, probe=plan not in self.compression_errors)
 
-    def _apply(self, plan: BucketPlan, probe: bool = False) -> None:
+    def apply(self, plan: BucketPlan, probe: bool = False) -> None:
         """Switch to ``plan``, with the compression error probe on for this step and
         the next when ``probe``."""
         self.live.to_plan(plan, self.found.timeline.layout, probe)
         if plan.compressed and probe:
             self._probe_until = self.timer.steps + 1
 
-    def _user_configuration(self) -> None:
+    def user_configuration(self) -> None:
         """Switch to the user's buckets; the profile's tracer stays while no
         candidate was ever switched to (:meth:`gdat.reducer.plan_switch.LiveBuckets.to_user`)."""
         self.live.to_user(keep_tracer=not self.plans)
@@ -213,20 +218,18 @@ class TuningLoop:
     def hold_reducer(self, why: str) -> None:
         """From now on no reducer rebuild (``why``: the user relies on the reducer's
         state): before the decision tuning stops, on the user's configuration; after
-        it, the decided plan stays, without the steady-state confirmation's switches."""
-        if self.done:
+        it, the plan that runs stays, checked or not, and measuring stops."""
+        if not self.watching:
             return
         if self.session is not None:
             self.session.stop()
             self.session = None
         if self.decision is None:
-            self._user_configuration()
+            self.user_configuration()
             self._give_up(why)
             return
-        if self.decision.adopted is None:
-            self._user_configuration()
-        log.warn(f"{why}; the steady-state confirmation is skipped")
-        self.done = True
+        log.warn(f"{why}; gdat measures nothing more")
+        self.done, self.watching = True, False
 
     def release_reducer(self) -> None:
         """The user registers a comm hook: take the profile's tracer off the reducer
@@ -253,47 +256,24 @@ class TuningLoop:
 
     # --- 4: decide -----------------------------------------------------------------------
     def _decide(self, step: int) -> None:
-        """Decide (rank 0) and tell every rank, which switches to the decision and
-        holds its record; rank 0 keeps and reports it."""
+        """Decide (rank 0) and tell every rank, which switches to the plan that runs
+        and holds the record; rank 0 keeps and reports it."""
         told = None
         if self.rank == 0:
             self.rounds.refit()
-            told = (decide_blocks_lossy_last(self.blocks, [i for i, p in enumerate(self.plans) if p.plan.compressed]),
-                    self.rounds.correction)
-        verdict, correction = broadcast_from_first(told, self.group)
+            lossy = [i for i, p in enumerate(self.plans) if p.plan.compressed]
+            told = (*judge(self.blocks, [p.plan for p in self.plans], self.found.baseline_plan, lossy,
+                           self.ctx.prior), self.rounds.correction)
+        verdict, evidence, judgement, correction = broadcast_from_first(told, self.group)
         self.decision = Decision(
             self.ctx.tuning_name, self.ctx.cost, self.ctx.topology, self.ctx.compress, self.profile, self.found,
             tuple(self.plans), tuple(self.blocks), verdict, correction, step, time.time() - self.began,
-            dict(self.compression_errors), self.find_unused)
+            dict(self.compression_errors), self.find_unused, evidence=evidence, judgement=judgement)
         if verdict.winner is None:
-            self._user_configuration()
+            self.user_configuration()
         else:
-            self._apply(self.plans[verdict.winner].plan)
+            self.apply(self.plans[verdict.winner].plan)
         if self.rank == 0:
             self.result = TuneResult(self.ctx, self.decision, self.began)
             self.result.keep()
-
-    # --- 5: confirm --------------------------------------------------------------------
-    def _confirm(self) -> None:
-        """Take the steady-state window (and after an adoption the baseline's block
-        after it); an adopted plan that beat the baseline around it comes back,
-        otherwise the user's configuration stays (rank 0 decides, every rank switches)."""
-        d, cal = self.decision, self.calendar
-        window = gather_window(self.timer, cal.confirm_steps(d.decision_step), self.group)
-        check = None
-        if d.verdict.winner is not None:
-            after = gather_window(self.timer, cal.recheck_steps(d.decision_step), self.group)
-            if self.rank == 0:
-                last_base = max(j for j, b in enumerate(d.blocks) if b.plan == BASELINE)
-                trial = d.standings[d.verdict.winner] if d.verdict.trial else None
-                check = steady_state_check(d.blocks, window, after, cal.steady_weight(last_base, d.decision_step),
-                                           trial)
-            check = broadcast_from_first(check, self.group)
-            if check.holds:
-                self._apply(self.plans[d.verdict.winner].plan)
-        self.done = True
-        if self.rank == 0:
-            self.result.settle(window, check)
-            self.decision = self.result.decision
-        else:
-            self.decision = d.confirmed(window, check, time.time() - self.began)
+        self.steady = SteadyState(self, step)

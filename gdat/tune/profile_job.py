@@ -52,6 +52,11 @@ class ProfileJob:
         outcome.watch(self)
 
     @property
+    def watching(self) -> bool:
+        """The forward calls the job until the profile is written."""
+        return not self.done
+
+    @property
     def _end_step(self) -> int:
         return self.config.warmup_steps + 2 * self.config.profile_steps
 

@@ -6,25 +6,28 @@ At the decision (:meth:`TuneResult.keep`) the record
 (:func:`gdat.report.gdat_report.tuning_report`) and one line says what was
 decided.  After the steady-state confirmation (:meth:`TuneResult.settle`) the
 confirmed record changes the bank (:func:`gdat.bank.decisions.keep_confirmation`),
-one line says what the steady state showed, and the report is rewritten.  The
-before/after chart is drawn when the process ends, of the plan that runs.
+one line says what the steady state showed, and the report is rewritten; so
+again whenever measuring on revises the decision (:meth:`TuneResult.revise`).
+The before/after chart is drawn when the process ends, of the plan that runs.
 """
 from __future__ import annotations
 
 import atexit
 import time
+from dataclasses import replace
 
 from gdat.bank.decisions import Kept, keep_confirmation, keep_decision
 from gdat.core import log
 from gdat.decide.confirm import Confirmation
 from gdat.decide.record import Decision
+from gdat.decide.sequential import Evidence
 from gdat.decide.windows import WindowStats
 from gdat.options import bank_root
 from gdat.report.aoe_file import improvement_percent
 from gdat.report.chart import write_chart
 from gdat.report.gdat_report import GdatReport, tuning_report, write_report
 from gdat.report.outcome import Outcome
-from gdat.tune.construction import TuneContext
+from gdat.tune.context import TuneContext
 
 __all__ = ["TuneResult"]
 
@@ -72,24 +75,39 @@ class TuneResult:
         if self.report_path is not None:
             atexit.register(self._write_chart)
 
-    def settle(self, window: WindowStats, check: Confirmation | None) -> None:
-        """Record the steady state (``check``: an adopted plan's paired check against
-        the baseline around it), change the bank, rewrite the report."""
-        d = self.decision = self.decision.confirmed(window, check, time.time() - self.began)
+    def settle(self, window: WindowStats, check: Confirmation | None, evidence: Evidence | None) -> None:
+        """Record the steady state (``check``: a running plan's paired check against
+        the baseline around it; ``evidence`` with its window), change the bank,
+        rewrite the report."""
+        d = self.decision = self.decision.confirmed(window, check, time.time() - self.began, evidence)
         what = "plan on trial" if d.verdict.trial else "adopted plan"
         if d.reverted:
+            why = {"reject": "rejected by the sequential test",
+                   "regressed": f"slower beyond the noise ({check.threshold_s * 1e3:.2f} ms)"}.get(
+                check.trial_status, f"not faster beyond the noise ({check.threshold_s * 1e3:.2f} ms)")
             log.warn(f"steady state: the {what} {d.winner.plan.label} ran {window.median_s * 1e3:.2f} ms against "
-                     f"{check.reference_s * 1e3:.2f} ms for the user's configuration measured around it, not faster "
-                     f"beyond the noise ({check.threshold_s * 1e3:.2f} ms); switched back to the user's configuration")
+                     f"{check.reference_s * 1e3:.2f} ms for the user's configuration measured around it, {why}; "
+                     f"switched back to the user's configuration")
         elif check is not None:
+            said = {"holds": "confirmed" + ("; adopted" if d.verdict.trial else ""),
+                    "continues": "the evidence still inconclusive: it runs on while measuring goes on"}[check.outcome]
             log.info(f"tune: steady state of the {what}: {window.median_s * 1e3:.2f} ms over {len(window.step_s)} "
                      f"steps against {check.reference_s * 1e3:.2f} ms for the user's configuration measured around "
-                     f"it (confirmed{'; adopted' if d.verdict.trial else ''})")
+                     f"it ({said})")
         else:
             log.info(f"tune: steady state of the user configuration: {window.median_s * 1e3:.2f} ms over "
                      f"{len(window.step_s)} steps")
         self.kept = keep_confirmation(bank_root(), self.ctx.key, self.ctx.stored, d, self.kept)
         self.report = tuning_report(d, self.kept)
+        if self.report_path is not None:
+            self.report_path = write_report(self.report, self.ctx.config.work_path, self.report_path)
+
+    def revise(self, decision: Decision) -> None:
+        """Measuring on changed the decision (:mod:`gdat.tune.steady`): keep it in the
+        bank, rewrite the report."""
+        self.decision = replace(decision, tuning_time_s=time.time() - self.began)
+        self.kept = keep_confirmation(bank_root(), self.ctx.key, self.ctx.stored, self.decision, self.kept)
+        self.report = tuning_report(self.decision, self.kept)
         if self.report_path is not None:
             self.report_path = write_report(self.report, self.ctx.config.work_path, self.report_path)
 
