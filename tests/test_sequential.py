@@ -8,7 +8,7 @@ import random
 import pytest
 
 from gdat.core.plan import Bucket, BucketPlan
-from gdat.decide.confirm import confirm_trial, kept, runs, steady_state_check
+from gdat.decide.confirm import confirm_trial, kept, probe_observation, runs, steady_state_check
 from gdat.decide.drift import DriftWatch
 from gdat.decide.judge import judge
 from gdat.decide.sequential import ALPHA, BETA, Evidence, Observation, PlanEvidence, observe, weigh
@@ -142,3 +142,11 @@ def test_paired_differences_carry_each_blocks_variance_and_steps():
     blocks = blocks_of([BASELINE, 0, BASELINE], lambda j, k, p: (100 if p == BASELINE else 90) + (-1, 0, 1)[k])
     [(d, v, n)] = paired_differences(blocks)[0]
     assert d == pytest.approx(-0.010) and v > 0 and n == 3
+
+
+def test_a_probe_pairs_the_configuration_believed_slower_with_the_running_one_around_it():
+    before, after = window_ms(100, 101, 99), window_ms(102, 103, 101)
+    probed = probe_observation(before, window_ms(95, 96, 94), after, [], plan_runs=False, launch=2)
+    assert probed.diff_s == pytest.approx(-0.006) and probed.launch == 2 and probed.steps == 3 and probed.var_s2 > 0
+    user = probe_observation(before, window_ms(110, 111, 109), after, [], plan_runs=True, launch=2)
+    assert user.diff_s == pytest.approx(-0.009)  # the running plan is 9 ms faster than the user's configuration

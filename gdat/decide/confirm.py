@@ -32,7 +32,7 @@ from gdat.decide.sequential import Evidence, Judgement, Observation, index_of, w
 from gdat.decide.verdict import BASELINE, FLOOR, Block, Verdict, Z
 from gdat.decide.windows import WindowStats, noise_sigma_s
 
-__all__ = ["Confirmation", "steady_state_check", "confirm_trial", "kept", "runs"]
+__all__ = ["Confirmation", "steady_state_check", "confirm_trial", "probe_observation", "kept", "runs"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +117,21 @@ def runs(verdict: Verdict, check: Confirmation | None) -> int | None:
     if verdict.winner is None or (check is not None and check.outcome == "switched back"):
         return None
     return verdict.winner
+
+
+def probe_observation(before: WindowStats, probe: WindowStats, after: WindowStats, noise: Sequence[WindowStats],
+                      plan_runs: bool, launch: int) -> Observation:
+    """One paired observation of a candidate from a probe (:mod:`gdat.tune.steady`):
+    the configuration believed slower measured in ``probe``, between windows
+    ``before`` and ``after`` of the one that runs.  ``d`` is the candidate's median
+    minus the user's configuration's, the reference the mean of the two around
+    windows: ``d = m_probe - ref`` when the user's configuration runs (the candidate
+    is probed), ``ref - m_probe`` when the candidate runs (``plan_runs``); its
+    variance ``(1.2533 sigma)^2 (1/n_p + (1/n_b + 1/n_a) / 4)``, ``sigma`` pooled
+    over ``noise`` and the three windows."""
+    ref = (before.median_s + after.median_s) / 2
+    diff = (ref - probe.median_s) if plan_runs else (probe.median_s - ref)
+    sigma = 1.2533 * noise_sigma_s([*noise, before, probe, after])
+    var = sigma ** 2 * (1 / len(probe.step_s) + (1 / len(before.step_s) + 1 / len(after.step_s)) / 4)
+    return Observation(diff, var, len(probe.step_s), launch)
+

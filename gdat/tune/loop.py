@@ -93,8 +93,13 @@ class TuningLoop:
             self._give_up(f"--gdat-max-tune-steps {c.max_tune_steps} leaves no room for a candidate (needs at least "
                           f"{plan_calendar(10 ** 6, c.warmup_steps, c.profile_steps).block_start(2) + 1})")
             return
-        why = f"inconclusive evidence of {ctx.prior.launches} launch(es) ({ctx.prior.blocks} paired blocks), " \
-            f"resumed" if resume else "re-tune (REPEAT_TUNE)" if ctx.stored else "miss"
+        if ctx.prior is not None and resume:
+            why = f"inconclusive evidence of {ctx.prior.launches} launch(es) ({ctx.prior.blocks} paired blocks), " \
+                "resumed"
+        elif resume:
+            why = "miss for the new link rate; the kept profile is used"
+        else:
+            why = "re-tune (REPEAT_TUNE)" if ctx.stored else "miss"
         log.info(f"tune: knowledge base {why}; tuning in steps 0..{self.calendar.total - 1} (up to "
                  f"{self.calendar.blocks} interleaved blocks of {self.calendar.measure} measured steps), then "
                  f"{self.calendar.confirm} steady-state steps")

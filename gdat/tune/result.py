@@ -62,9 +62,8 @@ class TuneResult:
         self.report = tuning_report(d, self.kept)
         base_ms, result_ms = d.baseline_s * 1e3, d.result_s * 1e3
         if d.verdict.trial:
-            log.info(f"tune: trying {d.winner.plan.label} in steady state against baseline {base_ms:.2f} ms: "
-                     f"{d.verdict.reason}; the user configuration stays in the knowledge base unless it is "
-                     f"confirmed")
+            log.info(f"tune: running {d.winner.plan.label} on trial against baseline {base_ms:.2f} ms: "
+                     f"{d.verdict.reason}; the knowledge base keeps its evidence, inconclusive, until it is settled")
         else:
             change = f"step time {(result_ms - base_ms) / base_ms * 100:+.1f}%, AOE improvement " \
                 f"{improvement_percent(base_ms, result_ms)}" if d.adopted else "kept"

@@ -38,12 +38,12 @@ from gdat.core.collectives import broadcast_from_first
 from gdat.core.plan import BucketPlan
 from gdat.core.profile import Profile
 from gdat.decide.calendar import StepCalendar
-from gdat.decide.confirm import confirm_trial, steady_state_check
+from gdat.decide.confirm import confirm_trial, probe_observation, steady_state_check
 from gdat.decide.drift import WINDOW, DriftWatch
 from gdat.decide.record import Decision
-from gdat.decide.sequential import Observation, index_of, weigh, with_observation
+from gdat.decide.sequential import index_of, weigh, with_observation
 from gdat.decide.verdict import BASELINE, Verdict
-from gdat.decide.windows import StepTimer, WindowStats, gather_window, noise_sigma_s
+from gdat.decide.windows import StepTimer, WindowStats, gather_window
 from gdat.errors import GdatError, ProfileError
 from gdat.options import bank_root
 from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
@@ -175,13 +175,10 @@ class SteadyState:
         told = None
         if loop.rank == 0:
             d = loop.decision
-            ref = (before.median_s + after.median_s) / 2
-            diff = (ref - probe.median_s) if main_is_plan else (probe.median_s - ref)
-            sigma = 1.2533 * noise_sigma_s([*(b.window for b in d.blocks), before, probe, after])
-            var = sigma ** 2 * (1 / len(probe.step_s) + (1 / len(before.step_s) + 1 / len(after.step_s)) / 4)
             plan = d.plans[candidate].plan.to_dict()
-            evidence = with_observation(d.evidence, plan, Observation(diff, var, len(probe.step_s),
-                                                                        d.evidence.launches - 1))
+            observed = probe_observation(before, probe, after, [b.window for b in d.blocks], main_is_plan,
+                                         d.evidence.launches - 1)
+            evidence = with_observation(d.evidence, plan, observed)
             judgement = weigh(evidence)
             told = evidence, judgement, judgement.status[index_of(evidence, plan)]
         evidence, judgement, status = broadcast_from_first(told, loop.group)

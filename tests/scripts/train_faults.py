@@ -6,12 +6,15 @@
 --mismatch-rank R             rank R builds a wider model than the others
 --pause-s X --pause-steps A-B,C-   every rank sleeps X seconds before each step in the
                               ranges (inclusive; ``C-``: from C to the end)
+--link-rate STEP:RATE          before step STEP rank 0 changes the rate of the loopback's tbf
+                              (inside a gdat-testbed namespace: the link slows or speeds mid-run)
 --out FILE                    rank 0 writes the losses and the final parameters' checksums
 """
 import argparse
 import json
 import os
 import signal
+import subprocess
 import time
 
 import torch
@@ -19,6 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gdat.worker import end_process
+from launch.netns import tool
 
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=60)
@@ -30,6 +34,7 @@ p.add_argument("--straggler-max-s", type=float, default=0.0)
 p.add_argument("--mismatch-rank", type=int, default=-1)
 p.add_argument("--pause-s", type=float, default=0.0)
 p.add_argument("--pause-steps", default="")
+p.add_argument("--link-rate", default="")
 p.add_argument("--out", default=None)
 args = p.parse_args()
 
@@ -47,7 +52,14 @@ for part in filter(None, args.pause_steps.split(",")):
 opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
 first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 losses = []
+link_step, _, link_rate = args.link_rate.partition(":")
 for step in range(args.steps):
+    if link_rate and step == int(link_step):
+        dist.barrier()
+        if rank == 0:
+            subprocess.run([tool("tc"), "qdisc", "change", "dev", "lo", "root", "tbf", "rate", link_rate, "burst", "1mb",
+                            "latency", "200ms"], check=True)
+        dist.barrier()
     if first_attempt and rank == args.kill_rank and step == args.kill_step:
         os.kill(os.getpid(), signal.SIGKILL)
     if rank == args.straggler_rank:
