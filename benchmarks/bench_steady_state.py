@@ -48,8 +48,19 @@ sys.path.insert(0, os.path.dirname(HERE))
 BIN = os.path.dirname(sys.executable)
 
 
-def _job(net, tmp: str, name: str, model: str, size: str, batch: str, steps: int, port: int,
-         gdat_bank: str | None, extra: list[str]) -> list[float]:
+def workload(spec: str) -> list[str]:
+    """The training script of ``spec``: ``MODEL:SIZE:BATCH`` of ``gdat.demo.models``,
+    or ``hf-lm:BATCH:SEQ``, the Hugging Face GPT-2 of ``benchmarks/hf_lm.py``."""
+    model, a, b = spec.split(":")
+    if model == "hf-lm":
+        return [os.path.join(HERE, "hf_lm.py"), "--batch", a, "--seq", b]
+    return ["-m", "gdat.demo.train", "--model", model, "--size", a, "--batch", b]
+
+
+def job(net, tmp: str, name: str, script: list[str], steps: int, port: int, gdat_bank: str | None,
+        extra: list[str]) -> list[float]:
+    """One 2-rank job of ``script`` in ``net``: stock torchrun, or gdat-run on the bank
+    ``gdat_bank``; rank 0's step times, seconds."""
     out = os.path.join(tmp, f"{name}.json")
     if gdat_bank is None:
         runner = [sys.executable, "-m", "torch.distributed.run"]
@@ -57,8 +68,8 @@ def _job(net, tmp: str, name: str, model: str, size: str, batch: str, steps: int
     else:
         runner = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", os.path.join(tmp, f"{name}_work")]
         env = {**os.environ, "TUNE_BANK_PATH": gdat_bank}
-    cmd = [*runner, "--nproc-per-node", "2", "--master-port", str(port), "-m", "gdat.demo.train",
-           "--model", model, "--size", size, "--batch", batch, "--steps", str(steps), "--out", out, *extra]
+    cmd = [*runner, "--nproc-per-node", "2", "--master-port", str(port), *script, "--steps", str(steps),
+           "--out", out, *extra]
     done = subprocess.run(net.wrap(cmd), env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"job {name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -66,7 +77,7 @@ def _job(net, tmp: str, name: str, model: str, size: str, batch: str, steps: int
         return json.load(f)["step_times_s"]
 
 
-def _gdat_said(tmp: str, name: str) -> dict:
+def gdat_said(tmp: str, name: str) -> dict:
     """The plan and outcome of a gdat job's report (none on a bank hit without a report)."""
     reports = sorted(glob.glob(os.path.join(tmp, f"{name}_work", "aoe_result_gdat_*.json")))
     if not reports:
@@ -77,11 +88,12 @@ def _gdat_said(tmp: str, name: str) -> dict:
             "buckets": g["chosen_plan"]["buckets"], "reverted": g.get("reverted", False),
             "trial": g.get("trial", False),
             "baseline_ms": g["model_baseline_performance(ms)"], "result_ms": g["model_result_performance(ms)"],
-            "reason": g["reason"]}
+            "reason": g["reason"], "evidence": g.get("evidence"),
+            "blocks": [{"label": w["label"], "steps_ms": w["steps_ms"]} for w in g.get("windows", [])]}
 
 
 def run_model(net, tmp: str, spec: str, args: argparse.Namespace) -> dict:
-    model, size, batch = spec.split(":")
+    model = spec.split(":")[0]
     configs = ["default", "default-2", *(f"cap={c}" for c in args.grid), "gdat", "gdat-bank"]
     rounds = []
     port = 29700
@@ -95,12 +107,13 @@ def run_model(net, tmp: str, spec: str, args: argparse.Namespace) -> dict:
         for name in order:
             port += 1
             extra = ["--bucket-cap-mb", name[4:]] if name.startswith("cap=") else []  # default-2: none
-            times = _job(net, tmp, f"{model}_{name}_{r}", model, size, batch, args.steps, port,
-                         bank if name.startswith("gdat") else None, extra)
+            times = job(net, tmp, f"{model}_{name}_{r}", workload(spec), args.steps, port,
+                        bank if name.startswith("gdat") else None, extra)
             medians[name] = statistics.median(times[-args.last:]) * 1e3
             if name.startswith("gdat"):
-                said[name] = _gdat_said(tmp, f"{model}_{name}_{r}")
-            print(f"  {spec} round {r + 1} {name:<10} {medians[name]:8.1f} ms {said.get(name, '')}", flush=True)
+                said[name] = gdat_said(tmp, f"{model}_{name}_{r}")
+            brief = {k: v for k, v in said.get(name, {}).items() if k not in ("blocks", "evidence", "reason")}
+            print(f"  {spec} round {r + 1} {name:<10} {medians[name]:8.1f} ms {brief}", flush=True)
         rounds.append({**medians, "gdat_said": said})
     return {"model": spec, "rounds": rounds}
 

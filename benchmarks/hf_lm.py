@@ -1,0 +1,66 @@
+"""A plain DDP training script of a Hugging Face GPT-2 language model, as users write one.
+
+``torchrun --nproc-per-node 2 benchmarks/hf_lm.py --steps 80 --out OUT.json``: a
+``transformers.GPT2LMHeadModel`` built from a config (no download; 6 layers, width
+384, vocabulary 8192: 13.8 M parameters), AdamW, synthetic token batches, stock
+``DistributedDataParallel`` (``--bucket-cap-mb`` sets its cap).  ``--link-rate
+STEP:RATE``: before step STEP rank 0 changes the rate of the loopback's ``tbf``
+(inside a gdat-testbed namespace: the link slows mid-run).  Rank 0 writes the
+losses and each step's wall time to ``--out`` (``step_times_s``, the format of
+``gdat.demo.train``).
+"""
+import argparse
+import json
+import subprocess
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from transformers import GPT2Config, GPT2LMHeadModel
+
+p = argparse.ArgumentParser()
+p.add_argument("--steps", type=int, default=80)
+p.add_argument("--layers", type=int, default=6)
+p.add_argument("--width", type=int, default=384)
+p.add_argument("--vocab", type=int, default=8192)
+p.add_argument("--batch", type=int, default=2)
+p.add_argument("--seq", type=int, default=64)
+p.add_argument("--bucket-cap-mb", type=float, default=None)
+p.add_argument("--link-rate", default="")
+p.add_argument("--out", default=None)
+args = p.parse_args()
+
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+config = GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=args.width // 64, vocab_size=args.vocab,
+                    n_positions=max(128, args.seq), use_cache=False, bos_token_id=0, eos_token_id=0,
+                    loss_type="ForCausalLM")
+model = GPT2LMHeadModel(config)
+ddp = DDP(model, **({} if args.bucket_cap_mb is None else {"bucket_cap_mb": args.bucket_cap_mb}))
+opt = torch.optim.AdamW(ddp.parameters(), lr=1e-4)
+link_step, _, link_rate = args.link_rate.partition(":")
+losses, times = [], []
+for step in range(args.steps):
+    if link_rate and step == int(link_step):
+        dist.barrier()
+        if rank == 0:
+            subprocess.run(["tc", "qdisc", "change", "dev", "lo", "root", "tbf", "rate", link_rate, "burst", "1mb",
+                            "latency", "200ms"], check=True)
+        dist.barrier()
+    t0 = time.perf_counter()
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(step * 2 + rank))
+    opt.zero_grad(set_to_none=True)
+    loss = ddp(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    losses.append(loss.item())
+    times.append(time.perf_counter() - t0)
+if rank == 0 and args.out:
+    with open(args.out, "w") as f:
+        json.dump({"losses": losses, "step_times_s": times,
+                   "parameters": sum(q.numel() for q in model.parameters())}, f)
+dist.barrier()
+dist.destroy_process_group()
