@@ -11,10 +11,11 @@
    0's last ``--last`` step times.  Goals: every second launch <= 0.95 x its
    campaign's default; no first launch slower than default beyond the noise band;
    the median first launch <= 1.00 x its campaign's fastest uniform cap.
-2. A/A (:func:`aa_rate`): the recorded blocks of the user's configuration in every
-   gdat report of the campaigns, each normalised by its launch's baseline median,
-   drawn at random as a baseline and two identical candidates, launch after launch
-   (at most 6), judged by gdat's sequential test
+2. A/A (:func:`aa_rate`): recorded blocks of one configuration, the user's: the
+   baseline blocks of every gdat report of the campaigns and the DDP-default jobs'
+   steps after the first 20, cut into blocks of 3, each normalised by its job's
+   median; drawn at random as a baseline and two identical candidates, launch after
+   launch (at most 6), judged by gdat's sequential test
    (:func:`gdat.decide.judge.judge`): the fraction of campaigns that adopt one.
    Goal: <= 5%.
 3. Drift (``--drift``): ``gdat-run`` on the LM for ``--drift-steps`` steps, the
@@ -75,6 +76,11 @@ def aa_rate(result: dict, campaigns: int = 2000, launches: int = 6, seed: int = 
             if base:
                 m = statistics.median(x for steps in base for x in steps)
                 pool += [[x / m for x in steps] for steps in base]
+        for name in ("default", "default-2"):
+            steps = r.get("steps_ms", {}).get(name, [])[20:]
+            if steps:
+                m = statistics.median(steps)
+                pool += [[x / m for x in steps[k:k + 3]] for k in range(0, len(steps) - 2, 3)]
     user = BucketPlan((Bucket((0, 1), 8, "float32"), Bucket((2, 3), 8, "float32")), "user")
     twins = [BucketPlan((Bucket((0,), 4, "float32"), Bucket((1,), 4, "float32"), Bucket((2, 3), 8, "float32")), "a"),
              BucketPlan((Bucket((0, 1, 2, 3), 16, "float32"),), "b")]

@@ -103,18 +103,19 @@ def run_model(net, tmp: str, spec: str, args: argparse.Namespace) -> dict:
         if order.index("gdat-bank") < order.index("gdat"):  # the bank job needs the tuning job's bank
             order.remove("gdat-bank")
             order.insert(order.index("gdat") + 1, "gdat-bank")
-        medians, said = {}, {}
+        medians, said, steps = {}, {}, {}
         for name in order:
             port += 1
             extra = ["--bucket-cap-mb", name[4:]] if name.startswith("cap=") else []  # default-2: none
             times = job(net, tmp, f"{model}_{name}_{r}", workload(spec), args.steps, port,
                         bank if name.startswith("gdat") else None, extra)
             medians[name] = statistics.median(times[-args.last:]) * 1e3
+            steps[name] = [round(t * 1e3, 3) for t in times]
             if name.startswith("gdat"):
                 said[name] = gdat_said(tmp, f"{model}_{name}_{r}")
             brief = {k: v for k, v in said.get(name, {}).items() if k not in ("blocks", "evidence", "reason")}
             print(f"  {spec} round {r + 1} {name:<10} {medians[name]:8.1f} ms {brief}", flush=True)
-        rounds.append({**medians, "gdat_said": said})
+        rounds.append({**medians, "gdat_said": said, "steps_ms": steps})
     return {"model": spec, "rounds": rounds}
 
 
