@@ -3,6 +3,11 @@
 Install torch first (``pip install torch==2.13.0``): ``install_requires`` names torch
 with a range the installed build satisfies, so pip never pulls a CUDA wheel onto a
 CPU machine.
+
+Supported torch: gdat tunes with torch 2.11 to 2.14 (2.13.0 pinned for the suite;
+2.11.0 and 2.14.1 tested by ``./run.sh test``'s compatibility pass).  It installs
+beside torch from 2.4, and with a torch older than 2.11 every DDP runs as stock DDP
+with one line saying that tuning needs torch >= 2.11.
 """
 from setuptools import setup
 
@@ -24,7 +29,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["gdat", *(f"gdat.{p}" for p in STAGES), "aoe_full", "launch"],
-    install_requires=["torch>=2.13", "numpy"],
+    install_requires=["torch>=2.4", "numpy"],
     extras_require={
         # the frameworks are pinned to releases tested with torch 2.13.0; expecttest lets
         # tests import PyTorch's own DDP suite (torch.testing._internal)
@@ -32,7 +37,9 @@ setup(
         # one process starting or waiting, which the other file's job fills; its loadgroup needs the
         # node ids of pytest before 9.2
         "test": ["pytest==9.1.1", "pytest-xdist==3.8.0", "hypothesis", "matplotlib", "expecttest", "accelerate==1.15.0",
-                 "lightning==2.6.6", *AOE],
+                 "lightning==2.6.6", "uv==0.13.9", *AOE],
+        # the compatibility pass's venvs (./run.sh compat): the tests it runs on another torch
+        "compat": ["pytest==9.1.1", "pytest-xdist==3.8.0", "expecttest", "hypothesis"],
         "mpi": ["mpi4py", "mpich"],
         "npu": ["torch-npu"],
         "plot": ["matplotlib"],

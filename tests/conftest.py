@@ -11,9 +11,14 @@ both finish at about the same time.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.distributed import shared_two_rank_job
+
+# tests/compat runs only in the compatibility pass's venvs (./run.sh compat)
+collect_ignore = [] if os.environ.get("GDAT_COMPAT_TORCH") else ["compat"]
 
 # job name: "module:function", each function(rank, world_size, work_dir) -> results
 TWO_RANK_JOBS = {
@@ -24,8 +29,8 @@ TWO_RANK_JOBS = {
 }
 _SHARING = {spec.split(":")[0].rsplit(".", 1)[-1] for spec in TWO_RANK_JOBS.values()}
 # the groups whose spawned jobs take longest, longest first; the others follow in file order
-LONGEST_FIRST = ["aoe", "test_gdat_run", "test_torch_ddp_suite", "test_reliability", "test_frameworks",
-                 "test_multinode", "test_compile", "two_ranks", "test_run_outcome", "test_worker_exit"]
+LONGEST_FIRST = ["aoe", "test_gdat_run", "test_torch_ddp_suite", "test_reliability", "test_frameworks", "test_drift",
+                 "test_multinode", "test_compile", "two_ranks", "test_run_outcome", "test_compose", "test_worker_exit"]
 
 
 def _group(item: pytest.Item) -> str:

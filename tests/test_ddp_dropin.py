@@ -154,18 +154,29 @@ def test_a_torch_without_a_needed_internal_is_named_once_and_left_stock(ranks):
 
 
 def test_missing_internals_are_named(monkeypatch):
-    from gdat.reducer.torch_internals import STOCK_DDP, missing_internals
+    from gdat.reducer import torch_internals
+    from gdat.reducer.torch_internals import STOCK_DDP, lacking, missing_internals
 
     assert missing_internals() == []
     monkeypatch.delattr(STOCK_DDP, "_ddp_init_helper")
-    monkeypatch.delattr("torch.nn.parallel.distributed._BucketCapacityConfig")
+    monkeypatch.delattr("torch.nn.parallel.distributed._BucketCapacityConfig.create")
     assert missing_internals() == ["DistributedDataParallel._ddp_init_helper",
                                    "torch.nn.parallel.distributed._BucketCapacityConfig.create"]
     monkeypatch.undo()
+    cap_attributes = ("bucket_bytes_cap", "bucket_bytes_cap_list", "bucket_bytes_cap_default")
     not_a_ddp = torch.nn.Linear(2, 2)
     assert missing_internals(not_a_ddp) == [f"DistributedDataParallel().{m}" for m in
-                                            ("_comm_hooks", "_use_python_reducer", "_bucket_config",
-                                             "_has_rebuilt_buckets")]
+                                            ("_comm_hooks", "_use_python_reducer", "_has_rebuilt_buckets",
+                                             *cap_attributes, "_bucket_config")]
+    # torch 2.11: no capacity dataclass, the caps in the instance's attributes alone
+    monkeypatch.delattr("torch.nn.parallel.distributed._BucketCapacityConfig")
+    assert missing_internals() == []
+    assert missing_internals(not_a_ddp)[-3:] == [f"DistributedDataParallel().{m}" for m in cap_attributes]
+    # a torch older than 2.11: the one line names the release tuning needs
+    monkeypatch.setattr(torch_internals, "supports_cap_list", lambda: False)
+    assert missing_internals() == ["DistributedDataParallel's bucket_cap_mb_list"]
+    said = lacking(missing_internals())
+    assert said.startswith(f"torch {torch.__version__} lacks") and "gdat tunes with torch >= 2.11" in said
 
 
 def test_sampling_ddps_runtime_logging_stops_tuning_and_keeps_the_reducer(tmp_path, monkeypatch, capfd):

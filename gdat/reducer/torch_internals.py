@@ -4,7 +4,9 @@ gdat switches a live DDP to another bucket plan by rebuilding its reducer the wa
 DDP's own constructor builds it, reads and edits the list of comm hooks
 registered on it, times backward with autograd's engine, and substitutes its DDP
 class where torch and Dynamo name DDP.  These need members of torch (DDP, Dynamo,
-c10d, autograd) that are not public API (torch 2.13):
+c10d, autograd) that are not public API.  Tuning needs DDP's ``bucket_cap_mb_list``
+argument, which torch 2.11 added (:data:`OLDEST_TUNED`); the members below were
+checked on torch 2.11 to 2.14:
 
 ===========================================================  =========================================
 member                                                       use
@@ -14,6 +16,8 @@ member                                                       use
 ``._build_debug_param_to_name_mapping``                      its debug names, likewise
 ``._remove_autograd_hooks``                                  detach the old reducer's gradient hooks
 ``torch.nn.parallel.distributed._BucketCapacityConfig``      caps exactly as the constructor derives them
+                                                             (torch >= 2.12; torch 2.11 keeps them in the
+                                                             instance's ``bucket_bytes_cap*`` attributes)
 ``Reducer._set_static_graph``, ``Logger._set_static_graph``  re-mark a rebuilt static-graph reducer
 ``torch._dynamo.utils.get_optimize_ddp_mode``                recognise the python-reducer mode
 ``torch._dynamo.convert_frame.DistributedDataParallel``      the DDP class Dynamo asks (substituted)
@@ -46,7 +50,7 @@ import torch.nn.parallel.distributed as ddp_module
 
 from gdat.core import log
 
-__all__ = ["STOCK_DDP", "internals_available", "missing_internals", "lacking", "supports_cap_list",
+__all__ = ["STOCK_DDP", "OLDEST_TUNED", "internals_available", "missing_internals", "lacking", "supports_cap_list",
            "python_reducer_active", "comm_hooks", "remove_comm_hook", "detach_comm_hook", "rebuild_reducer",
            "ignored_parameter_names", "state_without_hooks", "substitute_ddp_class", "queue_backward_callback",
            "output_tensors", "ddp_logging_data", "per_attempt_store", "watch_runtime_logging"]
@@ -54,9 +58,11 @@ __all__ = ["STOCK_DDP", "internals_available", "missing_internals", "lacking", "
 STOCK_DDP: type = next(c for c in ddp_module.DistributedDataParallel.__mro__
                        if c.__module__ == "torch.nn.parallel.distributed")
 
+OLDEST_TUNED = "2.11"  # the first torch release whose DDP takes bucket_cap_mb_list
 _CLASS_MEMBERS = ("_ddp_init_helper", "_build_params_for_reducer", "_build_debug_param_to_name_mapping",
                   "_remove_autograd_hooks")
-_INSTANCE_MEMBERS = ("_comm_hooks", "_use_python_reducer", "_bucket_config", "_has_rebuilt_buckets")
+_INSTANCE_MEMBERS = ("_comm_hooks", "_use_python_reducer", "_has_rebuilt_buckets", "bucket_bytes_cap",
+                     "bucket_bytes_cap_list", "bucket_bytes_cap_default")
 _STATIC_GRAPH_MEMBERS = ("_static_graph_delay_allreduce_enqueued",)
 _warned = False
 
@@ -64,9 +70,11 @@ _warned = False
 def missing_internals(ddp: torch.nn.Module | None = None) -> list[str]:
     """The members of the module docstring's table this torch lacks: class-level
     ones, and with ``ddp`` (a constructed DDP) also those its constructor sets."""
+    if not supports_cap_list():
+        return ["DistributedDataParallel's bucket_cap_mb_list"]
     missing = [f"DistributedDataParallel.{m}" for m in _CLASS_MEMBERS if not callable(getattr(STOCK_DDP, m, None))]
     config = getattr(ddp_module, "_BucketCapacityConfig", None)
-    if not callable(getattr(config, "create", None)):
+    if config is not None and not callable(getattr(config, "create", None)):
         missing.append("torch.nn.parallel.distributed._BucketCapacityConfig.create")
     c10d = torch._C._distributed_c10d
     for owner in ("Reducer", "Logger"):
@@ -81,7 +89,8 @@ def missing_internals(ddp: torch.nn.Module | None = None) -> list[str]:
     if not callable(getattr(_pytree(), "tree_leaves", None)):
         missing.append("torch.utils._pytree.tree_leaves")
     if ddp is not None:
-        needed = _INSTANCE_MEMBERS + (_STATIC_GRAPH_MEMBERS if getattr(ddp, "static_graph", False) else ())
+        needed = _INSTANCE_MEMBERS + (("_bucket_config",) if config is not None else ()) + \
+            (_STATIC_GRAPH_MEMBERS if getattr(ddp, "static_graph", False) else ())
         missing += [f"DistributedDataParallel().{m}" for m in needed if not hasattr(ddp, m)]
     return missing
 
@@ -99,11 +108,12 @@ def internals_available(ddp: torch.nn.Module | None = None) -> bool:
 
 def lacking(missing: Sequence[str]) -> str:
     """Why a model runs as stock DDP when this torch lacks the ``missing`` members."""
-    return f"this torch's DDP lacks {', '.join(missing)}; gdat cannot tune it and this model runs as stock DDP"
+    return (f"torch {torch.__version__} lacks {', '.join(missing)}; gdat tunes with torch >= {OLDEST_TUNED} "
+            "and this model runs as stock DDP")
 
 
 def supports_cap_list() -> bool:
-    """Whether this torch's DDP accepts ``bucket_cap_mb_list`` (torch >= 2.13)."""
+    """Whether this torch's DDP accepts ``bucket_cap_mb_list`` (torch >= 2.11)."""
     return "bucket_cap_mb_list" in inspect.signature(STOCK_DDP.__init__).parameters
 
 
@@ -128,13 +138,35 @@ def detach_comm_hook(ddp: torch.nn.Module, hook: Callable[..., Any], state: Any)
     """Take a registered comm hook off ``ddp`` now: forget it and rebuild the reducer
     with the bucket configuration it has (a reducer keeps its hook for life)."""
     remove_comm_hook(ddp, hook, state)
-    config, mib = ddp._bucket_config, float(1 << 20)
-    if config.per_bucket_bytes_caps:
-        rebuild_reducer(ddp, None, [c / mib for c in config.per_bucket_bytes_caps])
-    elif config.first_bucket_bytes_cap < config.bucket_bytes_cap:
+    mib = float(1 << 20)
+    if ddp.bucket_bytes_cap_list:
+        rebuild_reducer(ddp, None, [c / mib for c in ddp.bucket_bytes_cap_list])
+    elif ddp.bucket_bytes_cap_default:
         rebuild_reducer(ddp, None, None)
     else:
-        rebuild_reducer(ddp, config.bucket_bytes_cap / mib, None)
+        rebuild_reducer(ddp, ddp.bucket_bytes_cap / mib, None)
+
+
+def _set_bucket_caps(ddp: torch.nn.Module, bucket_cap_mb: float | None,
+                     bucket_cap_mb_list: Sequence[float] | None) -> None:
+    """Give ``ddp`` the bucket caps its constructor derives from these arguments:
+    torch >= 2.12 keeps them in ``_bucket_config`` and mirrors them in the
+    ``bucket_bytes_cap*`` attributes, which alone hold them in torch 2.11 (cap in bytes
+    = MiB x 2**20; without arguments, 25 MiB after a first bucket of 1 MiB)."""
+    config_class = getattr(ddp_module, "_BucketCapacityConfig", None)
+    if config_class is not None:
+        config = config_class.create(bucket_cap_mb=bucket_cap_mb, bucket_cap_mb_list=bucket_cap_mb_list,
+                                     use_python_reducer=ddp._use_python_reducer)
+        ddp._bucket_config = config
+        ddp.bucket_bytes_cap = config.bucket_bytes_cap
+        ddp.bucket_bytes_cap_list = list(config.per_bucket_bytes_caps)
+        ddp.bucket_bytes_cap_default = config.first_bucket_bytes_cap < config.bucket_bytes_cap
+        return
+    mib = 1 << 20
+    ddp.bucket_bytes_cap_list = [int(c * mib) for c in bucket_cap_mb_list or ()]
+    ddp.bucket_bytes_cap_default = bucket_cap_mb is None and not bucket_cap_mb_list
+    cap = max(bucket_cap_mb_list) if bucket_cap_mb_list else 25 if bucket_cap_mb is None else bucket_cap_mb
+    ddp.bucket_bytes_cap = int(cap * mib)
 
 
 def rebuild_reducer(ddp: torch.nn.Module, bucket_cap_mb: float | None,
@@ -143,14 +175,7 @@ def rebuild_reducer(ddp: torch.nn.Module, bucket_cap_mb: float | None,
     bucket arguments (see :func:`gdat.reducer.plan_switch.switch_buckets`)."""
     hooks = comm_hooks(ddp)
     ddp._remove_autograd_hooks()
-    config = ddp_module._BucketCapacityConfig.create(
-        bucket_cap_mb=bucket_cap_mb,
-        bucket_cap_mb_list=list(bucket_cap_mb_list) if bucket_cap_mb_list is not None else None,
-        use_python_reducer=ddp._use_python_reducer)
-    ddp._bucket_config = config
-    ddp.bucket_bytes_cap = config.bucket_bytes_cap
-    ddp.bucket_bytes_cap_list = list(config.per_bucket_bytes_caps)
-    ddp.bucket_bytes_cap_default = config.first_bucket_bytes_cap < config.bucket_bytes_cap
+    _set_bucket_caps(ddp, bucket_cap_mb, list(bucket_cap_mb_list) if bucket_cap_mb_list is not None else None)
     params, sparse = ddp._build_params_for_reducer()
     ddp._ddp_init_helper(params, sparse, ddp._build_debug_param_to_name_mapping(params), ddp.static_graph)
     ddp._has_rebuilt_buckets = False
