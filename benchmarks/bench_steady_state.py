@@ -89,6 +89,8 @@ def gdat_said(tmp: str, name: str) -> dict:
             "trial": g.get("trial", False),
             "baseline_ms": g["model_baseline_performance(ms)"], "result_ms": g["model_result_performance(ms)"],
             "reason": g["reason"], "evidence": g.get("evidence"),
+            "steady_prediction_error": g.get("steady_state", {}).get("prediction_error"),
+            "steady_corrected_prediction_error": g.get("steady_state", {}).get("corrected_prediction_error"),
             "blocks": [{"label": w["label"], "steps_ms": w["steps_ms"]} for w in g.get("windows", [])]}
 
 
@@ -158,6 +160,20 @@ def goals(rows: list[dict], caps: list[str]) -> list[str]:
     return lines
 
 
+def prediction_line(rows: list[dict]) -> str:
+    """How well the model predicted the steady state of the plan each gdat launch
+    measured there (``(predicted - measured) / measured`` from its report)."""
+    said = [s for r in rows for s in r.get("gdat_said", {}).values()]
+    errors = [s["steady_prediction_error"] for s in said if s.get("steady_prediction_error") is not None]
+    corrected = [s["steady_corrected_prediction_error"] for s in said
+                 if s.get("steady_corrected_prediction_error") is not None]
+    if not errors:
+        return "  steady-state prediction: no gdat launch measured a steady state"
+    return (f"  steady-state prediction over {len(errors)} launches: median |error| "
+            f"{statistics.median(abs(e) for e in errors):.1%} (worst {max(errors, key=abs):+.1%}); corrected model "
+            f"{statistics.median(abs(e) for e in corrected):.1%} (worst {max(corrected, key=abs):+.1%})")
+
+
 def summarise(result: dict, grid: list[str]) -> list[str]:
     rows = result["rounds"]
     caps = [f"cap={c}" for c in grid]
@@ -181,6 +197,7 @@ def summarise(result: dict, grid: list[str]) -> list[str]:
                  f"{sum(bool(s.get('reverted')) for s in said)} switched back in steady state; plans: "
                  + ", ".join(f"{s.get('plan')} ({s.get('buckets')})" for s in said))
     lines += goals(rows, caps)
+    lines.append(prediction_line(rows))
     names = ["default", *(["default-2"] if band is not None else []), *caps, "gdat", "gdat-bank"]
     lines.append("| configuration | " + " | ".join(f"round {k + 1}" for k in range(len(rows))) + " | median |")
     lines.append("|---|" + "---:|" * (len(rows) + 1))

@@ -2,7 +2,12 @@
 
 Without a what-if option the table uses the profile's calibrated model.  With one
 (``--nodes``, ``--ranks-per-node``, ``--world-size``, a bandwidth, ``--algo tree``)
-the cost is re-predicted by :mod:`gdat.schedule.whatif` for that network.
+the cost is re-predicted by :mod:`gdat.schedule.whatif` for that network.  An
+option that would not act on the prediction is refused with the option that would
+(:func:`_refuse_idle_options`): a rate for a link the target or the profile's own
+layout does not have, a measured rate without a target to carry it to, an option
+the sweep has no use for.  The first line of the output names the layout and the
+rates the prediction used.
 When the profile's cost model holds a cast cost (profiled with ``--gdat-compress``),
 the table also shows the plan that compresses the exposed tail
 (:func:`gdat.schedule.compress_search.compressed_plan`) beside the exact ones.
@@ -24,7 +29,7 @@ from gdat.schedule.baselines import mgwfbp_plan, uniform_plan, uniform_plans
 from gdat.schedule.compress_search import SLACK, compressed_plan
 from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import calibrate, lower_bound_s, simulate
-from gdat.schedule.whatif import ALGOS, Network, network_of, whatif_model
+from gdat.schedule.whatif import ALGOS, ETHERNET_MTU, Network, network_of, whatif_model
 
 __all__ = ["add_simulate_arguments", "simulate_command"]
 
@@ -42,7 +47,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                       help="each node's link, each direction, in tc units (e.g. 100gbit, 25gbps)")
     what.add_argument("--intra-node-bandwidth", default=None,
                       help="the queue all of a node's intra-node traffic shares (e.g. a loopback)")
-    what.add_argument("--mtu", type=int, default=1500, help="MTU of the inter-node links (default 1500)")
+    what.add_argument("--mtu", type=int, default=None, help="MTU of the inter-node links (default 1500)")
     what.add_argument("--measured-inter-node-bandwidth", default=None,
                       help="the inter-node rate the profile ran at, if known (carries its efficiency over)")
     what.add_argument("--measured-intra-node-bandwidth", default=None,
@@ -52,7 +57,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                       help="world sizes to predict the optimum and DDP's default for")
     what.add_argument("--plot", default=None, metavar="PNG", help="with --sweep: draw the sweep here")
     parser.add_argument("--max-buckets", type=int, default=None, help="limit the optimum's bucket count (AOE: 8)")
-    parser.add_argument("--top", type=int, default=12, help="rows to print (default 12)")
+    parser.add_argument("--top", type=int, default=None, help="rows to print (default 12)")
     parser.add_argument("--save-plan", default=None, metavar="PATH",
                         help="save the optimal plan (for gdat-run --gdat-plan PATH)")
 
@@ -87,18 +92,68 @@ def _target(args: argparse.Namespace, measured: Network, world: int | None = Non
         nodes = args.nodes or measured.nodes
     if nodes * per_node < 2:
         raise UsageError("what-if needs world sizes of at least 2")
-    return Network(nodes, per_node, _rate(args.bandwidth), _rate(args.intra_node_bandwidth), inter_mtu=args.mtu)
+    return Network(nodes, per_node, _rate(args.bandwidth), _rate(args.intra_node_bandwidth),
+                   inter_mtu=args.mtu or ETHERNET_MTU)
+
+
+def _whatif(args: argparse.Namespace) -> bool:
+    """Whether the prediction is for another network than the profile's."""
+    return any(getattr(args, k) is not None for k in _WHATIF) or args.algo != "ring"
+
+
+def _measured(args: argparse.Namespace, profile: Profile) -> Network:
+    return network_of(profile, _rate(args.measured_inter_node_bandwidth), _rate(args.measured_intra_node_bandwidth))
 
 
 def _model(args: argparse.Namespace, profile: Profile, world: int | None = None) -> _Model:
-    if not any(getattr(args, k) is not None for k in _WHATIF) and args.algo == "ring" and world is None:
+    measured = _measured(args, profile)
+    if not _whatif(args) and world is None:
         fitted = calibrate(profile, profile.cost_model)
         return _Model(profile.ready_timeline("compute"), fitted.cost, fitted.contention,
-                      f"measured: {profile.world_size} ranks")
-    measured = network_of(profile, _rate(args.measured_inter_node_bandwidth),
-                          _rate(args.measured_intra_node_bandwidth))
+                      f"measured: {measured.describe()}; the allreduce as calibrated there")
     m = whatif_model(profile, measured, _target(args, measured, world), args.algo)
-    return _Model(m.timeline, m.cost, m.contention, f"what-if: {m.cost.source.removeprefix('what-if ')}")
+    return _Model(m.timeline, m.cost, m.contention,
+                  f"what-if: {m.cost.source.removeprefix('what-if ')}; profiled on {measured.describe()}")
+
+
+def _refuse_idle_options(args: argparse.Namespace, profile: Profile) -> None:
+    """Raise :class:`UsageError` naming an option that would not act on this
+    prediction, and the option that would."""
+    measured = _measured(args, profile)
+    if args.measured_inter_node_bandwidth and measured.nodes == 1:
+        raise UsageError("--measured-inter-node-bandwidth: the profile ran on one node, which has no inter-node "
+                         "link; --measured-intra-node-bandwidth gives the rate its ranks shared")
+    if args.measured_intra_node_bandwidth and measured.ranks_per_node == 1:
+        raise UsageError("--measured-intra-node-bandwidth: the profile ran one rank per node, with no intra-node "
+                         "traffic; --measured-inter-node-bandwidth gives its nodes' link rate")
+    if args.sweep:
+        for given, option in ((args.world_size, "--world-size"), (args.nodes, "--nodes")):
+            if given is not None:
+                raise UsageError(f"{option}: --sweep sets the world size of each prediction; --ranks-per-node "
+                                 "sets the ranks of each node")
+        for given, option in ((args.top, "--top"), (args.save_plan, "--save-plan")):
+            if given is not None:
+                raise UsageError(f"{option} acts on the table of plans, which --sweep does not print; drop --sweep")
+        targets = [_target(args, measured, w) for w in _sweep_sizes(args.sweep)]
+    elif _whatif(args):
+        targets = [_target(args, measured)]
+    else:
+        for given, option in ((args.measured_inter_node_bandwidth, "--measured-inter-node-bandwidth"),
+                              (args.measured_intra_node_bandwidth, "--measured-intra-node-bandwidth"),
+                              (args.mtu, "--mtu")):
+            if given is not None:
+                raise UsageError(f"{option} acts only on a what-if prediction: add the target's --bandwidth, "
+                                 "--intra-node-bandwidth, --nodes, --ranks-per-node, --world-size or --algo tree")
+        return
+    layout = targets[0].describe().split(",")[0]
+    if all(t.nodes == 1 for t in targets):
+        for given, option in ((args.bandwidth, "--bandwidth"), (args.mtu, "--mtu")):
+            if given is not None:
+                raise UsageError(f"{option} sets the links between nodes, and the target ({layout}) has one node: "
+                                 "--intra-node-bandwidth sets the rate its ranks share (--nodes adds nodes)")
+    if args.intra_node_bandwidth and all(t.ranks_per_node == 1 for t in targets):
+        raise UsageError(f"--intra-node-bandwidth sets the rate a node's ranks share, and the target ({layout}) "
+                         "has one rank per node: --bandwidth sets each node's link")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -129,7 +184,7 @@ def _table(args: argparse.Namespace, m: _Model) -> list[str]:
                  f"when compressing the tail saves more than {SLACK:.0%})" if m.cost.cast is not None
                  else "no cast cost (profile with --gdat-compress to compare compressed plans)"),
              f"{'plan':<28}{'buckets':>8}{'step ms':>10}{'exposed ms':>12}{'vs bound':>10}"]
-    for sim, plan in rows[: args.top]:
+    for sim, plan in rows[: args.top or 12]:
         lines.append(f"{plan.label:<28}{len(plan.buckets):>8}{sim.step_s * 1e3:>10.2f}"
                      f"{sim.exposed_comm_s * 1e3:>12.2f}{sim.step_s / bound:>10.3f}")
     lines.append(f"{'lower bound (exact plans)':<28}{'':>8}{bound * 1e3:>10.2f}")
@@ -198,6 +253,7 @@ def simulate_command(args: argparse.Namespace) -> str:
     profile = Profile.load(args.profile)
     if profile.cost_model is None:
         raise UsageError(f"{args.profile}: the profile has no allreduce cost model")
+    _refuse_idle_options(args, profile)
     if args.sweep:
         return "\n".join(_sweep(args, profile))
     return "\n".join(_table(args, _model(args, profile)))

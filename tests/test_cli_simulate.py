@@ -51,7 +51,7 @@ def test_simulate_prints_plans_sorted_with_the_lower_bound(profile_path, capsys)
     code, out, err = _simulate(capsys, profile_path)
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0] == "measured: 2 ranks"
+    assert lines[0] == "measured: 1 node x 2 ranks, intra-node shared, as measured; the allreduce as calibrated there"
     rows = [line for line in lines[3:] if not line.startswith("lower bound")]
     steps = [float(line.split()[-3]) for line in rows]
     assert steps == sorted(steps) and rows[0].startswith("optimal")
@@ -97,6 +97,18 @@ def test_slower_link_predicts_slower_steps_and_the_sweep_plots(profile_path, tmp
     (["--world-size", "6", "--ranks-per-node", "4"], "not a multiple of 4"),
     (["--sweep", "2,x"], "--sweep must be world sizes"),
     (["--plot", "x.png"], "--plot needs --sweep"),
+    # an option that would not act on the prediction names the one that would
+    (["--bandwidth", "1gbit"], "--bandwidth sets the links between nodes, and the target (1 node x 2 ranks) has "
+                               "one node: --intra-node-bandwidth"),
+    (["--mtu", "9000", "--intra-node-bandwidth", "1gbit"], "--mtu sets the links between nodes"),
+    (["--nodes", "2", "--ranks-per-node", "1", "--intra-node-bandwidth", "1gbit"],
+     "has one rank per node: --bandwidth sets each node's link"),
+    (["--measured-inter-node-bandwidth", "1gbit", "--nodes", "2"],
+     "the profile ran on one node, which has no inter-node link; --measured-intra-node-bandwidth"),
+    (["--measured-intra-node-bandwidth", "2gbit"], "acts only on a what-if prediction"),
+    (["--sweep", "2,4", "--world-size", "4"], "--world-size: --sweep sets the world size"),
+    (["--sweep", "2,4", "--save-plan", "p.json"], "--save-plan acts on the table of plans"),
+    (["--sweep", "2,4", "--intra-node-bandwidth", "1gbit"], "has one rank per node"),
 ])
 def test_simulate_bad_options(profile_path, capsys, args, message):
     code, _, err = _simulate(capsys, profile_path, *args)

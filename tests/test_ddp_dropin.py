@@ -118,10 +118,40 @@ def _hook_after_tuning(rank, work):
     return facts
 
 
+def _plan_file(rank, work):
+    """A plan file (``--gdat-plan``): applied at construction, with no tuning and no
+    report; the model trains exactly like stock DDP given the plan's caps."""
+    from gdat.core.layout import GradientLayout, params_of
+    from gdat.core.plan import BucketPlan
+    from gdat.ddp import DistributedDataParallel
+    from gdat.reducer.plan_switch import ddp_bucket_arguments
+    from gdat.report import outcome
+
+    os.makedirs(work, exist_ok=True)
+    stock_model, gdat_model = mlp(256, 6), mlp(256, 6)
+    params = params_of(list(stock_model.named_parameters()))
+    ready = GradientLayout.of(params, [p.index for p in params][::-1])  # backward's order
+    plan = BucketPlan.from_ends(ready, [4, 8, 12], "from a file")
+    path = os.path.join(work, "plan.json")
+    if rank == 0:
+        plan.save(path)
+    torch.distributed.barrier()
+    stock = StockDDP(stock_model, **ddp_bucket_arguments(plan, ready))
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        given = DistributedDataParallel(gdat_model, gdat_config=GdatConfig(mode="tune", work_path=work, plan=path))
+    a, b = _train(stock, rank), _train(given, rank)
+    return {"stderr": stderr.getvalue(), "equal": all(torch.equal(x, y) for x, y in zip(a, b, strict=True)),
+            "untuned": given.gdat_done and given.gdat_decision is None,
+            "clause": outcome._entries[-1].clause, "path": path,
+            "reports": [f for f in os.listdir(work) if f.startswith("aoe_result")]}
+
+
 def _all_configurations(rank, world, work):
     found = {name: _one(rank, os.path.join(work, str(k)), *config)
              for k, (name, config) in enumerate(CONFIGURATIONS.items())}
     found["hook after tuning"] = _hook_after_tuning(rank, os.path.join(work, "hook_after"))
+    found["plan file"] = _plan_file(rank, os.path.join(work, "plan_file"))
     return found
 
 
@@ -144,6 +174,15 @@ def test_a_comm_hook_registered_after_tuning_found_nothing_to_measure_is_taken(r
     for per_rank in ranks:
         facts = per_rank["hook after tuning"]
         assert facts["tuned, no candidate"] and facts["equal"]
+
+
+def test_a_plan_file_is_applied_without_tuning_and_trains_like_stock_ddp_with_its_caps(ranks):
+    said = "".join(per_rank["plan file"]["stderr"] for per_rank in ranks)  # rank 0 says it
+    assert said.count("gdat: applying plan 'from a file': 3 buckets") == 1 and "tune:" not in said, said
+    for per_rank in ranks:
+        facts = per_rank["plan file"]
+        assert facts["untuned"] and facts["equal"] and facts["reports"] == []
+        assert facts["clause"] == f"applied plan file {facts['path']}"
 
 
 def test_a_torch_without_a_needed_internal_is_named_once_and_left_stock(ranks):

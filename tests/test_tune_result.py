@@ -76,6 +76,7 @@ def test_a_plan_on_trial_runs_and_is_banked_as_inconclusive_evidence_until_its_c
     assert g["trial"] is True and g["gdat_tuning_result"] == "tuning unsatisfied"
     assert g["chosen_plan"]["label"] == result.decision.plans[0].plan.label  # what runs
     assert "runs while measuring goes on" in g["reason"] and g["steady_state"]["status"].startswith("pending")
+    assert g["steady_state"]["predicted_step_ms"] > 0 and g["steady_state"]["prediction_error"] is None
     assert g["evidence"]["confident"] is False and g["evidence"]["launches"] == 1
     # a script that ends here has still saved its tuning: the evidence, inconclusive, and the plan that runs
     [entry] = _bank(tmp_path)
@@ -92,6 +93,10 @@ def test_a_trial_adopted_by_its_window_is_kept_and_banked_confident(trial):
     assert g["model_result_performance(ms)"] == pytest.approx(86.0)
     assert "adopted in steady state by the sequential test" in g["reason"]
     assert g["steady_state"]["paired_check"]["sequential_status"] == "adopt"
+    # the adopted plan's steady state, predicted against measured
+    steady, predicted = g["steady_state"], g["candidates"][0]["predicted_step_ms"]
+    assert steady["predicted_step_ms"] == pytest.approx(predicted, abs=1e-3) and steady["median_ms"] == 86.0
+    assert steady["prediction_error"] == pytest.approx(predicted / 86.0 - 1, abs=1e-4)
     [entry] = _bank(tmp_path)
     assert entry.confident and entry.plan.same_partition(result.decision.plans[0].plan)
     assert entry.result_ms == pytest.approx(86.0) and entry.evidence.blocks == 4

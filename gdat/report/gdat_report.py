@@ -12,7 +12,9 @@ factors, every measurement block's steps, and the steady state after tuning.
 (:attr:`gdat.decide.record.Decision.result_s`: the adopted plan's steady-state
 median, its paired estimate until the confirmation has run, the baseline's median
 when the user's configuration runs on); ``steady_state.status`` says ``pending``
-until the confirmation.  :func:`hit_report`, :func:`tuning_report` and :func:`untuned_report`
+until the confirmation, and ``steady_state`` gives the plan it measures (the one on
+trial or adopted, else the user's configuration) as predicted, by the calibrated
+simulator and the corrected model, against its measured median.  :func:`hit_report`, :func:`tuning_report` and :func:`untuned_report`
 assemble it for a knowledge-base hit, a tuning run and a model gdat did not tune
 (``tuning unsatisfied``, the reason, ``null`` performance); :func:`write_report` writes it
 (the tuning run's before/after chart beside it is :mod:`gdat.report.chart`'s).
@@ -175,16 +177,19 @@ def tuning_report(d: Decision, kept: Kept) -> GdatReport:
     it, the bank outcome and the fitted and corrected model."""
     verdict, found, correction = d.verdict, d.found, d.correction
     base_ms = d.baseline_s * 1e3
+    steady_plan = d.winner.plan if d.winner else found.baseline_plan
+    prediction = _steady_prediction(d, steady_plan)
     if d.steady is None:
         steady_state: dict[str, Any] = {"status": "pending: the script ended before the confirmation, or it has "
                                                   "not run yet; the result is the estimate from the blocks" +
                                                   ("; the plan on trial is not kept unless adopted"
-                                                   if verdict.trial else "")}
+                                                   if verdict.trial else ""), **prediction}
     else:
         status = "reverted to the user configuration" if d.reverted else \
             "running on trial" if d.check is not None and d.check.outcome == "continues" else "confirmed"
         steady_state = {"status": status, "plan": d.winner.plan.label if d.winner else "user configuration",
-                        **d.steady.to_dict(), "paired_check": d.check.to_dict() if d.check is not None else None}
+                        **d.steady.to_dict(), **prediction,
+                        "paired_check": d.check.to_dict() if d.check is not None else None}
     summary = RepoSummary()
     summary.count(kept.outcome)
     layout = found.timeline.layout
@@ -219,6 +224,19 @@ def tuning_report(d: Decision, kept: Kept) -> GdatReport:
         baseline_predicted_ms=found.simulate(found.baseline_plan).step_s * 1e3,
         baseline_corrected_ms=correction.predict_s(found, found.baseline_plan) * 1e3,
         noise_ms=verdict.noise_s * 1e3, tuning_steps=d.decision_step + 1, extra=extra)
+
+
+def _steady_prediction(d: Decision, plan: BucketPlan) -> dict[str, Any]:
+    """The steady-state plan's step as the calibrated simulator and the corrected
+    model predicted it, and their signed errors against its measured steady-state
+    median (``median_ms``): ``(predicted - measured) / measured``, ``None`` until
+    measured."""
+    predicted = d.found.simulate(plan).step_s * 1e3
+    corrected = d.correction.predict_s(d.found, plan) * 1e3
+    measured = d.steady.median_s * 1e3 if d.steady is not None else None
+    return {"predicted_step_ms": round(predicted, 3), "corrected_predicted_step_ms": round(corrected, 3),
+            "prediction_error": None if measured is None else round(predicted / measured - 1, 4),
+            "corrected_prediction_error": None if measured is None else round(corrected / measured - 1, 4)}
 
 
 def _reason(d: Decision) -> str:

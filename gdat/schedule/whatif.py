@@ -114,11 +114,11 @@ class Network:
         parts = [f"{self.nodes} node{'s' if self.nodes > 1 else ''} x {self.ranks_per_node} rank"
                  f"{'s' if self.ranks_per_node > 1 else ''}"]
         if self.nodes > 1:
-            parts.append("inter-node " + (format_rate(self.inter_bytes_per_s) if self.inter_bytes_per_s
-                                          else "as measured") + " each way")
+            parts.append("inter-node " + (format_rate(self.inter_bytes_per_s) + " each way"
+                                          if self.inter_bytes_per_s else "as measured"))
         if self.ranks_per_node > 1:
-            parts.append("intra-node " + (format_rate(self.intra_bytes_per_s) if self.intra_bytes_per_s
-                                          else "as measured") + " shared")
+            parts.append("intra-node " + (format_rate(self.intra_bytes_per_s) + " shared"
+                                          if self.intra_bytes_per_s else "shared, as measured"))
         return ", ".join(parts)
 
 
