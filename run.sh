@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gdat's one entry point for a fresh machine: sets up .venv idempotently, then
 #   ./run.sh demo   tunes the built-in demo model with gdat-run (2 ranks, emulated network)
-#   ./run.sh test   runs the test suite (two test files at a time), then the compatibility pass;
+#   ./run.sh test   runs the test suite (three test files at a time), then the compatibility pass;
 #                   with pytest arguments, only pytest with them
 #   ./run.sh compat the compatibility pass alone: gdat on the oldest torch it tunes with and the newest
 #                   installable one, each in its own venv (.venv-torch-<release>, made with uv)
@@ -70,8 +70,8 @@ case "$cmd" in
   demo) setup; exec "$PY" -m launch.demo "$@" ;;
   test)
     setup
-    if [ $# -gt 0 ]; then exec "$PY" -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests "$@"; fi
-    "$PY" -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests
+    if [ $# -gt 0 ]; then exec "$PY" -m pytest -q -p no:cacheprovider -n 3 --dist loadgroup tests "$@"; fi
+    "$PY" -m pytest -q -p no:cacheprovider -n 3 --dist loadgroup tests
     compat ;;
   compat) setup; compat ;;
   *) echo "usage: ./run.sh demo|test|compat|env" >&2; exit 2 ;;

@@ -33,7 +33,7 @@ setup(
     extras_require={
         # the frameworks are pinned to releases tested with torch 2.13.0; expecttest lets
         # tests import PyTorch's own DDP suite (torch.testing._internal)
-        # pytest-xdist runs two test files at once (./run.sh test): most of a spawned job's time is
+        # pytest-xdist runs three test files at once on two cores (./run.sh test): much of a spawned job's time is
         # one process starting or waiting, which the other file's job fills; its loadgroup needs the
         # node ids of pytest before 9.2
         "test": ["pytest==9.1.1", "pytest-xdist==3.8.0", "hypothesis", "matplotlib", "expecttest", "accelerate==1.15.0",

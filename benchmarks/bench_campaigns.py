@@ -1,6 +1,6 @@
 """A gain every job keeps: campaigns of launches on one knowledge base, a link that slows mid-run, and A/A.
 
-    python benchmarks/bench_campaigns.py [--campaigns 3] [--steps 80] [--json out.json]
+    python benchmarks/bench_campaigns.py [--campaigns 3] [--steps 80] [--aa-jobs K] [--drift] [--json out.json]
 
 1. Campaigns (``bench_steady_state.run_model`` on ``hf-lm:2:64``, the Hugging Face
    GPT-2 of ``benchmarks/hf_lm.py``: 13.8 M parameters, a plain DDP loop).  Each
@@ -12,9 +12,10 @@
    campaign's default; no first launch slower than default beyond the noise band;
    the median first launch <= 1.00 x its campaign's fastest uniform cap.
 2. A/A (:func:`aa_rate`): recorded blocks of one configuration, the user's: the
-   baseline blocks of every gdat report of the campaigns and the DDP-default jobs'
-   steps after the first 20, cut into blocks of 3, each normalised by its job's
-   median; drawn at random as a baseline and two identical candidates, launch after
+   baseline blocks of every gdat report of the campaigns, and the steps after the
+   first 20 of the campaigns' DDP-default jobs and of ``--aa-jobs`` more such jobs
+   (``--campaigns 0 --aa-jobs K`` runs these alone), cut into blocks of 3; each
+   block normalised by its job's median; drawn at random as a baseline and two identical candidates, launch after
    launch (at most 6), judged by gdat's sequential test
    (:func:`gdat.decide.judge.judge`): the fraction of campaigns that adopt one.
    Goal: <= 5%.
@@ -38,7 +39,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks.bench_steady_state import BIN, run_model, summarise  # noqa: E402
+from benchmarks.bench_steady_state import BIN, job, run_model, summarise, workload  # noqa: E402
 
 LM = "hf-lm:2:64"
 
@@ -61,6 +62,17 @@ def campaign_goals(result: dict, grid: list[str]) -> list[str]:
             f"  goal: median first launch <= 1.00 x the fastest cap: {verdict(over_best <= 1.0)} ({over_best:.3f})"]
 
 
+def _blocks_of(jobs: list[list[float]]) -> list[list[float]]:
+    """Each job's steps after the first 20, cut into blocks of 3, normalised by the job's median."""
+    blocks = []
+    for steps in jobs:
+        steps = steps[20:]
+        if steps:
+            m = statistics.median(steps)
+            blocks += [[x / m for x in steps[k:k + 3]] for k in range(0, len(steps) - 2, 3)]
+    return blocks
+
+
 def aa_rate(result: dict, campaigns: int = 2000, launches: int = 6, seed: int = 1) -> tuple[float, int]:
     """Section 2 (module docstring): the A/A false-adoption rate and the number of
     recorded blocks it drew from."""
@@ -76,11 +88,8 @@ def aa_rate(result: dict, campaigns: int = 2000, launches: int = 6, seed: int = 
             if base:
                 m = statistics.median(x for steps in base for x in steps)
                 pool += [[x / m for x in steps] for steps in base]
-        for name in ("default", "default-2"):
-            steps = r.get("steps_ms", {}).get(name, [])[20:]
-            if steps:
-                m = statistics.median(steps)
-                pool += [[x / m for x in steps[k:k + 3]] for k in range(0, len(steps) - 2, 3)]
+        pool += _blocks_of([r.get("steps_ms", {}).get(name, []) for name in ("default", "default-2")])
+    pool += _blocks_of(result.get("aa_steps_ms", []))
     user = BucketPlan((Bucket((0, 1), 8, "float32"), Bucket((2, 3), 8, "float32")), "user")
     twins = [BucketPlan((Bucket((0,), 4, "float32"), Bucket((1,), 4, "float32"), Bucket((2, 3), 8, "float32")), "a"),
              BucketPlan((Bucket((0, 1, 2, 3), 16, "float32"),), "b")]
@@ -130,6 +139,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=80)
     p.add_argument("--last", type=int, default=15)
     p.add_argument("--grid", default="2,5,10,25")
+    p.add_argument("--aa-jobs", type=int, default=0, help="DDP-default jobs run for the A/A pool alone")
     p.add_argument("--drift", action="store_true", help="also the run whose link slows mid-run")
     p.add_argument("--drift-steps", type=int, default=120)
     p.add_argument("--drop-at", type=int, default=40)
@@ -141,11 +151,14 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         with emulated_network(args.rate) as net:
-            result = run_model(net, tmp, LM, args)
-        print("\n".join(summarise(result, args.grid)))
-        print("\n".join(campaign_goals(result, args.grid)))
+            result = run_model(net, tmp, LM, args) if args.campaigns else {"rounds": []}
+            result["aa_steps_ms"] = [[t * 1e3 for t in job(net, tmp, f"aa{k}", workload(LM), args.steps, 29800 + k,
+                                                          None, [])] for k in range(args.aa_jobs)]
+        if args.campaigns:
+            print("\n".join(summarise(result, args.grid)))
+            print("\n".join(campaign_goals(result, args.grid)))
         rate, blocks = aa_rate(result)
-        print(f"  A/A from {blocks} recorded baseline blocks: false adoption {rate:.3%} "
+        print(f"  A/A from {blocks} recorded blocks of the user's configuration: false adoption {rate:.3%} "
               f"({'met' if rate <= 0.05 else 'NOT met'}: goal <= 5%)")
         out = {"campaigns": result, "aa_false_adoption": rate, "aa_blocks": blocks}
         if args.drift:

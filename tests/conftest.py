@@ -1,13 +1,13 @@
 """Test collection: which test files share a spawned job, and which worker runs them.
 
-``./run.sh test`` runs two test files at a time (pytest-xdist, ``--dist loadgroup``).
+``./run.sh test`` runs three test files at a time on two cores (pytest-xdist, ``--dist loadgroup``).
 Every test is put in its file's group, so a file's module-scoped jobs run once, in
 one worker; the files of :data:`TWO_RANK_JOBS` form one group, sharing one spawned
 2-rank gloo job (:func:`tests.distributed.shared_two_rank_job`), and the aoe_full
 files one group, so that one worker pays Inductor's first compile in a process
 (its C++ toolchain's warm-up, seconds on a cold cache).  Groups are handed
 to the workers longest first (:data:`LONGEST_FIRST`, from ``--durations``), so that
-both finish at about the same time.
+all finish at about the same time.
 """
 from __future__ import annotations
 
