@@ -36,7 +36,7 @@ launch: tests/test_sequential.py on Gaussian blocks, benchmarks/bench_campaigns.
 on 120 recorded blocks of DDP-default jobs) the rate is about 3% there, under the 5%
 the test is held to.  It was 20% while a block's variance came from the step-to-step
 noise alone and each observation kept its launch's variance: the machine's level
-shifts between blocks (:func:`gdat.decide.verdict.block_variance_s2`) and a launch
+shifts between blocks (:func:`gdat.decide.verdict.block_variance_terms`) and a launch
 that looked quiet by chance let a no-gain plan through.  The paired steady-state
 check after an adoption (:mod:`gdat.decide.confirm`) is a further guard.  ``BETA`` is the chance of
 rejecting a plan that gains ``Delta``.  The verdict is confident when one

@@ -20,12 +20,12 @@ block's median (the step-to-step noise of the machine, pooled over all blocks, t
 block medians themselves left out); a block median has standard error
 ``se = 1.2533 * sigma / sqrt(measure)``, or more where the baseline's own block
 medians ``b_1, b_2, ...`` differ more: a block median's variance is
-``max(se^2, var_k(b_{k+1} - b_k) / 2)`` (:func:`block_variance_s2`, from three
+``max(se^2, var_k(b_{k+1} - b_k) / 2)`` (:func:`block_variance_terms`, from three
 baseline blocks on; the variance of the successive differences leaves out a linear
 drift, which the interpolation cancels): the machine's level shifts from block to
 block, which the step-to-step noise does not see (on recorded steps of one
-configuration they were up to twice it), a paired
-difference that variance times ``1 + w^2 + (1-w)^2`` (``w``: the interpolation weight) and ``D_i`` the mean of its blocks'
+configuration they were up to twice it), a paired difference that variance times
+``1 + w^2 + (1-w)^2`` (``w``: the interpolation weight) and ``D_i`` the mean of its blocks'
 variances over their count.  ``i``'s threshold is ``T_i = max(z * se(D_i),
 floor * m_base)`` (``m_base``: median of every baseline step).
 
@@ -58,7 +58,8 @@ from gdat.decide.windows import WindowStats, noise_sigma_s, pooled
 
 __all__ = ["Verdict", "decide", "beats", "Block", "Standing", "BASELINE", "standings", "step_sigma",
            "decide_blocks", "decide_blocks_lossy_last", "contenders", "round_order", "standing_of",
-           "paired_differences", "block_variance_s2", "is_noisy", "baseline_median_s", "Z", "SCREEN_Z", "FLOOR", "NOISY"]
+           "paired_differences", "block_variance_terms", "is_noisy", "baseline_median_s", "Z", "SCREEN_Z", "FLOOR",
+           "NOISY"]
 
 Z = 2.5
 SCREEN_Z = 1.0
@@ -164,6 +165,7 @@ def paired_differences(blocks: Sequence[Block]) -> dict[int, list[tuple[float, f
     base_at = [j for j, b in enumerate(blocks) if b.plan == BASELINE]
     if not base_at:
         return {}
+    within, between = block_variance_terms(blocks)
     paired: dict[int, list[tuple[float, float, int]]] = {}
     for j, b in enumerate(blocks):
         if b.plan == BASELINE:
@@ -177,20 +179,18 @@ def paired_differences(blocks: Sequence[Block]) -> dict[int, list[tuple[float, f
             ref = (1 - w) * blocks[before].window.median_s + w * blocks[after].window.median_s
             var = 1.0 + w * w + (1 - w) * (1 - w)
         n = len(b.window.step_s)
-        paired.setdefault(b.plan, []).append((b.window.median_s - ref, var * block_variance_s2(blocks, n), n))
+        paired.setdefault(b.plan, []).append((b.window.median_s - ref, var * max(within / n, between), n))
     return paired
 
 
-def block_variance_s2(blocks: Sequence[Block], steps: int) -> float:
-    """Variance of the median of a block of ``steps`` steps, seconds squared: the
-    larger of the step-to-step noise's and the one the baseline's successive block
-    medians show (module docstring)."""
-    within = (1.2533 * step_sigma(blocks)) ** 2 / steps
+def block_variance_terms(blocks: Sequence[Block]) -> tuple[float, float]:
+    """``((1.2533 sigma)^2, var_k(b_{k+1} - b_k) / 2)``, seconds squared: a one-step
+    block median's variance from the step-to-step noise, and a block median's from
+    the baseline's successive block medians (0 with fewer than three)."""
     medians = [b.window.median_s for b in blocks if b.plan == BASELINE]
     steps_between = [b - a for a, b in zip(medians, medians[1:])]
-    if len(steps_between) < 2:
-        return within
-    return max(within, statistics.variance(steps_between) / 2)
+    between = statistics.variance(steps_between) / 2 if len(steps_between) >= 2 else 0.0
+    return (1.2533 * step_sigma(blocks)) ** 2, between
 
 
 def standings(blocks: Sequence[Block]) -> list[Standing]:
