@@ -1,22 +1,34 @@
-"""What-if against measurement: profile once, predict other networks, then measure them.
+"""What-if against measurement: profile once, predict a changed network, then measure it.
 
-    flock /work/coord/bench.lock python benchmarks/bench_whatif.py [--profile-at 1x2@2gbit]
-        [--targets 1x2@1gbit,1x2@2gbit,1x2@4gbit,1x2@8gbit,2x1@1gbit] [--json out.json]
+    python benchmarks/bench_whatif.py [--changes FROM:TO,...] [--json out.json]
 
-1. Profile: one job on the emulated network ``--profile-at`` (``NODESxRANKS@RATE``;
-   one node: its loopback is shaped to RATE and shared by its ranks; several nodes:
-   each node's link is RATE each way, see :mod:`launch.cluster`) runs the allreduce
-   ladder and 3 compute-only + 3 overlapped steps, and saves the profile.
-2. Predict: for each target network, :func:`gdat.schedule.whatif.whatif_model`
-   moves the profile's calibrated model there; the optimum is searched under it
-   and DDP's default (25 MiB + 1 MiB first) is simulated too.
-3. Measure: one job per target, on that emulated network, runs each plan in
-   ``--rounds`` interleaved rounds of ``--measure-steps`` steps (after 2 transition
-   steps per switch).  It also runs the ladder and a profile there, reported as
-   diagnostics only (what the target's own calibration would have said).
+Each change ``FROM:TO`` names two networks ``NODESxRANKS@RATE`` (one node: its
+loopback is shaped to RATE and shared by its ranks; several nodes: each node's link
+is RATE each way and its loopback, shared by its ranks, 4 Gbit/s; see
+:mod:`launch.cluster`).  The default is the four changes
+``1x2@2gbit:1x2@1gbit`` (a slower link), ``1x2@2gbit:2x1@1gbit`` (ranks moved to
+their own nodes), ``2x1@1gbit:2x2@1gbit`` (more ranks per node) and
+``1x2@2gbit:1x2@500mbit``.  The model is the Hugging Face GPT-2 LM of
+``benchmarks/hf_lm.py`` (13.8 M parameters, AdamW, batch 2 x 64 tokens).
 
-Prints one table (predicted, measured, error per target and plan) and the median
-absolute error.  Needs root (network namespaces).
+1. Jobs.  One job per layout (a one-node job serves every rate of its layout: the
+   loopback is reshaped in place); a job runs once the profiles its targets need
+   exist.  After ``--warmup-steps`` steps, at each of its networks a job measures the
+   allreduce ladder and profiles 5 compute-only + 5 overlapped steps (saved: the source of a change, and a
+   diagnostic for a target: what its own calibration says).
+2. Predict.  For every change, :func:`gdat.schedule.whatif.whatif_model` moves the
+   FROM profile's calibrated model to TO, and three plans are simulated there:
+   DDP's default (25 MiB, 1 MiB first), an 8 MiB cap, and the plan gdat's search
+   picks under the moved model.
+3. Measure.  On TO, each plan runs in ``--rounds`` interleaved rounds of
+   ``--measure-steps`` steps (after 2 transition steps per switch); every round also
+   times the same steps without communication (``no_sync``), the load control.
+
+Prints the validation table (predicted, measured, error per change and plan), the
+median and worst absolute error, and per change the model's terms against the
+target's own calibration: per-byte allreduce cost, compute-only step, the
+overlap stretch sigma and slowdown kappa, a small (64 KiB) allreduce.  Needs
+root (network namespaces).
 """
 from __future__ import annotations
 
@@ -33,6 +45,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 PORT = 29400  # inside the benchmark's own namespaces
+INTRA = "4gbit"  # the loopback of a node of several: shaped, so that a what-if knows its rate
+CHANGES = "1x2@2gbit:1x2@1gbit,1x2@2gbit:2x1@1gbit,2x1@1gbit:2x2@1gbit,1x2@2gbit:1x2@500mbit"
 
 
 def _spec(text: str) -> tuple[int, int, str]:
@@ -42,21 +56,52 @@ def _spec(text: str) -> tuple[int, int, str]:
     return int(m.group(1)), int(m.group(2)), m.group(3)
 
 
-def _network(spec: tuple[int, int, str]):
+def _network(name: str):
     from gdat.core.units import parse_rate
     from gdat.schedule.whatif import Network
 
-    nodes, ranks, rate = spec
+    nodes, ranks, rate = _spec(name)
     r = parse_rate(rate)
-    return Network(nodes, ranks, r if nodes > 1 else None, r if nodes == 1 else None)
+    return Network(nodes, ranks, r if nodes > 1 else None, r if nodes == 1 else parse_rate(INTRA))
+
+
+def _job_of(name: str) -> str:
+    """The job a network is measured in: one per one-node layout, one per multi-node network."""
+    nodes, ranks, _ = _spec(name)
+    return f"{nodes}x{ranks}" if nodes == 1 else name
 
 
 def _set_rate(rate: str) -> None:
-    """Reshape this node's loopback to ``rate`` (rank 0, inside the benchmark's namespace)."""
+    """Reshape this node's loopback to ``rate`` (inside the benchmark's namespace)."""
     from launch.netns import tc
 
     subprocess.run([tc(), "qdisc", "change", "dev", "lo", "root", "tbf", "rate", rate, "burst", "1mb",
                     "latency", "200ms"], check=True)
+
+
+def core_sharing(source: str, target: str, cores: int) -> float:
+    """The what-if's core sharing on this testbed: every emulated node shares the host's
+    ``cores``, and each rank runs one thread (docs/whatif.md, "Compute")."""
+    def share(name: str) -> float:
+        nodes, ranks, _ = _spec(name)
+        return max(1.0, nodes * ranks / cores)
+    return share(target) / share(source)
+
+
+def _predict(profile, source: str, target: str) -> list[dict]:
+    """DDP's default, an 8 MiB cap and gdat's pick on ``target``, moved from ``profile``."""
+    from gdat.schedule.baselines import uniform_plan
+    from gdat.schedule.search import optimal_plan
+    from gdat.schedule.simulator import simulate
+    from gdat.schedule.whatif import whatif_model
+
+    sharing = core_sharing(source, target, len(os.sched_getaffinity(0)))
+    m = whatif_model(profile, _network(source), _network(target), core_sharing=sharing)
+    plans = [uniform_plan(m.timeline, 25, first_bucket=True), uniform_plan(m.timeline, 8, first_bucket=True),
+             optimal_plan(m.timeline, m.cost, m.contention, label="gdat")]
+    return [{"plan": p.to_dict(), "predicted_s": simulate(m.timeline, p, m.cost, m.contention).step_s,
+             "beta_s_per_byte": m.cost.beta_s_per_byte, "sigma": m.contention.compute_stretch,
+             "kappa": m.contention.comm_slowdown, "core_sharing": sharing} for p in plans]
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -70,174 +115,137 @@ def worker(args: argparse.Namespace) -> None:
     from gdat.profiling.session import ProfileSession
     from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
 
+    with open(args.spec) as f:
+        spec = json.load(f)
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    tr = Trainer(args.model, args.size, args.batch, lambda m: DDP(m))
-    cost = fit_from_ladder(measure_allreduce(args.comm_budget))
-    for _ in range(2):
-        tr.step()
-    plans_by_target: dict[str, list] = {}
-    if args.plans:
-        with open(args.plans) as f:
-            plans_by_target = {t: [BucketPlan.from_dict(d) for d in ps] for t, ps in json.load(f).items()}
-    else:
+    one_node = spec["one_node"]
+    tr = Trainer("gpt2", "", args.batch, lambda m: DDP(m))
+    tr.window(args.warmup_steps)
+
+    def go_to(name: str) -> None:
+        if one_node:
+            if rank == 0:
+                _set_rate(_spec(name)[2])
+            dist.barrier()
+
+    profiles, layout = {}, None
+    for k, name in enumerate(spec["networks"]):
+        go_to(name)
+        cost = fit_from_ladder(measure_allreduce(args.comm_budget, min_bytes=256 << 10))
+        if k:  # a fresh reducer for the tracing hook, as DDP's default builds it
+            switch_buckets(tr.ddp, bucket_cap_mb=25)
+            tr.window(2)
         session = ProfileSession(tr.ddp)
         session.recorder.hook_forward()
         for kind in ["compute"] * args.profile_steps + ["overlap"] * args.profile_steps:
             session.set_kind(kind)
             tr.step()
-        profile = session.finish(cost, {"source": "bench_whatif"})
-        box = [_predictions(profile, args) if rank == 0 else None]
-        dist.broadcast_object_list(box, src=0)
-        predictions = box[0]
-        plans_by_target = {t: [BucketPlan.from_dict(p["plan"]) for p in ps]
-                           for t, ps in predictions.items() if _spec(t)[0] == 1}
-    measured: dict[str, dict[str, list[float]]] = {t: {p.label: [] for p in ps} for t, ps in plans_by_target.items()}
-    ladders: dict[str, float] = {}
-    control: dict[str, list[float]] = {t: [] for t in plans_by_target}
-    targets = list(plans_by_target)
+        profiles[name] = session.finish(cost, {"source": "bench_whatif", "network": name})
+        layout = layout or profiles[name].ready_timeline("compute").layout
+        if rank == 0:
+            profiles[name].save(os.path.join(args.out_dir, f"{name}.profile.json"))
+    box = [{f"{s}:{t}": _predict(profiles[s], s, t) for s, t in spec["predict"]} if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    predictions = {**spec["predictions"], **box[0]}
+    to_measure = {c: [BucketPlan.from_dict(p["plan"]) for p in predictions[c]] for c in spec["measure"]}
+    measured = {c: {p.label: [] for p in ps} for c, ps in to_measure.items()}
+    control = {c: [] for c in to_measure}
+    order = list(to_measure)
     for r in range(args.rounds):
-        for target in (targets if r % 2 == 0 else targets[::-1]):
-            if not args.plans:
-                if rank == 0:
-                    _set_rate(_spec(target)[2])
-                dist.barrier()
-            if r == 0:
-                ladders[target] = fit_from_ladder(measure_allreduce(1.5, min_bytes=256 << 10)).beta_s_per_byte
-            with tr.ddp.no_sync():  # the load control: the same steps without communication
-                control[target] += max_over_ranks(tr.window(args.measure_steps))
-            plans = plans_by_target[target]
+        for change in (order if r % 2 == 0 else order[::-1]):
+            go_to(change.split(":")[1])
+            with tr.ddp.no_sync():
+                control[change] += max_over_ranks(tr.window(args.measure_steps))
+            plans = to_measure[change]
             for plan in (plans if r % 2 == 0 else plans[::-1]):
-                switch_buckets(tr.ddp, **ddp_bucket_arguments(plan, *_layout(tr.ddp, plan)))
+                switch_buckets(tr.ddp, **ddp_bucket_arguments(plan, layout))
                 tr.window(2)
-                measured[target][plan.label] += max_over_ranks(tr.window(args.measure_steps))
+                measured[change][plan.label] += max_over_ranks(tr.window(args.measure_steps))
     if rank == 0:
-        out = {"measured_s": measured, "ladder_beta_s_per_byte": ladders, "control_s": control}
-        if not args.plans:
-            out["predictions"] = predictions
-            profile.save(args.result + ".profile.json")
-        with open(args.result, "w") as f:
-            json.dump(out, f)
+        with open(os.path.join(args.out_dir, f"job-{spec['job']}.json"), "w") as f:
+            json.dump({"predictions": box[0], "measured_s": measured, "control_s": control}, f)
     dist.destroy_process_group()
 
 
-def _layout(ddp, plan):
-    """(order, bytes, dtypes) of ``plan``'s parameters on this DDP."""
-    params = [p for p in ddp.module.parameters() if p.requires_grad]
-    order = list(plan.param_order)
-    return order, [params[i].numel() * params[i].element_size() for i in order], \
-        [str(params[i].dtype).replace("torch.", "") for i in order]
-
-
-def _predictions(profile, args: argparse.Namespace) -> dict[str, list[dict]]:
-    """For every target: the optimum and DDP's default, with their predicted steps."""
-    from gdat.schedule.baselines import uniform_plan
-    from gdat.schedule.search import optimal_plan
-    from gdat.schedule.simulator import simulate
-    from gdat.schedule.whatif import whatif_model
-
-    out = {}
-    for target in args.targets.split(","):
-        m = whatif_model(profile, _network(_spec(args.profile_at)), _network(_spec(target)))
-        plans = [optimal_plan(m.timeline, m.cost, m.contention), uniform_plan(m.timeline, 25, first_bucket=True)]
-        out[target] = [{"plan": p.to_dict(), "predicted_s": simulate(m.timeline, p, m.cost, m.contention).step_s,
-                        "beta_s_per_byte": m.cost.beta_s_per_byte, "sigma": m.contention.compute_stretch,
-                        "kappa": m.contention.comm_slowdown} for p in plans]
-    return out
-
-
-def _run_job(spec: tuple[int, int, str], result: str, args: argparse.Namespace, plans: str | None) -> None:
+def _run_job(job: str, spec: dict, out_dir: str, args: argparse.Namespace) -> dict:
     from launch.cluster import emulated_cluster, run_on_nodes
 
-    nodes, ranks, rate = spec
+    path = os.path.join(out_dir, f"spec-{job}.json")
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    nodes, ranks, rate = _spec(spec["networks"][0])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node", str(ranks),
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"node0:{PORT}", "--rdzv-id", "whatif",
-           os.path.abspath(__file__), "--worker", "--result", result, "--model", args.model, "--size", args.size,
-           "--batch", str(args.batch), "--rounds", str(args.rounds), "--measure-steps", str(args.measure_steps),
-           "--profile-steps", str(args.profile_steps), "--comm-budget", str(args.comm_budget),
-           "--profile-at", args.profile_at, "--targets", args.targets, *(["--plans", plans] if plans else [])]
-    with emulated_cluster(nodes, rate, rate if nodes == 1 else None) as cluster:
+           os.path.abspath(__file__), "--worker", "--spec", path, "--out-dir", out_dir, "--batch", str(args.batch),
+           "--rounds", str(args.rounds), "--measure-steps", str(args.measure_steps),
+           "--warmup-steps", str(args.warmup_steps), "--profile-steps", str(args.profile_steps),
+           "--comm-budget", str(args.comm_budget)]
+    with emulated_cluster(nodes, rate, rate if nodes == 1 else INTRA) as cluster:
         codes = run_on_nodes(cluster, cmd, grace_s=60)
     if any(codes):
-        raise SystemExit(f"bench_whatif: the job on {nodes}x{ranks}@{rate} failed ({codes})")
+        raise SystemExit(f"bench_whatif: the job on {job} failed ({codes})")
+    with open(os.path.join(out_dir, f"job-{job}.json")) as f:
+        return json.load(f)
+
+
+def _jobs(changes: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """Jobs in an order where every change's source is profiled before (or in) its target's job."""
+    networks: dict[str, list[str]] = {}
+    for s, t in changes:
+        for name in (s, t):
+            if name not in networks.setdefault(_job_of(name), []):
+                networks[_job_of(name)].append(name)
+    for job, names in networks.items():  # a job's sources first: its own changes predict from them
+        names.sort(key=lambda n: not any(s == n for s, _ in changes))
+    done: list[str] = []
+    while len(done) < len(networks):
+        ready = [j for j in networks if j not in done and all(
+            _job_of(s) in done or _job_of(s) == j for s, t in changes if _job_of(t) == j)]
+        if not ready:
+            raise SystemExit("bench_whatif: the changes' sources and targets form a cycle of jobs")
+        done.append(ready[0])
+    return [(j, networks[j]) for j in done]
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--profile-at", default="1x2@2gbit")
-    p.add_argument("--targets", default="1x2@1gbit,1x2@2gbit,1x2@4gbit,1x2@8gbit,2x1@1gbit")
-    p.add_argument("--model", default="transformer")
-    p.add_argument("--size", default="large")
-    p.add_argument("--batch", type=int, default=6)
+    p.add_argument("--changes", default=CHANGES)
+    p.add_argument("--batch", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--measure-steps", type=int, default=4)
-    p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--warmup-steps", type=int, default=10)
+    p.add_argument("--profile-steps", type=int, default=5)
     p.add_argument("--comm-budget", type=float, default=3.0)
     p.add_argument("--json", default=None, help="also save the result here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--plans", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out-dir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)
         return 0
-    from gdat.core.plan import BucketPlan
-    from gdat.core.profile import Profile
-    from gdat.schedule.simulator import simulate
-    from gdat.schedule.whatif import link_beta, whatif_model
-
-    tmp = tempfile.mkdtemp(prefix="gdat-bench-whatif-")
-    base = _spec(args.profile_at)
-    if base[0] != 1:
-        raise SystemExit("bench_whatif: --profile-at must be one node (its rates are changed in place)")
-    print(f"profiling on {args.profile_at}, then measuring its one-node targets side by side ...",
-          file=sys.stderr, flush=True)
-    first = os.path.join(tmp, "one-node")
-    _run_job(base, first, args, None)
-    with open(first) as f:
-        result = json.load(f)
-    predictions = result["predictions"]
-    measured, ladders = dict(result["measured_s"]), dict(result["ladder_beta_s_per_byte"])
-    control = dict(result["control_s"])
-    profile = Profile.load(first + ".profile.json")
-    for target in predictions:
-        spec = _spec(target)
-        if spec[0] == 1:
-            continue
-        print(f"measuring {target} ...", file=sys.stderr, flush=True)
-        plans_file = os.path.join(tmp, f"plans-{target}.json")
-        with open(plans_file, "w") as f:
-            json.dump({target: [p["plan"] for p in predictions[target]]}, f)
-        out_file = os.path.join(tmp, f"measure-{target}")
-        _run_job(spec, out_file, args, plans_file)
-        with open(out_file) as f:
-            there = json.load(f)
-        measured.update(there["measured_s"])
-        control.update(there["control_s"])
-        ladders.update(there["ladder_beta_s_per_byte"])
-    rows, diagnostics = [], []
-    timeline = profile.ready_timeline("compute")
-    for target, preds in predictions.items():
-        model = whatif_model(profile, _network(base), _network(_spec(target)))
-        drift = statistics.median(control[target]) / (timeline.backward_end_s + timeline.post_s)
-        scaled = _scaled(timeline, drift)
-        for pred in preds:
-            label = pred["plan"]["label"]
-            meas = statistics.median(measured[target][label])
-            adjusted = simulate(scaled, BucketPlan.from_dict(pred["plan"]), model.cost, model.contention).step_s
-            rows.append({"target": target, "plan": label, "buckets": len(pred["plan"]["buckets"]),
-                         "predicted_ms": pred["predicted_s"] * 1e3, "measured_ms": meas * 1e3,
-                         "error": (pred["predicted_s"] - meas) / meas, "load_adjusted_ms": adjusted * 1e3,
-                         "adjusted_error": (adjusted - meas) / meas})
-        diagnostics.append({"target": target, "link_beta_ns": (link_beta(_network(_spec(target)), "ring") or 0) * 1e9,
-                            "predicted_beta_ns": preds[0]["beta_s_per_byte"] * 1e9,
-                            "ladder_beta_ns": ladders[target] * 1e9, "sigma": preds[0]["sigma"],
-                            "kappa": preds[0]["kappa"], "compute_drift": drift})
-    out = {"profile_at": args.profile_at, "model": f"{args.model}-{args.size}", "batch": args.batch,
-           "rows": rows, "diagnostics": diagnostics,
-           "median_abs_error": statistics.median(abs(r["error"]) for r in rows),
-           "median_abs_adjusted_error": statistics.median(abs(r["adjusted_error"]) for r in rows)}
+    changes = [tuple(c.split(":")) for c in args.changes.split(",")]
+    for c in changes:
+        if len(c) != 2:
+            raise SystemExit(f"bench_whatif: bad change {':'.join(c)!r}: expected FROM:TO")
+        _spec(c[0]), _spec(c[1])
+    out_dir = tempfile.mkdtemp(prefix="gdat-bench-whatif-")
+    predictions: dict[str, list[dict]] = {}
+    measured, control = {}, {}
+    for job, names in _jobs(changes):
+        print(f"job on {job}: {', '.join(names)} ...", file=sys.stderr, flush=True)
+        spec = {"job": job, "one_node": _spec(names[0])[0] == 1, "networks": names,
+                "predict": [(s, t) for s, t in changes if s in names],
+                "measure": [f"{s}:{t}" for s, t in changes if t in names],
+                "predictions": {f"{s}:{t}": predictions[f"{s}:{t}"] for s, t in changes
+                                if t in names and f"{s}:{t}" in predictions}}
+        result = _run_job(job, spec, out_dir, args)
+        predictions.update(result["predictions"])
+        measured.update(result["measured_s"])
+        control.update(result["control_s"])
+    out = _summarise(changes, predictions, measured, control, out_dir)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
@@ -245,29 +253,62 @@ def main() -> int:
     return 0
 
 
-def _scaled(timeline, factor: float):
-    """``timeline`` with every compute time multiplied by ``factor``."""
-    from dataclasses import replace
+def _summarise(changes, predictions, measured, control, out_dir) -> dict:
+    from gdat.core.profile import Profile
+    from gdat.schedule.simulator import calibrate
+    from gdat.schedule.whatif import whatif_model
 
-    return replace(timeline, ready_s=tuple(t * factor for t in timeline.ready_s),
-                   backward_start_s=timeline.backward_start_s * factor,
-                   backward_end_s=timeline.backward_end_s * factor, post_s=timeline.post_s * factor)
+    def load(name):
+        return Profile.load(os.path.join(out_dir, f"{name}.profile.json"))
+
+    def compute_step(profile) -> float:
+        tl = profile.ready_timeline("compute")
+        return tl.backward_end_s + tl.post_s
+
+    rows, terms = [], []
+    small = 64 << 10
+    for s, t in changes:
+        change = f"{s}:{t}"
+        moved = whatif_model(load(s), _network(s), _network(t), core_sharing=predictions[change][0]["core_sharing"])
+        for pred in predictions[change]:
+            label = pred["plan"]["label"]
+            meas = statistics.median(measured[change][label])
+            rows.append({"change": change, "plan": label, "buckets": len(pred["plan"]["buckets"]),
+                         "predicted_ms": pred["predicted_s"] * 1e3, "measured_ms": meas * 1e3,
+                         "error": (pred["predicted_s"] - meas) / meas})
+        source, there = load(s), load(t)
+        own = calibrate(there, there.cost_model)
+        terms.append({"change": change, "predicted_beta_ns": predictions[change][0]["beta_s_per_byte"] * 1e9,
+                      "predicted_small_ms": moved.cost.time_s(small) * 1e3,
+                      "target_small_ms": own.cost.time_s(small) * 1e3,
+                      "target_beta_ns": own.cost.beta_s_per_byte * 1e9,
+                      "core_sharing": predictions[change][0]["core_sharing"],
+                      "source_compute_ms": compute_step(source) * 1e3, "target_compute_ms": compute_step(there) * 1e3,
+                      "control_ms": statistics.median(control[change]) * 1e3,
+                      "predicted_sigma": predictions[change][0]["sigma"], "target_sigma": own.contention.compute_stretch,
+                      "predicted_kappa": predictions[change][0]["kappa"], "target_kappa": own.contention.comm_slowdown})
+    errors = [abs(r["error"]) for r in rows]
+    return {"model": "gpt2 (benchmarks/hf_lm.py)", "rows": rows, "terms": terms,
+            "median_abs_error": statistics.median(errors), "worst_abs_error": max(errors)}
 
 
 def _print(out: dict) -> None:
-    print(f"model {out['model']} batch {out['batch']}, profiled once on {out['profile_at']}")
-    print("| network | plan | buckets | predicted ms | measured ms | error | load-adjusted ms | error |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"model {out['model']}")
+    print("| change | plan | buckets | predicted ms | measured ms | error |")
+    print("|---|---|---:|---:|---:|---:|")
     for r in out["rows"]:
-        print(f"| {r['target']} | {r['plan']} | {r['buckets']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
-              f"{r['error'] * 100:+.1f}% | {r['load_adjusted_ms']:.1f} | {r['adjusted_error'] * 100:+.1f}% |")
-    print(f"median absolute error: {out['median_abs_error'] * 100:.1f}% as predicted, "
-          f"{out['median_abs_adjusted_error'] * 100:.1f}% with compute scaled to the load control")
-    print("| network | link beta ns/B | predicted beta ns/B | ladder there ns/B | sigma | kappa | compute drift |")
+        print(f"| {r['change']} | {r['plan']} | {r['buckets']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
+              f"{r['error'] * 100:+.1f}% |")
+    print(f"median absolute error {out['median_abs_error'] * 100:.1f}%, worst {out['worst_abs_error'] * 100:.1f}%")
+    print("| change | beta ns/B model / target | 64 KiB allreduce ms model / target | core sharing | compute-only ms source / target / control "
+          "| sigma model / target | kappa model / target |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for d in out["diagnostics"]:
-        print(f"| {d['target']} | {d['link_beta_ns']:.2f} | {d['predicted_beta_ns']:.2f} | {d['ladder_beta_ns']:.2f} | "
-              f"{d['sigma']:.2f} | {d['kappa']:.2f} | x{d['compute_drift']:.3f} |")
+    for d in out["terms"]:
+        print(f"| {d['change']} | {d['predicted_beta_ns']:.2f} / {d['target_beta_ns']:.2f} | "
+              f"{d['predicted_small_ms']:.2f} / {d['target_small_ms']:.2f} | x{d['core_sharing']:g} | "
+              f"{d['source_compute_ms']:.1f} / {d['target_compute_ms']:.1f} / {d['control_ms']:.1f} | "
+              f"{d['predicted_sigma']:.3f} / {d['target_sigma']:.3f} | {d['predicted_kappa']:.3f} / "
+              f"{d['target_kappa']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -31,23 +31,39 @@ def launch_ranks(script: str, port: int, worker_args: Sequence[str], net: Any = 
 
 
 class Trainer:
-    """One rank's training loop on a built-in model; ``step()`` runs one step and
-    records its wall time (start of this step to start of the next)."""
+    """One rank's training loop on a built-in model, or on ``gpt2`` (the Hugging Face
+    LM of ``benchmarks/hf_lm.py`` with AdamW, as that script trains it; ``size`` is
+    ignored); ``step()`` runs one step and records its wall time (start of this step
+    to start of the next)."""
 
     def __init__(self, model_name: str, size: str, batch: int, ddp_factory: Any) -> None:
         self.name, self.batch = model_name, batch
-        self.model = build_model(model_name, size)
+        if model_name == "gpt2":
+            from benchmarks.hf_lm import gpt2_lm
+
+            self.model = gpt2_lm()
+        else:
+            self.model = build_model(model_name, size)
         self.ddp = ddp_factory(self.model)
-        self.opt = torch.optim.SGD(self.ddp.parameters(), lr=1e-3, momentum=0.9)
+        self.opt = torch.optim.AdamW(self.ddp.parameters(), lr=1e-4) if model_name == "gpt2" else \
+            torch.optim.SGD(self.ddp.parameters(), lr=1e-3, momentum=0.9)
         self.rank = dist.get_rank()
         self.k = 0
         self.starts: list[float] = []
 
+    def _loss(self) -> torch.Tensor:
+        if self.name == "gpt2":
+            from benchmarks.hf_lm import token_batch
+
+            ids = token_batch(self.model.config.vocab_size, self.batch, 64, self.k, self.rank)
+            return self.ddp(input_ids=ids, labels=ids).loss
+        x, y = synthetic_batch(self.name, self.model, self.rank, self.k, self.batch)
+        return loss_fn(self.name, self.ddp(x), y)
+
     def step(self) -> None:
         self.starts.append(time.perf_counter())
-        x, y = synthetic_batch(self.name, self.model, self.rank, self.k, self.batch)
         self.opt.zero_grad(set_to_none=True)
-        loss_fn(self.name, self.ddp(x), y).backward()
+        self._loss().backward()
         self.opt.step()
         self.k += 1
 

@@ -19,48 +19,64 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from transformers import GPT2Config, GPT2LMHeadModel
 
-p = argparse.ArgumentParser()
-p.add_argument("--steps", type=int, default=80)
-p.add_argument("--layers", type=int, default=6)
-p.add_argument("--width", type=int, default=384)
-p.add_argument("--vocab", type=int, default=8192)
-p.add_argument("--batch", type=int, default=2)
-p.add_argument("--seq", type=int, default=64)
-p.add_argument("--bucket-cap-mb", type=float, default=None)
-p.add_argument("--link-rate", default="")
-p.add_argument("--out", default=None)
-args = p.parse_args()
 
-torch.set_num_threads(1)
-dist.init_process_group("gloo")
-rank = dist.get_rank()
-torch.manual_seed(0)
-config = GPT2Config(n_layer=args.layers, n_embd=args.width, n_head=args.width // 64, vocab_size=args.vocab,
-                    n_positions=max(128, args.seq), use_cache=False, bos_token_id=0, eos_token_id=0,
-                    loss_type="ForCausalLM")
-model = GPT2LMHeadModel(config)
-ddp = DDP(model, **({} if args.bucket_cap_mb is None else {"bucket_cap_mb": args.bucket_cap_mb}))
-opt = torch.optim.AdamW(ddp.parameters(), lr=1e-4)
-link_step, _, link_rate = args.link_rate.partition(":")
-losses, times = [], []
-for step in range(args.steps):
-    if link_rate and step == int(link_step):
-        dist.barrier()
-        if rank == 0:
-            subprocess.run(["tc", "qdisc", "change", "dev", "lo", "root", "tbf", "rate", link_rate, "burst", "1mb",
-                            "latency", "200ms"], check=True)
-        dist.barrier()
-    t0 = time.perf_counter()
-    ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(step * 2 + rank))
-    opt.zero_grad(set_to_none=True)
-    loss = ddp(input_ids=ids, labels=ids).loss
-    loss.backward()
-    opt.step()
-    losses.append(loss.item())
-    times.append(time.perf_counter() - t0)
-if rank == 0 and args.out:
-    with open(args.out, "w") as f:
-        json.dump({"losses": losses, "step_times_s": times,
-                   "parameters": sum(q.numel() for q in model.parameters())}, f)
-dist.barrier()
-dist.destroy_process_group()
+def gpt2_lm(layers: int = 6, width: int = 384, vocab: int = 8192, seq: int = 64) -> GPT2LMHeadModel:
+    """The LM this script trains, built from a config with seed 0 (no download)."""
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=layers, n_embd=width, n_head=width // 64, vocab_size=vocab,
+                        n_positions=max(128, seq), use_cache=False, bos_token_id=0, eos_token_id=0,
+                        loss_type="ForCausalLM")
+    return GPT2LMHeadModel(config)
+
+
+def token_batch(vocab: int, batch: int, seq: int, step: int, rank: int) -> torch.Tensor:
+    """Rank ``rank``'s synthetic token ids at ``step`` (seeded)."""
+    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(step * 2 + rank))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=80)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--width", type=int, default=384)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--bucket-cap-mb", type=float, default=None)
+    p.add_argument("--link-rate", default="")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model = gpt2_lm(args.layers, args.width, args.vocab, args.seq)
+    ddp = DDP(model, **({} if args.bucket_cap_mb is None else {"bucket_cap_mb": args.bucket_cap_mb}))
+    opt = torch.optim.AdamW(ddp.parameters(), lr=1e-4)
+    link_step, _, link_rate = args.link_rate.partition(":")
+    losses, times = [], []
+    for step in range(args.steps):
+        if link_rate and step == int(link_step):
+            dist.barrier()
+            if rank == 0:
+                subprocess.run(["tc", "qdisc", "change", "dev", "lo", "root", "tbf", "rate", link_rate, "burst", "1mb",
+                                "latency", "200ms"], check=True)
+            dist.barrier()
+        t0 = time.perf_counter()
+        ids = token_batch(args.vocab, args.batch, args.seq, step, rank)
+        opt.zero_grad(set_to_none=True)
+        loss = ddp(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        times.append(time.perf_counter() - t0)
+    if rank == 0 and args.out:
+        with open(args.out, "w") as f:
+            json.dump({"losses": losses, "step_times_s": times,
+                       "parameters": sum(q.numel() for q in model.parameters())}, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,8 @@
 """``gdat simulate PROFILE``: predicted step times of bucket plans, as measured or what-if.
 
 Without a what-if option the table uses the profile's calibrated model.  With one
-(``--nodes``, ``--ranks-per-node``, ``--world-size``, a bandwidth, ``--algo tree``)
+(``--nodes``, ``--ranks-per-node``, ``--world-size``, a bandwidth, ``--algo tree``,
+``--core-sharing``)
 the cost is re-predicted by :mod:`gdat.schedule.whatif` for that network.  An
 option that would not act on the prediction is refused with the option that would
 (:func:`_refuse_idle_options`): a rate for a link the target or the profile's own
@@ -33,7 +34,7 @@ from gdat.schedule.whatif import ALGOS, ETHERNET_MTU, Network, network_of, whati
 
 __all__ = ["add_simulate_arguments", "simulate_command"]
 
-_WHATIF = ("nodes", "ranks_per_node", "world_size", "bandwidth", "intra_node_bandwidth", "sweep")
+_WHATIF = ("nodes", "ranks_per_node", "world_size", "bandwidth", "intra_node_bandwidth", "sweep", "core_sharing")
 
 
 def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +53,9 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the inter-node rate the profile ran at, if known (carries its efficiency over)")
     what.add_argument("--measured-intra-node-bandwidth", default=None,
                       help="the intra-node rate the profile ran at, if known (carries its efficiency over)")
+    what.add_argument("--core-sharing", type=float, default=None, metavar="S",
+                      help="each rank gets 1/S of the processor time it had in the profile (more ranks or "
+                           "threads per core; see docs/whatif.md)")
     what.add_argument("--algo", default="ring", help="allreduce algorithm: ring or tree (default ring)")
     what.add_argument("--sweep", default=None, metavar="N,N,...",
                       help="world sizes to predict the optimum and DDP's default for")
@@ -111,9 +115,11 @@ def _model(args: argparse.Namespace, profile: Profile, world: int | None = None)
         fitted = calibrate(profile, profile.cost_model)
         return _Model(profile.ready_timeline("compute"), fitted.cost, fitted.contention,
                       f"measured: {measured.describe()}; the allreduce as calibrated there")
-    m = whatif_model(profile, measured, _target(args, measured, world), args.algo)
+    sharing = args.core_sharing or 1.0
+    m = whatif_model(profile, measured, _target(args, measured, world), args.algo, sharing)
+    compute = f"; cores shared x{sharing:g}" if sharing != 1.0 else ""
     return _Model(m.timeline, m.cost, m.contention,
-                  f"what-if: {m.cost.source.removeprefix('what-if ')}; profiled on {measured.describe()}")
+                  f"what-if: {m.cost.source.removeprefix('what-if ')}{compute}; profiled on {measured.describe()}")
 
 
 def _refuse_idle_options(args: argparse.Namespace, profile: Profile) -> None:
@@ -166,6 +172,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("what-if needs world sizes of at least 2")
     if args.plot and not args.sweep:
         raise UsageError("--plot needs --sweep")
+    if args.core_sharing is not None and not args.core_sharing > 0:
+        raise UsageError(f"--core-sharing must be a positive number, got {args.core_sharing:g}")
 
 
 def _table(args: argparse.Namespace, m: _Model) -> list[str]:

@@ -11,7 +11,10 @@ from gdat.core.layout import ParamInfo
 from gdat.core.plan import BucketPlan
 from gdat.core.profile import Profile
 from gdat.core.timeline import BucketSpan, RankTimeline, StepRecord
-from gdat.schedule.whatif import Network, hops, link_beta, queue_loads, whatif_cost, wire_factor
+from gdat.schedule.baselines import uniform_plan
+from gdat.schedule.search import optimal_plan
+from gdat.schedule.simulator import simulate
+from gdat.schedule.whatif import Network, hops, link_beta, queue_loads, whatif_cost, whatif_model, wire_factor
 
 N = 24
 
@@ -97,6 +100,7 @@ def test_slower_link_predicts_slower_steps_and_the_sweep_plots(profile_path, tmp
     (["--world-size", "6", "--ranks-per-node", "4"], "not a multiple of 4"),
     (["--sweep", "2,x"], "--sweep must be world sizes"),
     (["--plot", "x.png"], "--plot needs --sweep"),
+    (["--core-sharing", "0"], "--core-sharing must be a positive number"),
     # an option that would not act on the prediction names the one that would
     (["--bandwidth", "1gbit"], "--bandwidth sets the links between nodes, and the target (1 node x 2 ranks) has "
                                "one node: --intra-node-bandwidth"),
@@ -189,3 +193,30 @@ def test_a_what_if_that_changes_nothing_predicts_what_the_measured_model_predict
         assert code == 0, err
         assert same.splitlines()[0].startswith("what-if: ")
         assert same.splitlines()[2:] == measured.splitlines()[2:]
+
+
+def test_core_sharing_multiplies_every_compute_time_and_the_overlapped_slowdown(capsys, profile_path):
+    """Ranks with half the processor time (four single-threaded ranks on the two cores
+    two had): the compute timeline and kappa double, the allreduce cost and sigma
+    stay, and a step that was compute-bound doubles."""
+    profile = synthetic_profile()
+    same, doubled = (whatif_model(profile, Network(1, 2), Network(1, 2), core_sharing=s) for s in (1.0, 2.0))
+    assert doubled.timeline.ready_s == tuple(2 * t for t in same.timeline.ready_s)
+    assert (doubled.timeline.backward_start_s, doubled.timeline.backward_end_s, doubled.timeline.post_s) == \
+        tuple(2 * t for t in (same.timeline.backward_start_s, same.timeline.backward_end_s, same.timeline.post_s))
+    assert doubled.cost == same.cost
+    assert doubled.contention.compute_stretch == same.contention.compute_stretch
+    assert doubled.contention.comm_slowdown == 2 * same.contention.comm_slowdown
+    plans = [optimal_plan(same.timeline, same.cost, same.contention),
+             uniform_plan(same.timeline, 25, first_bucket=True)]
+    for plan in plans:
+        t1 = simulate(same.timeline, plan, same.cost, same.contention)
+        t2 = simulate(doubled.timeline, plan, doubled.cost, doubled.contention)
+        assert t1.step_s < t2.step_s < 2 * t1.step_s  # the allreduces do not double
+        # with a link too fast to matter the step is compute alone, and doubles
+        fast = same.cost.scaled(1e-6, "fast")
+        assert simulate(doubled.timeline, plan, fast, doubled.contention).step_s == pytest.approx(
+            2 * simulate(same.timeline, plan, fast, same.contention).step_s, rel=1e-3)
+    code, out, err = _simulate(capsys, profile_path, "--core-sharing", "2")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("what-if: ") and "cores shared x2" in out.splitlines()[0]

@@ -44,9 +44,18 @@ that names no new rate keeps it.  The measured model moves segment by segment:
 each segment's per-byte cost is scaled by ``beta_T / beta_m`` and its latency by
 the hop ratio ``h(T) / h(M)``, so the shape the ladder measured (latency-bound
 small messages, a protocol change at a size threshold) is kept, and a what-if
-that changes nothing predicts exactly what the measured model predicts.  Backward
-compute per rank is taken as measured (data parallelism keeps the per-rank batch),
-and so is the cast cost of compression (compute on the host).
+that changes nothing predicts exactly what the measured model predicts.
+
+Compute (:func:`scaled_compute`).  Data parallelism keeps the per-rank batch, so
+each rank's compute is taken as measured, unless its ranks share processors
+differently: with ``core_sharing = S`` each rank gets ``1/S`` of the processor time
+it had (more ranks or threads per core), so every time of the compute timeline
+(forward, each gradient's ready time, backward's end, the rest of the step) is
+multiplied by ``S``, and so is ``kappa``: the communication library's threads run
+on the same cores, and the share they get while backward runs shrinks alike.
+Ranks of ``t`` threads on ``c`` cores give ``S = max(1, L_T t / c) / max(1, L_M t
+/ c)`` (2 when four single-threaded ranks take the two cores two ranks had); one
+rank per GPU gives 1.  The cast cost of compression is kept.
 
 Contention (:func:`whatif_contention`).  Overlapped communication steals CPU from
 backward in proportion to the bytes it moves per second: the stretch above 1
@@ -65,7 +74,8 @@ from gdat.errors import UsageError
 from gdat.schedule.simulator import calibrate
 
 __all__ = ["ALGOS", "Network", "wire_factor", "queue_loads", "link_beta", "hops", "network_of",
-           "whatif_cost", "whatif_contention", "WhatIf", "whatif_model", "LOOPBACK_MTU", "ETHERNET_MTU"]
+           "whatif_cost", "whatif_contention", "scaled_compute", "WhatIf", "whatif_model", "LOOPBACK_MTU",
+           "ETHERNET_MTU"]
 
 ALGOS = ("ring", "tree")
 LOOPBACK_MTU = 65536
@@ -231,12 +241,25 @@ class WhatIf:
     measured_contention: Contention
 
 
-def whatif_model(profile: Profile, measured: Network, target: Network, algo: str = "ring") -> WhatIf:
+def scaled_compute(timeline: ReadyTimeline, factor: float) -> ReadyTimeline:
+    """``timeline`` with every compute time multiplied by ``factor`` (module docstring, "Compute")."""
+    return replace(timeline, ready_s=tuple(t * factor for t in timeline.ready_s),
+                   backward_start_s=timeline.backward_start_s * factor,
+                   backward_end_s=timeline.backward_end_s * factor, post_s=timeline.post_s * factor)
+
+
+def whatif_model(profile: Profile, measured: Network, target: Network, algo: str = "ring",
+                 core_sharing: float = 1.0) -> WhatIf:
     """Calibrate ``profile`` (:func:`gdat.schedule.simulator.calibrate`), then move
-    its cost and contention from ``measured`` to ``target``."""
+    its cost and contention from ``measured`` to ``target``, its ranks getting
+    ``1 / core_sharing`` of the processor time they had (module docstring, "Compute")."""
+    if not core_sharing > 0:
+        raise UsageError(f"--core-sharing must be a positive number, got {core_sharing!r}")
     if profile.cost_model is None:
         raise UsageError("the profile has no allreduce cost model")
     fitted = calibrate(profile, profile.cost_model)
     cost = whatif_cost(fitted.cost, measured, target, algo)
     contention = whatif_contention(fitted.contention, fitted.cost.beta_s_per_byte, cost.beta_s_per_byte)
-    return WhatIf(profile.ready_timeline("compute"), cost, contention, fitted.cost, fitted.contention)
+    contention = replace(contention, comm_slowdown=contention.comm_slowdown * core_sharing)
+    timeline = scaled_compute(profile.ready_timeline("compute"), core_sharing)
+    return WhatIf(timeline, cost, contention, fitted.cost, fitted.contention)
