@@ -14,12 +14,14 @@ their own nodes), ``2x1@1gbit:2x2@1gbit`` (more ranks per node) and
 1. Jobs.  One job per layout (a one-node job serves every rate of its layout: the
    loopback is reshaped in place); a job runs once the profiles its targets need
    exist.  After ``--warmup-steps`` steps, at each of its networks a job measures the
-   allreduce ladder and profiles 5 compute-only + 5 overlapped steps (saved: the source of a change, and a
+   allreduce ladder and profiles 3 compute-only + 3 overlapped steps, and does so
+   again at the start of every later round (the sessions' steps make one profile) (saved: the source of a change, and a
    diagnostic for a target: what its own calibration says).
 2. Predict.  For every change, :func:`gdat.schedule.whatif.whatif_model` moves the
    FROM profile's calibrated model to TO, and three plans are simulated there:
    DDP's default (25 MiB, 1 MiB first), an 8 MiB cap, and the plan gdat's search
-   picks under the moved model.
+   picks under the moved model (from the first session, so that it can be measured
+   in the same job; its prediction, like the others', from every session).
 3. Measure.  On TO, each plan runs in ``--rounds`` interleaved rounds of
    ``--measure-steps`` steps (after 2 transition steps per switch); every round also
    times the same steps without communication (``no_sync``), the load control.
@@ -88,8 +90,18 @@ def core_sharing(source: str, target: str, cores: int) -> float:
     return share(target) / share(source)
 
 
-def _predict(profile, source: str, target: str) -> list[dict]:
-    """DDP's default, an 8 MiB cap and gdat's pick on ``target``, moved from ``profile``."""
+def _merged(profiles: list) -> "Profile":
+    """One profile holding every session's steps (the first session's allreduce cost)."""
+    from dataclasses import replace
+
+    first = profiles[0]
+    ranks = [replace(r, steps=tuple(s for p in profiles for s in p.ranks[i].steps)) for i, r in enumerate(first.ranks)]
+    return replace(first, ranks=tuple(ranks))
+
+
+def _predict(profile, source: str, target: str, plans: list[dict] | None = None) -> list[dict]:
+    """DDP's default, an 8 MiB cap and gdat's pick on ``target`` (or ``plans``), moved from ``profile``."""
+    from gdat.core.plan import BucketPlan
     from gdat.schedule.baselines import uniform_plan
     from gdat.schedule.search import optimal_plan
     from gdat.schedule.simulator import simulate
@@ -97,8 +109,9 @@ def _predict(profile, source: str, target: str) -> list[dict]:
 
     sharing = core_sharing(source, target, len(os.sched_getaffinity(0)))
     m = whatif_model(profile, _network(source), _network(target), core_sharing=sharing)
-    plans = [uniform_plan(m.timeline, 25, first_bucket=True), uniform_plan(m.timeline, 8, first_bucket=True),
-             optimal_plan(m.timeline, m.cost, m.contention, label="gdat")]
+    plans = [BucketPlan.from_dict(p) for p in plans] if plans else [
+        uniform_plan(m.timeline, 25, first_bucket=True), uniform_plan(m.timeline, 8, first_bucket=True),
+        optimal_plan(m.timeline, m.cost, m.contention, label="gdat")]
     return [{"plan": p.to_dict(), "predicted_s": simulate(m.timeline, p, m.cost, m.contention).step_s,
              "beta_s_per_byte": m.cost.beta_s_per_byte, "sigma": m.contention.compute_stretch,
              "kappa": m.contention.comm_slowdown, "core_sharing": sharing} for p in plans]
@@ -111,6 +124,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from benchmarks.common import Trainer, max_over_ranks
     from gdat.core.plan import BucketPlan
+    from gdat.core.profile import Profile
     from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
     from gdat.profiling.session import ProfileSession
     from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
@@ -130,23 +144,23 @@ def worker(args: argparse.Namespace) -> None:
                 _set_rate(_spec(name)[2])
             dist.barrier()
 
-    profiles, layout = {}, None
-    for k, name in enumerate(spec["networks"]):
-        go_to(name)
-        cost = fit_from_ladder(measure_allreduce(args.comm_budget, min_bytes=256 << 10))
-        if k:  # a fresh reducer for the tracing hook, as DDP's default builds it
-            switch_buckets(tr.ddp, bucket_cap_mb=25)
-            tr.window(2)
+    def profile_here(name: str, cost) -> Profile:  # noqa: ANN001 - an AllreduceCostModel
+        switch_buckets(tr.ddp, bucket_cap_mb=25)  # a fresh reducer for the tracing hook, DDP's default
+        tr.window(2)  # steps between the ladder or a plan and the profile, as gdat-run has
         session = ProfileSession(tr.ddp)
         session.recorder.hook_forward()
         for kind in ["compute"] * args.profile_steps + ["overlap"] * args.profile_steps:
             session.set_kind(kind)
             tr.step()
-        profiles[name] = session.finish(cost, {"source": "bench_whatif", "network": name})
-        layout = layout or profiles[name].ready_timeline("compute").layout
-        if rank == 0:
-            profiles[name].save(os.path.join(args.out_dir, f"{name}.profile.json"))
-    box = [{f"{s}:{t}": _predict(profiles[s], s, t) for s, t in spec["predict"]} if rank == 0 else None]
+        return session.finish(cost, {"source": "bench_whatif", "network": name})
+
+    sessions, costs = {}, {}
+    for name in spec["networks"]:
+        go_to(name)
+        costs[name] = fit_from_ladder(measure_allreduce(args.comm_budget, min_bytes=256 << 10))
+        sessions[name] = [profile_here(name, costs[name])]
+    layout = sessions[spec["networks"][0]][0].ready_timeline("compute").layout
+    box = [{f"{s}:{t}": _predict(sessions[s][0], s, t) for s, t in spec["predict"]} if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
     predictions = {**spec["predictions"], **box[0]}
     to_measure = {c: [BucketPlan.from_dict(p["plan"]) for p in predictions[c]] for c in spec["measure"]}
@@ -154,6 +168,10 @@ def worker(args: argparse.Namespace) -> None:
     control = {c: [] for c in to_measure}
     order = list(to_measure)
     for r in range(args.rounds):
+        if r:  # one more profiling session per network and round, spread over the job
+            for name in spec["networks"]:
+                go_to(name)
+                sessions[name].append(profile_here(name, costs[name]))
         for change in (order if r % 2 == 0 else order[::-1]):
             go_to(change.split(":")[1])
             with tr.ddp.no_sync():
@@ -163,6 +181,12 @@ def worker(args: argparse.Namespace) -> None:
                 switch_buckets(tr.ddp, **ddp_bucket_arguments(plan, layout))
                 tr.window(2)
                 measured[change][plan.label] += max_over_ranks(tr.window(args.measure_steps))
+    profiles = {name: _merged(ps) for name, ps in sessions.items()}
+    if rank == 0:  # the predictions again, from every session's steps, for the plans chosen at the start
+        for name, profile in profiles.items():
+            profile.save(os.path.join(args.out_dir, f"{name}.profile.json"))
+        box[0] = {f"{s}:{t}": _predict(profiles[s], s, t, [p["plan"] for p in box[0][f"{s}:{t}"]])
+                  for s, t in spec["predict"]}
     if rank == 0:
         with open(os.path.join(args.out_dir, f"job-{spec['job']}.json"), "w") as f:
             json.dump({"predictions": box[0], "measured_s": measured, "control_s": control}, f)
@@ -213,10 +237,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--changes", default=CHANGES)
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--measure-steps", type=int, default=4)
     p.add_argument("--warmup-steps", type=int, default=10)
-    p.add_argument("--profile-steps", type=int, default=5)
+    p.add_argument("--profile-steps", type=int, default=3)
     p.add_argument("--comm-budget", type=float, default=3.0)
     p.add_argument("--json", default=None, help="also save the result here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
