@@ -15,8 +15,9 @@ their own nodes), ``2x1@1gbit:2x2@1gbit`` (more ranks per node) and
    loopback is reshaped in place); a job runs once the profiles its targets need
    exist.  After ``--warmup-steps`` steps, at each of its networks a job measures the
    allreduce ladder and profiles 3 compute-only + 3 overlapped steps, and does so
-   again at the start of every later round (the sessions' steps make one profile) (saved: the source of a change, and a
-   diagnostic for a target: what its own calibration says).
+   again at the start of every later round; the sessions' steps make one profile,
+   saved (the source of a change, and for a target a diagnostic: what its own
+   calibration says).
 2. Predict.  For every change, :func:`gdat.schedule.whatif.whatif_model` moves the
    FROM profile's calibrated model to TO, and three plans are simulated there:
    DDP's default (25 MiB, 1 MiB first), an 8 MiB cap, and the plan gdat's search
@@ -42,6 +43,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gdat.core.profile import Profile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -90,7 +95,7 @@ def core_sharing(source: str, target: str, cores: int) -> float:
     return share(target) / share(source)
 
 
-def _merged(profiles: list) -> "Profile":
+def _merged(profiles: list[Profile]) -> Profile:
     """One profile holding every session's steps (the first session's allreduce cost)."""
     from dataclasses import replace
 
@@ -124,7 +129,6 @@ def worker(args: argparse.Namespace) -> None:
 
     from benchmarks.common import Trainer, max_over_ranks
     from gdat.core.plan import BucketPlan
-    from gdat.core.profile import Profile
     from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
     from gdat.profiling.session import ProfileSession
     from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
@@ -181,13 +185,12 @@ def worker(args: argparse.Namespace) -> None:
                 switch_buckets(tr.ddp, **ddp_bucket_arguments(plan, layout))
                 tr.window(2)
                 measured[change][plan.label] += max_over_ranks(tr.window(args.measure_steps))
-    profiles = {name: _merged(ps) for name, ps in sessions.items()}
     if rank == 0:  # the predictions again, from every session's steps, for the plans chosen at the start
+        profiles = {name: _merged(ps) for name, ps in sessions.items()}
         for name, profile in profiles.items():
             profile.save(os.path.join(args.out_dir, f"{name}.profile.json"))
         box[0] = {f"{s}:{t}": _predict(profiles[s], s, t, [p["plan"] for p in box[0][f"{s}:{t}"]])
                   for s, t in spec["predict"]}
-    if rank == 0:
         with open(os.path.join(args.out_dir, f"job-{spec['job']}.json"), "w") as f:
             json.dump({"predictions": box[0], "measured_s": measured, "control_s": control}, f)
     dist.destroy_process_group()
@@ -221,7 +224,7 @@ def _jobs(changes: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
         for name in (s, t):
             if name not in networks.setdefault(_job_of(name), []):
                 networks[_job_of(name)].append(name)
-    for job, names in networks.items():  # a job's sources first: its own changes predict from them
+    for names in networks.values():  # a job's sources first: its own changes predict from them
         names.sort(key=lambda n: not any(s == n for s, _ in changes))
     done: list[str] = []
     while len(done) < len(networks):
@@ -293,14 +296,14 @@ def _summarise(changes, predictions, measured, control, out_dir) -> dict:
     small = 64 << 10
     for s, t in changes:
         change = f"{s}:{t}"
-        moved = whatif_model(load(s), _network(s), _network(t), core_sharing=predictions[change][0]["core_sharing"])
+        source, there = load(s), load(t)
+        moved = whatif_model(source, _network(s), _network(t), core_sharing=predictions[change][0]["core_sharing"])
         for pred in predictions[change]:
             label = pred["plan"]["label"]
             meas = statistics.median(measured[change][label])
             rows.append({"change": change, "plan": label, "buckets": len(pred["plan"]["buckets"]),
                          "predicted_ms": pred["predicted_s"] * 1e3, "measured_ms": meas * 1e3,
                          "error": (pred["predicted_s"] - meas) / meas})
-        source, there = load(s), load(t)
         own = calibrate(there, there.cost_model)
         terms.append({"change": change, "predicted_beta_ns": predictions[change][0]["beta_s_per_byte"] * 1e9,
                       "predicted_small_ms": moved.cost.time_s(small) * 1e3,
@@ -309,7 +312,8 @@ def _summarise(changes, predictions, measured, control, out_dir) -> dict:
                       "core_sharing": predictions[change][0]["core_sharing"],
                       "source_compute_ms": compute_step(source) * 1e3, "target_compute_ms": compute_step(there) * 1e3,
                       "control_ms": statistics.median(control[change]) * 1e3,
-                      "predicted_sigma": predictions[change][0]["sigma"], "target_sigma": own.contention.compute_stretch,
+                      "predicted_sigma": predictions[change][0]["sigma"],
+                      "target_sigma": own.contention.compute_stretch,
                       "predicted_kappa": predictions[change][0]["kappa"], "target_kappa": own.contention.comm_slowdown})
     errors = [abs(r["error"]) for r in rows]
     return {"model": "gpt2 (benchmarks/hf_lm.py)", "rows": rows, "terms": terms,
@@ -324,8 +328,8 @@ def _print(out: dict) -> None:
         print(f"| {r['change']} | {r['plan']} | {r['buckets']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} | "
               f"{r['error'] * 100:+.1f}% |")
     print(f"median absolute error {out['median_abs_error'] * 100:.1f}%, worst {out['worst_abs_error'] * 100:.1f}%")
-    print("| change | beta ns/B model / target | 64 KiB allreduce ms model / target | core sharing | compute-only ms source / target / control "
-          "| sigma model / target | kappa model / target |")
+    print("| change | beta ns/B model / target | 64 KiB allreduce ms model / target | core sharing "
+          "| compute-only ms source / target / control | sigma model / target | kappa model / target |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for d in out["terms"]:
         print(f"| {d['change']} | {d['predicted_beta_ns']:.2f} / {d['target_beta_ns']:.2f} | "

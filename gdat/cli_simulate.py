@@ -115,7 +115,7 @@ def _model(args: argparse.Namespace, profile: Profile, world: int | None = None)
         fitted = calibrate(profile, profile.cost_model)
         return _Model(profile.ready_timeline("compute"), fitted.cost, fitted.contention,
                       f"measured: {measured.describe()}; the allreduce as calibrated there")
-    sharing = args.core_sharing or 1.0
+    sharing = 1.0 if args.core_sharing is None else args.core_sharing
     m = whatif_model(profile, measured, _target(args, measured, world), args.algo, sharing)
     compute = f"; cores shared x{sharing:g}" if sharing != 1.0 else ""
     return _Model(m.timeline, m.cost, m.contention,
@@ -172,8 +172,6 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError("what-if needs world sizes of at least 2")
     if args.plot and not args.sweep:
         raise UsageError("--plot needs --sweep")
-    if args.core_sharing is not None and not args.core_sharing > 0:
-        raise UsageError(f"--core-sharing must be a positive number, got {args.core_sharing:g}")
 
 
 def _table(args: argparse.Namespace, m: _Model) -> list[str]:

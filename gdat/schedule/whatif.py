@@ -221,12 +221,14 @@ def whatif_cost(measured_cost: AllreduceCostModel, measured: Network, target: Ne
 
 
 def whatif_contention(measured: Contention, measured_beta_s_per_byte: float,
-                      target_beta_s_per_byte: float) -> Contention:
-    """Contention on the target (module docstring, "Contention")."""
+                      target_beta_s_per_byte: float, core_sharing: float = 1.0) -> Contention:
+    """Contention on the target (module docstring, "Contention"; ``kappa`` times
+    ``core_sharing``, "Compute")."""
+    kappa = measured.comm_slowdown * core_sharing
     if target_beta_s_per_byte <= 0:
-        return measured
+        return Contention(measured.compute_stretch, kappa)
     ratio = measured_beta_s_per_byte / target_beta_s_per_byte
-    return Contention(1.0 + (measured.compute_stretch - 1.0) * ratio, measured.comm_slowdown)
+    return Contention(1.0 + (measured.compute_stretch - 1.0) * ratio, kappa)
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,7 @@ def whatif_model(profile: Profile, measured: Network, target: Network, algo: str
         raise UsageError("the profile has no allreduce cost model")
     fitted = calibrate(profile, profile.cost_model)
     cost = whatif_cost(fitted.cost, measured, target, algo)
-    contention = whatif_contention(fitted.contention, fitted.cost.beta_s_per_byte, cost.beta_s_per_byte)
-    contention = replace(contention, comm_slowdown=contention.comm_slowdown * core_sharing)
+    contention = whatif_contention(fitted.contention, fitted.cost.beta_s_per_byte, cost.beta_s_per_byte,
+                                   core_sharing)
     timeline = scaled_compute(profile.ready_timeline("compute"), core_sharing)
     return WhatIf(timeline, cost, contention, fitted.cost, fitted.contention)
