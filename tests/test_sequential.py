@@ -1,5 +1,6 @@
 """The sequential test, its evidence across launches, the verdict it gives a launch,
-a plan on trial's confirmation, and the drift watch (in-process, on block data)."""
+the steady-state confirmation of the plan that runs, and the drift watch
+(in-process, on block data)."""
 from __future__ import annotations
 
 import math
@@ -8,12 +9,27 @@ import random
 import pytest
 
 from gdat.core.plan import Bucket, BucketPlan
-from gdat.decide.confirm import confirm_trial, kept, probe_observation, runs, steady_state_check
+from gdat.decide.calendar import plan_calendar
+from gdat.decide.confirm import (
+    confirm,
+    kept,
+    probe_observation,
+    runs,
+    steady_state_check,
+)
 from gdat.decide.drift import DriftWatch
 from gdat.decide.judge import judge
-from gdat.decide.sequential import ALPHA, BETA, Evidence, Observation, PlanEvidence, observe, weigh
-from gdat.decide.verdict import BASELINE, paired_differences
-from gdat.decide.windows import WindowStats
+from gdat.decide.sequential import (
+    ALPHA,
+    BETA,
+    Evidence,
+    Observation,
+    PlanEvidence,
+    observe,
+    weigh,
+)
+from gdat.decide.verdict import BASELINE, Block, Z, beats, paired_differences
+from gdat.decide.windows import WindowStats, pooled
 from tests.test_decide import blocks_of, window_ms
 
 USER = BucketPlan((Bucket((0, 1), 8, "float32"), Bucket((2, 3), 8, "float32")), "user configuration")
@@ -90,19 +106,19 @@ def test_a_plan_on_trial_is_adopted_rejected_or_runs_on_by_its_steady_state_wind
     assert verdict.trial and kept(verdict, None) is None and runs(verdict, None) == 0
     after = window_ms(*(100 + x for x in wide))
     fast = steady_state_check(blocks, WindowStats(tuple((88 + x) / 1e3 for x in (-1, 0, 1, -1, 1, 0))), after, 0.6)
-    check, grown = confirm_trial(fast, evidence, SPLIT.to_dict(), 0)
+    check, grown = confirm(fast, evidence, SPLIT.to_dict(), 0)
     assert check.outcome == "holds" and kept(verdict, check) == 0 and grown.blocks == evidence.blocks + 1
     slow = steady_state_check(blocks, WindowStats(tuple((118 + x) / 1e3 for x in (-1, 0, 1, -1, 1, 0))), after, 0.6)
-    check, _ = confirm_trial(slow, evidence, SPLIT.to_dict(), 0)
+    check, _ = confirm(slow, evidence, SPLIT.to_dict(), 0)
     # no single window can reject it (differences are clipped at 3 sd), but one slower beyond the noise
     # sends it back
-    assert check.trial_status == "regressed" and check.outcome == "switched back"
+    assert check.status == "regressed" and check.outcome == "switched back"
     slight = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 97, 1: 100}[p] + wide[k])
     verdict, evidence, _ = judge(slight, [SPLIT, ONE], USER, [], None)
-    check, _ = confirm_trial(slow, evidence, SPLIT.to_dict(), 0)
+    check, _ = confirm(slow, evidence, SPLIT.to_dict(), 0)
     assert verdict.trial and check.outcome == "switched back" and runs(verdict, check) is None
     level = steady_state_check(blocks, WindowStats(tuple((99 + x) / 1e3 for x in wide * 2)), after, 0.6)
-    check, _ = confirm_trial(level, evidence, SPLIT.to_dict(), 0)
+    check, _ = confirm(level, evidence, SPLIT.to_dict(), 0)
     assert check.outcome == "continues" and runs(verdict, check) == 0 and kept(verdict, check) is None
 
 
@@ -150,3 +166,113 @@ def test_a_probe_pairs_the_configuration_believed_slower_with_the_running_one_ar
     assert probed.diff_s == pytest.approx(-0.006) and probed.launch == 2 and probed.steps == 3 and probed.var_s2 > 0
     user = probe_observation(before, window_ms(110, 111, 109), after, [], plan_runs=True, launch=2)
     assert user.diff_s == pytest.approx(-0.009)  # the running plan is 9 ms faster than the user's configuration
+
+
+def _checked(blocks, plans, window, after, w, plan):
+    """Judge ``blocks`` (:func:`judge`), then ``plan``'s steady-state ``window`` with the evidence."""
+    verdict, evidence, _ = judge(blocks, plans, USER, [], None)
+    check, grown = confirm(steady_state_check(blocks, window, after, w), evidence, plan.to_dict(), 0)
+    return verdict, check, grown
+
+
+def _steady(ms, jitter_ms=0.4):
+    return WindowStats(tuple((ms + jitter_ms * d) / 1e3 for d in (-1, 0, 1, -1, 1)))
+
+
+def test_an_adopted_plan_is_held_by_the_evidence_its_window_joins_and_sent_back_only_if_slower():
+    blocks = blocks_of([BASELINE, 0, 0, BASELINE], lambda j, k, p: (100 if p == BASELINE else 90) + (-0.4, 0, 0.5)[k])
+    after = window_ms(99.6, 100.0, 100.5)
+    verdict, check, grown = _checked(blocks, [SPLIT], _steady(90.0), after, 0.5, SPLIT)
+    assert verdict.winner == 0 and verdict.confident and not verdict.trial
+    assert check.holds and kept(verdict, check) == 0 and grown.blocks == 3
+    # a level window is one observation against two blocks 10% faster: it takes the evidence back below the
+    # adoption bound, and the plan runs on, on trial, while measuring goes on; it does not switch back alone
+    _, level, _ = _checked(blocks, [SPLIT], _steady(100.0), after, 0.5, SPLIT)
+    assert level.outcome == "continues" and runs(verdict, level) == 0 and kept(verdict, level) is None
+    # a window clearly slower than the baseline around it: the quiet evidence with it rejects the plan
+    _, slower, _ = _checked(blocks, [SPLIT], _steady(103.0), after, 0.5, SPLIT)
+    assert slower.status == "reject" and slower.outcome == "switched back" and runs(verdict, slower) is None
+    assert slower.why_switched_back == "rejected by the sequential test"
+
+
+# Campaign 2 of a campaigns run on the Hugging Face LM (benchmarks/bench_campaigns.py), its blocks as measured:
+# the test adopted the 27-bucket plan (ONE here) at a log-likelihood ratio of 6.39; its six steady-state steps
+# (median 596.4 ms, made up with that window's spread) against 612.5 ms for the baseline around them.
+CAMPAIGN_BLOCKS = [(BASELINE, (616.604, 604.537, 595.719)), (0, (609.632, 570.279, 567.9)),
+                   (1, (582.266, 566.326, 559.878)), (1, (564.85, 569.522, 580.438)),
+                   (BASELINE, (607.981, 611.895, 636.075))]
+
+
+def test_a_window_that_shows_less_gain_than_the_blocks_lowers_the_evidence_by_its_weight_only():
+    """A rule that judged the window alone switched this plan back (16 ms gain,
+    threshold 26 ms); the second launch of that campaign adopted it again and ran
+    0.92x default.  Pooled with the blocks, the window keeps it adopted."""
+    blocks = [Block(p, 1 + (j >= 3), window_ms(*s)) for j, (p, s) in enumerate(CAMPAIGN_BLOCKS)]
+    window = window_ms(580.1, 612.7, 596.0, 585.3, 609.9, 596.9)
+    verdict, check, _ = _checked(blocks, [SPLIT, ONE], window, window_ms(615.3, 609.8, 620.1), 0.6, ONE)
+    assert verdict.winner == 1 and verdict.confident and "log-likelihood ratio 6.39" in verdict.reason
+    assert -check.diff_s < Z * math.sqrt(check.var_s2)  # alone, the window shows no gain beyond the noise
+    assert check.holds and check.judgement.llr[1] > 6.39
+
+
+# Shaped like an MLP run on a quiet machine (its medians; the steps around them made up with the jitter
+# of such runs): the adopted plan ran 128.6 ms in steady state against 137.8 ms for the baseline's blocks
+# pooled, and the machine was a little slower in the tuning's last round than in its first.
+MLP_BLOCKS = [(BASELINE, (131.9, 134.6, 136.2)), (0, (127.9, 125.2, 129.8)), (1, (131.0, 133.9, 129.1)),
+              (0, (129.5, 133.1, 128.0)), (BASELINE, (139.4, 143.1, 141.0))]
+MLP_STEADY = (128.6, 124.0, 133.5, 125.1, 132.2, 129.0)
+
+
+def test_a_real_steady_state_gain_is_kept_against_the_baseline_around_it():
+    blocks = [Block(p, 1 + (j >= 3), window_ms(*steps)) for j, (p, steps) in enumerate(MLP_BLOCKS)]
+    assert pooled([b.window for b in blocks if b.plan == BASELINE]).median_s == pytest.approx(0.1378)
+    # 5 steady steps against every baseline step pooled, each with its own MAD, could not tell
+    assert not beats(pooled([b.window for b in blocks if b.plan == BASELINE]), window_ms(*MLP_STEADY[:5]))
+    verdict, check, _ = _checked(blocks, [SPLIT, ONE], window_ms(*MLP_STEADY), window_ms(136.9, 139.8, 135.2), 0.5,
+                                 SPLIT)
+    assert verdict.winner == 0 and check.diff_s < 0 and check.outcome != "switched back", check
+
+
+def test_a_load_change_after_tuning_neither_reverts_a_real_gain_nor_keeps_a_slower_plan():
+    """The machine gets 30% slower from the steady-state window on, for every plan:
+    compared with the tuning's blocks the adopted plan looks slower; compared with
+    the baseline measured right after it, its 10% gain still shows, and a plan
+    slower than that baseline is switched back."""
+    blocks = blocks_of([BASELINE, 0, 0, BASELINE], lambda j, k, p: (100 if p == BASELINE else 90) + (-0.4, 0, 0.5)[k])
+    slow_after = window_ms(129.6, 130.0, 130.5)
+    slower = WindowStats(tuple(1.3 * x for x in _steady(90.0).step_s))
+    assert not beats(pooled([b.window for b in blocks if b.plan == BASELINE]), slower)
+    assert _checked(blocks, [SPLIT], slower, slow_after, 0.9, SPLIT)[1].holds
+    assert _checked(blocks, [SPLIT], _steady(134.0), slow_after, 0.9, SPLIT)[1].outcome == "switched back"
+
+
+@pytest.mark.parametrize("phase", range(5))
+@pytest.mark.parametrize("order", [[BASELINE, 0, 1, 0, BASELINE], [BASELINE, 0, 1, 1, BASELINE],
+                                   [BASELINE, 0, BASELINE, 1, BASELINE]])
+def test_a_periodic_straggler_aliasing_with_the_blocks_is_never_adopted(phase, order):
+    """One rank sleeping 0..300 ms in a 5-step cycle, the blocks 4 steps apart:
+    block medians differ by up to 150 ms between plans that are all equal.  Nothing
+    is adopted, and a lead tried in steady state is not adopted by its window."""
+    s = plan_calendar(30)
+
+    def straggler(steps: range) -> WindowStats:
+        return WindowStats(tuple(0.02 + 0.3 * ((k + phase) % 5) / 4 for k in steps))
+
+    blocks = [Block(p, 1, straggler(s.block_steps(j))) for j, p in enumerate(order)]
+    verdict, evidence, _ = judge(blocks, [SPLIT, ONE], USER, [], None)
+    assert not verdict.confident or verdict.winner is None
+    d = s.total - 1
+    if verdict.trial:
+        last_base = max(j for j, p in enumerate(order) if p == BASELINE)
+        check = steady_state_check(blocks, straggler(s.confirm_steps(d)), straggler(s.recheck_steps(d)),
+                                   s.steady_weight(last_base, d))
+        check, _ = confirm(check, evidence, [SPLIT, ONE][verdict.winner].to_dict(), 0)
+        assert not check.holds, check
+
+
+def test_a_gain_measured_on_a_quiet_machine_counts_for_the_candidate_however_small_the_noise():
+    """A 10% gain with 0.1% noise: clipped at 3 standard deviations alone, it would
+    count as evidence of no gain; the gain side is clipped no nearer than Delta."""
+    quiet = weigh(_evidence([-10.0] * 2, sd_ms=0.1))
+    assert quiet.llr[0] > 0 and quiet.adopted == 0
+    assert weigh(_evidence([+10.0] * 2, sd_ms=0.1)).status == ("reject",)

@@ -11,7 +11,7 @@ import pytest
 from gdat.bank.plans import BankedPlan
 from gdat.bank.store import KnowledgeBase
 from gdat.core.cost_model import AllreduceCostModel
-from gdat.decide.confirm import confirm_trial, steady_state_check
+from gdat.decide.confirm import confirm, steady_state_check
 from gdat.decide.judge import judge
 from gdat.decide.record import Decision
 from gdat.decide.verdict import BASELINE
@@ -66,7 +66,7 @@ def _settle(result: TuneResult, steps_ms) -> None:
     d = result.decision
     window = WindowStats(tuple(x / 1e3 for x in steps_ms))
     check = steady_state_check(d.blocks, window, window_ms(*(100 + x for x in WIDE)), 0.6)
-    check, evidence = confirm_trial(check, d.evidence, d.winner.plan.to_dict(), 0)
+    check, evidence = confirm(check, d.evidence, d.winner.plan.to_dict(), 0)
     result.settle(window, check, evidence)
 
 

@@ -1,26 +1,29 @@
 """The confirmation: whether a decided plan holds in steady state.
 
-Paired like the blocks of :mod:`gdat.decide.verdict`: after adoption the adopted
-plan runs a steady-state window of ``n_s`` steps, then the user's configuration one
-block of ``n_a`` steps.  The window's reference is the baseline interpolated
-between the last baseline block of tuning (``n_b`` steps) and that block after
-it, ``ref = (1-w) m_before + w m_after`` (``w``: the window's position between the
-two, in steps), so a load change between tuning and steady state cancels.  ``d = m_steady - ref`` with
-``se(d)^2 = (1.2533 sigma)^2 (1/n_s + (1-w)^2/n_b + w^2/n_a)`` (``sigma`` pooled
-over every block and both windows); the plan holds when
-``-d > max(z * se(d), floor * ref)``, else the user's configuration comes back.
+Paired like the blocks of :mod:`gdat.decide.verdict`: after the decision the plan
+that runs (adopted, or on trial) runs a steady-state window of ``n_s`` steps, then
+the user's configuration one block of ``n_a`` steps.  The window's reference is the
+baseline interpolated between the last baseline block of tuning (``n_b`` steps) and
+that block after it, ``ref = (1-w) m_before + w m_after`` (``w``: the window's
+position between the two, in steps), so a load change between tuning and steady
+state cancels.  ``d = m_steady - ref`` with ``se(d)^2 = (1.2533 sigma)^2 (1/n_s +
+(1-w)^2/n_b + w^2/n_a)`` (``sigma`` pooled over every block and both windows)
+(:func:`steady_state_check`).
 
-A plan on trial (:attr:`gdat.decide.verdict.Verdict.trial`: the evidence was
-inconclusive and it leads) is judged by the sequential test instead
-(:func:`confirm_trial`): the window's ``d`` with variance ``se(d)^2`` is one more
-paired observation of it, and the key's evidence with it is tested again
-(:func:`gdat.decide.sequential.weigh`).  Adopted, the plan holds; rejected, the
-user's configuration comes back; still inconclusive, the plan goes on running
-while measuring goes on (:attr:`Confirmation.outcome`), unless its window was
-slower than the baseline around it beyond the noise, ``d > max(z * se(d), floor *
-ref)`` (``regressed``): a plan on trial may run only while it is not seen to cost
-the user (a single window cannot reject it, as differences are clipped, but it can
-send it back).
+The window is judged as what it is, one more paired observation
+(:func:`confirm`): ``d`` with variance ``se(d)^2`` joins the key's evidence and the
+sequential test weighs it again (:func:`gdat.decide.sequential.weigh`).  The
+plan's status there decides: adopted, the plan holds (a plan on trial is adopted);
+rejected, the user's configuration comes back; inconclusive, the plan runs on, on
+trial, while measuring goes on (an adopted plan whose evidence the window took
+back below the adoption bound is kept no longer until it is settled again).  One
+guard overrides an inconclusive status: a window slower than the baseline around
+it beyond the noise, ``d > max(z * se(d), floor * ref)`` (``regressed``), sends the
+plan back, since a plan may run only while it is not seen to cost the user (a
+single window cannot reject a plan, as differences are clipped, but it can send it
+back).  No single window, lucky or unlucky, outweighs the blocks the decision
+rests on: a window that shows a smaller gain than the blocks did lowers the
+evidence by its own weight, not by a verdict of its own.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from gdat.decide.sequential import Evidence, Judgement, Observation, index_of, w
 from gdat.decide.verdict import BASELINE, FLOOR, Block, Verdict, Z
 from gdat.decide.windows import WindowStats, noise_sigma_s
 
-__all__ = ["Confirmation", "steady_state_check", "confirm_trial", "probe_observation", "kept", "runs"]
+__all__ = ["Confirmation", "steady_state_check", "confirm", "probe_observation", "kept", "runs"]
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,10 @@ class Confirmation:
     """The steady-state check of a decided plan (module docstring): ``reference_s``
     the interpolated baseline, ``diff_s`` the window's median minus it (negative:
     faster), ``var_s2`` its variance, ``steps`` the window's steps, ``threshold_s``
-    the gain an adopted plan must show, ``after`` the baseline block measured after
-    the window; for a plan on trial, the sequential test's ``judgement`` with this
-    window and the plan's ``trial_status`` in it (adopt, reject, continue)."""
+    the noise a slower window must exceed to send the plan back, ``after`` the
+    baseline block measured after the window; once judged (:func:`confirm`), the
+    sequential test's ``judgement`` with this window and the plan's ``status`` in it
+    (adopt, reject, continue, or regressed)."""
 
     reference_s: float
     diff_s: float
@@ -51,21 +55,28 @@ class Confirmation:
     threshold_s: float
     after: WindowStats
     judgement: Judgement | None = None
-    trial_status: str | None = None
+    status: str | None = None
 
     @property
     def outcome(self) -> str:
         """``holds`` (the plan stays, adopted), ``switched back`` (the user's
-        configuration comes back) or ``continues`` (a plan on trial runs on, the
+        configuration comes back) or ``continues`` (the plan runs on, on trial, the
         evidence inconclusive)."""
-        if self.trial_status is None:
-            return "holds" if -self.diff_s > self.threshold_s else "switched back"
-        return {"adopt": "holds", "reject": "switched back", "regressed": "switched back"}.get(self.trial_status,
-                                                                                              "continues")
+        if self.status is None:
+            raise ValueError("the steady-state window has not been judged yet (confirm)")
+        return {"adopt": "holds", "reject": "switched back", "regressed": "switched back"}.get(self.status,
+                                                                                            "continues")
 
     @property
     def holds(self) -> bool:
         return self.outcome == "holds"
+
+    @property
+    def why_switched_back(self) -> str:
+        """Why the outcome is ``switched back``, in words."""
+        if self.status == "reject":
+            return "rejected by the sequential test"
+        return f"slower beyond the noise ({self.threshold_s * 1e3:.2f} ms)"
 
     def observation(self, launch: int) -> Observation:
         """This window as one paired observation (in launch ``launch``)."""
@@ -74,7 +85,7 @@ class Confirmation:
     def to_dict(self) -> dict[str, object]:
         return {"baseline_after": self.after.to_dict(), "reference_ms": self.reference_s * 1e3,
                 "diff_ms": self.diff_s * 1e3, "se_ms": self.var_s2 ** 0.5 * 1e3, "threshold_ms": self.threshold_s * 1e3,
-                "outcome": self.outcome, "holds": self.holds, "sequential_status": self.trial_status}
+                "outcome": self.outcome, "holds": self.holds, "sequential_status": self.status}
 
 
 def steady_state_check(blocks: Sequence[Block], steady: WindowStats, after: WindowStats, w: float) -> Confirmation:
@@ -90,25 +101,26 @@ def steady_state_check(blocks: Sequence[Block], steady: WindowStats, after: Wind
     return Confirmation(ref, steady.median_s - ref, se * se, len(steady.step_s), max(Z * se, FLOOR * ref), after)
 
 
-def confirm_trial(check: Confirmation, evidence: Evidence, plan: dict[str, object],
-                  launch: int) -> tuple[Confirmation, Evidence]:
-    """A plan on trial's check, judged by the sequential test with its window added
-    to ``evidence`` (module docstring); returns the check and the evidence."""
+def confirm(check: Confirmation, evidence: Evidence, plan: dict[str, object],
+            launch: int) -> tuple[Confirmation, Evidence]:
+    """The running ``plan``'s check, judged by the sequential test with its window
+    added to ``evidence`` (module docstring); returns the check and the evidence."""
     evidence = with_observation(evidence, plan, check.observation(launch))
     judgement = weigh(evidence)
     status = judgement.status[index_of(evidence, plan)]
     if status == "continue" and check.diff_s > check.threshold_s:
         status = "regressed"
-    return replace(check, judgement=judgement, trial_status=status), evidence
+    return replace(check, judgement=judgement, status=status), evidence
 
 
 def kept(verdict: Verdict, check: Confirmation | None) -> int | None:
     """The candidate adopted and kept after ``verdict`` and its steady-state
-    ``check`` (``None``: not taken yet): the winner, unless the check switched it
-    back, or it is on trial and not adopted (yet)."""
-    if verdict.winner is None or (check is not None and not check.holds) or (verdict.trial and check is None):
+    ``check`` (``None``: not taken yet): the winner, adopted by the verdict and not
+    yet checked, or held by its check."""
+    if verdict.winner is None:
         return None
-    return verdict.winner
+    held = check.holds if check is not None else not verdict.trial
+    return verdict.winner if held else None
 
 
 def runs(verdict: Verdict, check: Confirmation | None) -> int | None:

@@ -12,8 +12,8 @@ derived from the record by separate functions, each quantity once, here:
 Derived quantities (seconds):
 
 * ``baseline_s``: the median of every baseline step (``m_base``);
-* the adopted plan (:func:`gdat.decide.confirm.kept`): the winner, unless the
-  confirmation switched it back, or it is on trial and not adopted (yet);
+* the adopted plan (:func:`gdat.decide.confirm.kept`): the winner the verdict
+  adopted, until its confirmation; after it, the winner the confirmation held;
 * the plan that runs (:func:`gdat.decide.confirm.runs`): the adopted one, or a plan
   on trial (the leader of inconclusive evidence) until the check switches it back;
 * ``result_s``, the step of the configuration that runs: ``m_base`` when the user's
@@ -97,8 +97,6 @@ class Decision:
         beating the user's configuration."""
         if self.judgement is None:
             return self.verdict.confident
-        if self.check is not None and self.check.trial_status is None and not self.check.holds:
-            return False  # an adopted plan the steady state contradicted: measure again
         return self.judgement.confident
 
     @property

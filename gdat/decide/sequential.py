@@ -17,11 +17,14 @@ with ``v'_ij = max(v_ij, SHRINK mean_k(v_ik n_ik) / n_ij)`` (``n``: the
 observation's steps, ``SHRINK = 3/4``): a variance is estimated from one launch's
 few blocks, and a launch that happened to look quiet must not outweigh the others
 (on the recorded A/A blocks below, ``SHRINK`` 1/2, 3/4 and 1 gave 4%, 3% and 2%),
-and each difference is clipped to ``CLIP`` (3) standard deviations, ``c(d) = max(-3 sqrt(v'),
-min(d, 3 sqrt(v')))``: a block whose baseline neighbours a stall of the machine
-makes a huge difference, and no single block may decide alone (its term is at
-most ``3 Delta / sqrt(v)``, below the adoption bound for any noise above
-``Delta``).
+and each difference is clipped to ``CLIP`` (3) standard deviations, ``c(d) =
+max(-max(3 sqrt(v'), Delta), min(d, 3 sqrt(v')))``: a block whose baseline
+neighbours a stall of the machine makes a huge difference, and no single block may
+decide alone (its term is at most ``3 Delta / sqrt(v)``, below the adoption bound
+for any noise above ``Delta``).  The gain side is never clipped short of
+``-Delta``, the gain ``H1`` states: on a quiet machine (``3 sqrt(v') < Delta / 2``) a
+clip at ``-3 sqrt(v')`` would count a gain of any size as evidence against it.  The
+recorded A/A blocks below do not move with this (their noise is above ``Delta / 3``).
 
 Candidate ``i`` is *adopted* when ``LLR_i >= log((1 - BETA) / a)`` and *rejected*
 when ``LLR_i <= log(BETA / (1 - a))``; in between the evidence is *inconclusive* and
@@ -37,8 +40,10 @@ on 120 recorded blocks of DDP-default jobs) the rate is about 3% there, under th
 the test is held to.  It was 20% while a block's variance came from the step-to-step
 noise alone and each observation kept its launch's variance: the machine's level
 shifts between blocks (:func:`gdat.decide.verdict.block_variance_terms`) and a launch
-that looked quiet by chance let a no-gain plan through.  The paired steady-state
-check after an adoption (:mod:`gdat.decide.confirm`) is a further guard.  ``BETA`` is the chance of
+that looked quiet by chance let a no-gain plan through.  The steady-state window
+after a decision is one more observation of the plan that runs
+(:mod:`gdat.decide.confirm`): an adoption that chance let through can still be
+taken back by it.  ``BETA`` is the chance of
 rejecting a plan that gains ``Delta``.  The verdict is confident when one
 candidate is adopted (the one of largest ``LLR`` if several are) or every measured
 candidate is rejected ("nothing beats your configuration"); otherwise it is
@@ -153,13 +158,13 @@ class Judgement:
 
 
 def llr(observations: Sequence[Observation], delta_s: float) -> float:
-    """``sum_j -Delta (c(d_j) + Delta / 2) / v'_j`` (module docstring)."""
+    """``sum_j -Delta (c(d_j) + Delta / 2) / v'_j`` (module docstring), ``Delta`` = ``delta_s``."""
     per_step = sum(o.var_s2 * o.steps for o in observations) / max(1, len(observations))
     total = 0.0
     for o in observations:
         v = max(o.var_s2, SHRINK * per_step / max(1, o.steps), 1e-18)
         bound = CLIP * math.sqrt(v)
-        total += -delta_s * (max(-bound, min(o.diff_s, bound)) + delta_s / 2) / v
+        total += -delta_s * (max(-max(bound, delta_s), min(o.diff_s, bound)) + delta_s / 2) / v
     return total
 
 

@@ -247,15 +247,13 @@ def _reason(d: Decision) -> str:
     measured = f"{d.steady.median_s * 1e3:.2f} ms against the user configuration's {check.reference_s * 1e3:.2f} " \
         f"ms measured around it"
     if d.reverted:
-        why = {"reject": "rejected by the sequential test",
-               "regressed": f"slower beyond the noise ({check.threshold_s * 1e3:.2f} ms)"}.get(
-            check.trial_status, f"not faster beyond the noise ({check.threshold_s * 1e3:.2f} ms)")
         return f"{reason}; in steady state the {'plan on trial' if d.verdict.trial else 'adopted plan'} ran " \
-            f"{measured}, {why}: switched back to the user configuration"
+            f"{measured}, {check.why_switched_back}: switched back to the user configuration"
     if d.verdict.trial and check.outcome == "holds":
         return f"{reason}; adopted in steady state by the sequential test: {measured}"
     if check.outcome == "continues":
-        return f"{reason}; in steady state {measured}, still inconclusive: it runs on while measuring goes on"
+        return f"{reason}; in steady state {measured}, the evidence with this window inconclusive: it runs on, on " \
+            f"trial, while measuring goes on"
     return reason
 
 

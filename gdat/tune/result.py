@@ -81,15 +81,14 @@ class TuneResult:
         d = self.decision = self.decision.confirmed(window, check, time.time() - self.began, evidence)
         what = "plan on trial" if d.verdict.trial else "adopted plan"
         if d.reverted:
-            why = {"reject": "rejected by the sequential test",
-                   "regressed": f"slower beyond the noise ({check.threshold_s * 1e3:.2f} ms)"}.get(
-                check.trial_status, f"not faster beyond the noise ({check.threshold_s * 1e3:.2f} ms)")
             log.warn(f"steady state: the {what} {d.winner.plan.label} ran {window.median_s * 1e3:.2f} ms against "
-                     f"{check.reference_s * 1e3:.2f} ms for the user's configuration measured around it, {why}; "
+                     f"{check.reference_s * 1e3:.2f} ms for the user's configuration measured around it, "
+                     f"{check.why_switched_back}; "
                      f"switched back to the user's configuration")
         elif check is not None:
             said = {"holds": "confirmed" + ("; adopted" if d.verdict.trial else ""),
-                    "continues": "the evidence still inconclusive: it runs on while measuring goes on"}[check.outcome]
+                    "continues": "the evidence with this window inconclusive: it runs on, on trial, while measuring "
+                                 "goes on"}[check.outcome]
             log.info(f"tune: steady state of the {what}: {window.median_s * 1e3:.2f} ms over {len(window.step_s)} "
                      f"steps against {check.reference_s * 1e3:.2f} ms for the user's configuration measured around "
                      f"it ({said})")

@@ -3,10 +3,10 @@
 1. Check (:meth:`SteadyState._confirm`, at the calendar's steps,
    :mod:`gdat.decide.calendar`): where a plan runs, ``confirm`` steps of it and one
    block of the user's configuration after them; an adopted plan is kept if its
-   window beat the baseline around it (:func:`gdat.decide.confirm.steady_state_check`),
-   a plan on trial is judged by the sequential test with its window added
-   (:func:`gdat.decide.confirm.confirm_trial`).  The window joins the key's
-   evidence either way.
+   the plan that runs, adopted or on trial, is judged by the sequential test with its
+   window (:func:`gdat.decide.confirm.steady_state_check`) added to the key's
+   evidence (:func:`gdat.decide.confirm.confirm`): held, switched back, or run on
+   while measuring goes on.
 2. Measuring on (:meth:`SteadyState._probe`): while the evidence is inconclusive,
    every ``PROBE_EVERY`` steps one paired block of the configuration believed
    slower (the user's, while the leader runs; else the leader) runs between the
@@ -38,7 +38,7 @@ from gdat.core.collectives import broadcast_from_first
 from gdat.core.plan import BucketPlan
 from gdat.core.profile import Profile
 from gdat.decide.calendar import StepCalendar
-from gdat.decide.confirm import confirm_trial, probe_observation, steady_state_check
+from gdat.decide.confirm import confirm, probe_observation, steady_state_check
 from gdat.decide.drift import WINDOW, DriftWatch
 from gdat.decide.record import Decision
 from gdat.decide.sequential import index_of, weigh, with_observation
@@ -119,11 +119,7 @@ class SteadyState:
             if loop.rank == 0:
                 last_base = max(j for j, b in enumerate(d.blocks) if b.plan == BASELINE)
                 check = steady_state_check(d.blocks, window, after, cal.steady_weight(last_base, self.d0))
-                plan, launch = d.winner.plan.to_dict(), evidence.launches - 1
-                if d.verdict.trial:
-                    check, evidence = confirm_trial(check, evidence, plan, launch)
-                else:
-                    evidence = with_observation(evidence, plan, check.observation(launch))
+                check, evidence = confirm(check, evidence, d.winner.plan.to_dict(), evidence.launches - 1)
                 told = check, evidence
             check, evidence = broadcast_from_first(told, loop.group)
             if check.outcome == "switched back":
