@@ -13,7 +13,12 @@
 :func:`graphable` gives a module :func:`trace` can handle: the model itself when
 torch.fx can trace it, else the module of its ``torch.export`` program
 (non-strict, on the sample inputs, in the model's current training mode), whose
-graph is made of aten operators.  Both failing is a :class:`TraceError`.
+graph is made of aten operators.  Both failing is a :class:`TraceError`.  A
+Hugging Face model whose ``config.use_cache`` is on (the default) is exported with
+it off (:func:`_without_cache`): the key/value cache serves generation, a
+training or inference step of the whole sequence never reads it, and torch.export
+cannot return the cache object (``DynamicCache``) the model would add to its
+outputs; the exported graph returns everything else.
 
 :func:`record` runs the graph once on sample inputs and keeps a snapshot of every
 node's output (tensors detached, same strides, same ``requires_grad``), which
@@ -21,10 +26,11 @@ is what operators and subgraphs are later measured on.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.fx as fx
@@ -125,10 +131,25 @@ def graphable(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names: lis
     except TraceError as e:
         fx_error = str(e)
     try:
-        exported = torch.export.export(model, tuple(inputs), strict=False).module()
+        with _without_cache(model):
+            exported = torch.export.export(model, tuple(inputs), strict=False).module()
     except Exception as e:
         raise TraceError(f"{fx_error}; torch.export failed too ({_first_line(e)})") from None
     return exported, "export"
+
+
+@contextlib.contextmanager
+def _without_cache(model: torch.nn.Module) -> Iterator[None]:
+    """``model.config.use_cache`` off while the block runs, where it is on (module docstring)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", None) is not True:
+        yield
+        return
+    config.use_cache = False
+    try:
+        yield
+    finally:
+        config.use_cache = True
 
 
 def _snapshot(value: Any) -> Any:

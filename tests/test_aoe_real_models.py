@@ -102,3 +102,37 @@ def _ops(tmp_path, types):
 
 def test_resnet18_is_resnet18():
     assert sum(p.numel() for p in real_models.resnet18().parameters()) == 11_689_512
+
+
+USER_GPT2 = '''import torch
+import transformers
+
+
+def lm():
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=256, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0))
+'''
+
+
+def test_a_gpt2_lm_as_a_training_script_builds_it_goes_through_the_train_scene(tmp_path, monkeypatch, capsys):
+    """A plain ``GPT2LMHeadModel`` from a config, ``use_cache`` on by default: torch.fx
+    cannot trace it, and torch.export cannot return its ``DynamicCache``; it is
+    exported with ``use_cache=False`` and tuned, and the tuned model computes the
+    same logits as the model built by the factory."""
+    factory = tmp_path / "user_gpt2.py"
+    factory.write_text(USER_GPT2)
+    doc, _ = _aoe(tmp_path, monkeypatch, capsys, [
+        "--job_type", "2", "--model", f"{factory}:lm", "--input_shape", "input_ids:2,16",
+        "--input_dtype", "input_ids:int64", "--input_range", "input_ids:0,256",
+        "--scene", "train", "--candidates", "no_mkldnn", "--tune_ops_file", _ops(tmp_path, ["linear"])])
+    section = doc["OPAT"]
+    assert section["measured_items"] >= 1
+    model = aoe_full.load_tuned(section["tuned_model"], source=f"{factory}:lm")
+    ids = torch.randint(0, 256, (2, 16))
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("user_gpt2", factory)
+    user = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(user)
+    torch.testing.assert_close(model(ids).logits, user.lm().train()(ids).logits, rtol=1e-4, atol=1e-5)

@@ -26,24 +26,31 @@ from tests.test_decide import blocks_of, window_ms
 WIDE = (-3.0, 0.0, 3.0)  # ms: candidate 0 leads by 8 ms, too little for the sequential test at once
 
 
-@pytest.fixture(params=[92.0])
-def trial(request, tmp_path, monkeypatch):
-    """A TuneResult whose verdict runs candidate 0 (its blocks at ``request.param``
-    ms against the baseline's 100) on trial, kept at the decision."""
+def _decided(tmp_path, monkeypatch, lead: float, jitter: tuple[float, ...] = WIDE) -> TuneResult:
+    """A TuneResult kept at the decision on blocks where candidate 0 runs at
+    ``lead`` ms against the baseline's 100, each block's steps ``jitter`` ms apart."""
     monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
     profile = synthetic_profile()
     cost = AllreduceCostModel.linear(1e-4, 4e-9, "test")
     found = generate_candidates(profile, cost, 2)
-    lead = request.param
-    blocks = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: lead, 1: 99}[p] + WIDE[k])
+    blocks = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: lead, 1: 99}[p] + jitter[k])
     verdict, evidence, judgement = judge(blocks, [r.plan for r in found.ranked], found.baseline_plan, [], None)
-    assert verdict.trial and verdict.winner == 0 and not verdict.confident
     ctx = TuneContext(GdatConfig(work_path=str(tmp_path / "work")), cost, {"model": "synthetic"}, {}, None,
                       "trial-test", {})
     decision = Decision("trial-test", cost, {}, "", profile, found, found.ranked, tuple(blocks), verdict, Correction(),
                         28, 0.0, evidence=evidence, judgement=judgement)
     result = TuneResult(ctx, decision, 0.0)
     result.keep()
+    return result
+
+
+@pytest.fixture(params=[92.0])
+def trial(request, tmp_path, monkeypatch):
+    """A TuneResult whose verdict runs candidate 0 (its blocks at ``request.param``
+    ms against the baseline's 100) on trial, kept at the decision."""
+    result = _decided(tmp_path, monkeypatch, request.param)
+    verdict = result.decision.verdict
+    assert verdict.trial and verdict.winner == 0 and not verdict.confident
     return result, tmp_path
 
 
@@ -135,3 +142,22 @@ def test_a_trial_its_window_leaves_unsure_runs_on_and_stays_inconclusive(trial):
     assert g["chosen_plan"]["label"] == result.decision.plans[0].plan.label
     [entry] = _bank(tmp_path)
     assert not entry.confident and entry.evidence.blocks == 4
+
+
+def test_an_adopted_plan_its_window_leaves_unsure_runs_on_trial_and_the_bank_measures_again(tmp_path, monkeypatch,
+                                                                                           capfd):
+    """Adopted on its blocks (15 ms ahead), then a steady-state window level with
+    the baseline: the window does not switch the plan back alone, it takes the
+    evidence below the adoption bound; the plan runs on trial, and the bank's
+    entry, added at the decision, now holds it inconclusive."""
+    result = _decided(tmp_path, monkeypatch, 85.0, (-2.0, 0.0, 2.0))
+    assert result.decision.verdict.confident and not result.decision.verdict.trial
+    assert _report(result)["gdat_tuning_result"] == "tuning successful" and _bank(tmp_path)[0].confident
+    _settle(result, [100 + x for x in (-2.0, 0.0, 2.0) * 2])
+    g = _report(result)
+    assert g["steady_state"]["status"] == "running on trial" and g["gdat_tuning_result"] == "tuning unsatisfied"
+    assert g["reverted"] is False and g["chosen_plan"]["label"] == result.decision.plans[0].plan.label
+    assert "inconclusive: it runs on, on trial" in g["reason"]
+    assert "the entry now holds" in capfd.readouterr().err
+    [entry] = _bank(tmp_path)
+    assert not entry.confident and entry.plan.same_partition(result.decision.plans[0].plan)

@@ -13,7 +13,8 @@ run wrote is replaced (:func:`gdat.bank.plans.swap`) by what the confirmation
 settled: the plan that runs now (the user's configuration after a switch back),
 the evidence grown by the window, confident or not.  A plan on trial adopted by
 the test counts as added; an adopted plan switched back leaves the user's
-configuration (unsatisfied).  Without an entry this run wrote (another job's plan
+configuration (unsatisfied), and one whose window left the evidence inconclusive
+is kept as a plan on trial (unsatisfied: the next launch measures again).  Without an entry this run wrote (another job's plan
 was stored), the confirmed result is kept by the bank's usual rule.
 
 An entry stores the medians the decision measured (:attr:`Decision.baseline_s`,
@@ -94,7 +95,9 @@ def keep_confirmation(root: str, key: dict[str, Any], stored: BucketPlan | None,
         return Kept("reserved", None)
     if d.adopted is None:
         if before.outcome in ("add", "update"):
-            log.info("knowledge base: the entry now holds the user's configuration")
+            held = "the user's configuration" if d.running is None else \
+                f"{d.running.plan.label} on trial, its evidence inconclusive"
+            log.info(f"knowledge base: the entry now holds {held}")
         return Kept("unsatisfied", before.entry, entry.plan)
     if before.outcome not in ("add", "update"):
         log.info(f"knowledge base: saved {before.entry}")
