@@ -25,7 +25,10 @@ their own nodes), ``2x1@1gbit:2x2@1gbit`` (more ranks per node) and
    in the same job; its prediction, like the others', from every session).
 3. Measure.  On TO, each plan runs in ``--rounds`` interleaved rounds of
    ``--measure-steps`` steps (after 2 transition steps per switch); every round also
-   times the same steps without communication (``no_sync``), the load control.
+   times the same steps without communication (``no_sync``), the load control.  A
+   job whose ranks outnumber the host's cores (``S`` ranks a core) runs ``S`` times
+   the rounds: its steps vary several times as much from round to round (the
+   scheduler interleaves the ranks sharing a core), and its median needs the rounds.
 
 Prints the validation table (predicted, measured, error per change and plan), the
 median and worst absolute error, and per change the model's terms against the
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -203,10 +207,11 @@ def _run_job(job: str, spec: dict, out_dir: str, args: argparse.Namespace) -> di
     with open(path, "w") as f:
         json.dump(spec, f)
     nodes, ranks, rate = _spec(spec["networks"][0])
+    rounds = math.ceil(args.rounds * max(1.0, nodes * ranks / len(os.sched_getaffinity(0))))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node", str(ranks),
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"node0:{PORT}", "--rdzv-id", "whatif",
            os.path.abspath(__file__), "--worker", "--spec", path, "--out-dir", out_dir, "--batch", str(args.batch),
-           "--rounds", str(args.rounds), "--measure-steps", str(args.measure_steps),
+           "--rounds", str(rounds), "--measure-steps", str(args.measure_steps),
            "--warmup-steps", str(args.warmup_steps), "--profile-steps", str(args.profile_steps),
            "--comm-budget", str(args.comm_budget)]
     with emulated_cluster(nodes, rate, rate if nodes == 1 else INTRA) as cluster:

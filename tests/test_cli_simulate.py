@@ -1,6 +1,7 @@
 """``gdat simulate``: plans and predictions from a profile, what-if networks and scale, saved plans."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -150,6 +151,20 @@ def test_what_if_carries_the_measured_efficiency_and_hop_latency():
     wide = whatif_cost(cost, measured, Network(64, 1, inter_bytes_per_s=1.25e10), "tree")
     assert wide.alpha_s == pytest.approx(1e-4 * 2 * math.ceil(math.log2(64)))
     assert wide.beta_s_per_byte == pytest.approx(1.05 * 2 * wire_factor(1500) / 1.25e10)
+
+
+def test_a_small_message_segment_moves_with_a_rate_change_but_not_to_another_layout():
+    """Two segments (small messages 40% cheaper per byte, as a token bucket's burst
+    makes them): halving the rate keeps the shape; more ranks per node prices every
+    segment at the large messages' per-byte cost, each keeping its latency."""
+    measured = Network(2, 1, inter_bytes_per_s=1.25e8, intra_bytes_per_s=5e8)
+    cost = AllreduceCostModel((CostSegment(0, 1e-4, 6e-9), CostSegment(2 << 20, 2e-4, 1e-8)), "ladder")
+    slower = whatif_cost(cost, measured, dataclasses.replace(measured, inter_bytes_per_s=6.25e7))
+    assert [s.beta_s_per_byte for s in slower.segments] == pytest.approx([1.2e-8, 2e-8])
+    wider = whatif_cost(cost, measured, dataclasses.replace(measured, ranks_per_node=2))
+    betas = [s.beta_s_per_byte for s in wider.segments]
+    assert betas[0] == pytest.approx(betas[1]) and betas[1] == pytest.approx(wider.beta_s_per_byte)
+    assert [s.alpha_s for s in wider.segments] == pytest.approx([1e-4 * 6 / 2, 2e-4 * 6 / 2])
 
 
 def test_unknown_measured_rate_is_recovered_from_beta():
