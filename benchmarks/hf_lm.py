@@ -5,7 +5,9 @@
 384, vocabulary 8192: 13.8 M parameters), AdamW, synthetic token batches, stock
 ``DistributedDataParallel`` (``--bucket-cap-mb`` sets its cap).  ``--link-rate
 STEP:RATE``: before step STEP rank 0 changes the rate of the loopback's ``tbf``
-(inside a gdat-testbed namespace: the link slows mid-run).  Rank 0 writes the
+(inside a gdat-testbed namespace: the link slows mid-run).  ``--autocast bf16``
+runs forward and loss under ``torch.autocast`` (mixed precision, as a user opts into
+it).  Rank 0 writes the
 losses and each step's wall time to ``--out`` (``step_times_s``, the format of
 ``gdat.demo.train``).
 """
@@ -44,6 +46,7 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--bucket-cap-mb", type=float, default=None)
     p.add_argument("--link-rate", default="")
+    p.add_argument("--autocast", choices=["bf16"], default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
@@ -65,7 +68,8 @@ def main() -> None:
         t0 = time.perf_counter()
         ids = token_batch(args.vocab, args.batch, args.seq, step, rank)
         opt.zero_grad(set_to_none=True)
-        loss = ddp(input_ids=ids, labels=ids).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+            loss = ddp(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         losses.append(loss.item())
