@@ -276,3 +276,24 @@ def test_a_gain_measured_on_a_quiet_machine_counts_for_the_candidate_however_sma
     quiet = weigh(_evidence([-10.0] * 2, sd_ms=0.1))
     assert quiet.llr[0] > 0 and quiet.adopted == 0
     assert weigh(_evidence([+10.0] * 2, sd_ms=0.1)).status == ("reject",)
+
+
+# A gdat-run of the Hugging Face LM under bf16 autocast with --gdat-compress bf16, its blocks as measured: the
+# test adopted the compressed plan (ONE here, 205 ms ahead) and kept the exact one (SPLIT, 189 ms ahead, one block)
+# inconclusive; the compressed plan did not beat the exact one by more than the noise.
+LOSSY_BLOCKS = [(BASELINE, (1174.188, 1185.119, 1141.826)), (0, (976.869, 970.969, 967.793)),
+                (1, (1117.749, 916.985, 929.631)), (1, (914.207, 935.159, 943.22)),
+                (BASELINE, (1125.697, 1115.374, 1092.113))]
+
+
+def test_a_compressed_plan_adopted_but_not_beating_the_exact_one_leaves_the_exact_leader_on_trial():
+    """It once said "nothing beats the user configuration: the sequential test
+    rejected every candidate" here, and kept the user's configuration, 17% slower."""
+    blocks = [Block(p, 1 + (j >= 3), window_ms(*s)) for j, (p, s) in enumerate(LOSSY_BLOCKS)]
+    verdict, evidence, j = judge(blocks, [SPLIT, ONE], USER, [1], None)
+    assert j.status == ("continue", "adopt")
+    assert verdict.winner == 0 and verdict.trial and not verdict.confident
+    assert "nothing beats" not in verdict.reason and "did not beat the fastest exact" in verdict.reason
+    # exact, the same plan is the winner
+    exact, _, _ = judge(blocks, [SPLIT, ONE], USER, [], None)
+    assert exact.winner == 1 and exact.confident

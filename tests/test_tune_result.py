@@ -26,15 +26,18 @@ from tests.test_decide import blocks_of, window_ms
 WIDE = (-3.0, 0.0, 3.0)  # ms: candidate 0 leads by 8 ms, too little for the sequential test at once
 
 
-def _decided(tmp_path, monkeypatch, lead: float, jitter: tuple[float, ...] = WIDE) -> TuneResult:
+def _decided(tmp_path, monkeypatch, lead: float, jitter: tuple[float, ...] = WIDE, second: float = 99.0,
+             lossy: tuple[int, ...] = ()) -> TuneResult:
     """A TuneResult kept at the decision on blocks where candidate 0 runs at
-    ``lead`` ms against the baseline's 100, each block's steps ``jitter`` ms apart."""
+    ``lead`` ms and candidate 1 at ``second`` against the baseline's 100, each
+    block's steps ``jitter`` ms apart (``lossy``: the compressed candidates)."""
     monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
     profile = synthetic_profile()
     cost = AllreduceCostModel.linear(1e-4, 4e-9, "test")
     found = generate_candidates(profile, cost, 2)
-    blocks = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: lead, 1: 99}[p] + jitter[k])
-    verdict, evidence, judgement = judge(blocks, [r.plan for r in found.ranked], found.baseline_plan, [], None)
+    blocks = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: lead, 1: second}[p] + jitter[k])
+    verdict, evidence, judgement = judge(blocks, [r.plan for r in found.ranked], found.baseline_plan, list(lossy),
+                                         None)
     ctx = TuneContext(GdatConfig(work_path=str(tmp_path / "work")), cost, {"model": "synthetic"}, {}, None,
                       "trial-test", {})
     decision = Decision("trial-test", cost, {}, "", profile, found, found.ranked, tuple(blocks), verdict, Correction(),
@@ -161,3 +164,16 @@ def test_an_adopted_plan_its_window_leaves_unsure_runs_on_trial_and_the_bank_mea
     assert "the entry now holds" in capfd.readouterr().err
     [entry] = _bank(tmp_path)
     assert not entry.confident and entry.plan.same_partition(result.decision.plans[0].plan)
+
+
+def test_a_compressed_plan_the_test_adopted_but_that_does_not_run_settles_nothing(tmp_path, monkeypatch):
+    """Candidate 0 (compressed) 15 ms ahead in two blocks, the exact candidate 1 14
+    ms in one: the test adopts 0, which does not beat 1 beyond the noise; 1 runs on
+    trial, and the bank keeps the evidence inconclusive (the next launch measures
+    again)."""
+    result = _decided(tmp_path, monkeypatch, 85.0, (-2.0, 0.0, 2.0), second=86.0, lossy=(0,))
+    d = result.decision
+    assert d.judgement.status[0] == "adopt" and d.judgement.confident
+    assert d.verdict.trial and d.winner is d.plans[1] and not d.confident
+    [entry] = _bank(tmp_path)
+    assert not entry.confident and entry.plan.same_partition(d.plans[1].plan)

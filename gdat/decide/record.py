@@ -37,7 +37,7 @@ from gdat.core.cost_model import AllreduceCostModel
 from gdat.core.plan import BucketPlan
 from gdat.core.profile import Profile
 from gdat.decide.confirm import Confirmation, kept, runs
-from gdat.decide.sequential import Evidence, Judgement, weigh
+from gdat.decide.sequential import Evidence, Judgement, index_of, weigh
 from gdat.decide.verdict import BASELINE, Block, Standing, Verdict, baseline_median_s, standings
 from gdat.decide.windows import WindowStats, pooled
 from gdat.schedule.candidates import Candidates, Correction, RankedPlan
@@ -93,11 +93,16 @@ class Decision:
 
     @property
     def confident(self) -> bool:
-        """Whether the evidence settles the key: a plan adopted and kept, or nothing
-        beating the user's configuration."""
-        if self.judgement is None:
+        """Whether the evidence settles the key: the plan that runs adopted by the
+        test, or, where the user's configuration runs, every candidate rejected (a
+        compressed plan the test adopted but that does not run settles nothing)."""
+        j = self.judgement
+        if j is None:
             return self.verdict.confident
-        return self.judgement.confident
+        if self.running is None:
+            return bool(j.status) and all(st == "reject" for st in j.status)
+        k = index_of(self.evidence, self.running.plan.to_dict())
+        return k is not None and j.status[k] == "adopt"
 
     @property
     def winner(self) -> RankedPlan | None:
