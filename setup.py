@@ -53,6 +53,6 @@ setup(
             "gdat-testbed=launch.testbed:main",
         ],
         # aoe_full plugs its operator/subgraph bank into gdat's DDP (--gdat-aoe-bank)
-        "gdat.model_transforms": ["aoe_bank=aoe_full:apply_bank"],
+        "gdat.model_transforms": ["aoe_bank=aoe_full.apply:bank_transform"],
     },
 )

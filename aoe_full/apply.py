@@ -24,9 +24,10 @@ from aoe_full.operators import classify, static_identity
 from aoe_full.partition import partition, structure_hash, whole_graph
 from aoe_full.signature import from_json
 from gdat import options
+from gdat.core import log
 from gdat.core.device import device_type_of
 
-__all__ = ["apply_bank", "bank_choices", "AoeApplyWarning"]
+__all__ = ["apply_bank", "bank_transform", "bank_choices", "AoeApplyWarning"]
 
 
 class AoeApplyWarning(UserWarning):
@@ -68,6 +69,17 @@ def bank_choices(module: torch.nn.Module, bank_root: str, scene: str = "train") 
     return choices
 
 
+def _apply(module: torch.nn.Module, root: str) -> str:
+    """Apply the banks under ``root`` to ``module`` (module docstring); returns what
+    was applied, in words, or ``""`` when no entry matches.  Raises
+    :class:`TraceError` when torch.fx cannot trace the module."""
+    choices = bank_choices(module, root)
+    if not choices:
+        return ""
+    apply_choices(module, choices)
+    return f"{len(choices.ops)} operator and {len(choices.subgraphs)} subgraph choice(s)"
+
+
 def apply_bank(module: torch.nn.Module, bank_root: str | None = None) -> torch.nn.Module:
     """Apply the OPAT/SGAT bank entries for ``module`` on this machine, in place,
     with scene-train semantics; returns ``module`` (same object, same
@@ -77,9 +89,26 @@ def apply_bank(module: torch.nn.Module, bank_root: str | None = None) -> torch.n
     gdat's default, :func:`gdat.options.bank_root`)."""
     root = bank_root if bank_root is not None else options.bank_root()
     try:
-        choices = bank_choices(module, root)
-        if choices:
-            apply_choices(module, choices)
+        _apply(module, root)
     except TraceError as e:
         warnings.warn(f"operator/subgraph bank not applied: {e}", AoeApplyWarning, stacklevel=2)
+    return module
+
+
+def bank_transform(module: torch.nn.Module) -> torch.nn.Module:
+    """:func:`apply_bank` as ``gdat-run --gdat-aoe-bank`` runs it (the
+    ``gdat.model_transforms`` entry point): one line on stderr, from rank 0, says
+    what was applied, or why the model is used as built."""
+    root = options.bank_root()
+    try:
+        applied = _apply(module, root)
+    except TraceError as e:
+        log.warn(f"--gdat-aoe-bank: the operator/subgraph bank is not applied ({e}); the model is used as built")
+        return module
+    if applied:
+        log.info(f"--gdat-aoe-bank: applied {applied} from {root}")
+    else:
+        log.info(f"--gdat-aoe-bank: no scene-train entry under {root} matches {type(module).__name__} on this "
+                 f"machine (same hardware, torch {torch.__version__}, {torch.get_num_threads()} thread(s)); the "
+                 f"model is used as built")
     return module

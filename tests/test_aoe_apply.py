@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from aoe_full import apply_bank
-from aoe_full.apply import AoeApplyWarning
+from aoe_full.apply import AoeApplyWarning, bank_transform
 from aoe_full.bank import OPAT, SGAT, BankContext
 from aoe_full.graph_capture import capture
 from aoe_full.measure import make_step, relative_error
@@ -159,3 +159,23 @@ def test_untraceable_module_is_returned_unchanged_with_a_warning(tmp_path):
     with pytest.warns(AoeApplyWarning):
         assert apply_bank(model, bank) is model
     assert not is_tuned(model)
+
+
+def test_under_gdat_run_one_line_says_what_was_applied_or_why_nothing(tmp_path, monkeypatch, capfd):
+    """``gdat-run --gdat-aoe-bank`` (the ``gdat.model_transforms`` entry point):
+    nothing matching, a module torch.fx cannot trace, and entries applied, each
+    one line on stderr."""
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
+    model = small_convnet().train()
+    assert bank_transform(model) is model and not is_tuned(model)
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "no scene-train entry under" in lines[0] and "used as built" in lines[0]
+    _store_ops(str(tmp_path / "bank"), small_convnet(), torch.randn(2, 3, 16, 16), "train", {"conv": "channels_last"})
+    untraceable = Untraceable()
+    assert bank_transform(untraceable) is untraceable and not is_tuned(untraceable)
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gdat: warning: --gdat-aoe-bank: the operator/subgraph bank "
+                                                   "is not applied (") and "cannot be traced" in lines[0]
+    assert bank_transform(model) is model and is_tuned(model)
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--gdat-aoe-bank: applied" in lines[0] and "operator" in lines[0]

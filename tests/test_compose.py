@@ -81,6 +81,7 @@ def test_operator_bank_then_gradient_tuning(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     done = json.loads(out.read_text())
     assert done["aoe_tuned_forward"], "the bank was applied to the model DDP wraps"
+    assert run.stderr.count("gdat: --gdat-aoe-bank: applied ") == 1, run.stderr[-3000:]
     assert len(done["losses"]) == 35 and all(x == x for x in done["losses"])
     assert "tune: baseline" in run.stderr  # and gdat tuned its gradients
     assert os.listdir(tmp_path / "w")
