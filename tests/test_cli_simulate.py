@@ -165,6 +165,9 @@ def test_a_small_message_segment_moves_with_a_rate_change_but_not_to_another_lay
     betas = [s.beta_s_per_byte for s in wider.segments]
     assert betas[0] == pytest.approx(betas[1]) and betas[1] == pytest.approx(wider.beta_s_per_byte)
     assert [s.alpha_s for s in wider.segments] == pytest.approx([1e-4 * 6 / 2, 2e-4 * 6 / 2])
+    dear = AllreduceCostModel((CostSegment(0, 1e-4, 1.2e-8), CostSegment(2 << 20, 2e-4, 1e-8)), "ladder")
+    kept = whatif_cost(dear, measured, dataclasses.replace(measured, ranks_per_node=2)).segments
+    assert kept[0].beta_s_per_byte / kept[1].beta_s_per_byte == pytest.approx(1.2)  # never made cheaper
 
 
 def test_unknown_measured_rate_is_recovered_from_beta():

@@ -297,3 +297,24 @@ def test_a_compressed_plan_adopted_but_not_beating_the_exact_one_leaves_the_exac
     # exact, the same plan is the winner
     exact, _, _ = judge(blocks, [SPLIT, ONE], USER, [], None)
     assert exact.winner == 1 and exact.confident
+
+
+def test_an_inconclusive_plan_runs_on_only_as_the_launchs_verdict_would_let_it():
+    """Left inconclusive by its window, a compressed plan is switched back (it runs
+    only while adopted), and so is a plan the window left behind the user's
+    configuration in the pooled evidence."""
+    wide = (-3.0, 0.0, 3.0)
+    blocks = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 92, 1: 100}[p] + wide[k])
+    verdict, evidence, _ = judge(blocks, [SPLIT, ONE], USER, [], None)
+    after = window_ms(*(100 + x for x in wide))
+    level = steady_state_check(blocks, WindowStats(tuple((99 + x) / 1e3 for x in wide * 2)), after, 0.6)
+    check, _ = confirm(level, evidence, SPLIT.to_dict(), 0)
+    assert check.outcome == "continues"
+    check, _ = confirm(level, evidence, SPLIT.to_dict(), 0, compressed=True)
+    assert check.status == "unsettled" and check.outcome == "switched back" and "compressed" in check.why_switched_back
+    slight = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 99, 1: 100}[p] + wide[k])
+    _, small, _ = judge(slight, [SPLIT, ONE], USER, [], None)
+    slower = steady_state_check(slight, WindowStats(tuple((102 + x) / 1e3 for x in wide * 2)), after, 0.6)
+    check, grown = confirm(slower, small, SPLIT.to_dict(), 0)
+    assert grown.plans[0].mean_s >= 0 and check.diff_s <= check.threshold_s
+    assert check.status == "behind" and check.outcome == "switched back"

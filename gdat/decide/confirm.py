@@ -16,14 +16,16 @@ sequential test weighs it again (:func:`gdat.decide.sequential.weigh`).  The
 plan's status there decides: adopted, the plan holds (a plan on trial is adopted);
 rejected, the user's configuration comes back; inconclusive, the plan runs on, on
 trial, while measuring goes on (an adopted plan whose evidence the window took
-back below the adoption bound is kept no longer until it is settled again).  One
-guard overrides an inconclusive status: a window slower than the baseline around
-it beyond the noise, ``d > max(z * se(d), floor * ref)`` (``regressed``), sends the
-plan back, since a plan may run only while it is not seen to cost the user (a
-single window cannot reject a plan, as differences are clipped, but it can send it
-back).  No single window, lucky or unlucky, outweighs the blocks the decision
-rests on: a window that shows a smaller gain than the blocks did lowers the
-evidence by its own weight, not by a verdict of its own.
+back below the adoption bound is kept no longer until it is settled again).  An
+inconclusive plan runs on only as the launch's verdict would let one run
+(:func:`gdat.decide.judge.judge`), else the user's configuration comes back: its
+window not slower than the baseline around it beyond the noise, ``d > max(z *
+se(d), floor * ref)`` (``regressed``: a plan may run only while it is not seen to
+cost the user), the plan exact (``unsettled``: a compressed plan runs only while
+adopted) and ahead in the pooled evidence (``behind``).  No single window, lucky or
+unlucky, outweighs the blocks the decision rests on: a window that shows a smaller
+gain than the blocks did lowers the evidence by its own weight, not by a verdict of
+its own.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ class Confirmation:
     the noise a slower window must exceed to send the plan back, ``after`` the
     baseline block measured after the window; once judged (:func:`confirm`), the
     sequential test's ``judgement`` with this window and the plan's ``status`` in it
-    (adopt, reject, continue, or regressed)."""
+    (adopt, reject, continue, or one of :func:`confirm`'s reasons to switch back:
+    regressed, unsettled, behind)."""
 
     reference_s: float
     diff_s: float
@@ -64,8 +67,7 @@ class Confirmation:
         evidence inconclusive)."""
         if self.status is None:
             raise ValueError("the steady-state window has not been judged yet (confirm)")
-        return {"adopt": "holds", "reject": "switched back", "regressed": "switched back"}.get(self.status,
-                                                                                            "continues")
+        return "holds" if self.status == "adopt" else "continues" if self.status == "continue" else "switched back"
 
     @property
     def holds(self) -> bool:
@@ -74,9 +76,10 @@ class Confirmation:
     @property
     def why_switched_back(self) -> str:
         """Why the outcome is ``switched back``, in words."""
-        if self.status == "reject":
-            return "rejected by the sequential test"
-        return f"slower beyond the noise ({self.threshold_s * 1e3:.2f} ms)"
+        return {"reject": "rejected by the sequential test",
+                "unsettled": "a compressed plan runs only while the sequential test holds it adopted",
+                "behind": "no longer ahead of the user's configuration in the pooled evidence"}.get(
+            self.status, f"slower beyond the noise ({self.threshold_s * 1e3:.2f} ms)")
 
     def observation(self, launch: int) -> Observation:
         """This window as one paired observation (in launch ``launch``)."""
@@ -101,15 +104,26 @@ def steady_state_check(blocks: Sequence[Block], steady: WindowStats, after: Wind
     return Confirmation(ref, steady.median_s - ref, se * se, len(steady.step_s), max(Z * se, FLOOR * ref), after)
 
 
-def confirm(check: Confirmation, evidence: Evidence, plan: dict[str, object],
-            launch: int) -> tuple[Confirmation, Evidence]:
+def confirm(check: Confirmation, evidence: Evidence, plan: dict[str, object], launch: int,
+            compressed: bool = False) -> tuple[Confirmation, Evidence]:
     """The running ``plan``'s check, judged by the sequential test with its window
-    added to ``evidence`` (module docstring); returns the check and the evidence."""
+    added to ``evidence`` (module docstring); returns the check and the evidence.
+    Where the test leaves it inconclusive, the plan runs on trial only as the
+    launch's verdict would let it (:func:`gdat.decide.judge.judge`): not slower than
+    the baseline around the window beyond the noise (``regressed``), exact
+    (``compressed``: a compressed plan runs only while adopted, ``unsettled``), and
+    ahead of the user's configuration in the pooled evidence (``behind``)."""
     evidence = with_observation(evidence, plan, check.observation(launch))
     judgement = weigh(evidence)
-    status = judgement.status[index_of(evidence, plan)]
-    if status == "continue" and check.diff_s > check.threshold_s:
-        status = "regressed"
+    k = index_of(evidence, plan)
+    status = judgement.status[k]
+    if status == "continue":
+        if check.diff_s > check.threshold_s:
+            status = "regressed"
+        elif compressed:
+            status = "unsettled"
+        elif evidence.plans[k].mean_s >= 0:
+            status = "behind"
     return replace(check, judgement=judgement, status=status), evidence
 
 

@@ -24,7 +24,10 @@ decide alone (its term is at most ``3 Delta / sqrt(v)``, below the adoption boun
 for any noise above ``Delta``).  The gain side is never clipped short of
 ``-Delta``, the gain ``H1`` states: on a quiet machine (``3 sqrt(v') < Delta / 2``) a
 clip at ``-3 sqrt(v')`` would count a gain of any size as evidence against it.  The
-recorded A/A blocks below do not move with this (their noise is above ``Delta / 3``).
+price: with noise under ``Delta / 3`` a block's gain term is ``Delta^2 / (2 v')``, and
+one block at ``-Delta`` or beyond can reach the adoption bound alone (a quiet block
+is strong evidence; a stall next to it still counts once).  The recorded A/A blocks
+below do not move with this (their noise is above ``Delta / 3``).
 
 Candidate ``i`` is *adopted* when ``LLR_i >= log((1 - BETA) / a)`` and *rejected*
 when ``LLR_i <= log(BETA / (1 - a))``; in between the evidence is *inconclusive* and

@@ -49,8 +49,8 @@ layouts (another number of nodes or ranks per node) the shape is not trusted bel
 the largest segment: a ladder's cheaper per-byte cost for small messages is the
 network's small-message regime (on the emulated testbed, ``tbf``'s burst: 1 MB
 passes at line rate after the link idled), and how much of it a message finds
-depends on how busy the links are, which a layout change alters.  Every segment
-then takes the largest segment's per-byte cost (keeping its latency) before the
+depends on how busy the links are, which a layout change alters.  No segment then
+costs less per byte than the largest one (each keeps its latency) before the
 scaling; measured on 2 nodes x 1 rank -> 2 nodes x 2 ranks, a plan of 34 buckets
 was predicted 11.6% fast with the source's small-message segment and 4.6% without it
 (docs/whatif.md, "Not modelled").
@@ -226,7 +226,7 @@ def whatif_cost(measured_cost: AllreduceCostModel, measured: Network, target: Ne
     same_layout = (target.nodes, target.ranks_per_node) == (measured.nodes, measured.ranks_per_node)
     return AllreduceCostModel(
         tuple(CostSegment(s.min_bytes, s.alpha_s * hop_scale,
-                          (s.beta_s_per_byte if same_layout else beta_m) * beta_scale)
+                          (s.beta_s_per_byte if same_layout else max(s.beta_s_per_byte, beta_m)) * beta_scale)
               for s in measured_cost.segments),
         source=f"what-if {algo}: {full.describe()}", cast=measured_cost.cast)
 

@@ -2,8 +2,7 @@
 
 1. Check (:meth:`SteadyState._confirm`, at the calendar's steps,
    :mod:`gdat.decide.calendar`): where a plan runs, ``confirm`` steps of it and one
-   block of the user's configuration after them; an adopted plan is kept if its
-   the plan that runs, adopted or on trial, is judged by the sequential test with its
+   block of the user's configuration after them; the plan that runs, adopted or on trial, is judged by the sequential test with its
    window (:func:`gdat.decide.confirm.steady_state_check`) added to the key's
    evidence (:func:`gdat.decide.confirm.confirm`): held, switched back, or run on
    while measuring goes on.
@@ -119,7 +118,8 @@ class SteadyState:
             if loop.rank == 0:
                 last_base = max(j for j, b in enumerate(d.blocks) if b.plan == BASELINE)
                 check = steady_state_check(d.blocks, window, after, cal.steady_weight(last_base, self.d0))
-                check, evidence = confirm(check, evidence, d.winner.plan.to_dict(), evidence.launches - 1)
+                check, evidence = confirm(check, evidence, d.winner.plan.to_dict(), evidence.launches - 1,
+                                          d.winner.plan.compressed)
                 told = check, evidence
             check, evidence = broadcast_from_first(told, loop.group)
             if check.outcome == "switched back":
@@ -143,14 +143,21 @@ class SteadyState:
     # --- 2: measuring on ---------------------------------------------------------------
     def _probed(self) -> int | None:
         """The candidate a probe pairs with the user's configuration: the running one,
-        else the leader of the evidence (as a candidate index of this run), if any."""
+        else the exact candidate of this run with the largest log-likelihood ratio
+        among those not rejected, if any (a compressed plan is adopted only by the
+        launch's verdict, which also holds it against the fastest exact plan,
+        :func:`gdat.decide.judge.judge`)."""
         d = self.loop.decision
         if d.running is not None:
             return d.verdict.winner
-        leader = d.judgement.leader if d.judgement is not None else None
-        if leader is None:
+        if d.judgement is None:
             return None
-        return next((i for i, p in enumerate(d.plans) if index_of(d.evidence, p.plan.to_dict()) == leader), None)
+        j, found = d.judgement, []
+        for i, p in enumerate(d.plans):
+            k = index_of(d.evidence, p.plan.to_dict())
+            if k is not None and not p.plan.compressed and j.status[k] != "reject":
+                found.append((j.llr[k], i))
+        return max(found)[1] if found else None
 
     def _probe_step(self, s: int) -> None:
         loop, p = self.loop, self.probe_at
