@@ -9,6 +9,12 @@ configuration) or subgraph structural hash; each tuned node dispatches on the
 call's shapes at run time, and a call with shapes no entry covers runs the
 default.  Subgraph entries take precedence over operator entries inside them,
 and an entry for the whole model (SGAT's whole-model item) over every other.
+
+The precision bank (:mod:`aoe_full.precision`, ``aoe --precision_mode
+allow_mix_precision_bf16``) is matched by the module's signature, not by a trace,
+so it applies to models torch.fx cannot trace too: an accepted entry runs the
+module's forward under bf16 autocast.  Such an entry passed a training-loss check
+against fp32, not the gradient tolerance.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from aoe_full.errors import TraceError
 from aoe_full.graph_capture import trace
 from aoe_full.operators import classify, static_identity
 from aoe_full.partition import partition, structure_hash, whole_graph
+from aoe_full.precision import apply_precision
 from aoe_full.signature import from_json
 from gdat import options
 from gdat.core import log
@@ -69,15 +76,21 @@ def bank_choices(module: torch.nn.Module, bank_root: str, scene: str = "train") 
     return choices
 
 
-def _apply(module: torch.nn.Module, root: str) -> str:
-    """Apply the banks under ``root`` to ``module`` (module docstring); returns what
-    was applied, in words, or ``""`` when no entry matches.  Raises
-    :class:`TraceError` when torch.fx cannot trace the module."""
-    choices = bank_choices(module, root)
-    if not choices:
-        return ""
-    apply_choices(module, choices)
-    return f"{len(choices.ops)} operator and {len(choices.subgraphs)} subgraph choice(s)"
+def _apply(module: torch.nn.Module, root: str) -> tuple[str, str]:
+    """Apply the banks under ``root`` to ``module`` (module docstring): the
+    precision bank's entry first (it needs no trace), then the operator and
+    subgraph choices.  Returns what was applied, in words (``""`` when no entry
+    matches), and why the operator/subgraph bank was not applied (``""`` when it
+    was, or held nothing for the module: torch.fx cannot trace it)."""
+    applied = [apply_precision(module, root)]
+    try:
+        choices = bank_choices(module, root)
+    except TraceError as e:
+        return "".join(applied), str(e)
+    if choices:
+        apply_choices(module, choices)
+        applied.append(f"{len(choices.ops)} operator and {len(choices.subgraphs)} subgraph choice(s)")
+    return " and ".join(a for a in applied if a), ""
 
 
 def apply_bank(module: torch.nn.Module, bank_root: str | None = None) -> torch.nn.Module:
@@ -88,10 +101,9 @@ def apply_bank(module: torch.nn.Module, bank_root: str | None = None) -> torch.n
     ``bank_root``: the knowledge-base root (default: ``TUNE_BANK_PATH`` or
     gdat's default, :func:`gdat.options.bank_root`)."""
     root = bank_root if bank_root is not None else options.bank_root()
-    try:
-        _apply(module, root)
-    except TraceError as e:
-        warnings.warn(f"operator/subgraph bank not applied: {e}", AoeApplyWarning, stacklevel=2)
+    _, untraced = _apply(module, root)
+    if untraced:
+        warnings.warn(f"operator/subgraph bank not applied: {untraced}", AoeApplyWarning, stacklevel=2)
     return module
 
 
@@ -100,10 +112,14 @@ def bank_transform(module: torch.nn.Module) -> torch.nn.Module:
     ``gdat.model_transforms`` entry point): one line on stderr, from rank 0, says
     what was applied, or why the model is used as built."""
     root = options.bank_root()
-    try:
-        applied = _apply(module, root)
-    except TraceError as e:
-        log.warn(f"--gdat-aoe-bank: the operator/subgraph bank is not applied ({e}); the model is used as built")
+    applied, untraced = _apply(module, root)
+    if untraced:
+        if applied:
+            log.warn(f"--gdat-aoe-bank: applied {applied} from {root}; the operator/subgraph bank is not applied "
+                     f"({untraced})")
+        else:
+            log.warn(f"--gdat-aoe-bank: the operator/subgraph bank is not applied ({untraced}); the model is used as "
+                     f"built")
         return module
     if applied:
         log.info(f"--gdat-aoe-bank: applied {applied} from {root}")

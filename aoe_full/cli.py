@@ -33,6 +33,7 @@ from aoe_full.offline import OfflineResult, package_strategy, write_package
 from aoe_full.opat import tune_operators
 from aoe_full.operators import KINDS, tunable_nodes
 from aoe_full.pipeline import SCENES, TuneConfig, TuningRun, set_mode
+from aoe_full.precision import CHECK_STEPS, KEEP, PrecisionCheck, check_precision_mode, tune_precision
 from aoe_full.progress import ProgressBar
 from aoe_full.report import result_section, tuning_result
 from aoe_full.sgat import tune_subgraphs
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile_budget", type=float, default=600.0,
                    help="seconds of torch.compile time the run may spend (default 600)")
     p.add_argument("--threads", type=int, help="intra-op threads (torch.set_num_threads)")
+    p.add_argument("--precision_mode", default=KEEP,
+                   help="must_keep_origin_dtype (default) or allow_mix_precision_bf16 (scene train: a bf16 "
+                        "autocast candidate, kept only when a loss check against fp32 passes and it is faster)")
     p.add_argument("--rounds", type=int, default=15, help="measurement rounds (default 15)")
     p.add_argument("--gdat_args", default="",
                    help="job type 4: gdat.run/torchrun options before the script, one string")
@@ -90,6 +94,8 @@ class _TuneJob:
     output: str
     model: torch.nn.Module
     capture: str
+    built: torch.nn.Module  # the model as the factory built it (``model`` may be its export)
+    precision: str
 
 
 def _tune_ops(path: str | None) -> tuple[frozenset[str] | None, frozenset[str] | None]:
@@ -138,6 +144,7 @@ def _validate_tuning(args: argparse.Namespace, mode: str, bank: str, repeat: boo
         raise UsageError("--input_shape is required for job types 1 and 2")
     if args.threads is not None and not 1 <= args.threads <= 1024:
         raise UsageError(f"--threads must be between 1 and 1024, got {args.threads}")
+    precision = check_precision_mode(args.precision_mode, args.scene)
     if not 3 <= args.rounds <= 10000:
         raise UsageError(f"--rounds must be between 3 and 10000, got {args.rounds}")
     if not math.isfinite(args.compile_budget) or args.compile_budget < 0:
@@ -165,9 +172,10 @@ def _validate_tuning(args: argparse.Namespace, mode: str, bank: str, repeat: boo
     check_input_names(model, arg_names)
     set_mode(model, args.scene)
     inputs = list(make_inputs(specs).values())
+    built = model
     model, how = graphable(model, inputs, arg_names)
     _check_selection(model, arg_names, cfg)
-    return _TuneJob(mode, source, specs, inputs, cfg, output, model, how)
+    return _TuneJob(mode, source, specs, inputs, cfg, output, model, how, built, precision)
 
 
 def _offline(job: _TuneJob, run: TuningRun, path: str) -> OfflineResult:
@@ -192,17 +200,23 @@ def _run_tuning(job: _TuneJob) -> None:
     tune = tune_operators if job.mode == "opat" else tune_subgraphs
     arg_names = [s.name for s in job.specs]
     run = tune(job.model, job.inputs, arg_names, job.cfg, bar)
+    if job.precision != KEEP:
+        print(f"[{job.mode.upper()}] mixed precision (bf16 autocast): loss check ({CHECK_STEPS} training steps in fp32 "
+              f"and mixed) and {job.cfg.measure.rounds} timing rounds...", file=sys.stderr, flush=True)
+    precision = tune_precision(job.built, job.inputs, job.precision, job.cfg.bank_root, job.cfg.repeat,
+                               job.cfg.measure)
     result_dir = os.path.join(job.output, "aoe_workspace", name, "tunespace", "result")
     tuned_path = os.path.join(result_dir, f"{name}_tune.pt")
     save_tuned(tuned_path, run, job.source, job.capture, job.specs, job.model)
     offline = _offline(job, run, os.path.join(result_dir, f"{name}_tune.pt2"))
-    result = write_result(job.output, job.mode, name, run.tuning_time_s,
-                          result_section(run, tuned_path, offline))
-    _print_summary(job, run, tuned_path, offline, result)
+    section = result_section(run, tuned_path, offline)
+    section["mixed_precision"] = None if precision is None else precision.to_dict()
+    result = write_result(job.output, job.mode, name, run.tuning_time_s, section)
+    _print_summary(job, run, tuned_path, offline, result, precision)
 
 
 def _print_summary(job: _TuneJob, run: TuningRun, tuned_path: str, offline: OfflineResult,
-                   result: str) -> None:
+                   result: str, precision: PrecisionCheck | None) -> None:
     s = run.summary
     what = "operators" if job.mode == "opat" else "subgraphs"
     tag = f"[{job.mode.upper()}]"
@@ -223,6 +237,9 @@ def _print_summary(job: _TuneJob, run: TuningRun, tuned_path: str, offline: Offl
         print(f"  load with: aoe_full.load_tuned({offline.path!r})")
     elif job.cfg.scene == "infer":
         print(f"offline model: none ({offline.reason})")
+    if precision is not None:
+        print(f"{tag} {precision.describe()}; bank: {precision.outcome} "
+              f"({os.path.join(job.cfg.bank_root, 'precision')}, applied by gdat-run --gdat-aoe-bank)")
     print(f"result file: {result}")
     print(f"knowledge base: {os.path.join(job.cfg.bank_root, job.mode)}")
     print("Aoe process finished")

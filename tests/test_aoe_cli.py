@@ -72,6 +72,12 @@ def _bad(tmp_path, capsys, monkeypatch, argv, match, env=None):
     (["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
       "--rounds", "100000000"], "--rounds"),
     (["--job_type", "4", "--model", MODEL, "--gdat_args", "--gdat-mode off"], "must not set"),
+    (["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
+      "--scene", "train", "--precision_mode", "allow_mix_precision"], "allow_mix_precision_bf16 mixes bf16"),
+    (["--job_type", "1", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
+      "--precision_mode", "allow_mix_precision_bf16"], "it needs --scene train"),
+    (["--job_type", "2", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
+      "--scene", "train", "--precision_mode", "force_fp16"], "unknown --precision_mode"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch, argv, match):
     _bad(tmp_path, capsys, monkeypatch, argv, match)

@@ -1,0 +1,114 @@
+"""Benchmark: operator/subgraph tuning before training, timed in the training job.
+
+``python benchmarks/bench_aoe_train.py --json out.json`` (needs root for the
+emulated network):
+
+1. ``aoe --job_type 1 --scene train`` tunes the Hugging Face GPT-2 LM of
+   ``benchmarks/hf_lm.py`` (``gpt2_lm``, 13.8 M parameters) on its training batch
+   (``--batch`` x ``--seq`` token ids, one thread, as each rank runs), with
+   ``--precision_mode allow_mix_precision_bf16``: one knowledge base holds the exact
+   subgraph choices and the mixed-precision verdict.  The exact-only bank is a copy
+   without the precision entries.
+2. Three 2-rank jobs of the unmodified ``hf_lm.py`` under ``gdat-run`` at ``--rate``,
+   ``--steps`` steps each, in this order: without ``--gdat-aoe-bank`` (the
+   reference), with the exact-only bank, with the whole bank.  A job's step is the
+   median of rank 0's last ``--last`` step times; its loss is the mean of its last 5
+   steps' losses.
+
+The printout gives each job's step against the reference, the loss difference
+against the reference (with the bound the loss check states: ``BOUND`` x the
+reference's first loss) and the line each job's ``--gdat-aoe-bank`` said.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from aoe_full.precision import BOUND, MIXED_BF16, PRECISION  # noqa: E402
+from launch.testbed import emulated_network  # noqa: E402
+
+BIN = os.path.dirname(sys.executable)
+
+
+def tune(args: argparse.Namespace, bank: str, work: str) -> str:
+    """Step 1: aoe's printout."""
+    cmd = [os.path.join(BIN, "aoe"), "--job_type", "1", "--scene", "train", "--model",
+           f"{os.path.join(HERE, 'hf_lm.py')}:gpt2_lm", "--input_shape", f"input_ids:{args.batch},{args.seq}",
+           "--input_dtype", "input_ids:int64", "--input_range", "input_ids:0,8192", "--threads", "1",
+           "--precision_mode", MIXED_BF16, "--compile_budget", str(args.compile_budget), "--rounds",
+           str(args.rounds), "--output", work]
+    done = subprocess.run(cmd, env={**os.environ, "TUNE_BANK_PATH": bank}, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"aoe failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def train(args: argparse.Namespace, tmp: str, name: str, bank: str | None) -> dict:
+    """Step 2: one job; its step (ms), losses and what --gdat-aoe-bank said."""
+    out = os.path.join(tmp, f"{name}.json")
+    cmd = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", os.path.join(tmp, f"{name}_work"),
+           *(["--gdat-aoe-bank"] if bank else []), "--nproc-per-node", "2", os.path.join(HERE, "hf_lm.py"),
+           "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps), "--out", out]
+    env = {**os.environ, "TUNE_BANK_PATH": bank or os.path.join(tmp, f"{name}_bank")}
+    with emulated_network(args.rate) as net:
+        done = subprocess.run(net.wrap(cmd), env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"job {name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    with open(out) as f:
+        found = json.load(f)
+    said = [line for line in done.stderr.splitlines() if "--gdat-aoe-bank" in line]
+    return {"step_ms": statistics.median(found["step_times_s"][-args.last:]) * 1e3, "losses": found["losses"],
+            "loss": statistics.fmean(found["losses"][-5:]), "aoe_bank_said": said,
+            "gdat_done": [line for line in done.stderr.splitlines() if line.startswith("gdat: done:")]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--last", type=int, default=20)
+    p.add_argument("--rate", default="2gbit")
+    p.add_argument("--rounds", type=int, default=5, help="aoe's measurement rounds")
+    p.add_argument("--compile_budget", type=float, default=180.0, help="aoe's compile budget (s)")
+    p.add_argument("--bank", default=None, help="use this tuned bank instead of running aoe")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gdat_aoe_train_") as tmp:
+        bank = args.bank or os.path.join(tmp, "bank")
+        printout = "" if args.bank else tune(args, bank, os.path.join(tmp, "aoe"))
+        print(printout, end="", flush=True)
+        exact = os.path.join(tmp, "exact_bank")
+        shutil.copytree(bank, exact, ignore=shutil.ignore_patterns(PRECISION))
+        jobs = {"without the bank": train(args, tmp, "reference", None),
+                "exact-only bank": train(args, tmp, "exact", exact),
+                "bank with mixed precision": train(args, tmp, "mixed", bank)}
+    ref = jobs["without the bank"]
+    bound = BOUND * ref["losses"][0]
+    print(f"\nHF GPT-2 LM, 2 ranks at {args.rate}, batch {args.batch} x {args.seq}, {args.steps} steps; step = median "
+          f"of the last {args.last}; loss = mean of the last 5 (bound {bound:.4f} = {BOUND:g} x first loss)")
+    print(f"{'job':<28} {'step ms':>9} {'ratio':>7} {'loss':>8} {'loss diff':>10}")
+    for name, j in jobs.items():
+        j["ratio"] = j["step_ms"] / ref["step_ms"]
+        j["loss_difference"] = j["loss"] - ref["loss"]
+        print(f"{name:<28} {j['step_ms']:>9.1f} {j['ratio']:>7.3f} {j['loss']:>8.4f} {j['loss_difference']:>+10.4f}")
+    for name, j in jobs.items():
+        for line in j["aoe_bank_said"] + j["gdat_done"]:
+            print(f"  {name}: {line}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "aoe": printout, "loss_bound": bound, "jobs": jobs}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
