@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from tests.distributed import shared_two_rank_job
 
@@ -46,6 +47,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: file order otherwise
     for item in items:
         item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    """``aoe --threads 1`` sets torch's thread count for the whole test process: every
+    test gets back the count it started with (the aoe_full files share one worker)."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

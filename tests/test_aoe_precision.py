@@ -18,8 +18,6 @@ from aoe_full.precision import (  # noqa: E402
 from gdat.bank.store import KnowledgeBase  # noqa: E402
 from tests.test_aoe_real_models import USER_GPT2  # noqa: E402
 
-pytestmark = pytest.mark.xdist_group("aoe")
-
 
 def _factory(tmp_path):
     path = tmp_path / "user_gpt2.py"

@@ -20,14 +20,6 @@ from aoe_full.engines import engine_unavailable_reason  # noqa: E402
 MODELS = real_models.__file__
 
 
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    """``aoe --threads 1`` sets torch's thread count for the process: restore it."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def _aoe(tmp_path, monkeypatch, capsys, argv):
     monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
     code = main(argv + ["--rounds", "3", "--threads", "1", "--output", str(tmp_path / "out")])
