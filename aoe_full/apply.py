@@ -28,7 +28,7 @@ from aoe_full.errors import TraceError
 from aoe_full.graph_capture import trace
 from aoe_full.operators import classify, static_identity
 from aoe_full.partition import partition, structure_hash, whole_graph
-from aoe_full.precision import apply_precision
+from aoe_full.precision import apply_precision, precision_entry
 from aoe_full.signature import from_json
 from gdat import options
 from gdat.core import log
@@ -77,27 +77,34 @@ def bank_choices(module: torch.nn.Module, bank_root: str, scene: str = "train") 
 
 
 def _apply(module: torch.nn.Module, root: str) -> tuple[str, str]:
-    """Apply the banks under ``root`` to ``module`` (module docstring): the
-    precision bank's entry first (it needs no trace), then the operator and
-    subgraph choices.  Returns what was applied, in words (``""`` when no entry
-    matches), and why the operator/subgraph bank was not applied (``""`` when it
-    was, or held nothing for the module: torch.fx cannot trace it)."""
-    applied = [apply_precision(module, root)]
+    """Apply the banks under ``root`` to ``module`` (module docstring): the operator
+    and subgraph choices, then the precision entry around the forward they leave
+    (it needs no trace).  Every entry is read before the module changes.  Returns
+    what was applied, in words (``""`` when no entry matches), and why the
+    operator/subgraph bank was not applied (``""`` when it was, or held nothing
+    for the module: torch.fx cannot trace it)."""
+    mixed = precision_entry(module, root)
     try:
         choices = bank_choices(module, root)
+        untraced = ""
     except TraceError as e:
-        return "".join(applied), str(e)
+        choices, untraced = Choices(), str(e)
+    applied = []
     if choices:
         apply_choices(module, choices)
         applied.append(f"{len(choices.ops)} operator and {len(choices.subgraphs)} subgraph choice(s)")
-    return " and ".join(a for a in applied if a), ""
+    if mixed:
+        apply_precision(module)
+        applied.append(mixed)
+    return " and ".join(applied), untraced
 
 
 def apply_bank(module: torch.nn.Module, bank_root: str | None = None) -> torch.nn.Module:
-    """Apply the OPAT/SGAT bank entries for ``module`` on this machine, in place,
-    with scene-train semantics; returns ``module`` (same object, same
-    ``state_dict()`` keys).  A module with no matching entries, or one torch.fx
-    cannot trace (warned with :class:`AoeApplyWarning`), comes back unchanged.
+    """Apply the OPAT/SGAT bank entries and an accepted mixed-precision entry for
+    ``module`` on this machine, in place, with scene-train semantics; returns
+    ``module`` (same object, same ``state_dict()`` keys).  A module with no matching
+    entries comes back unchanged; for one torch.fx cannot trace (warned with
+    :class:`AoeApplyWarning`) only the mixed-precision entry can apply.
     ``bank_root``: the knowledge-base root (default: ``TUNE_BANK_PATH`` or
     gdat's default, :func:`gdat.options.bank_root`)."""
     root = bank_root if bank_root is not None else options.bank_root()

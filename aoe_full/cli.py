@@ -266,6 +266,9 @@ def _run(argv: list[str]) -> int:
             raise UsageError("arguments after -- are only for --job_type 4")
         _run_tuning(_validate_tuning(args, mode, bank, repeat))
         return 0
+    if args.precision_mode != KEEP:
+        raise UsageError("--precision_mode is for --job_type 1 and 2 (--scene train); in a training script, "
+                         "mixed precision is the script's torch.autocast")
     if not args.model:
         raise UsageError("--model (the training script) is required")
     command = gdat_command(args.model, args.output, args.gdat_args, passthrough)

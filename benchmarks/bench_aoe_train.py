@@ -1,19 +1,22 @@
 """Benchmark: operator/subgraph tuning before training, timed in the training job.
 
-``python benchmarks/bench_aoe_train.py --json out.json`` (needs root for the
-emulated network):
+``python benchmarks/bench_aoe_train.py --model lm --json out.json`` (needs root for
+the emulated network):
 
-1. ``aoe --job_type 1 --scene train`` tunes the Hugging Face GPT-2 LM of
-   ``benchmarks/hf_lm.py`` (``gpt2_lm``, 13.8 M parameters) on its training batch
-   (``--batch`` x ``--seq`` token ids, one thread, as each rank runs), with
-   ``--precision_mode allow_mix_precision_bf16``: one knowledge base holds the exact
-   subgraph choices and the mixed-precision verdict.  The exact-only bank is a copy
-   without the precision entries.
-2. Three 2-rank jobs of the unmodified ``hf_lm.py`` under ``gdat-run`` at ``--rate``,
+1. ``aoe --job_type 1 --scene train`` tunes the model a training script builds on its
+   training batch (one thread, as each rank runs), with ``--precision_mode
+   allow_mix_precision_bf16``: one knowledge base holds the exact subgraph choices and
+   the mixed-precision verdict.  The exact-only bank is a copy without the precision
+   entries.  ``--model lm``: the Hugging Face GPT-2 LM of ``benchmarks/hf_lm.py``
+   (``gpt2_lm``, 13.8 M parameters; ``--batch`` x ``--size`` token ids);
+   ``--model resnet18``: the ResNet-18 of ``benchmarks/resnet_train.py``
+   (``resnet18``, 11.7 M parameters; ``--batch`` images of ``--size`` squared pixels).
+2. Three 2-rank jobs of the unmodified script under ``gdat-run`` at ``--rate``,
    ``--steps`` steps each, in this order: without ``--gdat-aoe-bank`` (the
    reference), with the exact-only bank, with the whole bank.  A job's step is the
    median of rank 0's last ``--last`` step times; its loss is the mean of its last 5
-   steps' losses.
+   steps' losses.  ``--compress`` adds a fourth: the whole bank with
+   ``--gdat-compress bf16`` (both lossy options a user can opt into).
 
 The printout gives each job's step against the reference, the loss difference
 against the reference (with the bound the loss check states: ``BOUND`` x the
@@ -39,11 +42,20 @@ from launch.testbed import emulated_network  # noqa: E402
 BIN = os.path.dirname(sys.executable)
 
 
+def _model(args: argparse.Namespace) -> tuple[str, list[str], list[str]]:
+    """The training script, aoe's model and input options, and the script's batch options."""
+    b, n = args.batch, args.size
+    if args.model == "lm":
+        return "hf_lm.py", ["--model", f"{os.path.join(HERE, 'hf_lm.py')}:gpt2_lm", "--input_shape",
+                            f"input_ids:{b},{n}", "--input_dtype", "input_ids:int64", "--input_range",
+                            "input_ids:0,8192"], ["--batch", str(b), "--seq", str(n)]
+    return "resnet_train.py", ["--model", f"{os.path.join(HERE, 'resnet_train.py')}:resnet18", "--input_shape",
+                               f"pixel_values:{b},3,{n},{n}"], ["--batch", str(b), "--size", str(n)]
+
+
 def tune(args: argparse.Namespace, bank: str, work: str) -> str:
     """Step 1: aoe's printout."""
-    cmd = [os.path.join(BIN, "aoe"), "--job_type", "1", "--scene", "train", "--model",
-           f"{os.path.join(HERE, 'hf_lm.py')}:gpt2_lm", "--input_shape", f"input_ids:{args.batch},{args.seq}",
-           "--input_dtype", "input_ids:int64", "--input_range", "input_ids:0,8192", "--threads", "1",
+    cmd = [os.path.join(BIN, "aoe"), "--job_type", "1", "--scene", "train", *_model(args)[1], "--threads", "1",
            "--precision_mode", MIXED_BF16, "--compile_budget", str(args.compile_budget), "--rounds",
            str(args.rounds), "--output", work]
     done = subprocess.run(cmd, env={**os.environ, "TUNE_BANK_PATH": bank}, capture_output=True, text=True)
@@ -52,13 +64,21 @@ def tune(args: argparse.Namespace, bank: str, work: str) -> str:
     return done.stdout
 
 
-def train(args: argparse.Namespace, tmp: str, name: str, bank: str | None) -> dict:
-    """Step 2: one job; its step (ms), losses and what --gdat-aoe-bank said."""
-    out = os.path.join(tmp, f"{name}.json")
+def train(args: argparse.Namespace, tmp: str, name: str, tuned: str | None, exact_only: bool = False,
+          compress: bool = False) -> dict:
+    """Step 2: one job on a fresh copy of the ``tuned`` bank (``None``: without
+    ``--gdat-aoe-bank``; ``exact_only``: without the precision entries), so that
+    every job tunes its buckets afresh; its step (ms), losses and what
+    ``--gdat-aoe-bank`` said."""
+    out, bank = os.path.join(tmp, f"{name}.json"), os.path.join(tmp, f"{name}_bank")
+    if tuned is not None:
+        kinds = ("gdat", PRECISION) if exact_only else ("gdat",)  # gdat's own plans: tuned afresh in each job
+        shutil.copytree(tuned, bank, ignore=shutil.ignore_patterns(*kinds))
     cmd = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", os.path.join(tmp, f"{name}_work"),
-           *(["--gdat-aoe-bank"] if bank else []), "--nproc-per-node", "2", os.path.join(HERE, "hf_lm.py"),
-           "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps), "--out", out]
-    env = {**os.environ, "TUNE_BANK_PATH": bank or os.path.join(tmp, f"{name}_bank")}
+           *(["--gdat-aoe-bank"] if tuned else []), *(["--gdat-compress", "bf16"] if compress else []),
+           "--nproc-per-node", "2", os.path.join(HERE, _model(args)[0]), *_model(args)[2], "--steps", str(args.steps),
+           "--out", out]
+    env = {**os.environ, "TUNE_BANK_PATH": bank}
     with emulated_network(args.rate) as net:
         done = subprocess.run(net.wrap(cmd), env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -73,28 +93,34 @@ def train(args: argparse.Namespace, tmp: str, name: str, bank: str | None) -> di
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", choices=["lm", "resnet18"], default="lm")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--size", type=int, default=None, help="tokens per sequence (lm, default 128) or image side "
+                   "(resnet18, default 112)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--last", type=int, default=20)
     p.add_argument("--rate", default="2gbit")
     p.add_argument("--rounds", type=int, default=5, help="aoe's measurement rounds")
     p.add_argument("--compile_budget", type=float, default=180.0, help="aoe's compile budget (s)")
+    p.add_argument("--compress", action="store_true", help="a fourth job: the whole bank under gdat-run "
+                   "--gdat-compress bf16 (gdat may allreduce the exposed buckets in bf16)")
     p.add_argument("--bank", default=None, help="use this tuned bank instead of running aoe")
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    if args.size is None:
+        args.size = 128 if args.model == "lm" else 112
     with tempfile.TemporaryDirectory(prefix="gdat_aoe_train_") as tmp:
         bank = args.bank or os.path.join(tmp, "bank")
         printout = "" if args.bank else tune(args, bank, os.path.join(tmp, "aoe"))
         print(printout, end="", flush=True)
-        exact = os.path.join(tmp, "exact_bank")
-        shutil.copytree(bank, exact, ignore=shutil.ignore_patterns(PRECISION))
         jobs = {"without the bank": train(args, tmp, "reference", None),
-                "exact-only bank": train(args, tmp, "exact", exact),
+                "exact-only bank": train(args, tmp, "exact", bank, exact_only=True),
                 "bank with mixed precision": train(args, tmp, "mixed", bank)}
+        if args.compress:
+            jobs["mixed precision, --gdat-compress bf16"] = train(args, tmp, "mixed_compress", bank, compress=True)
     ref = jobs["without the bank"]
     bound = BOUND * ref["losses"][0]
-    print(f"\nHF GPT-2 LM, 2 ranks at {args.rate}, batch {args.batch} x {args.seq}, {args.steps} steps; step = median "
+    print(f"\n{args.model}, 2 ranks at {args.rate}, batch {args.batch}, size {args.size}, {args.steps} steps; step = median "
           f"of the last {args.last}; loss = mean of the last 5 (bound {bound:.4f} = {BOUND:g} x first loss)")
     print(f"{'job':<28} {'step ms':>9} {'ratio':>7} {'loss':>8} {'loss diff':>10}")
     for name, j in jobs.items():

@@ -64,7 +64,12 @@ def _aoe_bank(module: torch.nn.Module) -> torch.nn.Module:
     if not found:
         log.warn("--gdat-aoe-bank: aoe_full is not installed; the model is used as built")
         return module
-    return next(iter(found)).load()(module)
+    try:
+        return next(iter(found)).load()(module)
+    except Exception as e:  # gdat is never the reason a job fails: a plug-in that fails leaves the model as built
+        log.warn(f"--gdat-aoe-bank: the bank could not be applied ({type(e).__name__}: {e}); the model is used as "
+                 f"built")
+        return module
 
 
 class DistributedDataParallel(STOCK_DDP):

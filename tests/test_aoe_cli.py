@@ -78,6 +78,8 @@ def _bad(tmp_path, capsys, monkeypatch, argv, match, env=None):
       "--precision_mode", "allow_mix_precision_bf16"], "it needs --scene train"),
     (["--job_type", "2", "--model", f"{MODEL}:small_convnet", "--input_shape", "x:1,3,8,8",
       "--scene", "train", "--precision_mode", "force_fp16"], "unknown --precision_mode"),
+    (["--job_type", "4", "--model", MODEL, "--precision_mode", "allow_mix_precision_bf16"],
+     "--precision_mode is for --job_type 1 and 2"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch, argv, match):
     _bad(tmp_path, capsys, monkeypatch, argv, match)

@@ -3,6 +3,7 @@ allow_mix_precision_bf16``): its loss check, its bank entry, and its application
 model torch.fx cannot trace (a plain Hugging Face GPT-2 LM) by ``gdat-run --gdat-aoe-bank``."""
 import glob
 import importlib.util
+import inspect
 import json
 import math
 
@@ -13,8 +14,9 @@ pytest.importorskip("transformers")
 
 from aoe_full.apply import bank_transform  # noqa: E402
 from aoe_full.cli import main  # noqa: E402
+from aoe_full.measure import MeasureConfig  # noqa: E402
 from aoe_full.precision import (  # noqa: E402
-    BOUND, CHECK_STEPS, MIXED_BF16, PRECISION, AutocastForward, _key, training_loss)
+    BOUND, CHECK_STEPS, MIXED_BF16, PRECISION, AutocastForward, _key, precision_entry, training_loss, tune_precision)
 from gdat.bank.store import KnowledgeBase  # noqa: E402
 from tests.test_aoe_real_models import USER_GPT2  # noqa: E402
 
@@ -82,6 +84,7 @@ def test_an_accepted_entry_runs_an_untraceable_lm_under_bf16_autocast(tmp_path, 
     assert len(lines) == 1 and "--gdat-aoe-bank: applied mixed precision (bf16 autocast" in lines[0], lines
     bank_transform(tuned)
     assert not isinstance(tuned.forward.forward, AutocastForward)
+    assert inspect.signature(tuned.forward) == inspect.signature(plain.forward)
     capfd.readouterr()
     out_plain, out_tuned = plain(ids), tuned(ids)
     assert out_tuned.logits.dtype == torch.float32 and not torch.equal(out_tuned.logits, out_plain.logits)
@@ -95,3 +98,71 @@ def test_an_accepted_entry_runs_an_untraceable_lm_under_bf16_autocast(tmp_path, 
     bank_transform(other)
     assert not isinstance(other.forward, AutocastForward)
     assert "no scene-train entry" in capfd.readouterr().err
+
+
+class _AutocastSensitive(torch.nn.Module):
+    """A model whose training goes elsewhere under autocast (as one whose numerics
+    do not survive bf16 would): the gate must reject it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(32, 32)
+
+    def forward(self, x):
+        y = self.lin(x)
+        return y * 3 if torch.is_autocast_enabled("cpu") else y
+
+
+def test_a_recheck_that_rejects_withdraws_the_entry_and_a_check_that_cannot_run_writes_nothing(tmp_path):
+    bank = str(tmp_path / "bank")
+    model, x = _AutocastSensitive().train(), torch.randn(8, 32)
+    kb = KnowledgeBase(bank, PRECISION)
+    kb.put(_key(model, MIXED_BF16), {"strategy": "autocast_bf16", "check": {}})
+    assert precision_entry(model, bank)
+    found = tune_precision(model, [x], MIXED_BF16, bank, True, MeasureConfig(rounds=3))
+    assert not found.loss_ok and not found.accepted and "loss differs" in found.describe()
+    assert (found.outcome, found.strategy) == ("update", "eager")
+    assert kb.get(_key(model, MIXED_BF16))["strategy"] == "eager" and not precision_entry(model, bank)
+    frozen = torch.nn.Linear(4, 4).requires_grad_(False)
+    other = str(tmp_path / "other")
+    found = tune_precision(frozen, [torch.randn(2, 4)], MIXED_BF16, other, False, MeasureConfig(rounds=3))
+    assert found.reason.startswith("ValueError") and found.outcome == "unsatisfied" and not found.accepted
+    assert "not checked" in found.describe() and not list(KnowledgeBase(other, PRECISION).entries())
+
+
+@pytest.mark.parametrize("check", [None, "x", [], {"loss_check": {"worst_abs_deviation": "x", "bound": None,
+                                                                  "steps": 10 ** 400}}])
+def test_a_hostile_entry_neither_stops_the_job_nor_runs_unchecked_code(tmp_path, monkeypatch, capfd, check):
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
+    model = _AutocastSensitive().train()
+    KnowledgeBase(str(tmp_path / "bank"), PRECISION).put(_key(model, MIXED_BF16),
+                                                         {"strategy": "autocast_bf16", "check": check})
+    assert bank_transform(model) is model and isinstance(model.forward, AutocastForward)
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert "applied mixed precision (bf16 autocast, while training" in line and "nan" in line
+
+
+def test_exact_choices_and_mixed_precision_apply_together_and_eval_runs_as_built(tmp_path, monkeypatch, capfd):
+    """On a model torch.fx traces, the operator choices are installed first and the
+    autocast wraps the forward they leave (showing its signature); in eval
+    mode the forward runs as built (the loss check covered training only)."""
+    from aoe_full.rewrite import is_tuned
+    from aoe_full.sample_models import small_convnet
+    from tests.test_aoe_apply import _store_ops
+
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
+    x = torch.randn(2, 3, 16, 16)
+    _store_ops(str(tmp_path / "bank"), small_convnet(), x, "train", {"conv": "channels_last"})
+    model = small_convnet().train()
+    KnowledgeBase(str(tmp_path / "bank"), PRECISION).put(_key(model, MIXED_BF16), {"strategy": "autocast_bf16"})
+    plain = small_convnet().train()
+    bank_transform(model)
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert "operator and 0 subgraph choice(s) and mixed precision" in line, line
+    assert is_tuned(model) and isinstance(model.forward, AutocastForward)
+    assert inspect.signature(model.forward) == inspect.signature(model.forward.forward)
+    model.eval(), plain.eval()
+    torch.testing.assert_close(model(x), plain(x))
+    model.train(), plain.train()
+    out = model(x)
+    assert out.dtype == torch.float32 and not torch.equal(out, plain(x))

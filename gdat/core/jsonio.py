@@ -139,6 +139,8 @@ def read_json(path: str, error: type[Exception], max_bytes: int = MAX_DOCUMENT_B
         raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise error(f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise error(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
     except RecursionError:
         raise error(f"{path}: JSON nested deeper than {MAX_NESTING} levels") from None
     if _nesting(value) > MAX_NESTING:
