@@ -3,14 +3,16 @@
 ``python benchmarks/bench_aoe_train.py --model lm --json out.json`` (needs root for
 the emulated network):
 
-1. ``aoe --job_type 1 --scene train`` tunes the model a training script builds on its
-   training batch (one thread, as each rank runs), with ``--precision_mode
+1. ``aoe --job_type 1 --scene train`` tunes the model a training script builds, on
+   inputs of its training batch's shape (one thread, as each rank runs), with ``--precision_mode
    allow_mix_precision_bf16``: one knowledge base holds the exact subgraph choices and
    the mixed-precision verdict.  The exact-only bank is a copy without the precision
    entries.  ``--model lm``: the Hugging Face GPT-2 LM of ``benchmarks/hf_lm.py``
    (``gpt2_lm``, 13.8 M parameters; ``--batch`` x ``--size`` token ids);
    ``--model resnet18``: the ResNet-18 of ``benchmarks/resnet_train.py``
-   (``resnet18``, 11.7 M parameters; ``--batch`` images of ``--size`` squared pixels).
+   (``resnet18``, torchvision's architecture, 11.7 M parameters; ``--batch`` images
+   of ``--size`` squared pixels).  aoe tunes on random inputs of the training
+   batch's shape, not on the script's data.
 2. Three 2-rank jobs of the unmodified script under ``gdat-run`` at ``--rate``,
    ``--steps`` steps each, in this order: without ``--gdat-aoe-bank`` (the
    reference), with the exact-only bank, with the whole bank.  A job's step is the
@@ -50,7 +52,7 @@ def _model(args: argparse.Namespace) -> tuple[str, list[str], list[str]]:
                             f"input_ids:{b},{n}", "--input_dtype", "input_ids:int64", "--input_range",
                             "input_ids:0,8192"], ["--batch", str(b), "--seq", str(n)]
     return "resnet_train.py", ["--model", f"{os.path.join(HERE, 'resnet_train.py')}:resnet18", "--input_shape",
-                               f"pixel_values:{b},3,{n},{n}"], ["--batch", str(b), "--size", str(n)]
+                               f"x:{b},3,{n},{n}"], ["--batch", str(b), "--size", str(n)]
 
 
 def tune(args: argparse.Namespace, bank: str, work: str) -> str:
@@ -109,6 +111,8 @@ def main() -> int:
     args = p.parse_args()
     if args.size is None:
         args.size = 128 if args.model == "lm" else 112
+    if args.model == "lm" and args.size > 128:
+        p.error("--size above 128 tokens: gpt2_lm, as aoe calls it, has 128 positions")
     with tempfile.TemporaryDirectory(prefix="gdat_aoe_train_") as tmp:
         bank = args.bank or os.path.join(tmp, "bank")
         printout = "" if args.bank else tune(args, bank, os.path.join(tmp, "aoe"))

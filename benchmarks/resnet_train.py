@@ -1,8 +1,9 @@
 """A plain DDP training script of a ResNet-18 image classifier, as users write one.
 
-``torchrun --nproc-per-node 2 benchmarks/resnet_train.py --steps 60 --out OUT.json``: a
-Hugging Face ``ResNetForImageClassification`` built from a config (no download; basic
-blocks 2-2-2-2, widths 64-512, 1000 classes: 11.7 M parameters), SGD with momentum,
+``torchrun --nproc-per-node 2 benchmarks/resnet_train.py --steps 60 --out OUT.json``:
+ResNet-18 as torchvision defines it (basic blocks 2-2-2-2, widths 64-512, 1000
+classes: 11.7 M parameters; written out here, since torchvision's wheels do not
+install beside this project's CPU torch), SGD with momentum, cross-entropy on
 synthetic images (``--batch`` x 3 x ``--size`` x ``--size``) and labels, stock
 ``DistributedDataParallel``.  Rank 0 writes the losses and each step's wall time to
 ``--out`` (``step_times_s``, the format of ``gdat.demo.train``).
@@ -13,16 +14,57 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from transformers import ResNetConfig, ResNetForImageClassification
 
 
-def resnet18() -> ResNetForImageClassification:
-    """The classifier this script trains, built from a config with seed 0 (no download)."""
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a residual connection."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet18(nn.Module):
+    """torchvision's ``resnet18`` architecture."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths, layers, cin = [64, 128, 256, 512], [], 64
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            layers.append(nn.Sequential(BasicBlock(cin, w, stride), BasicBlock(w, w, 1)))
+            cin = w
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def resnet18() -> ResNet18:
+    """The classifier this script trains, with seed 0."""
     torch.manual_seed(0)
-    return ResNetForImageClassification(ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2],
-                                                     hidden_sizes=[64, 128, 256, 512], embedding_size=64,
-                                                     num_labels=1000))
+    return ResNet18()
 
 
 def image_batch(batch: int, size: int, step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +92,7 @@ def main() -> None:
         t0 = time.perf_counter()
         images, labels = image_batch(args.batch, args.size, step, rank)
         opt.zero_grad(set_to_none=True)
-        loss = ddp(pixel_values=images, labels=labels).loss
+        loss = nn.functional.cross_entropy(ddp(images), labels)
         loss.backward()
         opt.step()
         losses.append(loss.item())
