@@ -166,3 +166,21 @@ def test_exact_choices_and_mixed_precision_apply_together_and_eval_runs_as_built
     model.train(), plain.train()
     out = model(x)
     assert out.dtype == torch.float32 and not torch.equal(out, plain(x))
+
+
+def test_a_bank_plug_in_that_fails_leaves_the_job_running_on_the_model_as_built(monkeypatch, capfd):
+    """gdat is never the reason a job fails: whatever the ``aoe_bank`` plug-in raises,
+    the DDP constructor gets the model back, with one warning naming the error."""
+    import gdat.ddp
+
+    class _Broken:
+        def load(self):
+            def transform(module):
+                raise RuntimeError("corrupt bank")
+            return transform
+
+    monkeypatch.setattr(gdat.ddp, "entry_points", lambda **_: [_Broken()])
+    model = torch.nn.Linear(2, 2)
+    assert gdat.ddp._aoe_bank(model) is model
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert "--gdat-aoe-bank: the bank could not be applied (RuntimeError: corrupt bank)" in line
