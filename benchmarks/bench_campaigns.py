@@ -19,7 +19,11 @@
    launch (at most 6), judged by gdat's sequential test
    (:func:`gdat.decide.judge.judge`): the fraction of campaigns that adopt one.
    Goal: <= 5%.
-3. Drift (``--drift``): ``gdat-run`` on the LM for ``--drift-steps`` steps, the
+3. False rejection (:func:`false_rejection`): the same blocks, one candidate's
+   scaled by ``1 - g`` (truly ``g`` faster, for ``g`` of 3, 4 and 5%): how often the
+   test rejects it after its first paired block, and after its two blocks of one
+   launch.  No goal; it says what one unlucky block costs.
+4. Drift (``--drift``): ``gdat-run`` on the LM for ``--drift-steps`` steps, the
    link dropping from ``--rate`` to ``--slow-rate`` before step ``--drop-at``
    (``hf_lm.py --link-rate``), against ``gdat-run`` at ``--slow-rate`` from the
    start; each from an empty bank.  Goal: the last 20 steps' median within 3% of the
@@ -35,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -73,14 +78,9 @@ def _blocks_of(jobs: list[list[float]]) -> list[list[float]]:
     return blocks
 
 
-def aa_rate(result: dict, campaigns: int = 2000, launches: int = 6, seed: int = 1) -> tuple[float, int]:
-    """Section 2 (module docstring): the A/A false-adoption rate and the number of
-    recorded blocks it drew from."""
-    from gdat.core.plan import Bucket, BucketPlan
-    from gdat.decide.judge import judge
-    from gdat.decide.verdict import BASELINE, Block
-    from gdat.decide.windows import WindowStats
-
+def recorded_blocks(result: dict) -> list[list[float]]:
+    """Sections 2 and 3's pool (module docstring): recorded blocks of the user's
+    configuration, each normalised by its job's median."""
     pool = []
     for r in result["rounds"]:
         for said in r.get("gdat_said", {}).values():
@@ -89,10 +89,26 @@ def aa_rate(result: dict, campaigns: int = 2000, launches: int = 6, seed: int = 
                 m = statistics.median(x for steps in base for x in steps)
                 pool += [[x / m for x in steps] for steps in base]
         pool += _blocks_of([r.get("steps_ms", {}).get(name, []) for name in ("default", "default-2")])
-    pool += _blocks_of(result.get("aa_steps_ms", []))
+    return pool + _blocks_of(result.get("aa_steps_ms", []))
+
+
+def _twins() -> tuple[Any, list[Any]]:
+    """A user's configuration and two candidate plans (the plans' content is not timed)."""
+    from gdat.core.plan import Bucket, BucketPlan
+
     user = BucketPlan((Bucket((0, 1), 8, "float32"), Bucket((2, 3), 8, "float32")), "user")
-    twins = [BucketPlan((Bucket((0,), 4, "float32"), Bucket((1,), 4, "float32"), Bucket((2, 3), 8, "float32")), "a"),
-             BucketPlan((Bucket((0, 1, 2, 3), 16, "float32"),), "b")]
+    return user, [BucketPlan((Bucket((0,), 4, "float32"), Bucket((1,), 4, "float32"), Bucket((2, 3), 8, "float32")),
+                             "a"), BucketPlan((Bucket((0, 1, 2, 3), 16, "float32"),), "b")]
+
+
+def aa_rate(result: dict, campaigns: int = 2000, launches: int = 6, seed: int = 1) -> tuple[float, int]:
+    """Section 2 (module docstring): the A/A false-adoption rate and the number of
+    recorded blocks it drew from."""
+    from gdat.decide.judge import judge
+    from gdat.decide.verdict import BASELINE, Block
+    from gdat.decide.windows import WindowStats
+
+    pool, (user, twins) = recorded_blocks(result), _twins()
     rng, adopted = random.Random(seed), 0
     order = [BASELINE, 0, 1, BASELINE, 1, 0, BASELINE]
     for _ in range(campaigns):
@@ -104,6 +120,24 @@ def aa_rate(result: dict, campaigns: int = 2000, launches: int = 6, seed: int = 
                 adopted += verdict.winner is not None
                 break
     return adopted / campaigns, len(pool)
+
+
+def false_rejection(result: dict, gain: float, blocks_of_a: int, trials: int = 4000, seed: int = 1) -> float:
+    """Section 3 (module docstring): how often the sequential test rejects a
+    candidate that is truly ``gain`` (a fraction) faster, after ``blocks_of_a`` (1 or
+    2) of its paired blocks in one launch."""
+    from gdat.decide.judge import judge
+    from gdat.decide.verdict import BASELINE, Block
+    from gdat.decide.windows import WindowStats
+
+    pool, (user, twins) = recorded_blocks(result), _twins()
+    order = [BASELINE, 0, BASELINE] if blocks_of_a == 1 else [BASELINE, 0, 1, BASELINE, 1, 0, BASELINE]
+    rng, rejected = random.Random(seed), 0
+    for _ in range(trials):
+        blocks = [Block(p, 1, WindowStats(tuple(0.5 * x * (1 - gain if p == 0 else 1) for x in rng.choice(pool))))
+                  for p in order]
+        rejected += judge(blocks, twins, user, [], None)[2].status[0] == "reject"
+    return rejected / trials
 
 
 def _drift_job(rate: str, tmp: str, name: str, steps: int, link_rate: str) -> tuple[list[float], str]:
@@ -123,7 +157,7 @@ def _drift_job(rate: str, tmp: str, name: str, steps: int, link_rate: str) -> tu
 
 
 def drift(args: argparse.Namespace, tmp: str) -> dict:
-    """Section 3 (module docstring)."""
+    """Section 4 (module docstring)."""
     dropped, said = _drift_job(args.rate, tmp, "dropped", args.drift_steps, f"{args.drop_at}:{args.slow_rate}")
     slow, _ = _drift_job(args.slow_rate, tmp, "slow", args.drift_steps, "")
     a, b = statistics.median(dropped[-20:]) * 1e3, statistics.median(slow[-20:]) * 1e3
@@ -160,7 +194,10 @@ def main() -> int:
         rate, blocks = aa_rate(result)
         print(f"  A/A from {blocks} recorded blocks of the user's configuration: false adoption {rate:.3%} "
               f"({'met' if rate <= 0.05 else 'NOT met'}: goal <= 5%)")
-        out = {"campaigns": result, "aa_false_adoption": rate, "aa_blocks": blocks}
+        rejection = {f"{g:g}": [false_rejection(result, g, n) for n in (1, 2)] for g in (0.03, 0.04, 0.05)}
+        print("  a candidate truly faster, rejected after 1 / 2 of its blocks: " + "; ".join(
+            f"{float(g):.0%} faster {a:.1%} / {b:.1%}" for g, (a, b) in rejection.items()))
+        out = {"campaigns": result, "aa_false_adoption": rate, "aa_blocks": blocks, "false_rejection": rejection}
         if args.drift:
             out["drift"] = d = drift(args, tmp)
             print(f"\ndrift: last 20 steps {d['dropped_last20_ms']:.1f} ms against {d['slow_last20_ms']:.1f} ms tuned "
