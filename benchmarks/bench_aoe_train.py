@@ -39,9 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from aoe_full.precision import BOUND, MIXED_BF16, PRECISION  # noqa: E402
+from benchmarks.bench_steady_state import BIN, launch  # noqa: E402
 from launch.testbed import emulated_network  # noqa: E402
-
-BIN = os.path.dirname(sys.executable)
 
 
 def _model(args: argparse.Namespace) -> tuple[str, list[str], list[str]]:
@@ -72,25 +71,19 @@ def train(args: argparse.Namespace, tmp: str, name: str, tuned: str | None, exac
     ``--gdat-aoe-bank``; ``exact_only``: without the precision entries), so that
     every job tunes its buckets afresh; its step (ms), losses and what
     ``--gdat-aoe-bank`` said."""
-    out, bank = os.path.join(tmp, f"{name}.json"), os.path.join(tmp, f"{name}_bank")
+    bank = os.path.join(tmp, f"{name}_bank")
     if tuned is not None:
         kinds = ("gdat", PRECISION) if exact_only else ("gdat",)  # gdat's own plans: tuned afresh in each job
         shutil.copytree(tuned, bank, ignore=shutil.ignore_patterns(*kinds))
-    cmd = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", os.path.join(tmp, f"{name}_work"),
-           *(["--gdat-aoe-bank"] if tuned else []), *(["--gdat-compress", "bf16"] if compress else []),
-           "--nproc-per-node", "2", os.path.join(HERE, _model(args)[0]), *_model(args)[2], "--steps", str(args.steps),
-           "--out", out]
-    env = {**os.environ, "TUNE_BANK_PATH": bank}
+    gdat_args = (*(["--gdat-aoe-bank"] if tuned else []), *(["--gdat-compress", "bf16"] if compress else []))
+    script, _, batch = _model(args)
     with emulated_network(args.rate) as net:
-        done = subprocess.run(net.wrap(cmd), env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"job {name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    with open(out) as f:
-        found = json.load(f)
-    said = [line for line in done.stderr.splitlines() if "--gdat-aoe-bank" in line]
+        found, stderr = launch(net, tmp, name, [os.path.join(HERE, script), *batch], args.steps, 29650, bank, [],
+                               gdat_args)
     return {"step_ms": statistics.median(found["step_times_s"][-args.last:]) * 1e3, "losses": found["losses"],
-            "loss": statistics.fmean(found["losses"][-5:]), "aoe_bank_said": said,
-            "gdat_done": [line for line in done.stderr.splitlines() if line.startswith("gdat: done:")]}
+            "loss": statistics.fmean(found["losses"][-5:]),
+            "aoe_bank_said": [line for line in stderr.splitlines() if "--gdat-aoe-bank" in line],
+            "gdat_done": [line for line in stderr.splitlines() if line.startswith("gdat: done:")]}
 
 
 def main() -> int:

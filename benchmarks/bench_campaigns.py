@@ -36,7 +36,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 from typing import Any
@@ -44,7 +43,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from benchmarks.bench_steady_state import BIN, job, run_model, summarise, workload  # noqa: E402
+from benchmarks.bench_steady_state import job, launch, run_model, summarise, workload  # noqa: E402
 
 LM = "hf-lm:2:64"
 
@@ -143,17 +142,11 @@ def false_rejection(result: dict, gain: float, blocks_of_a: int, trials: int = 4
 def _drift_job(rate: str, tmp: str, name: str, steps: int, link_rate: str) -> tuple[list[float], str]:
     from launch.testbed import emulated_network
 
-    out = os.path.join(tmp, f"{name}.json")
-    cmd = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", os.path.join(tmp, f"{name}_work"), "--nproc-per-node",
-           "2", os.path.join(HERE, "hf_lm.py"), "--batch", "2", "--seq", "64", "--steps", str(steps), "--out", out,
-           *(["--link-rate", link_rate] if link_rate else [])]
     with emulated_network(rate) as net:
-        done = subprocess.run(net.wrap(cmd), env={**os.environ, "TUNE_BANK_PATH": os.path.join(tmp, f"{name}_bank")},
-                              capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"job {name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    with open(out) as f:
-        return json.load(f)["step_times_s"], done.stderr
+        found, stderr = launch(net, tmp, name, [os.path.join(HERE, "hf_lm.py"), "--batch", "2", "--seq", "64"], steps,
+                               29660, os.path.join(tmp, f"{name}_bank"),
+                               ["--link-rate", link_rate] if link_rate else [])
+    return found["step_times_s"], stderr
 
 
 def drift(args: argparse.Namespace, tmp: str) -> dict:

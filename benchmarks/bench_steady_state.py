@@ -57,16 +57,17 @@ def workload(spec: str) -> list[str]:
     return ["-m", "gdat.demo.train", "--model", model, "--size", a, "--batch", b]
 
 
-def job(net, tmp: str, name: str, script: list[str], steps: int, port: int, gdat_bank: str | None,
-        extra: list[str]) -> list[float]:
-    """One 2-rank job of ``script`` in ``net``: stock torchrun, or gdat-run on the bank
-    ``gdat_bank``; rank 0's step times, seconds."""
+def launch(net, tmp: str, name: str, script: list[str], steps: int, port: int, gdat_bank: str | None,
+           extra: list[str], gdat_args: tuple[str, ...] = ()) -> tuple[dict, str]:
+    """One 2-rank job of ``script`` in ``net``: stock torchrun, or gdat-run (with
+    ``gdat_args``) on the bank ``gdat_bank``; rank 0's output file (``step_times_s``,
+    and ``losses`` where the script writes them) and the job's stderr."""
     out = os.path.join(tmp, f"{name}.json")
     if gdat_bank is None:
         runner = [sys.executable, "-m", "torch.distributed.run"]
         env = dict(os.environ)
     else:
-        runner = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", os.path.join(tmp, f"{name}_work")]
+        runner = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", os.path.join(tmp, f"{name}_work"), *gdat_args]
         env = {**os.environ, "TUNE_BANK_PATH": gdat_bank}
     cmd = [*runner, "--nproc-per-node", "2", "--master-port", str(port), *script, "--steps", str(steps),
            "--out", out, *extra]
@@ -74,7 +75,13 @@ def job(net, tmp: str, name: str, script: list[str], steps: int, port: int, gdat
     if done.returncode != 0:
         raise SystemExit(f"job {name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     with open(out) as f:
-        return json.load(f)["step_times_s"]
+        return json.load(f), done.stderr
+
+
+def job(net, tmp: str, name: str, script: list[str], steps: int, port: int, gdat_bank: str | None,
+        extra: list[str]) -> list[float]:
+    """:func:`launch`'s rank 0 step times, seconds."""
+    return launch(net, tmp, name, script, steps, port, gdat_bank, extra)[0]["step_times_s"]
 
 
 def gdat_said(tmp: str, name: str) -> dict:
