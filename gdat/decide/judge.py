@@ -58,7 +58,7 @@ def judge(blocks: Sequence[Block], plans: Sequence[BucketPlan], baseline_plan: B
         return Verdict(adopted, noise, noisy, f"the sequential test adopted the candidate: it gains "
                        f"{gain * 1e3:.2f} ms (log-likelihood ratio {j.llr[k]:.2f} >= {j.upper:.2f}) over "
                        f"{rests}"), evidence, j
-    if j.status and all(st == "reject" for st in j.status):
+    if j.all_rejected:
         return Verdict(None, noise, noisy, f"nothing beats the user configuration: the sequential test rejected every "
                        f"candidate (log-likelihood ratios <= {j.lower:.2f}) over {rests}"), evidence, j
     exact = [k for k, st in enumerate(j.status) if st != "reject" and here.get(k) is not None

@@ -100,7 +100,7 @@ class Decision:
         if j is None:
             return self.verdict.confident
         if self.running is None:
-            return bool(j.status) and all(st == "reject" for st in j.status)
+            return j.all_rejected
         k = index_of(self.evidence, self.running.plan.to_dict())
         return k is not None and j.status[k] == "adopt"
 

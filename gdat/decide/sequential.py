@@ -141,17 +141,25 @@ class Evidence:
 @dataclass(frozen=True)
 class Judgement:
     """The test's verdict on ``evidence``: ``adopted`` (index into
-    ``evidence.plans``) or ``None``; ``confident`` when a candidate is adopted or
-    all are rejected; per candidate its ``llr`` and status (adopt, reject,
-    continue); the boundaries used."""
+    ``evidence.plans``) or ``None``; per candidate its ``llr`` and status (adopt,
+    reject, continue); the boundaries used."""
 
     adopted: int | None
-    confident: bool
     llr: tuple[float, ...]
     status: tuple[str, ...]
     upper: float
     lower: float
     delta_s: float
+
+    @property
+    def all_rejected(self) -> bool:
+        """Every candidate rejected (there is at least one)."""
+        return bool(self.status) and all(s == "reject" for s in self.status)
+
+    @property
+    def confident(self) -> bool:
+        """A candidate adopted, or every candidate rejected."""
+        return self.adopted is not None or self.all_rejected
 
     @property
     def leader(self) -> int | None:
@@ -181,8 +189,7 @@ def weigh(evidence: Evidence, alpha: float = ALPHA, beta: float = BETA, min_gain
     status = tuple("adopt" if s >= upper else "reject" if s <= lower else "continue" for s in scores)
     passing = [i for i, s in enumerate(status) if s == "adopt"]
     adopted = max(passing, key=lambda i: scores[i]) if passing else None
-    confident = adopted is not None or (bool(status) and all(s == "reject" for s in status))
-    return Judgement(adopted, confident, scores, status, upper, lower, delta)
+    return Judgement(adopted, scores, status, upper, lower, delta)
 
 
 def _same_partition(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
