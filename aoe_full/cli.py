@@ -239,7 +239,7 @@ def _print_summary(job: _TuneJob, run: TuningRun, tuned_path: str, offline: Offl
         print(f"offline model: none ({offline.reason})")
     if precision is not None:
         print(f"{tag} {precision.describe()}; bank: {precision.outcome} "
-              f"({os.path.join(job.cfg.bank_root, 'precision')}, applied by gdat-run --gdat-aoe-bank)")
+              f"({os.path.join(job.cfg.bank_root, 'precision')})")
     print(f"result file: {result}")
     print(f"knowledge base: {os.path.join(job.cfg.bank_root, job.mode)}")
     print("Aoe process finished")
