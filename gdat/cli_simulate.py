@@ -63,7 +63,7 @@ def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-buckets", type=int, default=None, help="limit the optimum's bucket count (AOE: 8)")
     parser.add_argument("--top", type=int, default=None, help="rows to print (default 12)")
     parser.add_argument("--save-plan", default=None, metavar="PATH",
-                        help="save the optimal plan (for gdat-run --gdat-plan PATH)")
+                        help="save the plan predicted fastest, within --max-buckets (for gdat-run --gdat-plan PATH)")
 
 
 def _rate(raw: str | None) -> float | None:
@@ -185,7 +185,8 @@ def _table(args: argparse.Namespace, m: _Model) -> list[str]:
     bound = lower_bound_s(m.timeline, m.cost, m.contention)
     lines = [m.scope,
              f"allreduce t = {m.cost.alpha_s * 1e6:.1f} us + {m.cost.beta_s_per_byte * 1e9:.4f} ns/B; "
-             f"contention sigma={m.contention.compute_stretch:.2f} kappa={m.contention.comm_slowdown:.2f}; " + (
+             f"contention sigma={m.contention.compute_stretch:.2f} kappa={m.contention.comm_slowdown:.2f}; "
+             f"copy-back {m.timeline.copy_s_per_byte * 1e9:.3f} ns/B; {_slots(m.timeline.allreduce_slots)}; " + (
                  f"{m.cost.cast.dtype} cast {m.cost.cast.s_per_byte * 1e9:.4f} ns/B (a compressed plan is listed "
                  f"when compressing the tail saves more than {SLACK:.0%})" if m.cost.cast is not None
                  else "no cast cost (profile with --gdat-compress to compare compressed plans)"),
@@ -195,9 +196,16 @@ def _table(args: argparse.Namespace, m: _Model) -> list[str]:
                      f"{sim.exposed_comm_s * 1e3:>12.2f}{sim.step_s / bound:>10.3f}")
     lines.append(f"{'lower bound (exact plans)':<28}{'':>8}{bound * 1e3:>10.2f}")
     if args.save_plan:
-        plans[0].save(args.save_plan)
-        lines.append(f"optimal plan saved to {args.save_plan}")
+        best = next(p for _, p in rows if args.max_buckets is None or len(p.buckets) <= args.max_buckets)
+        best.save(args.save_plan)
+        lines.append(f"the plan predicted fastest ({best.label}) saved to {args.save_plan}")
     return lines
+
+
+def _slots(slots: int) -> str:
+    if slots == 1:
+        return "one allreduce at a time"
+    return f"{slots} allreduces at once sharing the link (the optimum is exact one at a time, ranked with the rest)"
 
 
 def _sweep_sizes(raw: str) -> list[int]:

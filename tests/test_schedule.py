@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from gdat.core.cost_model import AllreduceCostModel, Contention, CostSegment
 from gdat.core.layout import FIXED_ORDER, GradientLayout, ParamInfo
 from gdat.core.plan import BucketPlan
-from gdat.core.profile import Profile, ReadyTimeline
-from gdat.core.timeline import RankTimeline, StepRecord
+from gdat.core.profile import Profile, ReadyTimeline, fitted_copy_s_per_byte
+from gdat.core.timeline import BucketSpan, RankTimeline, StepRecord
 from gdat.errors import ProfileError
 from gdat.schedule.baselines import horovod_plan, mgwfbp_plan, uniform_plans
 from gdat.schedule.candidates import rank_candidates
@@ -22,12 +22,12 @@ from gdat.schedule.search import optimal_plan
 from gdat.schedule.simulator import calibrate, comm_end, lower_bound_s, measured_plan, simulate
 
 
-def make_timeline(gaps, sizes, post=0.001, start=0.002, dtypes=None) -> ReadyTimeline:
+def make_timeline(gaps, sizes, post=0.001, start=0.002, dtypes=None, gamma=0.0, slots=1) -> ReadyTimeline:
     ready = list(np.cumsum(gaps) + start)
     n = len(sizes)
     grads = GradientLayout(tuple(range(n - 1, -1, -1)), tuple(sizes), tuple(dtypes or ["float32"] * n))
-    return ReadyTimeline(layout=grads, ready_s=tuple(ready),
-                         backward_start_s=start, backward_end_s=ready[-1] + 1e-4, post_s=post)
+    return ReadyTimeline(layout=grads, ready_s=tuple(ready), backward_start_s=start,
+                         backward_end_s=ready[-1] + 1e-4, post_s=post, copy_s_per_byte=gamma, allreduce_slots=slots)
 
 
 timelines = st.integers(1, 9).flatmap(lambda n: st.tuples(
@@ -60,6 +60,87 @@ def test_optimum_equals_brute_force_and_beats_every_partition(tl, cost, cont):
     assert best_s <= brute + 1e-12
     assert best_s >= brute - 1e-12
     assert lower_bound_s(t, cost, cont) <= best_s + 1e-12
+
+
+copy_rates = st.floats(0, 2e-8)  # seconds per byte of DDP's copy-back: up to a copy of 256 KiB in 5 ms
+
+
+@settings(max_examples=150, deadline=None)
+@given(timelines, costs, contentions, copy_rates, st.sampled_from([None, 1, 2, 3]))
+def test_optimum_with_copy_back_equals_brute_force(tl, cost, cont, gamma, limit):
+    """The copy-back makes the step ``gamma S + max(T'_b, max_k(e_k - gamma P_k)) +
+    post``; the bisection over feasibility tables finds the best partition (within
+    ``limit`` buckets) to its 1 ns tolerance."""
+    gaps, sizes = tl
+    t = make_timeline(gaps, sizes, gamma=gamma)
+    best = optimal_plan(t, cost, cont, max_buckets=limit)
+    assert limit is None or len(best.buckets) <= limit
+    best_s = simulate(t, best, cost, cont).step_s
+    brute = min(step_of(t, ends, cost, cont) for ends in all_partitions(len(sizes))
+                if all(sizes[e - 1] > 0 for e in ends[:-1]) and (limit is None or len(ends) <= limit))
+    assert brute - 1e-12 <= best_s <= brute + 2e-9
+    assert lower_bound_s(t, cost, cont) <= best_s + 1e-12
+
+
+@settings(max_examples=150, deadline=None)
+@given(timelines, costs, contentions, copy_rates, st.data())
+def test_a_shared_link_ends_communication_when_one_at_a_time_does(tl, cost, cont, gamma, data):
+    """Two allreduces at once (gloo) share the link: the last one ends when it would
+    one at a time (the link works whenever a ready bucket is unfinished), buckets
+    start in order and never later than one at a time, and no plan beats the lower
+    bound."""
+    gaps, sizes = tl
+    one, two = make_timeline(gaps, sizes, gamma=gamma), make_timeline(gaps, sizes, gamma=gamma, slots=2)
+    n = len(sizes)
+    cuts = data.draw(st.lists(st.booleans(), min_size=n - 1, max_size=n - 1))
+    plan = BucketPlan.from_ends(one.layout, [j + 1 for j, c in enumerate(cuts) if c and sizes[j] > 0] + [n])
+    serial, shared = simulate(one, plan, cost, cont), simulate(two, plan, cost, cont)
+    assert shared.comm_end_s == pytest.approx(serial.comm_end_s, rel=1e-9, abs=1e-12)
+    assert list(shared.start_s) == sorted(shared.start_s) and shared.start_s[0] == serial.start_s[0]
+    assert all(s <= serial_s + 1e-12 for s, serial_s in zip(shared.start_s, serial.start_s))
+    assert lower_bound_s(two, cost, cont) <= shared.step_s + 1e-12
+
+
+def test_a_large_bucket_still_running_when_the_last_starts_leaves_its_copy_exposed():
+    # bucket 0 (4000 B: 4 ms of link) ready at 1 ms, bucket 1 (1000 B: 1 ms) at 2 ms;
+    # t(n) = 1 us/B, copy-back 1 us per 4 B, backward ends at 2.1 ms
+    t = ReadyTimeline(GradientLayout((1, 0), (4000, 1000), ("float32", "float32")), (0.001, 0.002), 0.0, 0.0021,
+                      0.0, copy_s_per_byte=2.5e-7, allreduce_slots=2)
+    cost = AllreduceCostModel.linear(0.0, 1e-6)
+    plan = BucketPlan.from_ends(t.layout, [1, 2])
+    shared = simulate(t, plan, cost)
+    # 1-2 ms: bucket 0 alone (3 ms of work left); then both at half rate: bucket 1
+    # ends at 4 ms, bucket 0 at 6 ms; the copies (1 ms and 0.25 ms) follow it
+    assert np.allclose(shared.end_s, (0.006, 0.004)) and np.isclose(shared.step_s, 0.00725)
+    serial = simulate(replace(t, allreduce_slots=1), plan, cost)
+    # one at a time: bucket 0 ends at 5 ms and is copied while bucket 1 runs (5-6 ms)
+    assert np.allclose(serial.end_s, (0.005, 0.006)) and np.isclose(serial.step_s, 0.00625)
+
+
+def _traced_step(k, kind, ends_ms, nbytes, gamma, c_s, bwd_end=0.05):
+    """A recorded step whose optimizer starts after DDP's copy-back (``gamma``) and ``c_s``."""
+    spans = tuple(BucketSpan(i, (i,), b, 0.04, e / 1e3) for i, (e, b) in enumerate(zip(ends_ms, nbytes)))
+    f = bwd_end
+    for e, b in zip(ends_ms, nbytes):
+        f = max(f, e / 1e3) + gamma * b
+    return StepRecord(k, kind, float(k), 0.01, 0.02, bwd_end, (), spans, f + c_s, f + c_s + 0.02, f + c_s + 0.03)
+
+
+def test_the_copy_back_rate_is_told_from_other_work_by_the_bytes_each_step_leaves_to_copy():
+    gamma, sizes = 2.5e-10, (8 << 20, 8 << 20)
+    # compute-only steps: both buckets end together at the end; overlapped: the first long before
+    steps = [_traced_step(k, "compute", (300, 301), sizes, gamma, 0.004) for k in range(3)]
+    steps += [_traced_step(k, "overlap", (120, 301), sizes, gamma, 0.004) for k in range(3, 6)]
+    assert fitted_copy_s_per_byte(steps) == pytest.approx(gamma, rel=0.13)  # the grid's resolution
+    # every step leaving the same bytes: the gap is taken as copy-back
+    same = [_traced_step(k, "overlap", (120, 301), sizes, gamma, 0.0) for k in range(4)]
+    assert fitted_copy_s_per_byte(same) == pytest.approx(gamma, rel=0.13)
+    assert fitted_copy_s_per_byte(same[:1]) == 0.0  # one step: nothing to fit
+    # and no copy at all (gradients as bucket views) fits as none where the steps
+    # leave different bytes to copy (the compute-only ones both buckets at once)
+    views = [_traced_step(k, kind, ends, sizes, 0.0, 0.004)
+             for k, (kind, ends) in enumerate([("compute", (300, 300))] * 3 + [("overlap", (120, 301))] * 3)]
+    assert fitted_copy_s_per_byte(views) == 0.0
 
 
 fixed_steps = st.integers(1, 8).flatmap(lambda n: st.tuples(

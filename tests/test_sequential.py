@@ -35,6 +35,7 @@ from tests.test_decide import blocks_of, window_ms
 USER = BucketPlan((Bucket((0, 1), 8, "float32"), Bucket((2, 3), 8, "float32")), "user configuration")
 SPLIT = BucketPlan((Bucket((0,), 4, "float32"), Bucket((1,), 4, "float32"), Bucket((2, 3), 8, "float32")), "split")
 ONE = BucketPlan((Bucket((0, 1, 2, 3), 16, "float32"),), "one")
+PRED = (0.090, 0.100)  # the model's predicted steps of SPLIT and ONE, seconds
 
 
 def _evidence(diffs_ms, sd_ms=4.0, plan=SPLIT, baseline_ms=100.0):
@@ -77,32 +78,53 @@ def test_evidence_pools_launches_by_partition_and_starts_afresh_for_another_user
 
 def test_a_launch_is_adopted_rejected_or_left_inconclusive_by_the_pooled_evidence():
     clear = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 85, 1: 100}[p] + (-1, 0, 1)[k])
-    verdict, evidence, j = judge(clear, [SPLIT, ONE], USER, [], None)
+    verdict, evidence, j = judge(clear, [SPLIT, ONE], USER, [], None, PRED)
     assert verdict.winner == 0 and verdict.confident and not verdict.trial and "adopted" in verdict.reason
     assert evidence.launches == 1 and evidence.blocks == 3
     wide = (-6.0, 0.0, 6.0)
     close = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 92, 1: 100}[p] + wide[k])
-    verdict, evidence, j = judge(close, [SPLIT, ONE], USER, [], None)
+    verdict, evidence, j = judge(close, [SPLIT, ONE], USER, [], None, PRED)
     assert verdict.trial and verdict.winner == 0 and not verdict.confident and "runs while measuring" in verdict.reason
     # the next launch pools the same blocks again: the lead grows certain
     for _ in range(8):
-        verdict, evidence, j = judge(close, [SPLIT, ONE], USER, [], evidence)
+        verdict, evidence, j = judge(close, [SPLIT, ONE], USER, [], evidence, PRED)
         if verdict.confident:
             break
     assert verdict.confident and verdict.winner == 0 and evidence.launches > 1
     flat = blocks_of([BASELINE, 0, 1, 0, 1, BASELINE], lambda j, k, p: 100 + (-1, 0, 1)[k])
-    verdict, _, _ = judge(flat, [SPLIT, ONE], USER, [], None)
+    verdict, _, _ = judge(flat, [SPLIT, ONE], USER, [], None, PRED)
     for _ in range(5):
         if verdict.confident:
             break
-        verdict, _, _ = judge(flat, [SPLIT, ONE], USER, [], _)
+        verdict, _, _ = judge(flat, [SPLIT, ONE], USER, [], _, PRED)
     assert verdict.confident and verdict.winner is None and "nothing beats" in verdict.reason
+
+
+def test_of_two_adopted_candidates_the_model_decides_unless_the_evidence_tells_them_apart():
+    """Both candidates clear the test; candidate 1 looks 2 ms faster on its blocks,
+    well inside the noise of a difference of block means: the one the model
+    predicts fastest (by more than 1%) wins.  Measured 30 ms apart, the faster one wins whatever the
+    model says."""
+    wide = (-1.0, 0.0, 1.0)
+    order = [BASELINE, 0, 1, 1, 1, 0, BASELINE]  # candidate 1 measured once more: its LLR leads
+    near = blocks_of(order, lambda j, k, p: {BASELINE: 100, 0: 80, 1: 78}[p] + wide[k])
+    verdict, _, j = judge(near, [SPLIT, ONE], USER, [], None, PRED)
+    assert j.status == ("adopt", "adopt") and j.llr[1] > j.llr[0]
+    assert verdict.winner == 0 and "the model, which predicts this one fastest, decides" in verdict.reason
+    verdict, _, _ = judge(near, [SPLIT, ONE], USER, [], None, tuple(reversed(PRED)))
+    assert verdict.winner == 1 and "the model" not in verdict.reason
+    # the model predicting them within 1% of the step cannot decide either: the LLR leader wins
+    verdict, _, _ = judge(near, [SPLIT, ONE], USER, [], None, (0.0995, 0.1))
+    assert verdict.winner == 1 and "the model" not in verdict.reason
+    apart = blocks_of(order, lambda j, k, p: {BASELINE: 100, 0: 85, 1: 55}[p] + wide[k])
+    verdict, _, j = judge(apart, [SPLIT, ONE], USER, [], None, PRED)
+    assert j.status == ("adopt", "adopt") and verdict.winner == 1 and "the model" not in verdict.reason
 
 
 def test_a_plan_on_trial_is_adopted_rejected_or_runs_on_by_its_steady_state_window():
     wide = (-3.0, 0.0, 3.0)
     blocks = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 92, 1: 100}[p] + wide[k])
-    verdict, evidence, _ = judge(blocks, [SPLIT, ONE], USER, [], None)
+    verdict, evidence, _ = judge(blocks, [SPLIT, ONE], USER, [], None, PRED)
     assert verdict.trial and kept(verdict, None) is None and runs(verdict, None) == 0
     after = window_ms(*(100 + x for x in wide))
     fast = steady_state_check(blocks, WindowStats(tuple((88 + x) / 1e3 for x in (-1, 0, 1, -1, 1, 0))), after, 0.6)
@@ -114,7 +136,7 @@ def test_a_plan_on_trial_is_adopted_rejected_or_runs_on_by_its_steady_state_wind
     # sends it back
     assert check.status == "regressed" and check.outcome == "switched back"
     slight = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 97, 1: 100}[p] + wide[k])
-    verdict, evidence, _ = judge(slight, [SPLIT, ONE], USER, [], None)
+    verdict, evidence, _ = judge(slight, [SPLIT, ONE], USER, [], None, PRED)
     check, _ = confirm(slow, evidence, SPLIT.to_dict(), 0)
     assert verdict.trial and check.outcome == "switched back" and runs(verdict, check) is None
     level = steady_state_check(blocks, WindowStats(tuple((99 + x) / 1e3 for x in wide * 2)), after, 0.6)
@@ -135,7 +157,7 @@ def test_the_false_adoption_rate_on_a_and_a_blocks_stays_under_five_percent():
             drift = rng.uniform(-5, 5)
             blocks = blocks_of([BASELINE, 0, 1, BASELINE, 1, 0, BASELINE],
                                lambda j, k, p: 100 + drift * j + rng.gauss(0, 4))
-            verdict, evidence, j = judge(blocks, [SPLIT, ONE], USER, [], evidence)
+            verdict, evidence, j = judge(blocks, [SPLIT, ONE], USER, [], evidence, PRED)
             if verdict.confident:
                 adopted += verdict.winner is not None
                 break
@@ -170,7 +192,7 @@ def test_a_probe_pairs_the_configuration_believed_slower_with_the_running_one_ar
 
 def _checked(blocks, plans, window, after, w, plan):
     """Judge ``blocks`` (:func:`judge`), then ``plan``'s steady-state ``window`` with the evidence."""
-    verdict, evidence, _ = judge(blocks, plans, USER, [], None)
+    verdict, evidence, _ = judge(blocks, plans, USER, [], None, [0.1] * len(plans))
     check, grown = confirm(steady_state_check(blocks, window, after, w), evidence, plan.to_dict(), 0)
     return verdict, check, grown
 
@@ -259,7 +281,7 @@ def test_a_periodic_straggler_aliasing_with_the_blocks_is_never_adopted(phase, o
         return WindowStats(tuple(0.02 + 0.3 * ((k + phase) % 5) / 4 for k in steps))
 
     blocks = [Block(p, 1, straggler(s.block_steps(j))) for j, p in enumerate(order)]
-    verdict, evidence, _ = judge(blocks, [SPLIT, ONE], USER, [], None)
+    verdict, evidence, _ = judge(blocks, [SPLIT, ONE], USER, [], None, PRED)
     assert not verdict.confident or verdict.winner is None
     d = s.total - 1
     if verdict.trial:
@@ -290,12 +312,12 @@ def test_a_compressed_plan_adopted_but_not_beating_the_exact_one_leaves_the_exac
     """It once said "nothing beats the user configuration: the sequential test
     rejected every candidate" here, and kept the user's configuration, 17% slower."""
     blocks = [Block(p, 1 + (j >= 3), window_ms(*s)) for j, (p, s) in enumerate(LOSSY_BLOCKS)]
-    verdict, evidence, j = judge(blocks, [SPLIT, ONE], USER, [1], None)
+    verdict, evidence, j = judge(blocks, [SPLIT, ONE], USER, [1], None, PRED)
     assert j.status == ("continue", "adopt")
     assert verdict.winner == 0 and verdict.trial and not verdict.confident
     assert "nothing beats" not in verdict.reason and "did not beat the fastest exact" in verdict.reason
     # exact, the same plan is the winner
-    exact, _, _ = judge(blocks, [SPLIT, ONE], USER, [], None)
+    exact, _, _ = judge(blocks, [SPLIT, ONE], USER, [], None, PRED)
     assert exact.winner == 1 and exact.confident
 
 
@@ -305,7 +327,7 @@ def test_an_inconclusive_plan_runs_on_only_as_the_launchs_verdict_would_let_it()
     configuration in the pooled evidence."""
     wide = (-3.0, 0.0, 3.0)
     blocks = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 92, 1: 100}[p] + wide[k])
-    verdict, evidence, _ = judge(blocks, [SPLIT, ONE], USER, [], None)
+    verdict, evidence, _ = judge(blocks, [SPLIT, ONE], USER, [], None, PRED)
     after = window_ms(*(100 + x for x in wide))
     level = steady_state_check(blocks, WindowStats(tuple((99 + x) / 1e3 for x in wide * 2)), after, 0.6)
     check, _ = confirm(level, evidence, SPLIT.to_dict(), 0)
@@ -313,7 +335,7 @@ def test_an_inconclusive_plan_runs_on_only_as_the_launchs_verdict_would_let_it()
     check, _ = confirm(level, evidence, SPLIT.to_dict(), 0, compressed=True)
     assert check.status == "unsettled" and check.outcome == "switched back" and "compressed" in check.why_switched_back
     slight = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 99, 1: 100}[p] + wide[k])
-    _, small, _ = judge(slight, [SPLIT, ONE], USER, [], None)
+    _, small, _ = judge(slight, [SPLIT, ONE], USER, [], None, PRED)
     slower = steady_state_check(slight, WindowStats(tuple((102 + x) / 1e3 for x in wide * 2)), after, 0.6)
     check, grown = confirm(slower, small, SPLIT.to_dict(), 0)
     assert grown.plans[0].mean_s >= 0 and check.diff_s <= check.threshold_s

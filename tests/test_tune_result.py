@@ -37,7 +37,7 @@ def _decided(tmp_path, monkeypatch, lead: float, jitter: tuple[float, ...] = WID
     found = generate_candidates(profile, cost, 2)
     blocks = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: lead, 1: second}[p] + jitter[k])
     verdict, evidence, judgement = judge(blocks, [r.plan for r in found.ranked], found.baseline_plan, list(lossy),
-                                         None)
+                                         None, [r.sim.step_s for r in found.ranked])
     ctx = TuneContext(GdatConfig(work_path=str(tmp_path / "work")), cost, {"model": "synthetic"}, {}, None,
                       "trial-test", {})
     decision = Decision("trial-test", cost, {}, "", profile, found, found.ranked, tuple(blocks), verdict, Correction(),

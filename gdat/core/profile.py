@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from gdat.core.cost_model import AllreduceCostModel
 from gdat.core.jsonio import check_document, read_document, require, write_document
@@ -29,7 +29,13 @@ from gdat.core.layout import BUCKET_ORDERS, FIXED_ORDER, READY_ORDER, GradientLa
 from gdat.core.timeline import STEP_KINDS, RankTimeline, StepRecord
 from gdat.errors import ProfileError
 
-__all__ = ["Profile", "ReadyTimeline", "PROFILE_SCHEMA", "PROFILE_VERSION"]
+__all__ = ["Profile", "ReadyTimeline", "finalize_end_s", "fitted_copy_s_per_byte", "ALLREDUCE_SLOTS", "PROFILE_SCHEMA",
+           "PROFILE_VERSION"]
+
+#: Allreduces a backend runs at once: gloo hands a process group's collectives to 2
+#: worker threads (ProcessGroupGloo's default), which share the link; NCCL and HCCL
+#: run them one after another on one stream (1, for any backend not listed).
+ALLREDUCE_SLOTS = {"gloo": 2}
 
 PROFILE_SCHEMA = "gdat.profile"
 PROFILE_VERSION = 1
@@ -42,10 +48,18 @@ class ReadyTimeline:
     ``layout`` lists the gradients in DDP's ready order.  ``ready_s[j]`` is the time
     (seconds since step start) from which gradient ``layout.order[j]`` and all
     before it are ready on every rank; it is non-decreasing.  ``backward_end_s`` is
-    when backward compute ends; ``post_s`` is the rest of the step after both
-    backward and communication end (DDP's copy-back, optimizer, data loading).  A
-    plan whose last allreduce ends at ``c`` predicts a step of
-    ``max(backward_end_s, c) + post_s`` seconds.
+    when backward compute ends.  ``copy_s_per_byte`` (``gamma``, seconds per byte)
+    is DDP's finalize: when backward ends, DDP waits for each bucket's allreduce in
+    bucket order and copies its result back into the gradients, so with bucket ``k``
+    of ``B_k`` bytes ending at ``e_k`` the copies end at ``F_K``,
+
+        F_0 = backward_end_s,   F_k = max(F_{k-1}, e_k) + gamma B_k,
+
+    and the copy of the last bucket (of any bucket ending late) is not hidden behind
+    communication.  ``allreduce_slots`` is how many allreduces the backend runs at
+    once, sharing the link (:data:`ALLREDUCE_SLOTS`).  ``post_s`` is the rest of the step after that (optimizer, data
+    loading, forward of the next step).  A plan predicts a step of ``F_K + post_s``
+    seconds (``max(backward_end_s, e_K) + post_s`` when ``gamma = 0``).
     """
 
     layout: GradientLayout
@@ -53,6 +67,8 @@ class ReadyTimeline:
     backward_start_s: float
     backward_end_s: float
     post_s: float
+    copy_s_per_byte: float = 0.0
+    allreduce_slots: int = 1
 
     def __post_init__(self) -> None:
         if len(self.ready_s) != len(self.layout):
@@ -64,6 +80,57 @@ class ReadyTimeline:
 def _median(values: Iterable[float]) -> float:
     vals = list(values)
     return statistics.median(vals) if vals else 0.0
+
+
+def finalize_end_s(backward_end_s: float, ends_s: Sequence[float], nbytes: Sequence[float],
+                   copy_s_per_byte: float) -> float:
+    """``F_K`` of :class:`ReadyTimeline` (seconds): DDP's copies of the buckets'
+    results into the gradients, in bucket order, each after its allreduce ends."""
+    f = backward_end_s
+    for e, b in zip(ends_s, nbytes):
+        f = max(f, e) + copy_s_per_byte * b
+    return f
+
+
+def _step_finalize_s(step: StepRecord, copy_s_per_byte: float) -> float:
+    """``F_K`` of one recorded step, from its traced buckets (bucket order)."""
+    spans = sorted(step.buckets, key=lambda b: b.index)
+    return finalize_end_s(step.backward_end_s, [b.end_s for b in spans], [b.nbytes for b in spans],
+                          copy_s_per_byte)
+
+
+_TIE = 1e-6
+_COPY_GRID = (0.0, *(1e-12 * 10 ** (k / 20) for k in range(81)))  # 0, then 1 ps/B .. 10 ns/B
+
+
+def fitted_copy_s_per_byte(steps: Sequence[StepRecord]) -> float:
+    """``gamma`` of :class:`ReadyTimeline` fitted to recorded steps, seconds per byte.
+
+    In a traced step the optimizer starts ``G = c + F_K(gamma) - max(backward end,
+    last allreduce end)`` after communication, where ``c >= 0`` is whatever the
+    script does in between (the same every step: a loss read, gradient clipping).
+    The compute-only profile steps run every allreduce after backward and the
+    overlapped ones during it, so they leave different bytes to copy at the end and
+    tell ``gamma`` from ``c``.  Fit: the value of a grid (0, then 1 ps/B to 10 ns/B,
+    20 per decade) of least absolute deviation, ``c`` the median residual (at least
+    0).  Where steps cannot tell the two apart (every step leaves the same bytes to
+    copy: the fit is the same over a range of ``gamma``), the smallest ``c`` wins:
+    DDP copies every bucket back whatever else the script does then, so the gap is
+    taken as copy unless the steps show otherwise.  Steps without a traced bucket or
+    optimizer are not used; with fewer than two, 0.
+    """
+    usable = [s for s in steps if s.buckets and s.optimizer_start_s is not None]
+    if len(usable) < 2:
+        return 0.0
+    base = [max(s.backward_end_s, s.comm_end_s or 0.0) for s in usable]
+    gaps = [s.optimizer_start_s - b for s, b in zip(usable, base)]  # type: ignore[operator]
+    fits = []
+    for gamma in _COPY_GRID:
+        resid = [g - (_step_finalize_s(s, gamma) - b) for s, g, b in zip(usable, gaps, base)]
+        c = max(0.0, statistics.median(resid))
+        fits.append((sum(abs(r - c) for r in resid), c, gamma))
+    least = min(err for err, _, _ in fits)
+    return min((c, gamma) for err, c, gamma in fits if err <= least * (1 + _TIE) + 1e-12)[1]
 
 
 @dataclass(frozen=True)
@@ -112,14 +179,14 @@ class Profile:
         order = self.ready_order()
         ready = [0.0] * len(order)
         bwd_start = bwd_end = post = 0.0
+        gamma = fitted_copy_s_per_byte([s for r in self.ranks for s in r.steps])
         for steps in per_rank:
             times = [dict(s.grad_ready) for s in steps]
             for j, p in enumerate(order):
                 ready[j] = max(ready[j], _median(t.get(p, s.backward_start_s) for t, s in zip(times, steps)))
             bwd_start = max(bwd_start, _median(s.backward_start_s for s in steps))
             bwd_end = max(bwd_end, _median(s.backward_end_s for s in steps))
-            tails = [s.step_end_s - max(s.backward_end_s, s.comm_end_s or 0.0)
-                     for s in steps if s.step_end_s is not None]
+            tails = [s.step_end_s - _step_finalize_s(s, gamma) for s in steps if s.step_end_s is not None]
             post = max(post, _median(tails))
         running = 0.0
         for j, t in enumerate(ready):
@@ -131,6 +198,8 @@ class Profile:
             backward_start_s=bwd_start,
             backward_end_s=max(bwd_end, running),
             post_s=post,
+            copy_s_per_byte=gamma,
+            allreduce_slots=ALLREDUCE_SLOTS.get(self.backend, 1),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -107,6 +107,12 @@ class PlanEvidence:
         w = [1 / max(o.var_s2, 1e-18) for o in self.observations]
         return sum(wi * o.diff_s for wi, o in zip(w, self.observations)) / sum(w)
 
+    @property
+    def mean_var_s2(self) -> float:
+        """Variance of :attr:`mean_s`, seconds squared, each observation's variance
+        floored as the test floors it (:func:`floored_variances`)."""
+        return 1 / sum(1 / v for v in floored_variances(self.observations))
+
 
 @dataclass(frozen=True)
 class Evidence:
@@ -168,12 +174,16 @@ class Judgement:
         return max(alive, key=lambda i: self.llr[i], default=None)
 
 
+def floored_variances(observations: Sequence[Observation]) -> list[float]:
+    """``v'_j = max(v_j, SHRINK mean_k(v_k n_k) / n_j)`` (module docstring), seconds squared."""
+    per_step = sum(o.var_s2 * o.steps for o in observations) / max(1, len(observations))
+    return [max(o.var_s2, SHRINK * per_step / max(1, o.steps), 1e-18) for o in observations]
+
+
 def llr(observations: Sequence[Observation], delta_s: float) -> float:
     """``sum_j -Delta (c(d_j) + Delta / 2) / v'_j`` (module docstring), ``Delta`` = ``delta_s``."""
-    per_step = sum(o.var_s2 * o.steps for o in observations) / max(1, len(observations))
     total = 0.0
-    for o in observations:
-        v = max(o.var_s2, SHRINK * per_step / max(1, o.steps), 1e-18)
+    for o, v in zip(observations, floored_variances(observations)):
         bound = CLIP * math.sqrt(v)
         total += -delta_s * (max(-max(bound, delta_s), min(o.diff_s, bound)) + delta_s / 2) / v
     return total

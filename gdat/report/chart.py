@@ -42,8 +42,7 @@ def predicted_step_record(timeline: ReadyTimeline, plan: BucketPlan, sim: Simula
     ready, _ = stretched(timeline, contention.compute_stretch)
     spans = tuple(BucketSpan(k, b.params, b.nbytes, s, e)
                   for k, (b, s, e) in enumerate(zip(plan.buckets, sim.start_s, sim.end_s)))
-    end = max(sim.backward_end_s, sim.comm_end_s)
     return StepRecord(step=step, kind="overlap", start_s=0.0, forward_end_s=timeline.backward_start_s,
                       backward_start_s=timeline.backward_start_s, backward_end_s=sim.backward_end_s,
                       grad_ready=tuple((p, float(t)) for p, t in zip(timeline.layout.order, ready)), buckets=spans,
-                      step_end_s=end + timeline.post_s)
+                      step_end_s=sim.step_s)

@@ -19,7 +19,9 @@ table, the earliest end of each prefix is what every continuation wants and
 the buckets after it compressed, exactly under the model.  All ``s`` are solved
 together, one column ``j`` at a time: ``O(n^3)`` time, ``O(n^2)`` memory.
 
-Choice.  Step ``T(s) = max(T'_b, F(s, n)) + post``.  Among the suffix starts whose
+Choice.  Step ``T(s)``: the simulated step of that plan
+(:func:`gdat.schedule.simulator.simulate`, with DDP's finalize copies, which the
+tables above leave out: they minimise the communication end).  Among the suffix starts whose
 step is within ``SLACK`` (1%, the tuner's noise floor, :data:`gdat.decide.verdict.FLOOR`)
 of the best ``T``, the one compressing the fewest bytes (the largest ``s``) is
 returned: compression buys time only where it is exposed, and a gain below the
@@ -37,7 +39,7 @@ from gdat.core.plan import BucketPlan
 from gdat.core.profile import ReadyTimeline
 from gdat.errors import PlanError
 from gdat.schedule.search import allowed_cuts, earliest_ends
-from gdat.schedule.simulator import comm_end, stretched
+from gdat.schedule.simulator import comm_end, simulate, stretched
 
 __all__ = ["compressed_plan", "suffix_ends", "SLACK"]
 
@@ -97,16 +99,18 @@ def compressed_plan(timeline: ReadyTimeline, cost: AllreduceCostModel, contentio
     """The plan of the module docstring's choice, or ``None`` (compression buys
     less than ``SLACK``); needs ``cost.cast``."""
     final, head, tail = suffix_ends(timeline, cost, contention)
-    _, bwd_end = stretched(timeline, contention.compute_stretch)
-    step = np.maximum(bwd_end, final) + timeline.post_s
-    best = float(np.min(step))
-    if not np.isfinite(best):
+    plans = {s: _suffix_plan(timeline, head[s], tail[s], dtype, label)
+             for s in range(len(final)) if np.isfinite(final[s])}
+    if not plans:
         raise PlanError("no bucket partition DDP can express exists for this model")
-    n = len(timeline.layout)
-    s = max(k for k in range(n + 1) if step[k] <= best * (1 + SLACK))
-    if s == n:
-        return None
-    plan = BucketPlan.from_ends(timeline.layout, head[s] + tail[s], label)
-    first_compressed = len(head[s])
+    step = {s: simulate(timeline, plan, cost, contention).step_s for s, plan in plans.items()}
+    best = min(step.values())
+    s = max(k for k in step if step[k] <= best * (1 + SLACK))
+    return None if s == len(timeline.layout) else plans[s]
+
+
+def _suffix_plan(timeline: ReadyTimeline, head: list[int], tail: list[int], dtype: str, label: str) -> BucketPlan:
+    """The plan cutting at ``head + tail``, its buckets after ``head`` compressed (float32 ones)."""
+    plan = BucketPlan.from_ends(timeline.layout, head + tail, label)
     return plan.with_compression(
-        [k for k in range(first_compressed, len(plan.buckets)) if plan.buckets[k].dtype == "float32"], dtype, label)
+        [k for k in range(len(head), len(plan.buckets)) if plan.buckets[k].dtype == "float32"], dtype, label)

@@ -17,6 +17,18 @@ gives the earliest possible end of communication ``f(n)``, hence the shortest st
 buckets the table gains a bucket-count index: ``f_k(j) = min_i g(max(R_j,
 f_{k-1}(i)), ...)``, ``O(K n^2)``.
 
+DDP's finalize (:mod:`gdat.schedule.simulator`, ``gamma`` seconds per byte of
+copy-back) makes the step ``gamma S + max(T'_b, M) + post`` with ``M = max_k (e_k -
+gamma P_{i_{k-1}})``: a bucket's copy is exposed when it ends late.  The earliest
+end of a prefix is no longer all a continuation needs, but it is for the question
+"is ``M <= X``?": with every bucket's end capped at ``X + gamma P_i`` (``P_i`` the
+bytes before it; a bucket over its cap is not allowed) the same table is earliest
+ends of the prefixes that keep the cap, and ``X`` is feasible when ``f(n)`` is
+finite.  Feasibility is monotone in ``X``, so bisection between the
+``gamma = 0`` optimum's ``M`` (feasible) and ``f(n) - gamma S`` (a bound below any
+plan's ``M``) to 1 ns finds the shortest step, ``O(n^2 log)``; when ``gamma = 0``
+the plain table is exact as it stands.
+
 Cuts DDP cannot express are excluded: a bucket may not mix dtypes, and may not end
 in a zero-byte gradient unless it is the last (DDP closes a bucket when its size
 reaches the cap, so a trailing empty gradient would open the next bucket).  For a
@@ -54,12 +66,14 @@ def allowed_cuts(timeline: ReadyTimeline) -> tuple[np.ndarray, np.ndarray]:
 
 
 def earliest_ends(cost: AllreduceCostModel, ready_at: np.ndarray, bwd_end: float, kappa: float,
-                  prefix: np.ndarray, ok: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                  prefix: np.ndarray, ok: np.ndarray, first: np.ndarray,
+                  cap: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The unbounded DP: ``f[j]`` the earliest end (seconds) of the allreduce of the
     last bucket when gradients ``0..j-1`` are bucketed optimally, ``f[j] = min_i
     end(max(ready_at[j], f[i]), t(prefix[j] - prefix[i]))`` over allowed ``i``
     (``f[0] = -inf``; ``inf`` where no partition cuts at ``j``), and ``parent[j]``
-    the minimising ``i``."""
+    the minimising ``i``; with ``cap``, a bucket starting at gradient ``i`` may end
+    no later than ``cap[i]`` seconds."""
     n = len(prefix) - 1
     f = np.full(n + 1, np.inf)
     f[0] = -np.inf
@@ -70,6 +84,8 @@ def earliest_ends(cost: AllreduceCostModel, ready_at: np.ndarray, bwd_end: float
         i = np.arange(first[j], j)
         ends = comm_end(np.maximum(ready_at[j], f[i]), cost.times_s(prefix[j] - prefix[i]), bwd_end, kappa)
         ends = np.where(f[i] < np.inf, ends, np.inf)
+        if cap is not None:
+            ends = np.where(ends <= cap[i], ends, np.inf)
         best = int(np.argmin(ends))
         f[j], parent[j] = ends[best], i[best]
     return f, parent
@@ -88,41 +104,89 @@ def optimal_plan(
     timeline: ReadyTimeline, cost: AllreduceCostModel, contention: Contention = Contention(),
     max_buckets: int | None = None, label: str = "optimal",
 ) -> BucketPlan:
-    """The plan with the earliest communication end under the model (see above)."""
+    """The plan of the shortest step under the model (see above)."""
     n = len(timeline.layout)
     if n == 0:
         raise PlanError("the model has no gradients to bucket")
     if max_buckets is not None and max_buckets < 1:
         raise PlanError("max_buckets must be at least 1")
     ready, bwd_end = stretched(timeline, contention.compute_stretch)
-    kappa = contention.comm_slowdown
     prefix = np.concatenate([[0.0], np.cumsum(np.asarray(timeline.layout.nbytes, dtype=np.float64))])
     ok, first = allowed_cuts(timeline)
-    ready_at = np.concatenate([[0.0], ready])
-    if max_buckets is None:
-        f, parent = earliest_ends(cost, ready_at, bwd_end, kappa, prefix, ok, first)
-        if not np.isfinite(f[n]):
-            raise PlanError("no bucket partition DDP can express exists for this model")
-        ends = _backtrack(parent, n, False, 0)
-    else:
+    table = _Table(cost, np.concatenate([[0.0], ready]), bwd_end, contention.comm_slowdown, prefix, ok, first,
+                   max_buckets)
+    found = table.solve(None)
+    if found is None:
+        raise PlanError("no bucket partition DDP can express exists for this model" if max_buckets is None
+                        else "no bucket partition DDP can express exists within the bucket limit")
+    final, ends = found
+    gamma = timeline.copy_s_per_byte
+    if gamma > 0:
+        lo, hi = max(bwd_end, final - gamma * prefix[n]), _exposure(table, ends, gamma)
+        while hi - lo > _TOLERANCE_S:
+            mid = (lo + hi) / 2
+            better = table.solve(mid + gamma * prefix)
+            if better is None:
+                lo = mid
+            else:
+                hi, ends = _exposure(table, better[1], gamma), better[1]
+    return BucketPlan.from_ends(timeline.layout, ends, label)
+
+
+_TOLERANCE_S = 1e-9
+
+
+def _exposure(table: "_Table", ends: list[int], gamma: float) -> float:
+    """``max(T'_b, M)`` of the plan cutting at ``ends`` (module docstring), seconds."""
+    worst, prev, start = table.bwd_end, -np.inf, 0
+    for j in ends:
+        work = float(table.cost.time_s(table.prefix[j] - table.prefix[start]))
+        prev = float(comm_end(max(table.ready_at[j], prev), work, table.bwd_end, table.kappa))
+        worst = max(worst, prev - gamma * table.prefix[start])
+        start = j
+    return worst
+
+
+class _Table:
+    """The DP of the module docstring over one timeline, with or without a bucket limit."""
+
+    def __init__(self, cost: AllreduceCostModel, ready_at: np.ndarray, bwd_end: float, kappa: float,
+                 prefix: np.ndarray, ok: np.ndarray, first: np.ndarray, max_buckets: int | None) -> None:
+        self.cost, self.ready_at, self.bwd_end, self.kappa = cost, ready_at, bwd_end, kappa
+        self.prefix, self.ok, self.first, self.max_buckets = prefix, ok, first, max_buckets
+        if max_buckets is not None:
+            n = len(prefix) - 1
+            i_idx = np.arange(n + 1)[:, None]
+            j_idx = np.arange(n + 1)[None, :]
+            self.invalid = ~((i_idx < j_idx) & (i_idx >= first[None, :]) & ok[None, :])
+            self.work = cost.times_s(np.maximum(prefix[None, :] - prefix[:, None], 0.0))
+            self.work[self.invalid] = 0.0
+
+    def solve(self, cap: np.ndarray | None) -> tuple[float, list[int]] | None:
+        """The earliest communication end and the cuts of a plan reaching it, every
+        bucket starting at gradient ``i`` ending by ``cap[i]``; ``None`` if none can."""
+        n = len(self.prefix) - 1
+        if self.max_buckets is None:
+            f, parent = earliest_ends(self.cost, self.ready_at, self.bwd_end, self.kappa, self.prefix, self.ok,
+                                      self.first, cap)
+            return (float(f[n]), _backtrack(parent, n, False, 0)) if np.isfinite(f[n]) else None
         layers, parents = [np.full(n + 1, np.inf)], []
         layers[0][0] = -np.inf
-        i_idx = np.arange(n + 1)[:, None]
-        j_idx = np.arange(n + 1)[None, :]
-        invalid = ~((i_idx < j_idx) & (i_idx >= first[None, :]) & ok[None, :])
-        work = cost.times_s(np.maximum(prefix[None, :] - prefix[:, None], 0.0))
-        work[invalid] = 0.0
-        for _ in range(min(max_buckets, n)):
+        for _ in range(min(self.max_buckets, n)):
             prev = layers[-1]
             rows = np.nonzero(prev < np.inf)[0]
-            ends = comm_end(np.maximum(ready_at[None, :], prev[rows, None]), work[rows], bwd_end, kappa)
-            ends[invalid[rows]] = np.inf
+            if rows.size == 0:
+                break
+            ends = comm_end(np.maximum(self.ready_at[None, :], prev[rows, None]), self.work[rows], self.bwd_end,
+                            self.kappa)
+            ends[self.invalid[rows]] = np.inf
+            if cap is not None:
+                ends[ends > cap[rows, None]] = np.inf
             best = np.argmin(ends, axis=0)
             parents.append(rows[best])
             layers.append(ends[best, np.arange(n + 1)])
         finals = [layer[n] for layer in layers[1:]]
         k_best = int(np.argmin(finals))
         if not np.isfinite(finals[k_best]):
-            raise PlanError("no bucket partition DDP can express exists within the bucket limit")
-        ends = _backtrack(parents, n, True, k_best)
-    return BucketPlan.from_ends(timeline.layout, ends, label)
+            return None
+        return float(finals[k_best]), _backtrack(parents, n, True, k_best)

@@ -23,20 +23,38 @@ Model (all times in seconds since step start, sizes in bytes).
   ``s + kappa W`` if ``s + kappa W <= T'_b``;
   ``T'_b + W - (T'_b - s) / kappa`` otherwise.
   With ``-inf`` for "no earlier allreduce", ``g`` is only ever given finite starts.
-* Step.  ``step = max(T'_b, end_K) + post``; exposed communication is
-  ``max(0, end_K - T'_b)``.
+* Shared link.  A backend that runs ``m`` allreduces at once (``allreduce_slots``
+  of the timeline: gloo's two worker threads) starts bucket ``k`` when it is ready
+  and fewer than ``m`` earlier buckets are unfinished; the running allreduces share
+  the link's rate equally.  Either way the link works whenever a ready bucket is
+  unfinished, at the same rate, so the last allreduce ends at the same time as one
+  at a time (the search's ``f(n)`` stays exact); what changes is which bucket ends
+  last: a large bucket still running when the last one starts ends with it, or
+  after it, and its copy-back (below) is then not hidden.
+* Finalize.  When backward ends DDP waits for each bucket's allreduce in bucket
+  order and copies its result back into the gradients, ``gamma`` seconds per byte
+  (:class:`~gdat.core.profile.ReadyTimeline`, fitted to the profile):
+  ``F_0 = T'_b``, ``F_k = max(F_{k-1}, end_k) + gamma B_k``; unrolled,
+  ``F_K = gamma S + max(T'_b, max_k (end_k - gamma P_k))`` with ``S`` the bytes of
+  all gradients and ``P_k`` those of the buckets before ``k``.  A large last bucket
+  leaves its whole copy after communication; the copies of buckets that end early
+  are hidden behind the later allreduces.
+* Step.  ``step = F_K + post`` (``max(T'_b, end_K) + post`` when ``gamma = 0``);
+  exposed communication is ``max(0, end_K - T'_b)``.
 
 ``g`` is non-decreasing in ``s`` and ``W`` and work-conserving
 (``g(g(s, W1), W2) = g(s, W1 + W2)``), which makes the search's dynamic
 programme exact and gives the lower bound:
 
-    LB = max(T'_b, max_j g(r'_j, alpha_lo + beta_lo * S_j)) + post
+    LB = max(T'_b + gamma S, max_j g(r'_j, alpha_lo + beta_lo * S_j) + gamma b_n) + post
 
-where ``S_j`` is the total size of gradients ``j..n`` and ``alpha_lo + beta_lo n``
+where ``S_j`` is the total size of gradients ``j..n``, ``b_n`` the size of the
+last gradient (every plan's last bucket holds it) and ``alpha_lo + beta_lo n``
 is a line below the cost model (:meth:`AllreduceCostModel.lower_line`).  Every
 bucket holding gradient ``j`` or a later one starts no earlier than ``r'_j`` and
 the link must still carry ``S_j`` bytes and at least one start-up latency, so no
-plan ends communication earlier.  This is the one lower bound every
+plan ends communication earlier; the last bucket's copy follows its end, and
+every copy follows backward.  This is the one lower bound every
 path uses: the tuner's report and every table of ``gdat simulate``.
 
 Calibration (:func:`calibrate`).  The allreduce cost is first rescaled to what the
@@ -55,13 +73,14 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from gdat.core.cost_model import AllreduceCostModel, Contention
 from gdat.core.layout import FIXED_ORDER
 from gdat.core.plan import Bucket, BucketPlan
-from gdat.core.profile import Profile, ReadyTimeline
+from gdat.core.profile import Profile, ReadyTimeline, finalize_end_s
 from gdat.errors import PlanError, ProfileError
 
 MAX_SLOWDOWN = 3.0
@@ -136,14 +155,55 @@ def simulate(
 ) -> Simulation:
     """Predict ``plan``'s step under the model of the module docstring."""
     ready, bwd_end = stretched(timeline, contention.compute_stretch)
-    starts, ends, prev_end = [], [], -np.inf
-    for r, b in zip(_bucket_ready(timeline, ready, plan), plan.buckets):
-        s = max(r, prev_end)
-        prev_end = comm_end(s, bucket_work_s(cost, b), bwd_end, contention.comm_slowdown)
-        starts.append(float(s))
-        ends.append(float(prev_end))
-    c_end = ends[-1]
-    return Simulation(tuple(starts), tuple(ends), bwd_end, c_end, max(bwd_end, c_end) + timeline.post_s)
+    launch = _bucket_ready(timeline, ready, plan)
+    work = [bucket_work_s(cost, b) for b in plan.buckets]
+    if timeline.allreduce_slots > 1:
+        starts, ends = _shared_link(launch, work, bwd_end, contention.comm_slowdown, timeline.allreduce_slots)
+    else:
+        starts, ends, prev_end = [], [], -np.inf
+        for r, w in zip(launch, work):
+            s = max(r, prev_end)
+            prev_end = comm_end(s, w, bwd_end, contention.comm_slowdown)
+            starts.append(float(s))
+            ends.append(float(prev_end))
+    final = finalize_end_s(bwd_end, ends, [b.nbytes for b in plan.buckets], timeline.copy_s_per_byte)
+    return Simulation(tuple(starts), tuple(ends), bwd_end, max(ends), final + timeline.post_s)
+
+
+def _shared_link(launch: Sequence[float], work: Sequence[float], bwd_end: float, kappa: float,
+                 slots: int) -> tuple[list[float], list[float]]:
+    """Starts and ends (seconds) of allreduces launched at ``launch`` (non-decreasing)
+    needing ``work`` seconds of link each, at most ``slots`` at once sharing the
+    link equally, the link's rate ``1/kappa`` before ``bwd_end`` and 1 after
+    (module docstring, "Shared link")."""
+    n = len(work)
+    starts, ends = [0.0] * n, [0.0] * n
+    left: dict[int, float] = {}
+    nxt, t = 0, launch[0] if n else 0.0
+    while nxt < n or left:
+        while nxt < n and len(left) < slots and launch[nxt] <= t:
+            starts[nxt], left[nxt] = t, work[nxt]
+            nxt += 1
+        if not left:
+            t = launch[nxt]
+            continue
+        rate = (1.0 / kappa if t < bwd_end else 1.0) / len(left)
+        first = min(left, key=left.__getitem__)
+        step = left[first] / rate
+        if nxt < n and len(left) < slots:
+            step = min(step, launch[nxt] - t)
+        if t < bwd_end:
+            step = min(step, bwd_end - t)
+        completes = step == left[first] / rate
+        for k in left:
+            left[k] -= rate * step
+        t += step
+        if completes:
+            left[first] = 0.0
+        for k in [k for k, w in left.items() if w <= 0.0]:
+            ends[k] = t
+            del left[k]
+    return starts, ends
 
 
 def lower_bound_s(timeline: ReadyTimeline, cost: AllreduceCostModel,
@@ -153,7 +213,9 @@ def lower_bound_s(timeline: ReadyTimeline, cost: AllreduceCostModel,
     suffix = np.cumsum(np.asarray(timeline.layout.nbytes, dtype=np.float64)[::-1])[::-1]
     alpha, beta = cost.lower_line()
     ends = comm_end(ready, alpha + beta * suffix, bwd_end, contention.comm_slowdown)
-    return max(bwd_end, float(np.max(ends))) + timeline.post_s
+    gamma = timeline.copy_s_per_byte
+    return max(bwd_end + gamma * float(suffix[0]), float(np.max(ends)) + gamma * float(timeline.layout.nbytes[-1])) \
+        + timeline.post_s
 
 
 def measured_plan(profile: Profile) -> BucketPlan:

@@ -59,7 +59,7 @@ Compute (:func:`scaled_compute`).  Data parallelism keeps the per-rank batch, so
 each rank's compute is taken as measured, unless its ranks share processors
 differently: with ``core_sharing = S`` each rank gets ``1/S`` of the processor time
 it had (more ranks or threads per core), so every time of the compute timeline
-(forward, each gradient's ready time, backward's end, the rest of the step) is
+(forward, each gradient's ready time, backward's end, DDP's copy-back, the rest of the step) is
 multiplied by ``S``, and so is ``kappa``: the communication library's threads run
 on the same cores, and the share they get while backward runs shrinks alike.
 Ranks of ``t`` threads on ``c`` cores give ``S = max(1, L_T t / c) / max(1, L_M t
@@ -258,7 +258,8 @@ def scaled_compute(timeline: ReadyTimeline, factor: float) -> ReadyTimeline:
     """``timeline`` with every compute time multiplied by ``factor`` (module docstring, "Compute")."""
     return replace(timeline, ready_s=tuple(t * factor for t in timeline.ready_s),
                    backward_start_s=timeline.backward_start_s * factor,
-                   backward_end_s=timeline.backward_end_s * factor, post_s=timeline.post_s * factor)
+                   backward_end_s=timeline.backward_end_s * factor, post_s=timeline.post_s * factor,
+                   copy_s_per_byte=timeline.copy_s_per_byte * factor)
 
 
 def whatif_model(profile: Profile, measured: Network, target: Network, algo: str = "ring",
