@@ -100,6 +100,9 @@ def _twins() -> tuple[Any, list[Any]]:
                              "a"), BucketPlan((Bucket((0, 1, 2, 3), 16, "float32"),), "b")]
 
 
+SAME_PREDICTION = (0.0, 0.0)  # the model cannot tell the twins apart (one plan, measured twice)
+
+
 def aa_rate(result: dict, campaigns: int = 2000, launches: int = 6, seed: int = 1) -> tuple[float, int]:
     """Section 2 (module docstring): the A/A false-adoption rate and the number of
     recorded blocks it drew from."""
@@ -114,7 +117,7 @@ def aa_rate(result: dict, campaigns: int = 2000, launches: int = 6, seed: int = 
         evidence = None
         for _ in range(launches):
             blocks = [Block(p, 1, WindowStats(tuple(0.5 * x for x in rng.choice(pool)))) for p in order]
-            verdict, evidence, _ = judge(blocks, twins, user, [], evidence)
+            verdict, evidence, _ = judge(blocks, twins, user, [], evidence, SAME_PREDICTION)
             if verdict.confident:
                 adopted += verdict.winner is not None
                 break
@@ -135,7 +138,7 @@ def false_rejection(result: dict, gain: float, blocks_of_a: int, trials: int = 4
     for _ in range(trials):
         blocks = [Block(p, 1, WindowStats(tuple(0.5 * x * (1 - gain if p == 0 else 1) for x in rng.choice(pool))))
                   for p in order]
-        rejected += judge(blocks, twins, user, [], None)[2].status[0] == "reject"
+        rejected += judge(blocks, twins, user, [], None, SAME_PREDICTION)[2].status[0] == "reject"
     return rejected / trials
 
 
@@ -181,6 +184,7 @@ def main() -> int:
             result = run_model(net, tmp, LM, args) if args.campaigns else {"rounds": []}
             result["aa_steps_ms"] = [[t * 1e3 for t in job(net, tmp, f"aa{k}", workload(LM), args.steps, 29800 + k,
                                                           None, [])] for k in range(args.aa_jobs)]
+        _save(args.json, {"campaigns": result})  # the jobs' results, whatever happens after them
         if args.campaigns:
             print("\n".join(summarise(result, args.grid)))
             print("\n".join(campaign_goals(result, args.grid)))
@@ -197,10 +201,14 @@ def main() -> int:
                   f"at {args.slow_rate} from the start: {d['ratio']:.3f} "
                   f"({'met' if abs(d['ratio'] - 1) <= 0.03 else 'NOT met'}: goal within 3%)")
             print("\n".join(f"  {line}" for line in d["said"]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    _save(args.json, out)
     return 0
+
+
+def _save(path: str | None, out: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Predicted vs measured step time for several bucket plans, on the emulated network.
 
     python benchmarks/bench_prediction.py [--rate 2gbit] [--model transformer --size large --batch 2]
+    python benchmarks/bench_prediction.py --model gpt2 --rounds 3   # the Hugging Face LM of the campaigns
 
 Inside a network namespace limited to ``--rate`` (2 gloo ranks over loopback), one
 training job: profiles the model (compute-only and overlapped steps, allreduce
 ladder), calibrates the contention model, then measures each plan (DDP uniform
-caps, DDP's default, the optimum, MG-WFBP) on real steps, switching plans in place,
+caps, DDP's default, the optimum, MG-WFBP, Horovod-style fusion; plans grouping the
+gradients alike measured once) on real steps, switching plans in place,
 in ``--rounds`` interleaved rounds.  Prints a table of predicted and measured median
 step times and the median absolute relative error; ``--json`` saves it.
 """
@@ -32,7 +34,7 @@ def worker(args: argparse.Namespace) -> None:
     from gdat.profiling.allreduce_bench import fit_from_ladder, measure_allreduce
     from gdat.profiling.session import ProfileSession
     from gdat.reducer.plan_switch import ddp_bucket_arguments, switch_buckets
-    from gdat.schedule.baselines import mgwfbp_plan, uniform_plan
+    from gdat.schedule.baselines import horovod_plan, mgwfbp_plan, uniform_plan
     from gdat.schedule.search import optimal_plan
     from gdat.schedule.simulator import calibrate, simulate
 
@@ -53,10 +55,12 @@ def worker(args: argparse.Namespace) -> None:
     timeline = profile.ready_timeline("compute")
     fitted = calibrate(profile, cost)
     cost, contention = fitted.cost, fitted.contention
-    plans = [uniform_plan(timeline, c, first_bucket=False) for c in (1, 4, 10, 50, 100)]
+    plans = [uniform_plan(timeline, c, first_bucket=False) for c in (1, 2, 4, 10, 50, 100)]
     plans.append(uniform_plan(timeline, 25, first_bucket=True))
     plans.append(optimal_plan(timeline, cost, contention))
     plans.append(mgwfbp_plan(timeline, cost, contention))
+    plans.append(horovod_plan(timeline, 16 << 20, 5e-3))
+    plans = [p for k, p in enumerate(plans) if not any(p.same_partition(q) for q in plans[:k])]
     measured: dict[str, list[float]] = {p.label: [] for p in plans}
     for r in range(args.rounds):
         for plan in (plans if r % 2 == 0 else plans[::-1]):

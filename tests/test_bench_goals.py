@@ -2,6 +2,8 @@
 (benchmarks/bench_steady_state.py; the benchmark itself runs outside CI)."""
 from __future__ import annotations
 
+import random
+
 from benchmarks.bench_steady_state import goals
 
 CAPS = ["cap=1", "cap=5"]
@@ -34,3 +36,17 @@ def test_rounds_where_no_cap_gains_5_percent_do_not_judge_the_worst_run():
 def test_a_gdat_job_beyond_the_noise_band_is_not_met():
     rows = [_round(100, 102, 85, 90, 84), _round(100, 99, 86, 92, 110)]
     assert "NOT met (worst 1.100)" in goals(rows, CAPS)[2]
+
+
+def test_the_campaigns_error_rates_run_on_recorded_default_steps():
+    """bench_campaigns' A/A and false-rejection simulations call the decision code as
+    the tuner does (the benchmark runs outside CI; a changed signature once lost a
+    40-minute run at its end)."""
+    from benchmarks.bench_campaigns import aa_rate, false_rejection
+
+    rng = random.Random(3)
+    steps = {name: [600 + rng.gauss(0, 8) for _ in range(80)] for name in ("default", "default-2")}
+    result = {"rounds": [{"steps_ms": steps}]}
+    rate, blocks = aa_rate(result, campaigns=40)
+    assert 0.0 <= rate <= 0.2 and blocks > 20
+    assert false_rejection(result, 0.10, 1, trials=200) < 0.05  # a 10% gain on 1.3% noise is not rejected

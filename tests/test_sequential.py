@@ -121,6 +121,16 @@ def test_of_two_adopted_candidates_the_model_decides_unless_the_evidence_tells_t
     assert j.status == ("adopt", "adopt") and verdict.winner == 1 and "the model" not in verdict.reason
 
 
+def test_of_two_leaders_on_inconclusive_evidence_the_model_picks_the_one_on_trial():
+    wide = (-6.0, 0.0, 6.0)
+    close = blocks_of([BASELINE, 0, 1, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 96, 1: 95}[p] + wide[k])
+    verdict, _, j = judge(close, [SPLIT, ONE], USER, [], None, PRED)
+    assert "adopt" not in j.status and j.llr[1] > j.llr[0]
+    assert verdict.trial and verdict.winner == 0 and "the model, which predicts this one fastest" in verdict.reason
+    verdict, _, _ = judge(close, [SPLIT, ONE], USER, [], None, tuple(reversed(PRED)))
+    assert verdict.trial and verdict.winner == 1
+
+
 def test_a_plan_on_trial_is_adopted_rejected_or_runs_on_by_its_steady_state_window():
     wide = (-3.0, 0.0, 3.0)
     blocks = blocks_of([BASELINE, 0, 1, 0, BASELINE], lambda j, k, p: {BASELINE: 100, 0: 92, 1: 100}[p] + wide[k])

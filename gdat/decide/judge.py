@@ -21,8 +21,8 @@ and tests it (:func:`gdat.decide.sequential.weigh`):
 * every candidate rejected: nothing beats the user's configuration, confidently;
 * otherwise the evidence is inconclusive (so too when the only adopted candidates
   are compressed ones that do not beat the fastest exact configuration).  The leader
-  (largest log-likelihood ratio among the exact plans measured in this launch that
-  are not rejected and whose pooled mean difference is negative) runs provisionally,
+  (of the exact plans measured in this launch that are not rejected and whose pooled
+  mean difference is negative, chosen as the winner above) runs provisionally,
   as a plan on trial (:attr:`gdat.decide.verdict.Verdict.trial`) while measuring
   goes on; without one the user's configuration runs.
 """
@@ -77,7 +77,7 @@ def judge(blocks: Sequence[Block], plans: Sequence[BucketPlan], baseline_plan: B
                        f"candidate (log-likelihood ratios <= {j.lower:.2f}) over {rests}"), evidence, j
     exact = [k for k, st in enumerate(j.status) if st != "reject" and here.get(k) is not None
              and here[k] not in lossy and evidence.plans[k].mean_s < 0]
-    leader = max(exact, key=lambda k: j.llr[k], default=None)
+    leader, chosen = _winner(exact, evidence, j, [predicted_s[here[k]] for k in exact]) if exact else (None, "")
     why = f"inconclusive over {rests} (no candidate's log-likelihood ratio reached {j.upper:.2f} or fell to " \
         f"{j.lower:.2f})" + (" (the run was noisy)" if noisy else "")
     if passed:
@@ -85,13 +85,15 @@ def judge(blocks: Sequence[Block], plans: Sequence[BucketPlan], baseline_plan: B
             "than the noise"
     if leader is not None:
         return Verdict(here[leader], noise, noisy, f"{why}: the leader, {-evidence.plans[leader].mean_s * 1e3:.2f} "
-                       f"ms faster so far, runs while measuring goes on", trial=True, confident=False), evidence, j
+                       f"ms faster so far, runs while measuring goes on{chosen}", trial=True, confident=False), \
+            evidence, j
     return Verdict(None, noise, noisy, f"{why}: no candidate leads", confident=False), evidence, j
 
 
 def _winner(adoptable: list[int], evidence: Evidence, j: Judgement, predicted_s: list[float]) -> tuple[int, str]:
     """Of the ``adoptable`` candidates (evidence indices, with their predicted steps),
-    the winner of the module docstring, and what the report adds about the choice."""
+    the winner of the module docstring (so too of the leaders that may run on
+    trial), and what the report adds about the choice."""
     lead = max(adoptable, key=lambda k: j.llr[k])
     at = {k: p for k, p in zip(adoptable, predicted_s)}
     model = min(adoptable, key=at.__getitem__)
@@ -101,6 +103,6 @@ def _winner(adoptable: list[int], evidence: Evidence, j: Judgement, predicted_s:
     diff, sd = a.mean_s - b.mean_s, math.sqrt(a.mean_var_s2 + b.mean_var_s2)
     if diff < -Z * sd:
         return lead, ""
-    return model, (f"; {len(adoptable)} candidates passed, and the evidence does not tell them apart (the leader "
+    return model, (f"; of {len(adoptable)} candidates, the evidence does not tell them apart (the leader "
                    f"{-diff * 1e3:+.2f} ms against this one, noise {sd * 1e3:.2f} ms): the model, which predicts this "
                    f"one fastest, decides")
