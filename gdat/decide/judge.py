@@ -8,16 +8,18 @@ and tests it (:func:`gdat.decide.sequential.weigh`):
   beats the fastest exact configuration,
   :func:`gdat.decide.verdict.decide_blocks_lossy_last`).  Of several, the one of
   largest log-likelihood ratio, unless the evidence does not tell it from the one
-  the model predicts fastest (``predicted_s``), by more than ``FLOOR`` (1%) of the
-  user's step, the smallest difference the tuner acts on: then that one (a smaller
-  predicted difference is within what the model gets wrong between plans: on the
-  GPT-2 of the campaigns it put a 6-bucket plan 0.1 ms ahead of the 2 MiB cap, and
-  it ran 0.6% behind it).  The leader is told
-  apart when its pooled mean difference is below the other's by more than ``Z``
-  (2.5) standard errors of the difference, ``m_lead - m_model < -Z sqrt(V_lead +
-  V_model)`` (:attr:`gdat.decide.sequential.PlanEvidence.mean_var_s2`): two plans
-  that both clear the test on a block or two each differ by less than the noise,
-  and the model, which has seen every gradient's timing, decides the near-tie;
+  the model predicts fastest by more than ``FLOOR`` (1%) of the user's step, the
+  smallest difference the tuner acts on: then that one.  The prediction
+  (``predicted_s``) is the model fitted to the profile, not the correction fitted
+  to these blocks, whose noise it would echo; a predicted difference under 1% is
+  within what the model gets wrong between plans (on the GPT-2 of the campaigns it
+  put a 6-bucket plan 0.1 ms ahead of the 2 MiB cap, and it ran 0.6% behind it).
+  The leader is told apart when its pooled mean difference is below the other's by
+  more than ``Z`` (2.5) standard errors of the difference, ``m_lead - m_model <
+  -Z sqrt(V_lead + V_model)``
+  (:attr:`gdat.decide.sequential.PlanEvidence.mean_var_s2`): two plans that both
+  clear the test on a block or two each differ by less than the noise, and the
+  model, which has seen every gradient's timing, decides the near-tie;
 * every candidate rejected: nothing beats the user's configuration, confidently;
 * otherwise the evidence is inconclusive (so too when the only adopted candidates
   are compressed ones that do not beat the fastest exact configuration).  The leader

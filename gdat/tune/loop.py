@@ -267,9 +267,8 @@ class TuningLoop:
         if self.rank == 0:
             self.rounds.refit()
             lossy = [i for i, p in enumerate(self.plans) if p.plan.compressed]
-            predicted = [self.rounds.correction.predict_s(self.found, p.plan) for p in self.plans]
             told = (*judge(self.blocks, [p.plan for p in self.plans], self.found.baseline_plan, lossy,
-                           self.ctx.prior, predicted), self.rounds.correction)
+                           self.ctx.prior, [p.sim.step_s for p in self.plans]), self.rounds.correction)
         verdict, evidence, judgement, correction = broadcast_from_first(told, self.group)
         self.decision = Decision(
             self.ctx.tuning_name, self.ctx.cost, self.ctx.topology, self.ctx.compress, self.profile, self.found,
