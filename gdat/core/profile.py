@@ -57,9 +57,10 @@ class ReadyTimeline:
 
     and the copy of the last bucket (of any bucket ending late) is not hidden behind
     communication.  ``allreduce_slots`` is how many allreduces the backend runs at
-    once, sharing the link (:data:`ALLREDUCE_SLOTS`).  ``post_s`` is the rest of the step after that (optimizer, data
-    loading, forward of the next step).  A plan predicts a step of ``F_K + post_s``
-    seconds (``max(backward_end_s, e_K) + post_s`` when ``gamma = 0``).
+    once, sharing the link (:data:`ALLREDUCE_SLOTS`).  ``post_s`` is the rest of the
+    step after that (optimizer, data loading, forward of the next step).  A plan
+    predicts a step of ``F_K + post_s`` seconds (``max(backward_end_s, e_K) +
+    post_s`` when ``gamma = 0``).
     """
 
     layout: GradientLayout

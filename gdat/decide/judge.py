@@ -66,8 +66,8 @@ def judge(blocks: Sequence[Block], plans: Sequence[BucketPlan], baseline_plan: B
     here = {index_of(evidence, p.to_dict()): i for i, p in enumerate(plans)}
     rests = f"{evidence.blocks} paired block(s) over {evidence.launches} launch(es)"
     passed = [k for k, st in enumerate(j.status) if st == "adopt" and here.get(k) is not None]
-    adoptable = [k for k in passed
-                 if here[k] not in lossy or decide_blocks_lossy_last(blocks, lossy).winner == here[k]]
+    lossy_winner = decide_blocks_lossy_last(blocks, lossy).winner if any(here[k] in lossy for k in passed) else None
+    adoptable = [k for k in passed if here[k] not in lossy or here[k] == lossy_winner]
     if adoptable:
         k, why = _winner(adoptable, evidence, j, [predicted_s[here[k]] for k in adoptable])
         gain = -evidence.plans[k].mean_s

@@ -37,13 +37,15 @@ with ``bucket_cap_mb_list``.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from gdat.core.cost_model import AllreduceCostModel, Contention
 from gdat.core.plan import BucketPlan
 from gdat.core.profile import ReadyTimeline
 from gdat.errors import PlanError
-from gdat.schedule.simulator import comm_end, stretched
+from gdat.schedule.simulator import comm_end, simulate, stretched
 
 __all__ = ["optimal_plan", "allowed_cuts", "earliest_ends"]
 
@@ -122,29 +124,26 @@ def optimal_plan(
     final, ends = found
     gamma = timeline.copy_s_per_byte
     if gamma > 0:
-        lo, hi = max(bwd_end, final - gamma * prefix[n]), _exposure(table, ends, gamma)
+        one_at_a_time = replace(timeline, allreduce_slots=1)
+
+        def exposure(cuts: list[int]) -> float:
+            """``max(T'_b, M)`` of the plan cutting at ``cuts``: its simulated step less
+            ``gamma S + post`` (the simulator's ``F_K``, one allreduce at a time)."""
+            sim = simulate(one_at_a_time, BucketPlan.from_ends(timeline.layout, cuts), cost, contention)
+            return sim.step_s - timeline.post_s - gamma * prefix[n]
+
+        lo, hi = max(bwd_end, final - gamma * prefix[n]), exposure(ends)
         while hi - lo > _TOLERANCE_S:
             mid = (lo + hi) / 2
             better = table.solve(mid + gamma * prefix)
             if better is None:
                 lo = mid
             else:
-                hi, ends = _exposure(table, better[1], gamma), better[1]
+                hi, ends = exposure(better[1]), better[1]
     return BucketPlan.from_ends(timeline.layout, ends, label)
 
 
 _TOLERANCE_S = 1e-9
-
-
-def _exposure(table: "_Table", ends: list[int], gamma: float) -> float:
-    """``max(T'_b, M)`` of the plan cutting at ``ends`` (module docstring), seconds."""
-    worst, prev, start = table.bwd_end, -np.inf, 0
-    for j in ends:
-        work = float(table.cost.time_s(table.prefix[j] - table.prefix[start]))
-        prev = float(comm_end(max(table.ready_at[j], prev), work, table.bwd_end, table.kappa))
-        worst = max(worst, prev - gamma * table.prefix[start])
-        start = j
-    return worst
 
 
 class _Table:

@@ -59,9 +59,10 @@ Compute (:func:`scaled_compute`).  Data parallelism keeps the per-rank batch, so
 each rank's compute is taken as measured, unless its ranks share processors
 differently: with ``core_sharing = S`` each rank gets ``1/S`` of the processor time
 it had (more ranks or threads per core), so every time of the compute timeline
-(forward, each gradient's ready time, backward's end, DDP's copy-back, the rest of the step) is
-multiplied by ``S``, and so is ``kappa``: the communication library's threads run
-on the same cores, and the share they get while backward runs shrinks alike.
+(forward, each gradient's ready time, backward's end, DDP's copy-back, the rest of
+the step) is multiplied by ``S``, and so is ``kappa``: the communication library's
+threads run on the same cores, and the share they get while backward runs shrinks
+alike.
 Ranks of ``t`` threads on ``c`` cores give ``S = max(1, L_T t / c) / max(1, L_M t
 / c)`` (2 when four single-threaded ranks take the two cores two ranks had); one
 rank per GPU gives 1.  The cast cost of compression is kept.
