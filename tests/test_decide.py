@@ -16,6 +16,7 @@ from gdat.decide.verdict import (
     Block,
     Z,
     beats,
+    block_variance_terms,
     contenders,
     decide,
     decide_blocks,
@@ -176,21 +177,39 @@ def test_drift_fooled_the_old_rule_and_not_the_paired_rule():
     early = WindowStats(tuple(_run_a_steps(0, k, BASELINE) / 1e3 for k in range(4)))
     later = [WindowStats(tuple(_run_a_steps(j, k, 0) / 1e3 for k in range(5))) for j in (5, 6)]
     assert decide(early, later).winner is not None  # the old rule adopted a plan no faster
-    interleaved = blocks_of([BASELINE, 0, 1, 1, BASELINE], lambda j, k, p: _run_a_steps(5 + j, k, p))
+    interleaved = blocks_of([BASELINE, 0, 1, BASELINE, 1, 0, BASELINE], lambda j, k, p: _run_a_steps(5 + j, k, p))
     verdict = decide_blocks(interleaved)
     assert verdict.winner is None and not verdict.noisy
     assert verdict.reason.startswith("no candidate beat the baseline")
+    two = blocks_of([BASELINE, 0, 1, 1, BASELINE], lambda j, k, p: _run_a_steps(5 + j, k, p))
+    verdict = decide_blocks(two)  # two baseline blocks cannot tell the drift from a level shift
+    assert verdict.winner is None and verdict.noisy
+
+
+def test_two_baseline_blocks_count_their_difference_as_a_level_shift():
+    """Shaped like a recorded launch: the last baseline block ran 34 ms slower than
+    the first, and the reference interpolated towards it made the later candidates
+    look 12-27 ms faster than the first one.  Their difference is a block median's
+    variance, so no candidate is adopted on those blocks alone."""
+    medians = {0: 601.8, 1: 582.4, 2: 584.6, 3: 572.0, 4: 635.7}
+    blocks = blocks_of([BASELINE, 0, 1, 2, BASELINE], lambda j, k, p: medians[j] + JITTER[k])
+    within, between = block_variance_terms(blocks)
+    assert between == pytest.approx((0.6357 - 0.6018) ** 2 / 2)
+    assert math.sqrt(between) > 20 * math.sqrt(within / 3)
+    assert all(-s.diff_s < s.threshold_s for s in standings(blocks))
+    one = blocks_of([BASELINE, 0], lambda j, k, p: medians[j] + JITTER[k])
+    assert block_variance_terms(one)[1] == 0.0
 
 
 def test_a_real_gain_is_found_against_a_drift_the_other_way():
     """Candidate 1 is 5% faster while the machine slows down: adopted; candidate 0
     (as fast as the baseline) is not."""
-    blocks = blocks_of([BASELINE, 0, 1, 1, BASELINE],
+    blocks = blocks_of([BASELINE, 0, 1, BASELINE, 1, 0, BASELINE],
                        lambda j, k, p: (1000 + 15 * j) * (0.95 if p == 1 else 1.0) + JITTER[k])
     verdict = decide_blocks(blocks)
     assert verdict.winner == 1 and "paired block" in verdict.reason
     d = {s.candidate: s.diff_s * 1e3 for s in standings(blocks)}
-    assert d[1] == pytest.approx(-0.05 * (1000 + 15 * 2.5), rel=0.02) and abs(d[0]) < 1.0
+    assert d[1] == pytest.approx(-0.05 * (1000 + 15 * 3), rel=0.02) and abs(d[0]) < 1.0
 
 
 def test_successive_halving_drops_clear_losers_and_keeps_close_ones():

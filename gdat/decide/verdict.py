@@ -20,9 +20,10 @@ block's median (the step-to-step noise of the machine, pooled over all blocks, t
 block medians themselves left out); a block median has standard error
 ``se = 1.2533 * sigma / sqrt(measure)``, or more where the baseline's own block
 medians ``b_1, b_2, ...`` differ more: a block median's variance is
-``max(se^2, var_k(b_{k+1} - b_k) / 2)`` (:func:`block_variance_terms`, from three
-baseline blocks on; the variance of the successive differences leaves out a linear
-drift, which the interpolation cancels): the machine's level shifts from block to
+``max(se^2, var_k(b_{k+1} - b_k) / 2)`` (:func:`block_variance_terms`; the variance
+of the successive differences leaves out a linear drift, which the interpolation
+cancels; with only two baseline blocks it is ``(b_2 - b_1)^2 / 2``, their one
+difference taken as noise, a drift included): the machine's level shifts from block to
 block, which the step-to-step noise does not see (on recorded steps of one
 configuration they were up to twice it), a paired difference that variance times
 ``1 + w^2 + (1-w)^2`` (``w``: the interpolation weight) and ``D_i`` the mean of its blocks'
@@ -186,10 +187,14 @@ def paired_differences(blocks: Sequence[Block]) -> dict[int, list[tuple[float, f
 def block_variance_terms(blocks: Sequence[Block]) -> tuple[float, float]:
     """``((1.2533 sigma)^2, var_k(b_{k+1} - b_k) / 2)``, seconds squared: a one-step
     block median's variance from the step-to-step noise, and a block median's from
-    the baseline's successive block medians (0 with fewer than three)."""
+    the baseline's successive block medians (``(b_2 - b_1)^2 / 2`` with two, whose
+    one difference cannot tell a drift from a level shift; 0 with one)."""
     medians = [b.window.median_s for b in blocks if b.plan == BASELINE]
     steps_between = [b - a for a, b in zip(medians, medians[1:])]
-    between = statistics.variance(steps_between) / 2 if len(steps_between) >= 2 else 0.0
+    if len(steps_between) >= 2:
+        between = statistics.variance(steps_between) / 2
+    else:
+        between = sum(d * d for d in steps_between) / 2
     return (1.2533 * step_sigma(blocks)) ** 2, between
 
 
