@@ -45,6 +45,8 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from gdat.reducer.host_allocator import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES  # noqa: E402
+
 BIN = os.path.dirname(sys.executable)
 
 
@@ -58,14 +60,16 @@ def workload(spec: str) -> list[str]:
 
 
 def launch(net, tmp: str, name: str, script: list[str], steps: int, port: int, gdat_bank: str | None,
-           extra: list[str], gdat_args: tuple[str, ...] = ()) -> tuple[dict, str]:
-    """One 2-rank job of ``script`` in ``net``: stock torchrun, or gdat-run (with
-    ``gdat_args``) on the bank ``gdat_bank``; rank 0's output file (``step_times_s``,
-    and ``losses`` where the script writes them) and the job's stderr."""
+           extra: list[str], gdat_args: tuple[str, ...] = (), env_extra: dict[str, str] | None = None
+           ) -> tuple[dict, str]:
+    """One 2-rank job of ``script`` in ``net``: stock torchrun (with ``env_extra`` in
+    its environment), or gdat-run (with ``gdat_args``) on the bank ``gdat_bank``; rank
+    0's output file (``step_times_s``, and ``losses`` where the script writes them)
+    and the job's stderr."""
     out = os.path.join(tmp, f"{name}.json")
     if gdat_bank is None:
         runner = [sys.executable, "-m", "torch.distributed.run"]
-        env = dict(os.environ)
+        env = {**os.environ, **(env_extra or {})}
     else:
         runner = [os.path.join(BIN, "gdat-run"), "--gdat-work-path", os.path.join(tmp, f"{name}_work"), *gdat_args]
         env = {**os.environ, "TUNE_BANK_PATH": gdat_bank}
@@ -79,9 +83,16 @@ def launch(net, tmp: str, name: str, script: list[str], steps: int, port: int, g
 
 
 def job(net, tmp: str, name: str, script: list[str], steps: int, port: int, gdat_bank: str | None,
-        extra: list[str]) -> list[float]:
+        extra: list[str], env_extra: dict[str, str] | None = None) -> list[float]:
     """:func:`launch`'s rank 0 step times, seconds."""
-    return launch(net, tmp, name, script, steps, port, gdat_bank, extra)[0]["step_times_s"]
+    return launch(net, tmp, name, script, steps, port, gdat_bank, extra, env_extra=env_extra)[0]["step_times_s"]
+
+
+# ``default+malloc``: stock DDP under the malloc thresholds gdat sets on the CPU
+# (gdat.reducer.host_allocator), to tell the allocator's share of gdat's gain from
+# the buckets'.
+MALLOC_REFERENCE = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES),
+                    "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_BYTES)}
 
 
 def gdat_said(tmp: str, name: str) -> dict:
@@ -103,7 +114,8 @@ def gdat_said(tmp: str, name: str) -> dict:
 
 def run_model(net, tmp: str, spec: str, args: argparse.Namespace) -> dict:
     model = spec.split(":")[0]
-    configs = ["default", "default-2", *(f"cap={c}" for c in args.grid), "gdat", "gdat-bank"]
+    configs = ["default", "default-2", *(["default+malloc"] if getattr(args, "malloc_reference", False) else []),
+               *(f"cap={c}" for c in args.grid), "gdat", "gdat-bank"]
     rounds = []
     port = 29700
     for r in range(args.first_round, args.first_round + args.rounds):
@@ -117,7 +129,8 @@ def run_model(net, tmp: str, spec: str, args: argparse.Namespace) -> dict:
             port += 1
             extra = ["--bucket-cap-mb", name[4:]] if name.startswith("cap=") else []  # default-2: none
             times = job(net, tmp, f"{model}_{name}_{r}", workload(spec), args.steps, port,
-                        bank if name.startswith("gdat") else None, extra)
+                        bank if name.startswith("gdat") else None, extra,
+                        MALLOC_REFERENCE if name == "default+malloc" else None)
             medians[name] = statistics.median(times[-args.last:]) * 1e3
             steps[name] = [round(t * 1e3, 3) for t in times]
             if name.startswith("gdat"):
@@ -205,7 +218,8 @@ def summarise(result: dict, grid: list[str]) -> list[str]:
                  + ", ".join(f"{s.get('plan')} ({s.get('buckets')})" for s in said))
     lines += goals(rows, caps)
     lines.append(prediction_line(rows))
-    names = ["default", *(["default-2"] if band is not None else []), *caps, "gdat", "gdat-bank"]
+    names = ["default", *(["default-2"] if band is not None else []),
+             *(["default+malloc"] if all("default+malloc" in r for r in rows) else []), *caps, "gdat", "gdat-bank"]
     lines.append("| configuration | " + " | ".join(f"round {k + 1}" for k in range(len(rows))) + " | median |")
     lines.append("|---|" + "---:|" * (len(rows) + 1))
     for name in names:

@@ -8,7 +8,8 @@ in named stages:
    leave the model stock DDP with one line and a ``tuning unsatisfied`` report
    saying why.  A DDP with ``find_unused_parameters=True`` is tuned under its
    fixed bucket order (:data:`gdat.core.layout.FIXED_ORDER`); the option is in the
-   bank key;
+   bank key.  A model on the CPU gets glibc's malloc thresholds fixed
+   (:mod:`gdat.reducer.host_allocator`), so a plan runs as it was measured;
 2. plan file (:func:`_plan_file`): a plan given with ``--gdat-plan`` is checked
    against the model and applied, nothing else;
 3. link (:func:`_measure_link`): measure the allreduce cost on this process group
@@ -62,6 +63,7 @@ from gdat.profiling.cast_bench import measure_cast
 from gdat.profiling.topology import Topology, intra_node_fit, topology_of
 from gdat.reducer.compression import reduced_allreduce_works
 from gdat.reducer.ddp_model import ddp_options, options_group, param_infos
+from gdat.reducer.host_allocator import fix_thresholds
 from gdat.reducer.plan_switch import ddp_bucket_arguments
 from gdat.reducer.torch_internals import python_reducer_active
 from gdat.report import outcome
@@ -102,6 +104,10 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
     reason = _unsupported(options)
     if reason:
         return _untuned(module, kwargs, config, reason, group)
+    if device_type_of(module) == "cpu":
+        said = fix_thresholds()
+        if said:
+            log.info(said)
     params = param_infos(module)
     fixed = bool(options.get("find_unused_parameters")) and not options.get("static_graph")
     model = model_layout(params, FIXED_ORDER if fixed else READY_ORDER)
