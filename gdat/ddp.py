@@ -23,9 +23,10 @@ from typing import Any, Protocol
 import torch
 
 from gdat.core import log
+from gdat.core.device import device_type_of
 from gdat.decide.record import Decision
 from gdat.options import GdatConfig
-from gdat.reducer import compression
+from gdat.reducer import compression, host_allocator
 from gdat.reducer.model_check import check_model_across_ranks
 from gdat.reducer.torch_internals import (
     STOCK_DDP,
@@ -88,6 +89,8 @@ class DistributedDataParallel(STOCK_DDP):
             outcome.record(outcome.Outcome("not tuned (--gdat-mode off)", config.work_path))
         if mode != "off":
             check_model_across_ranks(module, args, kwargs)
+        if mode == "profile" and not config.plan:  # tune, apply and a plan: prepare_construction
+            host_allocator.fix_for(device_type_of(module))
         tune: TuneContext | None = None
         compressed = None
         if mode in ("tune", "apply") or config.plan:

@@ -20,7 +20,7 @@ that tuned it, and ran 0.3-3% slower than it was measured there; stock DDP took
 8,000.  So when gdat builds a DDP whose gradients are on the CPU it sets the
 thresholds, once per process, to where glibc's heuristic tops out,
 ``mmap_threshold = 32 MiB`` and ``trim_threshold = 64 MiB`` (:func:`fix_thresholds`),
-in every launch: a plan then runs as it was measured, and the user's configuration
+in every launch that tunes, applies or profiles: a plan then runs as it was measured, and the user's configuration
 is measured under the same allocator.  Cost: up to 64 MiB of freed heap kept per
 process.  Nothing is changed where the C library is not glibc, or where the user
 set malloc's own tuning (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
@@ -31,7 +31,9 @@ from __future__ import annotations
 import ctypes
 import os
 
-__all__ = ["fix_thresholds", "MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES"]
+from gdat.core import log
+
+__all__ = ["fix_for", "fix_thresholds", "MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES"]
 
 MMAP_THRESHOLD_BYTES = 32 * 2**20
 TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES
@@ -39,6 +41,15 @@ _M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _done: list[str] = []
+
+
+def fix_for(device_type: str) -> None:
+    """:func:`fix_thresholds` for a DDP whose gradients are on ``device_type``
+    (only ``"cpu"``), saying what was done on the first call."""
+    if device_type == "cpu":
+        said = fix_thresholds()
+        if said:
+            log.info(said)
 
 
 def fix_thresholds() -> str | None:

@@ -63,7 +63,7 @@ from gdat.profiling.cast_bench import measure_cast
 from gdat.profiling.topology import Topology, intra_node_fit, topology_of
 from gdat.reducer.compression import reduced_allreduce_works
 from gdat.reducer.ddp_model import ddp_options, options_group, param_infos
-from gdat.reducer.host_allocator import fix_thresholds
+from gdat.reducer.host_allocator import fix_for
 from gdat.reducer.plan_switch import ddp_bucket_arguments
 from gdat.reducer.torch_internals import python_reducer_active
 from gdat.report import outcome
@@ -104,10 +104,7 @@ def prepare_construction(module: torch.nn.Module, args: tuple, kwargs: dict[str,
     reason = _unsupported(options)
     if reason:
         return _untuned(module, kwargs, config, reason, group)
-    if device_type_of(module) == "cpu":
-        said = fix_thresholds()
-        if said:
-            log.info(said)
+    fix_for(device_type_of(module))
     params = param_infos(module)
     fixed = bool(options.get("find_unused_parameters")) and not options.get("static_graph")
     model = model_layout(params, FIXED_ORDER if fixed else READY_ORDER)
