@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
+GLIBC = platform.libc_ver()[0] == "glibc"  # os.confstr's glibc name is unknown elsewhere
 
 
 def run_cmd(args: list[str], cwd: str | None = None, env: dict[str, str] | None = None,

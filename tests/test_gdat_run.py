@@ -15,9 +15,10 @@ import sys
 import pytest
 
 from gdat.bank.store import KnowledgeBase
+from gdat.reducer.host_allocator import user_settings
 from launch.testbed import namespace_unavailable_reason
 from tests.distributed import free_port
-from tests.helpers import BIN, REPO, run_cmd
+from tests.helpers import BIN, GLIBC, REPO, run_cmd
 
 UNAVAILABLE = namespace_unavailable_reason()
 pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"testbed unavailable: {UNAVAILABLE}")
@@ -151,7 +152,7 @@ def test_report_has_aoe_keys_and_the_evidence(runs):
 def test_a_second_launch_on_a_badly_measured_link_hits_the_bank_and_runs_no_tuning_step(runs):
     _, report, stderr = runs["second"]
     assert "knowledge base hit" in stderr
-    if os.confstr("CS_GNU_LIBC_VERSION") and not any(k.startswith("MALLOC_") for k in os.environ):
+    if GLIBC and not user_settings():
         assert "gdat: host allocator: glibc" in stderr  # a plan applied at construction, as it was measured
     assert "tune: candidate" not in stderr and "tune: baseline" not in stderr
     g = report["GDAT"]

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests.helpers import GLIBC
+
 # A step that allocates and frees three 8 MiB blocks, as a training step does
 # gradients: the minor page faults of steps 5-20 (the first ones warm the heap).
 STEPS = """
@@ -35,7 +37,7 @@ def _run(mode: str, **env: str) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/stat") or not os.confstr("CS_GNU_LIBC_VERSION"),
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat") or not GLIBC,
                     reason="needs glibc and /proc to count page faults")
 def test_fixed_thresholds_keep_a_steps_blocks_in_the_heap():
     plain, fixed = _run("plain"), _run("fix")
@@ -45,7 +47,7 @@ def test_fixed_thresholds_keep_a_steps_blocks_in_the_heap():
     assert fixed["said"][1] is None  # once per process
 
 
-@pytest.mark.skipif(not os.confstr("CS_GNU_LIBC_VERSION"), reason="needs glibc")
+@pytest.mark.skipif(not GLIBC, reason="needs glibc")
 def test_the_users_own_malloc_settings_are_left_alone():
     mine = _run("fix", MALLOC_TRIM_THRESHOLD_="1")
     assert mine["said"][0] == "host allocator left as set by MALLOC_TRIM_THRESHOLD_"

@@ -33,7 +33,7 @@ import os
 
 from gdat.core import log
 
-__all__ = ["fix_for", "fix_thresholds", "MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES"]
+__all__ = ["fix_for", "fix_thresholds", "user_settings", "MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES"]
 
 MMAP_THRESHOLD_BYTES = 32 * 2**20
 TRIM_THRESHOLD_BYTES = 2 * MMAP_THRESHOLD_BYTES
@@ -62,10 +62,16 @@ def fix_thresholds() -> str | None:
     return _done[0]
 
 
-def _fix() -> str:
+def user_settings() -> list[str]:
+    """The environment variables by which the user tuned malloc themselves."""
     user = [name for name in _USER_SETTINGS if name in os.environ]
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         user.append("GLIBC_TUNABLES")
+    return user
+
+
+def _fix() -> str:
+    user = user_settings()
     if user:
         return f"host allocator left as set by {', '.join(user)}"
     try:
