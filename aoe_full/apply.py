@@ -10,11 +10,12 @@ call's shapes at run time, and a call with shapes no entry covers runs the
 default.  Subgraph entries take precedence over operator entries inside them,
 and an entry for the whole model (SGAT's whole-model item) over every other.
 
-The precision bank (:mod:`aoe_full.precision`, ``aoe --precision_mode
-allow_mix_precision_bf16``) is matched by the module's signature, not by a trace,
-so it applies to models torch.fx cannot trace too: an accepted entry runs the
-module's forward under bf16 autocast.  Such an entry passed a training-loss check
-against fp32, not the gradient tolerance.
+The whole-model training candidates (:mod:`aoe_full.precision`: the forward
+compiled in segments, and with ``aoe --precision_mode allow_mix_precision_bf16``
+bf16 autocast) are matched by the module's signature, not by a trace, so they
+apply to models torch.fx cannot trace too, around the forward the other choices
+leave.  A mixed-precision entry passed a training-loss check against fp32, not
+the gradient tolerance.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from aoe_full.errors import TraceError
 from aoe_full.graph_capture import trace
 from aoe_full.operators import classify, static_identity
 from aoe_full.partition import partition, structure_hash, whole_graph
-from aoe_full.precision import apply_precision, precision_entry
+from aoe_full.precision import install, precision_entry
 from aoe_full.signature import from_json
 from gdat import options
 from gdat.core import log
@@ -78,12 +79,12 @@ def bank_choices(module: torch.nn.Module, bank_root: str, scene: str = "train") 
 
 def _apply(module: torch.nn.Module, root: str) -> tuple[str, str]:
     """Apply the banks under ``root`` to ``module`` (module docstring): the operator
-    and subgraph choices, then the precision entry around the forward they leave
+    and subgraph choices, then the whole-model entry around the forward they leave
     (it needs no trace).  Every entry is read before the module changes.  Returns
     what was applied, in words (``""`` when no entry matches), and why the
     operator/subgraph bank was not applied (``""`` when it was, or held nothing
     for the module: torch.fx cannot trace it)."""
-    mixed = precision_entry(module, root)
+    whole, said = precision_entry(module, root)
     try:
         choices = bank_choices(module, root)
         untraced = ""
@@ -93,18 +94,18 @@ def _apply(module: torch.nn.Module, root: str) -> tuple[str, str]:
     if choices:
         apply_choices(module, choices)
         applied.append(f"{len(choices.ops)} operator and {len(choices.subgraphs)} subgraph choice(s)")
-    if mixed:
-        apply_precision(module)
-        applied.append(mixed)
+    if whole:
+        install(module, whole)
+        applied.append(said)
     return " and ".join(applied), untraced
 
 
 def apply_bank(module: torch.nn.Module, bank_root: str | None = None) -> torch.nn.Module:
-    """Apply the OPAT/SGAT bank entries and an accepted mixed-precision entry for
+    """Apply the OPAT/SGAT bank entries and the whole-model training entry for
     ``module`` on this machine, in place, with scene-train semantics; returns
     ``module`` (same object, same ``state_dict()`` keys).  A module with no matching
     entries comes back unchanged; for one torch.fx cannot trace (warned with
-    :class:`AoeApplyWarning`) only the mixed-precision entry can apply.
+    :class:`AoeApplyWarning`) only the whole-model entry can apply.
     ``bank_root``: the knowledge-base root (default: ``TUNE_BANK_PATH`` or
     gdat's default, :func:`gdat.options.bank_root`)."""
     root = bank_root if bank_root is not None else options.bank_root()

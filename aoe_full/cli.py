@@ -33,7 +33,8 @@ from aoe_full.offline import OfflineResult, package_strategy, write_package
 from aoe_full.opat import tune_operators
 from aoe_full.operators import KINDS, tunable_nodes
 from aoe_full.pipeline import SCENES, TuneConfig, TuningRun, set_mode
-from aoe_full.precision import CHECK_STEPS, KEEP, PrecisionCheck, check_precision_mode, tune_precision
+from aoe_full.precision import (CANDIDATES, COMPILED, KEEP, PrecisionCheck, candidates_for, check_precision_mode,
+                                tune_precision)
 from aoe_full.progress import ProgressBar
 from aoe_full.report import result_section, tuning_result
 from aoe_full.sgat import tune_subgraphs
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune_ops_file", help='JSON {"tune_ops_name": [...], "tune_ops_type": [...]} (OPAT)')
     p.add_argument("--output", default=".", help="work directory for results (default: .)")
     p.add_argument("--candidates", help="comma-separated strategies to try besides the default "
-                   f"(default: all that apply): {', '.join(strategy_names())}")
+                   f"(default: all that apply): {', '.join(strategy_names())}; whole model in scene train: "
+                   f"{', '.join(CANDIDATES)}")
     p.add_argument("--compile_budget", type=float, default=600.0,
                    help="seconds of torch.compile time the run may spend (default 600)")
     p.add_argument("--threads", type=int, help="intra-op threads (torch.set_num_threads)")
@@ -152,10 +154,10 @@ def _validate_tuning(args: argparse.Namespace, mode: str, bank: str, repeat: boo
     candidates = None
     if args.candidates is not None:
         candidates = frozenset(c.strip() for c in args.candidates.split(",") if c.strip())
-        unknown = sorted(candidates - set(strategy_names()))
+        known = sorted(set(strategy_names()) | set(CANDIDATES))
+        unknown = sorted(candidates - set(known))
         if unknown:
-            raise UsageError(f"unknown --candidates {', '.join(unknown)}; "
-                             f"known: {', '.join(strategy_names())}")
+            raise UsageError(f"unknown --candidates {', '.join(unknown)}; known: {', '.join(known)}")
     output = os.path.abspath(args.output)
     if os.path.exists(output) and not os.path.isdir(output):
         raise UsageError(f"--output {args.output!r} exists and is not a directory")
@@ -200,17 +202,25 @@ def _run_tuning(job: _TuneJob) -> None:
     tune = tune_operators if job.mode == "opat" else tune_subgraphs
     arg_names = [s.name for s in job.specs]
     run = tune(job.model, job.inputs, arg_names, job.cfg, bar)
-    if job.precision != KEEP:
-        print(f"[{job.mode.upper()}] mixed precision (bf16 autocast): loss check ({CHECK_STEPS} training steps in fp32 "
-              f"and mixed) and {job.cfg.measure.rounds} timing rounds...", file=sys.stderr, flush=True)
-    precision = tune_precision(job.built, job.inputs, job.precision, job.cfg.bank_root, job.cfg.repeat,
-                               job.cfg.measure)
+    precision = None
+    if job.cfg.scene == "train":
+        allowed = job.cfg.candidates
+        if run.compile_spent_s >= job.cfg.compile_budget_s:
+            allowed = frozenset(n for n in (allowed or CANDIDATES) if COMPILED not in n)
+            print(f"[{job.mode.upper()}] whole model in training: compiled candidates skipped (--compile_budget "
+                  f"{job.cfg.compile_budget_s:g} s spent)", file=sys.stderr, flush=True)
+        names = candidates_for(job.precision, allowed)
+        if names:
+            print(f"[{job.mode.upper()}] whole model in training: checking {', '.join(names)} and timing "
+                  f"{job.cfg.measure.rounds} rounds...", file=sys.stderr, flush=True)
+        precision = tune_precision(job.built, job.inputs, job.precision, job.cfg.bank_root, job.cfg.repeat,
+                                   job.cfg.measure, allowed)
     result_dir = os.path.join(job.output, "aoe_workspace", name, "tunespace", "result")
     tuned_path = os.path.join(result_dir, f"{name}_tune.pt")
     save_tuned(tuned_path, run, job.source, job.capture, job.specs, job.model)
     offline = _offline(job, run, os.path.join(result_dir, f"{name}_tune.pt2"))
     section = result_section(run, tuned_path, offline)
-    section["mixed_precision"] = None if precision is None else precision.to_dict()
+    section["whole_model_train"] = None if precision is None else precision.to_dict()
     result = write_result(job.output, job.mode, name, run.tuning_time_s, section)
     _print_summary(job, run, tuned_path, offline, result, precision)
 

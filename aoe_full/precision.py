@@ -1,41 +1,53 @@
-"""Mixed precision as an opt-in whole-model candidate of scene train, checked on the training loss.
+"""Whole-model candidates of scene train: the training forward compiled in segments
+(exact), and mixed precision as an opt-in, each checked before it is timed.
 
-Ascend's tools offer mixed precision as ``--precision_mode allow_mix_precision``;
-``aoe --precision_mode`` takes (never by default):
+They are keyed by the module's signature, not by a trace, so they apply to models
+torch.fx cannot trace (a Hugging Face LM as a training script builds it), and
+they keep DDP's overlap of the gradient allreduce with the backward.  Candidates
+(:data:`CANDIDATES`):
 
-* ``must_keep_origin_dtype`` (the default): the model computes in its own dtypes;
-* ``allow_mix_precision_bf16``: the candidate runs the model's forward under
+* ``compiled_segments`` (exact, tried in every scene-train run): the forward
+  compiled by Inductor in segments cut at the model's repeated blocks
+  (:mod:`aoe_full.segments`), dropout drawing eager's masks.  *Check:* one
+  training step from the same weights, inputs and seed; the loss and every
+  gradient against the model as built, by :func:`aoe_full.measure.relative_error`
+  (the fp32 tolerance, the same rule as every exact candidate); it passes at
+  ``<= 1``.
+* ``autocast_bf16`` and ``autocast_bf16_compiled_segments`` (only with
+  ``aoe --precision_mode allow_mix_precision_bf16``, as Ascend's tools offer
+  ``allow_mix_precision``; never by default): the forward under
   ``torch.autocast(dtype=torch.bfloat16)`` (matrix products and convolutions in
   bf16, reductions and losses in fp32; the backward follows the forward's dtypes),
-  and casts floating outputs back to the parameters' dtype, so that the script's
-  loss sees the dtypes it always saw.  Parameters, gradients and the optimizer stay
-  fp32.  fp16 (Ascend's plain ``allow_mix_precision``) is refused: without the loss
-  scaler a training script would have to add, fp16 gradients underflow.
+  floating outputs cast back to the parameters' dtype, so that the script's loss
+  sees the dtypes it always saw; the second also compiled in segments.
+  Parameters, gradients and the optimizer stay fp32.  fp16 (Ascend's plain
+  ``allow_mix_precision``) is refused: without the loss scaler a training script
+  would have to add, fp16 gradients underflow.  A mixed model cannot give the
+  fp32 gradients within fp32 rounding, so it is held to a *loss check* instead:
+  two copies of the model from the same weights train :data:`CHECK_STEPS` steps on
+  the same batch (the sample inputs, fixed seed) with AdamW (learning rate
+  :data:`CHECK_LR`), one as built, one as the candidate; with ``L32(t)`` and
+  ``Lmix(t)`` the losses before step ``t``'s update, it passes when
+  ``max_t |Lmix(t) - L32(t)| <= BOUND * L32(0)`` and both are finite.  The loss
+  (:func:`training_loss`) is the model's own ``loss`` output where it has one;
+  next-token cross-entropy where the model returns logits ``(B, T, V)`` for integer
+  inputs ``(B, T)`` (a language model); otherwise the mean squared distance of
+  every floating output to a fixed random target of its shape.
 
-A mixed-precision model cannot give the fp32 gradients within fp32 rounding, so the
-candidate is not held to the exact candidates' tolerance.  It is accepted when both:
-
-1. *Loss check.*  Two copies of the model from the same weights train
-   :data:`CHECK_STEPS` steps on the same batch (the sample inputs, fixed seed) with
-   AdamW (learning rate :data:`CHECK_LR`), one as built, one under the candidate.
-   With ``L32(t)`` and ``Lmix(t)`` the losses before step ``t``'s update, the check
-   passes when ``max_t |Lmix(t) - L32(t)| <= BOUND * L32(0)`` and both are finite.
-   The loss (:func:`training_loss`) is the model's own ``loss`` output where it has
-   one; next-token cross-entropy where the model returns logits ``(B, T, V)`` for
-   integer inputs ``(B, T)`` (a language model); otherwise the mean squared distance
-   of every floating output to a fixed random target of its shape.
-2. *Faster.*  Forward + backward steps of both, interleaved in paired rounds
-   (:func:`aoe_full.measure.measure`), and the candidate beats the model as built by
-   the sign test of :func:`aoe_full.measure.compare`.
+*Faster:* forward + backward steps of the model as built and of every candidate
+that passed its check, interleaved in paired rounds
+(:func:`aoe_full.measure.measure`); a candidate wins when it beats the model as
+built by the sign test of :func:`aoe_full.measure.compare`, and the winner with
+the lowest median ratio is kept.
 
 The verdict is kept in the knowledge base of kind ``"precision"``, keyed by the
-module's signature (:func:`module_signature`, which a training script's model has
-whether or not torch.fx can trace it) and the mode, with the usual context (scene
-train, hardware, torch version, threads); a re-check (``REPEAT_TUNE``) that
-rejects the candidate withdraws it (:func:`tune_precision`).
-:func:`precision_entry` reads an accepted entry and :func:`apply_precision` wraps a
-module's forward in place (``gdat-run --gdat-aoe-bank``,
-:func:`aoe_full.apply.apply_bank`); in eval mode the wrapped forward runs as built.
+module's signature (:func:`module_signature`) and the precision mode, with the
+usual context (scene train, hardware, torch version, threads); a re-check
+(``REPEAT_TUNE``) that rejects the kept candidate withdraws it
+(:func:`tune_precision`).  :func:`precision_entry` reads the entry to apply (the
+mixed mode's where it holds a candidate, else the exact one) and :func:`install`
+applies it in place (``gdat-run --gdat-aoe-bank``, :func:`aoe_full.apply.apply_bank`);
+in eval mode the forward runs as built.
 """
 from __future__ import annotations
 
@@ -52,20 +64,24 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
 from aoe_full.bank import EAGER, BankContext
-from aoe_full.measure import MeasureConfig, compare, measure
+from aoe_full.measure import MeasureConfig, compare, measure, relative_error
+from aoe_full.segments import SegmentedForward, compile_segments
 from gdat.bank.store import KnowledgeBase, settle
 from gdat.core.device import device_type_of
 from gdat.errors import UsageError
 
-__all__ = ["PRECISION", "KEEP", "MIXED_BF16", "PRECISION_MODES", "CHECK_STEPS", "CHECK_LR", "BOUND",
-           "check_precision_mode", "module_signature", "training_loss", "AutocastForward",
-           "PrecisionCheck", "tune_precision", "precision_entry", "apply_precision"]
+__all__ = ["PRECISION", "KEEP", "MIXED_BF16", "PRECISION_MODES", "CHECK_STEPS", "CHECK_LR", "BOUND", "COMPILED",
+           "MIXED_COMPILED", "CANDIDATES", "candidates_for", "check_precision_mode", "module_signature",
+           "training_loss", "AutocastForward", "install", "CandidateCheck", "PrecisionCheck", "tune_precision",
+           "precision_entry"]
 
 PRECISION = "precision"
 KEEP = "must_keep_origin_dtype"
 MIXED_BF16 = "allow_mix_precision_bf16"
 PRECISION_MODES = (KEEP, MIXED_BF16)
 STRATEGY = "autocast_bf16"
+COMPILED = "compiled_segments"
+MIXED_COMPILED = "autocast_bf16_compiled_segments"
 CHECK_STEPS = 20
 CHECK_LR = 1e-4
 BOUND = 0.02
@@ -152,74 +168,137 @@ def _param_dtype(module: torch.nn.Module) -> torch.dtype:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
 
 
-def _mixed(module: torch.nn.Module) -> AutocastForward:
-    return AutocastForward(module.forward, torch.bfloat16, _param_dtype(module))
+#: Whole-model candidates: name -> whether it computes in the model's dtypes (exact).
+CANDIDATES: dict[str, bool] = {COMPILED: True, STRATEGY: False, MIXED_COMPILED: False}
+
+
+def candidates_for(mode: str, allowed: frozenset[str] | None = None) -> list[str]:
+    """The whole-model candidates ``mode`` allows (exact ones always, mixed ones
+    only under :data:`MIXED_BF16`), restricted to ``allowed`` (``--candidates``)
+    and to those that can run here (compiled ones need Dynamo and a C++ compiler)."""
+    from aoe_full.strategies import compile_unavailable_reason
+    names = [n for n, exact in CANDIDATES.items() if exact or mode == MIXED_BF16]
+    if compile_unavailable_reason() is not None:
+        names = [n for n in names if COMPILED not in n]
+    return [n for n in names if allowed is None or n in allowed]
+
+
+def install(module: torch.nn.Module, strategy: str) -> None:
+    """Run ``module``'s training forward (as it is now, exact choices included) as
+    ``strategy`` says, in place, once: :data:`COMPILED` compiles it in segments
+    (:mod:`aoe_full.segments`); :data:`STRATEGY` wraps it in bf16 autocast;
+    :data:`MIXED_COMPILED` does both (autocast outside)."""
+    if isinstance(module.forward, (AutocastForward, SegmentedForward)):
+        return
+    if strategy in (COMPILED, MIXED_COMPILED):
+        module.forward = compile_segments(module)
+    if strategy in (STRATEGY, MIXED_COMPILED):
+        module.forward = AutocastForward(module.forward, torch.bfloat16, _param_dtype(module))
+
+
+@dataclass(frozen=True)
+class CandidateCheck:
+    """One whole-model candidate: its correctness check (exact: ``error``, the
+    worst relative error of the loss and every gradient in tolerance units;
+    mixed: the loss check's ``losses`` and ``worst_deviation``), its step time
+    against the model as built (ms, medians of paired rounds; ``first_call_s``
+    includes compiling) and why it was not timed or not accepted (``reason``)."""
+
+    name: str
+    exact: bool
+    error: float = math.nan
+    losses: list[float] = field(default_factory=list)
+    worst_deviation: float = math.nan
+    bound: float = math.nan
+    median_ms: float = math.nan
+    median_ratio: float = math.nan
+    wins: int = 0
+    rounds: int = 0
+    faster: bool = False
+    first_call_s: float = math.nan
+    reason: str = ""
+
+    @property
+    def correct(self) -> bool:
+        if self.exact:
+            return self.error <= 1.0
+        return math.isfinite(self.worst_deviation) and self.worst_deviation <= self.bound
+
+    @property
+    def accepted(self) -> bool:
+        return self.correct and self.faster and not self.reason
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.exact:
+            check = {"kind": "exact: loss and every gradient of one training step against the model as built, same "
+                             "seed, in tolerance units (<= 1 passes)", "relative_error": _finite(self.error),
+                     "passed": self.correct}
+        else:
+            check = {"kind": f"loss check: {CHECK_STEPS} AdamW steps against fp32", "losses": self.losses,
+                     "worst_abs_deviation": _finite(self.worst_deviation), "bound": _finite(self.bound),
+                     "passed": self.correct}
+        return {"candidate": self.name, "exact": self.exact, "check": check, "train_step_ms": _finite(self.median_ms),
+                "median_ratio": _finite(self.median_ratio), "rounds_faster": f"{self.wins}/{self.rounds}",
+                "faster": self.faster, "first_call_s": _finite(self.first_call_s), "accepted": self.accepted,
+                "reason": self.reason}
+
+    def describe(self) -> str:
+        if self.reason and not math.isfinite(self.median_ms):
+            return f"{self.name}: not timed ({self.reason})"
+        check = (f"gradients within {self.error:.2g} x the fp32 tolerance" if self.exact else
+                 f"worst |loss difference| {self.worst_deviation:.4g} against {self.bound:.4g}")
+        verdict = "accepted" if self.accepted else "rejected: " + (
+            self.reason or ("no faster" if self.correct else ("gradients differ" if self.exact else "loss differs")))
+        return (f"{self.name}: {self.median_ms:.1f} ms (median ratio {self.median_ratio:.3f}, {self.wins}/"
+                f"{self.rounds} rounds faster, first call {self.first_call_s:.1f} s); {check}: {verdict}")
 
 
 @dataclass(frozen=True)
 class PrecisionCheck:
-    """What the mixed-precision candidate measured: the loss check's losses, its
-    worst deviation and bound, the two step times (ms, medians of paired rounds),
-    the verdict (``strategy``: what the bank now holds for the model) and the bank
-    outcome; ``reason`` says why a check could not run, or that the bank answered."""
+    """What the whole-model candidates of ``mode`` measured: the model as built
+    (``eager_ms``; ``losses_fp32``, its loss check's losses, when a mixed
+    candidate was checked), each candidate, the verdict (``strategy``: what the
+    bank now holds for the model) and the bank outcome; ``reason`` says why
+    nothing could be checked, or that the bank answered."""
 
     mode: str
-    steps: int
+    eager_ms: float
     losses_fp32: list[float]
-    losses_mixed: list[float]
-    worst_deviation: float
-    bound: float
-    fp32_ms: float
-    mixed_ms: float
-    median_ratio: float
-    wins: int
-    rounds: int
-    faster: bool
+    candidates: list[CandidateCheck]
     outcome: str = ""
     strategy: str = EAGER
     seconds: float = 0.0
     reason: str = field(default="")
 
     @property
-    def loss_ok(self) -> bool:
-        return math.isfinite(self.worst_deviation) and self.worst_deviation <= self.bound
-
-    @property
     def accepted(self) -> bool:
-        """Whether the candidate passed both tests (a hit: whether the bank holds it)."""
-        if self.outcome == "hit":
-            return self.strategy == STRATEGY
-        return self.loss_ok and self.faster and not self.reason
+        """Whether the bank holds a candidate for the model after this check."""
+        return self.strategy != EAGER
 
     def to_dict(self) -> dict[str, Any]:
-        return {"precision_mode": self.mode, "candidate": STRATEGY, "accepted": self.accepted,
-                "outcome": self.outcome, "strategy": self.strategy, "reason": self.reason,
-                "loss_check": {"steps": self.steps, "optimizer": f"AdamW(lr={CHECK_LR:g})",
-                               "same_data_and_weights": True, "losses_fp32": self.losses_fp32,
-                               "losses_mixed": self.losses_mixed,
-                               "worst_abs_deviation": _finite(self.worst_deviation), "bound": _finite(self.bound),
-                               "bound_rule": f"{BOUND:g} x initial fp32 loss", "passed": self.loss_ok},
-                "train_step_ms": {"fp32": _finite(self.fp32_ms), "mixed": _finite(self.mixed_ms),
-                                  "median_ratio": _finite(self.median_ratio),
-                                  "rounds_faster": f"{self.wins}/{self.rounds}", "faster": self.faster},
-                "check_time(s)": round(self.seconds, 3)}
+        return {"precision_mode": self.mode, "strategy": self.strategy, "accepted": self.accepted,
+                "outcome": self.outcome, "reason": self.reason, "eager_train_step_ms": _finite(self.eager_ms),
+                "losses_fp32": self.losses_fp32, "bound_rule": f"{BOUND:g} x initial fp32 loss",
+                "optimizer": f"AdamW(lr={CHECK_LR:g})", "same_data_and_weights": True,
+                "candidates": [c.to_dict() for c in self.candidates], "check_time(s)": round(self.seconds, 3)}
 
     def describe(self) -> str:
-        applied = "gdat-run --gdat-aoe-bank applies it" if self.strategy == STRATEGY else \
-            "gdat-run --gdat-aoe-bank keeps the model's dtypes"
+        """One line per candidate, then the verdict."""
+        applied = (f"gdat-run --gdat-aoe-bank applies {self.strategy}" if self.accepted else
+                   "gdat-run --gdat-aoe-bank runs the model as built")
         if self.outcome == "hit":
-            held = "accepted" if self.strategy == STRATEGY else "rejected"
-            return (f"mixed precision (bf16 autocast): {held} by an earlier check (train step {self.mixed_ms:.1f} "
-                    f"ms against {self.fp32_ms:.1f} ms, worst |loss difference| {self.worst_deviation:.4g} against "
-                    f"{self.bound:.4g}; REPEAT_TUNE=True checks again): {applied}")
+            return f"whole model in training: {self.strategy}, by an earlier check (REPEAT_TUNE=True checks again): " \
+                   f"{applied}"
         if self.reason:
-            return f"mixed precision (bf16 autocast): not checked ({self.reason}): {applied}"
-        loss = (f"loss check over {self.steps} steps: worst |loss difference| {self.worst_deviation:.4g} "
-                f"{'<=' if self.loss_ok else '>'} {self.bound:.4g} ({BOUND:g} x initial loss)")
-        speed = (f"train step {self.mixed_ms:.1f} ms against {self.fp32_ms:.1f} ms as built (median ratio "
-                 f"{self.median_ratio:.3f}, {self.wins}/{self.rounds} rounds faster)")
-        verdict = "accepted" if self.accepted else ("rejected: " + ("no faster" if self.loss_ok else "loss differs"))
-        return f"mixed precision (bf16 autocast): {speed}; {loss}: {verdict}: {applied}"
+            return f"whole model in training: not checked ({self.reason}): {applied}"
+        lines = [f"whole model in training, as built: {self.eager_ms:.1f} ms per step"]
+        lines += [f"  {c.describe()}" for c in self.candidates]
+        won = [c for c in self.candidates if c.name == self.strategy]
+        if won:
+            lines.append(f"  chosen: {self.strategy} ({won[0].median_ratio:.3f} x as built): {applied}")
+        else:
+            lines.append(f"  no candidate won (none both correct and faster by the sign test): {applied}")
+        return "\n".join(lines)
 
 
 def _finite(x: float) -> float | None:
@@ -238,68 +317,80 @@ def _losses(model: torch.nn.Module, forward: Callable[..., Any], inputs: list[to
     return losses
 
 
-def _train_step(forward: Callable[..., Any], inputs: list[torch.Tensor],
-                params: list[torch.Tensor]) -> Callable[[], Any]:
-    """One forward + backward of the loss check's objective (gradients returned, not stored)."""
+def _train_step(module: torch.nn.Module, inputs: list[torch.Tensor]) -> Callable[[], Any]:
+    """One forward + backward of the checks' objective (loss and gradients returned, not stored)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameter")
+
     def step() -> Any:
-        loss = training_loss(forward(*inputs), inputs)
-        return loss, torch.autograd.grad(loss, params, allow_unused=True)
+        loss = training_loss(module(*inputs), inputs)
+        return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
     return step
 
 
-def _number(d: Any, k: str) -> float:
-    """``d[k]`` as a float where ``d`` is a dict holding a finite number there, else NaN
-    (bank entries are read, never trusted)."""
-    v = d.get(k) if isinstance(d, dict) else None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return math.nan
+def _seeded(step: Callable[[], Any]) -> Any:
+    torch.manual_seed(0)
+    return step()
+
+
+def _check_one(model: torch.nn.Module, name: str, inputs: list[torch.Tensor], l32: list[float],
+               reference: Any) -> tuple[CandidateCheck, Callable[[], Any] | None]:
+    """A candidate's correctness check on a copy of ``model`` (first call timed:
+    it compiles), and the copy's training step for the timing rounds."""
+    exact = CANDIDATES[name]
     try:
-        f = float(v)
-    except OverflowError:
-        return math.nan
-    return f if math.isfinite(f) else math.nan
-
-
-def _from_payload(stored: dict[str, Any], mode: str) -> PrecisionCheck:
-    """The bank's verdict as a check that measured nothing (outcome ``hit``)."""
-    check = stored.get("check")
-    loss = check.get("loss_check") if isinstance(check, dict) else None
-    speed = check.get("train_step_ms") if isinstance(check, dict) else None
-    steps = _number(loss, "steps")
-    strategy = STRATEGY if stored.get("strategy") == STRATEGY else EAGER
-    return PrecisionCheck(mode, int(steps) if math.isfinite(steps) else 0, [], [], _number(loss, "worst_abs_deviation"),
-                          _number(loss, "bound"), _number(speed, "fp32"), _number(speed, "mixed"),
-                          _number(speed, "median_ratio"), 0, 0, strategy == STRATEGY, "hit", strategy,
-                          reason="the bank holds this model's verdict (REPEAT_TUNE=True measures again)")
-
-
-def _check(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, measure_cfg: MeasureConfig) -> PrecisionCheck:
-    """Both tests of the module docstring, on copies of ``model``; a model the
-    check cannot train or time is rejected with the reason."""
-    t0 = time.perf_counter()
-    try:
-        ref, mixed, timed = copy.deepcopy(model), copy.deepcopy(model), copy.deepcopy(model)
+        copied = copy.deepcopy(model)
+        install(copied, name)
+        t0 = time.perf_counter()
+        step = _train_step(copied, inputs)
+        got = _seeded(step)
+        first = time.perf_counter() - t0
+        if exact:
+            return CandidateCheck(name, True, error=relative_error(reference, got), first_call_s=first), step
+        mixed = copy.deepcopy(model)
+        install(mixed, name)
         torch.manual_seed(0)
-        l32 = _losses(ref, ref.forward, inputs)
-        torch.manual_seed(0)
-        lmix = _losses(mixed, _mixed(mixed), inputs)
-        params = [p for p in timed.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("the model has no trainable parameter")
-        steps = {EAGER: _train_step(timed.forward, inputs, params),
-                 STRATEGY: _train_step(_mixed(timed), inputs, params)}
-        timings = measure(steps, EAGER, measure_cfg)
-    except Exception as e:  # a model the check cannot run is a rejected candidate, not a failed tuning run
-        first = str(e).splitlines()[0] if str(e) else ""
-        return PrecisionCheck(mode, 0, [], [], math.inf, 0.0, math.nan, math.nan, math.nan, 0, 0, False,
-                              seconds=time.perf_counter() - t0, reason=f"{type(e).__name__}: {first}")
+        lmix = _losses(mixed, mixed, inputs)
+    except Exception as e:  # a candidate that cannot run is rejected, not a failed tuning run
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        return CandidateCheck(name, exact, reason=f"{type(e).__name__}: {first_line[:300]}"), None
     worst = max((abs(a - b) for a, b in zip(l32, lmix)), default=math.inf)
     if not all(math.isfinite(x) for x in l32 + lmix):
         worst = math.inf
-    comp = compare(timings[STRATEGY], timings[EAGER], measure_cfg)
-    return PrecisionCheck(mode, CHECK_STEPS, l32, lmix, worst, BOUND * abs(l32[0]), timings[EAGER].median_ms,
-                          timings[STRATEGY].median_ms, comp.median_ratio, comp.wins, comp.rounds, comp.beats,
-                          seconds=time.perf_counter() - t0)
+    return CandidateCheck(name, False, losses=lmix, worst_deviation=worst, bound=BOUND * abs(l32[0]),
+                          first_call_s=first), step
+
+
+def _check(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, names: list[str],
+           measure_cfg: MeasureConfig) -> PrecisionCheck:
+    """Every candidate's check (module docstring) on copies of ``model``, then the
+    model as built and every candidate that passed, timed side by side."""
+    t0 = time.perf_counter()
+    try:
+        ref = copy.deepcopy(model)
+        l32: list[float] = []
+        if any(not CANDIDATES[n] for n in names):
+            torch.manual_seed(0)
+            l32 = _losses(ref, ref.forward, inputs)
+        timed = copy.deepcopy(model)
+        eager = _train_step(timed, inputs)
+        reference = _seeded(eager)
+    except Exception as e:  # a model the check cannot train is reported, not a failed tuning run
+        first = str(e).splitlines()[0] if str(e) else ""
+        return PrecisionCheck(mode, math.nan, [], [], seconds=time.perf_counter() - t0,
+                              reason=f"{type(e).__name__}: {first[:300]}")
+    checked = [_check_one(model, n, inputs, l32, reference) for n in names]
+    steps = {EAGER: eager, **{c.name: step for c, step in checked if step is not None and c.correct}}
+    timings = measure(steps, EAGER, measure_cfg)
+    found = []
+    for c, _ in checked:
+        if c.name in timings:
+            comp = compare(timings[c.name], timings[EAGER], measure_cfg)
+            c = replace(c, median_ms=timings[c.name].median_ms, median_ratio=comp.median_ratio, wins=comp.wins,
+                        rounds=comp.rounds, faster=comp.beats)
+        found.append(c)
+    return PrecisionCheck(mode, timings[EAGER].median_ms, l32, found, seconds=time.perf_counter() - t0)
 
 
 def _key(module: torch.nn.Module, mode: str) -> dict[str, Any]:
@@ -307,46 +398,56 @@ def _key(module: torch.nn.Module, mode: str) -> dict[str, Any]:
                                                                          "mode": mode})
 
 
+def _stored_strategy(stored: Any, mode: str) -> str:
+    """The strategy a bank entry holds, where ``mode`` allows it (else eager: entries are read, never trusted)."""
+    strategy = stored.get("strategy") if isinstance(stored, dict) else None
+    return strategy if isinstance(strategy, str) and strategy in candidates_for(mode) else EAGER
+
+
 def tune_precision(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, bank_root: str, repeat: bool,
-                   measure_cfg: MeasureConfig) -> PrecisionCheck | None:
-    """The mixed-precision candidate of ``mode`` checked on copies of ``model``
-    (left unchanged) and recorded in the bank; ``None`` for :data:`KEEP`.  An entry
-    already in the bank is a hit unless ``repeat``.  The bank rule, with one
-    difference from the other items: a check that rejects the candidate the bank
-    holds replaces it (``update``), since the loss check is a safety gate, not only
-    a speed race; a check that could not run writes nothing."""
-    if mode == KEEP:
+                   measure_cfg: MeasureConfig, allowed: frozenset[str] | None = None) -> PrecisionCheck | None:
+    """The whole-model candidates ``mode`` allows (:func:`candidates_for`),
+    checked and timed on copies of ``model`` (left unchanged), the fastest that
+    passed its check and beat the model as built recorded in the bank; ``None``
+    when no candidate applies.  An entry already in the bank is a hit unless
+    ``repeat``.  The bank rule, with one difference from the other items: a check
+    that rejects the candidate the bank holds replaces it (``update``), since the
+    checks are a safety gate, not only a speed race; a check that could not run
+    writes nothing."""
+    names = candidates_for(mode, allowed)
+    if not names:
         return None
     kb = KnowledgeBase(bank_root, PRECISION)
     key = _key(model, mode)
     stored = kb.get(key)
     if stored is not None and not repeat:
-        return _from_payload(stored, mode)
-    found = _check(model, inputs, mode, measure_cfg)
+        return PrecisionCheck(mode, math.nan, [], [], "hit", _stored_strategy(stored, mode),
+                              reason="the bank holds this model's verdict")
+    found = _check(model, inputs, mode, names, measure_cfg)
     if found.reason:
-        held = _from_payload(stored, mode).strategy if stored is not None else EAGER
+        held = _stored_strategy(stored, mode) if stored is not None else EAGER
         return replace(found, outcome="unsatisfied" if stored is None else "reserved", strategy=held)
-    winner = STRATEGY if found.accepted else EAGER
-    payload = {"strategy": winner, "label": f"{type(model).__name__} whole model", "check": found.to_dict()}
+    winners = sorted((c for c in found.candidates if c.accepted), key=lambda c: c.median_ratio)
+    found = replace(found, strategy=winners[0].name if winners else EAGER)
+    payload = {"strategy": found.strategy, "label": f"{type(model).__name__} whole model", "check": found.to_dict()}
     settled = settle(kb, key, payload, found.accepted or stored is not None,
-                     lambda entry: entry.get("strategy") != winner)
-    return replace(found, outcome=settled.outcome, strategy=winner)
+                     lambda entry: entry.get("strategy") != found.strategy)
+    return replace(found, outcome=settled.outcome)
 
 
-def precision_entry(module: torch.nn.Module, bank_root: str) -> str:
-    """What an accepted mixed-precision entry for ``module`` under ``bank_root``
-    applies, in words; ``""`` when the bank holds none (or one that is not a usable
-    acceptance).  Reads, never changes, the module."""
-    stored = KnowledgeBase(bank_root, PRECISION).get(_key(module, MIXED_BF16))
-    if not isinstance(stored, dict) or stored.get("strategy") != STRATEGY:
-        return ""
-    held = _from_payload(stored, MIXED_BF16)
-    return (f"mixed precision (bf16 autocast, while training; its loss check: worst |loss difference| "
-            f"{held.worst_deviation:.4g} against {held.bound:.4g} over {held.steps} steps)")
+def precision_entry(module: torch.nn.Module, bank_root: str) -> tuple[str, str]:
+    """The whole-model strategy the bank under ``bank_root`` holds for ``module``
+    (the mixed-precision entry where it holds a candidate, else the exact one) and
+    what it applies, in words; ``("", "")`` when none.  Reads, never changes, the
+    module."""
+    kb = KnowledgeBase(bank_root, PRECISION)
+    for mode in (MIXED_BF16, KEEP):
+        strategy = _stored_strategy(kb.get(_key(module, mode)), mode)
+        if strategy != EAGER:
+            return strategy, f"{DESCRIPTIONS[strategy]} (checked by aoe --precision_mode {mode})"
+    return "", ""
 
 
-def apply_precision(module: torch.nn.Module) -> None:
-    """Wrap ``module``'s forward (as it is now, exact choices included) in
-    :class:`AutocastForward`, once."""
-    if not isinstance(module.forward, AutocastForward):
-        module.forward = _mixed(module)
+DESCRIPTIONS = {COMPILED: "the training forward compiled in segments (Inductor, exact)",
+                STRATEGY: "mixed precision (bf16 autocast, while training)",
+                MIXED_COMPILED: "mixed precision compiled in segments (bf16 autocast and Inductor, while training)"}

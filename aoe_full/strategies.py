@@ -53,12 +53,12 @@ from aoe_full.engines import engine_strategy_wrap, engine_unavailable_reason
 
 __all__ = ["Strategy", "OP_STRATEGIES", "SUBGRAPH_STRATEGIES", "DEFAULT", "op_strategies",
            "subgraph_strategies", "compile_unavailable_reason", "CompileBudget", "strategy_names",
-           "INDUCTOR_WHOLE"]
+           "INDUCTOR_WHOLE", "fresh_function"]
 
 DEFAULT = "eager"
 
 
-def _fresh(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
+def fresh_function(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
     """A new Python function that calls ``fn``, with its own code object (so
     Dynamo keeps a separate cache for it)."""
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -71,8 +71,8 @@ def _fresh(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
 def _compiled(mode: str | None = None, options: dict[str, Any] | None = None):
     def wrap(base: Callable[..., Any], skip: int, tag: str) -> Callable[..., Any]:
         if options is not None:
-            return torch.compile(_fresh(base, tag), options=options, dynamic=False)
-        return torch.compile(_fresh(base, tag), mode=mode, dynamic=False)
+            return torch.compile(fresh_function(base, tag), options=options, dynamic=False)
+        return torch.compile(fresh_function(base, tag), mode=mode, dynamic=False)
     return wrap
 
 

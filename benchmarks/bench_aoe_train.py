@@ -4,10 +4,12 @@
 the emulated network):
 
 1. ``aoe --job_type 1 --scene train`` tunes the model a training script builds, on
-   inputs of its training batch's shape (one thread, as each rank runs), with ``--precision_mode
-   allow_mix_precision_bf16``: one knowledge base holds the exact subgraph choices and
-   the mixed-precision verdict.  The exact-only bank is a copy without the precision
-   entries.  ``--model lm``: the Hugging Face GPT-2 LM of ``benchmarks/hf_lm.py``
+   inputs of its training batch's shape (one thread, as each rank runs): first with
+   the model's dtypes (the exact subgraph choices and whole-model candidate), which
+   is the exact-only bank, then, on a copy of it, with ``--precision_mode
+   allow_mix_precision_bf16`` (the subgraphs are bank hits; the whole-model
+   candidates include the mixed ones), which is the whole bank.  ``--model lm``: the
+   Hugging Face GPT-2 LM of ``benchmarks/hf_lm.py``
    (``gpt2_lm``, 13.8 M parameters; ``--batch`` x ``--size`` token ids);
    ``--model resnet18``: the ResNet-18 of ``benchmarks/resnet_train.py``
    (``resnet18``, torchvision's architecture, 11.7 M parameters; ``--batch`` images
@@ -38,7 +40,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from aoe_full.precision import BOUND, MIXED_BF16, PRECISION  # noqa: E402
+from aoe_full.precision import BOUND, KEEP, MIXED_BF16  # noqa: E402
 from benchmarks.bench_steady_state import BIN, launch  # noqa: E402
 from launch.testbed import emulated_network  # noqa: E402
 
@@ -54,10 +56,10 @@ def _model(args: argparse.Namespace) -> tuple[str, list[str], list[str]]:
                                f"x:{b},3,{n},{n}"], ["--batch", str(b), "--size", str(n)]
 
 
-def tune(args: argparse.Namespace, bank: str, work: str) -> str:
-    """Step 1: aoe's printout."""
+def tune(args: argparse.Namespace, bank: str, mode: str, work: str) -> str:
+    """Step 1: one aoe run in precision ``mode`` on ``bank``; its printout."""
     cmd = [os.path.join(BIN, "aoe"), "--job_type", "1", "--scene", "train", *_model(args)[1], "--threads", "1",
-           "--precision_mode", MIXED_BF16, "--compile_budget", str(args.compile_budget), "--rounds",
+           "--precision_mode", mode, "--compile_budget", str(args.compile_budget), "--rounds",
            str(args.rounds), "--output", work]
     done = subprocess.run(cmd, env={**os.environ, "TUNE_BANK_PATH": bank}, capture_output=True, text=True)
     if done.returncode != 0:
@@ -65,16 +67,13 @@ def tune(args: argparse.Namespace, bank: str, work: str) -> str:
     return done.stdout
 
 
-def train(args: argparse.Namespace, tmp: str, name: str, tuned: str | None, exact_only: bool = False,
-          compress: bool = False) -> dict:
+def train(args: argparse.Namespace, tmp: str, name: str, tuned: str | None, compress: bool = False) -> dict:
     """Step 2: one job on a fresh copy of the ``tuned`` bank (``None``: without
-    ``--gdat-aoe-bank``; ``exact_only``: without the precision entries), so that
-    every job tunes its buckets afresh; its step (ms), losses and what
-    ``--gdat-aoe-bank`` said."""
+    ``--gdat-aoe-bank``), so that every job tunes its buckets afresh; its step
+    (ms), losses and what ``--gdat-aoe-bank`` said."""
     bank = os.path.join(tmp, f"{name}_bank")
     if tuned is not None:
-        kinds = ("gdat", PRECISION) if exact_only else ("gdat",)  # gdat's own plans: tuned afresh in each job
-        shutil.copytree(tuned, bank, ignore=shutil.ignore_patterns(*kinds))
+        shutil.copytree(tuned, bank, ignore=shutil.ignore_patterns("gdat"))  # gdat's plans: tuned afresh
     gdat_args = (*(["--gdat-aoe-bank"] if tuned else []), *(["--gdat-compress", "bf16"] if compress else []))
     script, _, batch = _model(args)
     with emulated_network(args.rate) as net:
@@ -99,7 +98,8 @@ def main() -> int:
     p.add_argument("--compile_budget", type=float, default=180.0, help="aoe's compile budget (s)")
     p.add_argument("--compress", action="store_true", help="a fourth job: the whole bank under gdat-run "
                    "--gdat-compress bf16 (gdat may allreduce the exposed buckets in bf16)")
-    p.add_argument("--bank", default=None, help="use this tuned bank instead of running aoe")
+    p.add_argument("--bank", default=None, help=f"use the banks BANK/{KEEP} (exact) and BANK/{MIXED_BF16} (whole) "
+                   "instead of running aoe")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.size is None:
@@ -107,11 +107,16 @@ def main() -> int:
     if args.model == "lm" and args.size > 128:
         p.error("--size above 128 tokens: gpt2_lm, as aoe calls it, has 128 positions")
     with tempfile.TemporaryDirectory(prefix="gdat_aoe_train_") as tmp:
-        bank = args.bank or os.path.join(tmp, "bank")
-        printout = "" if args.bank else tune(args, bank, os.path.join(tmp, "aoe"))
+        exact = os.path.join(args.bank, KEEP) if args.bank else os.path.join(tmp, "exact")
+        bank = os.path.join(args.bank, MIXED_BF16) if args.bank else os.path.join(tmp, "bank")
+        printout = ""
+        if not args.bank:
+            printout = tune(args, exact, KEEP, os.path.join(tmp, "aoe"))
+            shutil.copytree(exact, bank)
+            printout += tune(args, bank, MIXED_BF16, os.path.join(tmp, "aoe"))
         print(printout, end="", flush=True)
         jobs = {"without the bank": train(args, tmp, "reference", None),
-                "exact-only bank": train(args, tmp, "exact", bank, exact_only=True),
+                "exact-only bank": train(args, tmp, "exact", exact),
                 "bank with mixed precision": train(args, tmp, "mixed", bank)}
         if args.compress:
             jobs["mixed precision, --gdat-compress bf16"] = train(args, tmp, "mixed_compress", bank, compress=True)

@@ -1,6 +1,8 @@
-"""Mixed precision as an opt-in whole-model candidate (``aoe --precision_mode
-allow_mix_precision_bf16``): its loss check, its bank entry, and its application to a
-model torch.fx cannot trace (a plain Hugging Face GPT-2 LM) by ``gdat-run --gdat-aoe-bank``."""
+"""The whole-model candidates of scene train: the forward compiled in segments
+(exact: checked on the loss and every gradient), mixed precision as an opt-in
+(``aoe --precision_mode allow_mix_precision_bf16``: checked on the training loss),
+their bank entries, and their application to a model torch.fx cannot trace (a plain
+Hugging Face GPT-2 LM) by ``gdat-run --gdat-aoe-bank``."""
 import glob
 import importlib.util
 import inspect
@@ -16,7 +18,8 @@ from aoe_full.apply import bank_transform  # noqa: E402
 from aoe_full.cli import main  # noqa: E402
 from aoe_full.measure import MeasureConfig  # noqa: E402
 from aoe_full.precision import (  # noqa: E402
-    BOUND, CHECK_STEPS, MIXED_BF16, PRECISION, AutocastForward, _key, precision_entry, training_loss, tune_precision)
+    BOUND, CHECK_STEPS, KEEP, MIXED_BF16, PRECISION, AutocastForward, _key, precision_entry,
+    training_loss, tune_precision)
 from gdat.bank.store import KnowledgeBase  # noqa: E402
 from tests.test_aoe_real_models import USER_GPT2  # noqa: E402
 
@@ -39,32 +42,34 @@ def test_the_check_trains_both_on_the_lm_objective_and_the_bank_keeps_its_verdic
     monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
     argv = ["--job_type", "2", "--model", f"{path}:lm", "--input_shape", "input_ids:2,16",
             "--input_dtype", "input_ids:int64", "--input_range", "input_ids:0,256", "--scene", "train",
-            "--candidates", "no_mkldnn", "--tune_ops_file", str(tmp_path / "ops.json"),
+            "--candidates", "no_mkldnn,autocast_bf16", "--tune_ops_file", str(tmp_path / "ops.json"),
             "--precision_mode", MIXED_BF16, "--rounds", "3", "--threads", "1", "--output", str(tmp_path / "out")]
     (tmp_path / "ops.json").write_text(json.dumps({"tune_ops_type": ["linear"]}))
     assert main(argv) == 0
     captured = capsys.readouterr()
     (result,) = glob.glob(str(tmp_path / "out" / "aoe_result_*.json"))
     with open(result) as f:
-        mixed = json.load(f)["OPAT"]["mixed_precision"]
-    check = mixed["loss_check"]
-    assert check["steps"] == CHECK_STEPS == len(check["losses_fp32"]) == len(check["losses_mixed"])
-    assert abs(check["losses_fp32"][0] - math.log(256)) < 0.3  # an untrained LM: about ln(vocabulary)
-    assert check["losses_fp32"][-1] < check["losses_fp32"][0] - 0.05  # it trains
-    worst = max(abs(a - b) for a, b in zip(check["losses_fp32"], check["losses_mixed"]))
+        whole = json.load(f)["OPAT"]["whole_model_train"]
+    (mixed,) = whole["candidates"]
+    check = mixed["check"]
+    assert mixed["candidate"] == "autocast_bf16" and not mixed["exact"]
+    assert CHECK_STEPS == len(whole["losses_fp32"]) == len(check["losses"])
+    assert abs(whole["losses_fp32"][0] - math.log(256)) < 0.3  # an untrained LM: about ln(vocabulary)
+    assert whole["losses_fp32"][-1] < whole["losses_fp32"][0] - 0.05  # it trains
+    worst = max(abs(a - b) for a, b in zip(whole["losses_fp32"], check["losses"]))
     assert check["worst_abs_deviation"] == pytest.approx(worst) and 0 < worst
-    assert check["bound"] == pytest.approx(BOUND * check["losses_fp32"][0])
+    assert check["bound"] == pytest.approx(BOUND * whole["losses_fp32"][0])
     assert check["passed"] == (worst <= check["bound"])
-    speed = mixed["train_step_ms"]
-    assert mixed["accepted"] == (check["passed"] and speed["faster"])
-    assert mixed["strategy"] == ("autocast_bf16" if mixed["accepted"] else "eager")
-    assert mixed["outcome"] == ("add" if mixed["accepted"] else "unsatisfied")
-    assert "[OPAT] mixed precision (bf16 autocast): train step" in captured.out
+    assert mixed["accepted"] == (check["passed"] and mixed["faster"])
+    assert whole["strategy"] == ("autocast_bf16" if mixed["accepted"] else "eager")
+    assert whole["outcome"] == ("add" if mixed["accepted"] else "unsatisfied")
+    assert "[OPAT] whole model in training, as built:" in captured.out
+    assert "  autocast_bf16: " in captured.out
     ((key, payload),) = list(KnowledgeBase(str(tmp_path / "bank"), PRECISION).entries())
-    assert key == _key(lm().train(), MIXED_BF16) and payload["strategy"] == mixed["strategy"]
+    assert key == _key(lm().train(), MIXED_BF16) and payload["strategy"] == whole["strategy"]
     assert main(argv) == 0
     again = capsys.readouterr().out
-    assert "earlier check" in again and "bank: hit" in again
+    assert "by an earlier check" in again and "bank: hit" in again
 
 
 def test_an_accepted_entry_runs_an_untraceable_lm_under_bf16_autocast(tmp_path, monkeypatch, capfd):
@@ -82,6 +87,7 @@ def test_an_accepted_entry_runs_an_untraceable_lm_under_bf16_autocast(tmp_path, 
     assert bank_transform(tuned) is tuned and isinstance(tuned.forward, AutocastForward)
     lines = capfd.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--gdat-aoe-bank: applied mixed precision (bf16 autocast" in lines[0], lines
+    assert f"checked by aoe --precision_mode {MIXED_BF16}" in lines[0]
     bank_transform(tuned)
     assert not isinstance(tuned.forward.forward, AutocastForward)
     assert inspect.signature(tuned.forward) == inspect.signature(plain.forward)
@@ -119,13 +125,15 @@ def test_a_recheck_that_rejects_withdraws_the_entry_and_a_check_that_cannot_run_
     kb = KnowledgeBase(bank, PRECISION)
     kb.put(_key(model, MIXED_BF16), {"strategy": "autocast_bf16", "check": {}})
     assert precision_entry(model, bank)
-    found = tune_precision(model, [x], MIXED_BF16, bank, True, MeasureConfig(rounds=3))
-    assert not found.loss_ok and not found.accepted and "loss differs" in found.describe()
+    only = frozenset({"autocast_bf16"})
+    found = tune_precision(model, [x], MIXED_BF16, bank, True, MeasureConfig(rounds=3), only)
+    (mixed,) = found.candidates
+    assert not mixed.correct and not found.accepted and "loss differs" in found.describe()
     assert (found.outcome, found.strategy) == ("update", "eager")
-    assert kb.get(_key(model, MIXED_BF16))["strategy"] == "eager" and not precision_entry(model, bank)
+    assert kb.get(_key(model, MIXED_BF16))["strategy"] == "eager" and precision_entry(model, bank) == ("", "")
     frozen = torch.nn.Linear(4, 4).requires_grad_(False)
     other = str(tmp_path / "other")
-    found = tune_precision(frozen, [torch.randn(2, 4)], MIXED_BF16, other, False, MeasureConfig(rounds=3))
+    found = tune_precision(frozen, [torch.randn(2, 4)], MIXED_BF16, other, False, MeasureConfig(rounds=3), only)
     assert found.reason.startswith("ValueError") and found.outcome == "unsatisfied" and not found.accepted
     assert "not checked" in found.describe() and not list(KnowledgeBase(other, PRECISION).entries())
 
@@ -139,7 +147,18 @@ def test_a_hostile_entry_neither_stops_the_job_nor_runs_unchecked_code(tmp_path,
                                                          {"strategy": "autocast_bf16", "check": check})
     assert bank_transform(model) is model and isinstance(model.forward, AutocastForward)
     (line,) = capfd.readouterr().err.strip().splitlines()
-    assert "applied mixed precision (bf16 autocast, while training" in line and "nan" in line
+    assert "applied mixed precision (bf16 autocast, while training)" in line
+
+
+@pytest.mark.parametrize("strategy", [None, 3, "os.system", "compiled"])
+def test_an_entry_naming_no_whole_model_candidate_applies_nothing(tmp_path, monkeypatch, capfd, strategy):
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
+    model = _AutocastSensitive().train()
+    forward = model.forward
+    for mode in (KEEP, MIXED_BF16):
+        KnowledgeBase(str(tmp_path / "bank"), PRECISION).put(_key(model, mode), {"strategy": strategy})
+    assert bank_transform(model) is model and model.forward == forward
+    assert "no scene-train entry" in capfd.readouterr().err
 
 
 def test_exact_choices_and_mixed_precision_apply_together_and_eval_runs_as_built(tmp_path, monkeypatch, capfd):

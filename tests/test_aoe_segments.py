@@ -1,0 +1,128 @@
+"""The exact whole-model candidate of scene train: a model's forward compiled by
+Inductor in segments cut at its repeated blocks (``aoe_full.segments``), on a
+Hugging Face GPT-2 LM with dropout (torch.fx cannot trace it)."""
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import aoe_full.segments as segments  # noqa: E402
+from aoe_full.measure import MeasureConfig, relative_error  # noqa: E402
+from aoe_full.precision import COMPILED, KEEP, PRECISION, install, training_loss, tune_precision  # noqa: E402
+from aoe_full.strategies import compile_unavailable_reason  # noqa: E402
+from gdat.bank.store import KnowledgeBase  # noqa: E402
+from tests.distributed import one_rank_group  # noqa: E402
+
+needs_compile = pytest.mark.skipif(compile_unavailable_reason() is not None,
+                                   reason=f"torch.compile cannot run here: {compile_unavailable_reason()}")
+
+
+def _lm() -> torch.nn.Module:
+    """A GPT-2 LM as a training script builds it: dropout 0.1 everywhere, cache on."""
+    import transformers
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=256, n_positions=64)).train()
+
+
+def _step(model: torch.nn.Module, ids: torch.Tensor, seed: int) -> tuple:
+    torch.manual_seed(seed)
+    loss = training_loss(model(ids), [ids])
+    return loss.detach(), torch.autograd.grad(loss, list(model.parameters()))
+
+
+def _compiled_backwards(loss: torch.Tensor) -> int:
+    """How many compiled graphs' backward nodes the autograd graph of ``loss`` holds."""
+    seen, todo, found = set(), [loss.grad_fn], 0
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        found += "CompiledFunctionBackward" in type(node).__name__
+        todo.extend(n for n, _ in node.next_functions)
+    return found
+
+
+def test_repeated_blocks_are_the_elements_of_containers_of_one_user_class():
+    assert [p for p, _ in segments.repeated_blocks(_lm())] == ["transformer.h.0", "transformer.h.1"]
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))  # torch.nn's own layers: no blocks
+    assert segments.repeated_blocks(plain) == []
+
+
+@needs_compile
+def test_compiled_segments_give_eager_training_step_with_dropout_and_keep_one_backward_per_block(tmp_path):
+    """The check aoe runs (loss and every gradient from the same seed, within the
+    fp32 tolerance) passes with dropout active, because the segments draw eager's
+    masks; the backward is one compiled graph per block and per stretch between
+    blocks, so DDP can still reduce the last block's gradients while the first
+    runs; under DDP the gradients stay eager's; in eval mode the forward is the
+    model's own."""
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    found = tune_precision(_lm(), [ids], KEEP, str(tmp_path / "bank"), False, MeasureConfig(rounds=3),
+                           frozenset({COMPILED}))
+    (candidate,) = found.candidates
+    assert candidate.exact and 0 <= candidate.error <= 1.0, found.describe()
+    assert found.to_dict()["candidates"][0]["check"]["relative_error"] == candidate.error
+    assert found.outcome == ("add" if candidate.accepted else "unsatisfied")
+    stored = KnowledgeBase(str(tmp_path / "bank"), PRECISION).entries()
+    assert [payload["strategy"] for _, payload in stored] == ([COMPILED] if candidate.accepted else ["eager"])
+
+    plain, tuned = _lm(), _lm()
+    install(tuned, COMPILED)
+    assert isinstance(tuned.forward, segments.SegmentedForward)
+    assert relative_error(_step(plain, ids, 5), _step(tuned, ids, 5)) <= 1.0
+    assert relative_error(_step(plain, ids, 5), _step(plain, ids, 6)) > 1.0  # dropout is active: masks matter
+    torch.manual_seed(5)
+    assert _compiled_backwards(training_loss(tuned(ids), [ids])) >= 2 + 1
+    with one_rank_group():
+        ddp_plain, ddp_tuned = (torch.nn.parallel.DistributedDataParallel(m) for m in (plain, tuned))
+        for m in (ddp_plain, ddp_tuned):
+            torch.manual_seed(7)
+            training_loss(m(ids), [ids]).backward()
+        assert relative_error([p.grad for p in plain.parameters()], [p.grad for p in tuned.parameters()]) <= 1.0
+    plain.eval(), tuned.eval()
+    assert torch.equal(plain(ids).logits, tuned(ids).logits)
+
+
+def test_a_compile_that_fails_leaves_the_model_as_built_with_one_warning(monkeypatch):
+    def failing(forward, tag):
+        def call(*args, **kwargs):
+            raise RuntimeError("InductorError: no C++ compiler on this node")
+        return call
+
+    monkeypatch.setattr(segments, "_compile", failing)
+    ids = torch.randint(0, 256, (2, 16))
+    plain, tuned = _lm(), _lm()
+    install(tuned, COMPILED)
+    with pytest.warns(RuntimeWarning, match="compiled segments switched off.*no C\\+\\+ compiler"):
+        torch.manual_seed(2)
+        out = tuned(ids).logits
+    torch.manual_seed(2)
+    assert torch.equal(out, plain(ids).logits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tuned(ids)
+
+
+def test_gdat_run_applies_an_exact_entry_and_the_mixed_one_before_it(tmp_path, monkeypatch, capfd):
+    """``--gdat-aoe-bank`` installs the compiled segments from the exact entry, and
+    the mixed mode's entry instead where it holds a candidate (one line each)."""
+    from aoe_full.apply import bank_transform
+    from aoe_full.precision import MIXED_BF16, MIXED_COMPILED, AutocastForward, _key
+
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
+    kb = KnowledgeBase(str(tmp_path / "bank"), PRECISION)
+    kb.put(_key(_lm(), KEEP), {"strategy": COMPILED})
+    model = bank_transform(_lm())
+    assert isinstance(model.forward, segments.SegmentedForward)
+    assert all(isinstance(b.forward, segments._BlockForward) for b in model.transformer.h)
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert "--gdat-aoe-bank: applied the training forward compiled in segments (Inductor, exact)" in line
+    kb.put(_key(_lm(), MIXED_BF16), {"strategy": MIXED_COMPILED})
+    model = bank_transform(_lm())
+    assert isinstance(model.forward, AutocastForward) and isinstance(model.forward.forward, segments.SegmentedForward)
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert "applied mixed precision compiled in segments" in line
