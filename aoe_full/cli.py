@@ -209,7 +209,7 @@ def _run_tuning(job: _TuneJob) -> None:
             allowed = frozenset(n for n in (allowed or CANDIDATES) if COMPILED not in n)
             print(f"[{job.mode.upper()}] whole model in training: compiled candidates skipped (--compile_budget "
                   f"{job.cfg.compile_budget_s:g} s spent)", file=sys.stderr, flush=True)
-        names = candidates_for(job.precision, allowed)
+        names = candidates_for(job.precision, allowed, job.built)
         if names:
             print(f"[{job.mode.upper()}] whole model in training: checking {', '.join(names)} and timing "
                   f"{job.cfg.measure.rounds} rounds...", file=sys.stderr, flush=True)

@@ -71,7 +71,8 @@ from gdat.core.device import device_type_of
 from gdat.errors import UsageError
 
 __all__ = ["PRECISION", "KEEP", "MIXED_BF16", "PRECISION_MODES", "CHECK_STEPS", "CHECK_LR", "BOUND", "COMPILED",
-           "MIXED_COMPILED", "CANDIDATES", "candidates_for", "check_precision_mode", "module_signature",
+           "MIXED_COMPILED", "CHANNELS_LAST", "MIXED_CHANNELS_LAST", "CANDIDATES", "candidates_for",
+           "check_precision_mode", "module_signature",
            "training_loss", "AutocastForward", "install", "CandidateCheck", "PrecisionCheck", "tune_precision",
            "precision_entry"]
 
@@ -82,6 +83,8 @@ PRECISION_MODES = (KEEP, MIXED_BF16)
 STRATEGY = "autocast_bf16"
 COMPILED = "compiled_segments"
 MIXED_COMPILED = "autocast_bf16_compiled_segments"
+CHANNELS_LAST = "channels_last_weights"
+MIXED_CHANNELS_LAST = "autocast_bf16_channels_last_weights"
 CHECK_STEPS = 20
 CHECK_LR = 1e-4
 BOUND = 0.02
@@ -169,30 +172,45 @@ def _param_dtype(module: torch.nn.Module) -> torch.dtype:
 
 
 #: Whole-model candidates: name -> whether it computes in the model's dtypes (exact).
-CANDIDATES: dict[str, bool] = {COMPILED: True, STRATEGY: False, MIXED_COMPILED: False}
+CANDIDATES: dict[str, bool] = {COMPILED: True, CHANNELS_LAST: True, STRATEGY: False, MIXED_COMPILED: False,
+                               MIXED_CHANNELS_LAST: False}
 
 
-def candidates_for(mode: str, allowed: frozenset[str] | None = None) -> list[str]:
+def _has_images(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds a 4-D floating parameter (a 2-D convolution's weight)."""
+    return any(p.dim() == 4 and p.is_floating_point() for p in module.parameters())
+
+
+def candidates_for(mode: str, allowed: frozenset[str] | None = None,
+                   module: torch.nn.Module | None = None) -> list[str]:
     """The whole-model candidates ``mode`` allows (exact ones always, mixed ones
-    only under :data:`MIXED_BF16`), restricted to ``allowed`` (``--candidates``)
-    and to those that can run here (compiled ones need Dynamo and a C++ compiler)."""
+    only under :data:`MIXED_BF16`), restricted to ``allowed`` (``--candidates``),
+    to those that can run here (compiled ones need Dynamo and a C++ compiler) and,
+    given ``module``, to those that change it (channels-last ones need a 4-D
+    parameter)."""
     from aoe_full.strategies import compile_unavailable_reason
     names = [n for n, exact in CANDIDATES.items() if exact or mode == MIXED_BF16]
     if compile_unavailable_reason() is not None:
         names = [n for n in names if COMPILED not in n]
+    if module is not None and not _has_images(module):
+        names = [n for n in names if CHANNELS_LAST not in n]
     return [n for n in names if allowed is None or n in allowed]
 
 
 def install(module: torch.nn.Module, strategy: str) -> None:
     """Run ``module``'s training forward (as it is now, exact choices included) as
-    ``strategy`` says, in place, once: :data:`COMPILED` compiles it in segments
-    (:mod:`aoe_full.segments`); :data:`STRATEGY` wraps it in bf16 autocast;
-    :data:`MIXED_COMPILED` does both (autocast outside)."""
+    ``strategy`` says, in place, once: ``channels_last_weights`` stores its 4-D parameters
+    and buffers channels-last (``Module.to(memory_format=...)``: the same tensors,
+    so convolutions run in the NHWC layout), ``compiled_segments`` compiles the
+    forward in segments (:mod:`aoe_full.segments`), ``autocast_bf16`` wraps it in
+    bf16 autocast (outermost)."""
     if isinstance(module.forward, (AutocastForward, SegmentedForward)):
         return
-    if strategy in (COMPILED, MIXED_COMPILED):
+    if CHANNELS_LAST in strategy:
+        module.to(memory_format=torch.channels_last)
+    if COMPILED in strategy:
         module.forward = compile_segments(module)
-    if strategy in (STRATEGY, MIXED_COMPILED):
+    if strategy.startswith(STRATEGY):
         module.forward = AutocastForward(module.forward, torch.bfloat16, _param_dtype(module))
 
 
@@ -414,7 +432,7 @@ def tune_precision(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str
     that rejects the candidate the bank holds replaces it (``update``), since the
     checks are a safety gate, not only a speed race; a check that could not run
     writes nothing."""
-    names = candidates_for(mode, allowed)
+    names = candidates_for(mode, allowed, model)
     if not names:
         return None
     kb = KnowledgeBase(bank_root, PRECISION)
@@ -450,4 +468,6 @@ def precision_entry(module: torch.nn.Module, bank_root: str) -> tuple[str, str]:
 
 DESCRIPTIONS = {COMPILED: "the training forward compiled in segments (Inductor, exact)",
                 STRATEGY: "mixed precision (bf16 autocast, while training)",
-                MIXED_COMPILED: "mixed precision compiled in segments (bf16 autocast and Inductor, while training)"}
+                MIXED_COMPILED: "mixed precision compiled in segments (bf16 autocast and Inductor, while training)",
+                CHANNELS_LAST: "convolutions in the channels-last layout (exact)",
+                MIXED_CHANNELS_LAST: "mixed precision in the channels-last layout (bf16 autocast, while training)"}

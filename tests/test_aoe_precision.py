@@ -203,3 +203,25 @@ def test_a_bank_plug_in_that_fails_leaves_the_job_running_on_the_model_as_built(
     assert gdat.ddp._aoe_bank(model) is model
     (line,) = capfd.readouterr().err.strip().splitlines()
     assert "--gdat-aoe-bank: the bank could not be applied (RuntimeError: corrupt bank)" in line
+
+
+def test_channels_last_weights_are_offered_to_convolutional_models_only_and_keep_the_parameters(tmp_path):
+    """The layout candidate changes how the same parameters are stored, not which
+    parameters there are: its exact check runs (loss and every gradient) and the
+    installed model keeps its state_dict keys and values."""
+    from aoe_full.precision import CHANNELS_LAST, candidates_for, install
+    from aoe_full.sample_models import small_convnet
+
+    assert CHANNELS_LAST not in candidates_for(KEEP, module=torch.nn.Linear(4, 4))
+    assert CHANNELS_LAST in candidates_for(KEEP, module=small_convnet())
+    x = torch.randn(4, 3, 16, 16)
+    found = tune_precision(small_convnet().train(), [x], KEEP, str(tmp_path / "bank"), False,
+                           MeasureConfig(rounds=3), frozenset({CHANNELS_LAST}))
+    (candidate,) = found.candidates
+    assert candidate.exact and math.isfinite(candidate.error) and candidate.reason == ""
+    plain, tuned = small_convnet(), small_convnet()
+    install(tuned, CHANNELS_LAST)
+    conv = next(p for p in tuned.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.state_dict().keys() == tuned.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), tuned.state_dict().values()))
