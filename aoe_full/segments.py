@@ -9,8 +9,10 @@ backward keeps the block structure that DDP's buckets overlap with:
   ``ModuleList``/``Sequential`` holding at least two modules of one class that is
   not part of ``torch.nn`` (a transformer's layers, a ResNet's residual blocks);
 * each block's forward is compiled on its own, and the model's forward is compiled
-  with a graph break at every block call, so the code between blocks (embeddings,
-  the head and the loss) is compiled too, one graph per stretch;
+  with a graph break at every block call, so the code around the blocks is compiled
+  where Dynamo can resume after a break (a head, a loss); a function that calls the
+  blocks in a loop runs its own code eagerly (Dynamo's rule for a break inside a
+  loop), its blocks still compiled;
 * a segment's backward returns its gradients when it ends, so the gradients of the
   last block are ready while the earlier blocks still run backward.
 

@@ -207,8 +207,8 @@ def test_a_bank_plug_in_that_fails_leaves_the_job_running_on_the_model_as_built(
 
 def test_channels_last_weights_are_offered_to_convolutional_models_only_and_keep_the_parameters(tmp_path):
     """The layout candidate changes how the same parameters are stored, not which
-    parameters there are: its exact check runs (loss and every gradient) and the
-    installed model keeps its state_dict keys and values."""
+    parameters there are: its exact check runs (loss and every gradient), the bank
+    keeps the verdict, and the installed model keeps its state_dict keys and values."""
     from aoe_full.precision import CHANNELS_LAST, candidates_for, install
     from aoe_full.sample_models import small_convnet
 
@@ -219,6 +219,12 @@ def test_channels_last_weights_are_offered_to_convolutional_models_only_and_keep
                            MeasureConfig(rounds=3), frozenset({CHANNELS_LAST}))
     (candidate,) = found.candidates
     assert candidate.exact and math.isfinite(candidate.error) and candidate.reason == ""
+    assert candidate.correct == (candidate.error <= 1.0)
+    assert found.to_dict()["candidates"][0]["check"]["relative_error"] == candidate.error
+    assert found.outcome == ("add" if candidate.accepted else "unsatisfied")
+    (_, payload), = KnowledgeBase(str(tmp_path / "bank"), PRECISION).entries()
+    assert payload["strategy"] == found.strategy == (CHANNELS_LAST if candidate.accepted else "eager")
+    assert payload["check"]["strategy"] == found.strategy
     plain, tuned = small_convnet(), small_convnet()
     install(tuned, CHANNELS_LAST)
     conv = next(p for p in tuned.parameters() if p.dim() == 4)

@@ -9,8 +9,8 @@ import torch
 pytest.importorskip("transformers")
 
 import aoe_full.segments as segments  # noqa: E402
-from aoe_full.measure import MeasureConfig, relative_error  # noqa: E402
-from aoe_full.precision import COMPILED, KEEP, PRECISION, install, training_loss, tune_precision  # noqa: E402
+from aoe_full.measure import relative_error  # noqa: E402
+from aoe_full.precision import COMPILED, KEEP, PRECISION, install, training_loss  # noqa: E402
 from aoe_full.strategies import compile_unavailable_reason  # noqa: E402
 from gdat.bank.store import KnowledgeBase  # noqa: E402
 from tests.distributed import one_rank_group  # noqa: E402
@@ -53,23 +53,14 @@ def test_repeated_blocks_are_the_elements_of_containers_of_one_user_class():
 
 
 @needs_compile
-def test_compiled_segments_give_eager_training_step_with_dropout_and_keep_one_backward_per_block(tmp_path):
+def test_compiled_segments_give_eager_training_step_with_dropout_and_keep_one_backward_per_block():
     """The check aoe runs (loss and every gradient from the same seed, within the
     fp32 tolerance) passes with dropout active, because the segments draw eager's
-    masks; the backward is one compiled graph per block and per stretch between
-    blocks, so DDP can still reduce the last block's gradients while the first
-    runs; under DDP the gradients stay eager's; in eval mode the forward is the
+    masks; the backward is one compiled graph per block and more for the code
+    around them (the head and loss), so DDP can still reduce the last block's
+    gradients while the first runs; under DDP the gradients stay eager's; in eval mode the forward is the
     model's own."""
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
-    found = tune_precision(_lm(), [ids], KEEP, str(tmp_path / "bank"), False, MeasureConfig(rounds=3),
-                           frozenset({COMPILED}))
-    (candidate,) = found.candidates
-    assert candidate.exact and 0 <= candidate.error <= 1.0, found.describe()
-    assert found.to_dict()["candidates"][0]["check"]["relative_error"] == candidate.error
-    assert found.outcome == ("add" if candidate.accepted else "unsatisfied")
-    stored = KnowledgeBase(str(tmp_path / "bank"), PRECISION).entries()
-    assert [payload["strategy"] for _, payload in stored] == ([COMPILED] if candidate.accepted else ["eager"])
-
     plain, tuned = _lm(), _lm()
     install(tuned, COMPILED)
     assert isinstance(tuned.forward, segments.SegmentedForward)
