@@ -71,6 +71,14 @@ def _compile(forward: Callable[..., Any], tag: str) -> Callable[..., Any]:
     return torch.compile(fresh_function(forward, f"segment_{tag}"), options=INDUCTOR_OPTIONS)
 
 
+#: Dynamo compiles the frames between a graph break and a block's forward (a
+#: block class's own ``__call__``) once per block instance, in one code object's
+#: cache: while the model runs, that cache may hold this many entries per block
+#: (copies of a model, as aoe's checks make, add theirs), instead of Dynamo's 8 in
+#: all, past which it would warn and leave the frame uncompiled.
+_FRAMES_PER_BLOCK = 8
+
+
 class _Switch:
     """Whether the compiled segments are in use (``False`` after a failed compile)."""
 
@@ -112,6 +120,7 @@ class SegmentedForward:
         for block in blocks:
             block.forward = _BlockForward(block, self.switch)
         self.compiled: Callable[..., Any] | None = None
+        self.frame_limit = _FRAMES_PER_BLOCK * (len(blocks) + 1)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "compiled": None}  # a copy compiles its own
@@ -120,8 +129,13 @@ class SegmentedForward:
         owner = getattr(self.forward, "__self__", None)
         if not self.switch.on or (isinstance(owner, torch.nn.Module) and not owner.training):
             return self.forward(*args, **kwargs)
-        if self.compiled is not None:
-            return self.compiled(*args, **kwargs)
+        limit = max(torch._dynamo.config.recompile_limit, self.frame_limit)
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            if self.compiled is not None:
+                return self.compiled(*args, **kwargs)
+            return self._first_call(*args, **kwargs)
+
+    def _first_call(self, *args: Any, **kwargs: Any) -> Any:
         compiled = _compile(self.forward, "model")
         try:
             out = compiled(*args, **kwargs)
