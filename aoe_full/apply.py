@@ -10,7 +10,7 @@ call's shapes at run time, and a call with shapes no entry covers runs the
 default.  Subgraph entries take precedence over operator entries inside them,
 and an entry for the whole model (SGAT's whole-model item) over every other.
 
-The whole-model training candidates (:mod:`aoe_full.precision`: the forward
+The whole-model training candidates (:mod:`aoe_full.whole_model`: the forward
 compiled in segments, and with ``aoe --precision_mode allow_mix_precision_bf16``
 bf16 autocast) are matched by the module's signature, not by a trace, so they
 apply to models torch.fx cannot trace too, around the forward the other choices
@@ -29,7 +29,7 @@ from aoe_full.errors import TraceError
 from aoe_full.graph_capture import trace
 from aoe_full.operators import classify, static_identity
 from aoe_full.partition import partition, structure_hash, whole_graph
-from aoe_full.precision import install, precision_entry
+from aoe_full.whole_model import install, whole_model_entry
 from aoe_full.signature import from_json
 from gdat import options
 from gdat.core import log
@@ -84,7 +84,7 @@ def _apply(module: torch.nn.Module, root: str) -> tuple[str, str]:
     what was applied, in words (``""`` when no entry matches), and why the
     operator/subgraph bank was not applied (``""`` when it was, or held nothing
     for the module: torch.fx cannot trace it)."""
-    whole, said = precision_entry(module, root)
+    whole, said = whole_model_entry(module, root)
     try:
         choices = bank_choices(module, root)
         untraced = ""

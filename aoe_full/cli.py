@@ -33,13 +33,14 @@ from aoe_full.offline import OfflineResult, package_strategy, write_package
 from aoe_full.opat import tune_operators
 from aoe_full.operators import KINDS, tunable_nodes
 from aoe_full.pipeline import SCENES, TuneConfig, TuningRun, set_mode
-from aoe_full.precision import (CANDIDATES, COMPILED, KEEP, PrecisionCheck, candidates_for, check_precision_mode,
-                                tune_precision)
+from aoe_full.precision import KEEP, check_precision_mode
 from aoe_full.progress import ProgressBar
 from aoe_full.report import result_section, tuning_result
 from aoe_full.sgat import tune_subgraphs
 from aoe_full.strategies import strategy_names
 from aoe_full.tuned_model import header_path, save_tuned
+from aoe_full.whole_model import (CANDIDATES, COMPILED, WHOLE_MODEL, WholeModelCheck, candidates_for,
+                                  tune_whole_model)
 from gdat import options
 from gdat.core.jsonio import read_json
 from gdat.errors import GdatError, UsageError
@@ -202,7 +203,7 @@ def _run_tuning(job: _TuneJob) -> None:
     tune = tune_operators if job.mode == "opat" else tune_subgraphs
     arg_names = [s.name for s in job.specs]
     run = tune(job.model, job.inputs, arg_names, job.cfg, bar)
-    precision = None
+    whole = None
     if job.cfg.scene == "train":
         allowed = job.cfg.candidates
         if run.compile_spent_s >= job.cfg.compile_budget_s:
@@ -213,20 +214,20 @@ def _run_tuning(job: _TuneJob) -> None:
         if names:
             print(f"[{job.mode.upper()}] whole model in training: checking {', '.join(names)} and timing "
                   f"{job.cfg.measure.rounds} rounds...", file=sys.stderr, flush=True)
-        precision = tune_precision(job.built, job.inputs, job.precision, job.cfg.bank_root, job.cfg.repeat,
+        whole = tune_whole_model(job.built, job.inputs, job.precision, job.cfg.bank_root, job.cfg.repeat,
                                    job.cfg.measure, allowed)
     result_dir = os.path.join(job.output, "aoe_workspace", name, "tunespace", "result")
     tuned_path = os.path.join(result_dir, f"{name}_tune.pt")
     save_tuned(tuned_path, run, job.source, job.capture, job.specs, job.model)
     offline = _offline(job, run, os.path.join(result_dir, f"{name}_tune.pt2"))
     section = result_section(run, tuned_path, offline)
-    section["whole_model_train"] = None if precision is None else precision.to_dict()
+    section["whole_model_train"] = None if whole is None else whole.to_dict()
     result = write_result(job.output, job.mode, name, run.tuning_time_s, section)
-    _print_summary(job, run, tuned_path, offline, result, precision)
+    _print_summary(job, run, tuned_path, offline, result, whole)
 
 
 def _print_summary(job: _TuneJob, run: TuningRun, tuned_path: str, offline: OfflineResult,
-                   result: str, precision: PrecisionCheck | None) -> None:
+                   result: str, whole: WholeModelCheck | None) -> None:
     s = run.summary
     what = "operators" if job.mode == "opat" else "subgraphs"
     tag = f"[{job.mode.upper()}]"
@@ -247,9 +248,9 @@ def _print_summary(job: _TuneJob, run: TuningRun, tuned_path: str, offline: Offl
         print(f"  load with: aoe_full.load_tuned({offline.path!r})")
     elif job.cfg.scene == "infer":
         print(f"offline model: none ({offline.reason})")
-    if precision is not None:
-        print(f"{tag} {precision.describe()}; bank: {precision.outcome} "
-              f"({os.path.join(job.cfg.bank_root, 'precision')})")
+    if whole is not None:
+        print(f"{tag} {whole.describe()}; bank: {whole.outcome} "
+              f"({os.path.join(job.cfg.bank_root, WHOLE_MODEL)})")
     print(f"result file: {result}")
     print(f"knowledge base: {os.path.join(job.cfg.bank_root, job.mode)}")
     print("Aoe process finished")

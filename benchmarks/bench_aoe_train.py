@@ -122,8 +122,9 @@ def main() -> int:
             jobs["mixed precision, --gdat-compress bf16"] = train(args, tmp, "mixed_compress", bank, compress=True)
     ref = jobs["without the bank"]
     bound = BOUND * ref["losses"][0]
-    print(f"\n{args.model}, 2 ranks at {args.rate}, batch {args.batch}, size {args.size}, {args.steps} steps; step = median "
-          f"of the last {args.last}; loss = mean of the last 5 (bound {bound:.4f} = {BOUND:g} x first loss)")
+    print(f"\n{args.model}, 2 ranks at {args.rate}, batch {args.batch}, size {args.size}, {args.steps} steps; "
+          f"step = median of the last {args.last}; loss = mean of the last 5 (bound {bound:.4f} = {BOUND:g} x first "
+          f"loss)")
     print(f"{'job':<28} {'step ms':>9} {'ratio':>7} {'loss':>8} {'loss diff':>10}")
     for name, j in jobs.items():
         j["ratio"] = j["step_ms"] / ref["step_ms"]

@@ -108,7 +108,8 @@ class GdatConfig:
     * ``warmup_steps``: steps before any measurement (DDP rebuilds buckets at step 1).
     * ``top_k``: candidate plans measured on real steps.
     * ``launcher``: ``torchrun`` or ``mpi`` (rank and rendezvous from MPI).
-    * ``aoe_bank``: apply aoe_full's banks (operators, subgraphs, opted-in mixed precision) to the model before DDP wraps it.
+    * ``aoe_bank``: apply aoe_full's banks (operators, subgraphs, the whole model's training candidate) to the
+      model before DDP wraps it.
     * ``plan``: a plan file (``gdat simulate --save-plan``, or a report's chosen plan) to apply
       instead of tuning.
     * ``compress``: allow lossy candidates that allreduce chosen buckets in ``bf16`` or ``fp16``

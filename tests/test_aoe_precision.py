@@ -1,5 +1,6 @@
-"""The whole-model candidates of scene train: the forward compiled in segments
-(exact: checked on the loss and every gradient), mixed precision as an opt-in
+"""The whole-model candidates of scene train (``aoe_full.whole_model``): the forward
+compiled in segments and channels-last weights (exact: checked on the loss and every
+gradient), mixed precision as an opt-in
 (``aoe --precision_mode allow_mix_precision_bf16``: checked on the training loss),
 their bank entries, and their application to a model torch.fx cannot trace (a plain
 Hugging Face GPT-2 LM) by ``gdat-run --gdat-aoe-bank``."""
@@ -17,9 +18,8 @@ pytest.importorskip("transformers")
 from aoe_full.apply import bank_transform  # noqa: E402
 from aoe_full.cli import main  # noqa: E402
 from aoe_full.measure import MeasureConfig  # noqa: E402
-from aoe_full.precision import (  # noqa: E402
-    BOUND, CHECK_STEPS, KEEP, MIXED_BF16, PRECISION, AutocastForward, _key, precision_entry,
-    training_loss, tune_precision)
+from aoe_full.precision import BOUND, CHECK_STEPS, KEEP, MIXED_BF16, AutocastForward, training_loss  # noqa: E402
+from aoe_full.whole_model import WHOLE_MODEL, _key, tune_whole_model, whole_model_entry  # noqa: E402
 from gdat.bank.store import KnowledgeBase  # noqa: E402
 from tests.test_aoe_real_models import USER_GPT2  # noqa: E402
 
@@ -65,7 +65,7 @@ def test_the_check_trains_both_on_the_lm_objective_and_the_bank_keeps_its_verdic
     assert whole["outcome"] == ("add" if mixed["accepted"] else "unsatisfied")
     assert "[OPAT] whole model in training, as built:" in captured.out
     assert "  autocast_bf16: " in captured.out
-    ((key, payload),) = list(KnowledgeBase(str(tmp_path / "bank"), PRECISION).entries())
+    ((key, payload),) = list(KnowledgeBase(str(tmp_path / "bank"), WHOLE_MODEL).entries())
     assert key == _key(lm().train(), MIXED_BF16) and payload["strategy"] == whole["strategy"]
     assert main(argv) == 0
     again = capsys.readouterr().out
@@ -80,7 +80,7 @@ def test_an_accepted_entry_runs_an_untraceable_lm_under_bf16_autocast(tmp_path, 
     _, lm = _factory(tmp_path)
     monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
     check = {"loss_check": {"worst_abs_deviation": 0.01, "bound": 0.11, "steps": CHECK_STEPS}}
-    KnowledgeBase(str(tmp_path / "bank"), PRECISION).put(_key(lm().train(), MIXED_BF16),
+    KnowledgeBase(str(tmp_path / "bank"), WHOLE_MODEL).put(_key(lm().train(), MIXED_BF16),
                                                          {"strategy": "autocast_bf16", "check": check})
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
     plain, tuned = lm().train(), lm().train()
@@ -122,20 +122,20 @@ class _AutocastSensitive(torch.nn.Module):
 def test_a_recheck_that_rejects_withdraws_the_entry_and_a_check_that_cannot_run_writes_nothing(tmp_path):
     bank = str(tmp_path / "bank")
     model, x = _AutocastSensitive().train(), torch.randn(8, 32)
-    kb = KnowledgeBase(bank, PRECISION)
+    kb = KnowledgeBase(bank, WHOLE_MODEL)
     kb.put(_key(model, MIXED_BF16), {"strategy": "autocast_bf16", "check": {}})
-    assert precision_entry(model, bank)
+    assert whole_model_entry(model, bank)
     only = frozenset({"autocast_bf16"})
-    found = tune_precision(model, [x], MIXED_BF16, bank, True, MeasureConfig(rounds=3), only)
+    found = tune_whole_model(model, [x], MIXED_BF16, bank, True, MeasureConfig(rounds=3), only)
     (mixed,) = found.candidates
     assert not mixed.correct and not found.accepted and "loss differs" in found.describe()
     assert (found.outcome, found.strategy) == ("update", "eager")
-    assert kb.get(_key(model, MIXED_BF16))["strategy"] == "eager" and precision_entry(model, bank) == ("", "")
+    assert kb.get(_key(model, MIXED_BF16))["strategy"] == "eager" and whole_model_entry(model, bank) == ("", "")
     frozen = torch.nn.Linear(4, 4).requires_grad_(False)
     other = str(tmp_path / "other")
-    found = tune_precision(frozen, [torch.randn(2, 4)], MIXED_BF16, other, False, MeasureConfig(rounds=3), only)
+    found = tune_whole_model(frozen, [torch.randn(2, 4)], MIXED_BF16, other, False, MeasureConfig(rounds=3), only)
     assert found.reason.startswith("ValueError") and found.outcome == "unsatisfied" and not found.accepted
-    assert "not checked" in found.describe() and not list(KnowledgeBase(other, PRECISION).entries())
+    assert "not checked" in found.describe() and not list(KnowledgeBase(other, WHOLE_MODEL).entries())
 
 
 @pytest.mark.parametrize("check", [None, "x", [], {"loss_check": {"worst_abs_deviation": "x", "bound": None,
@@ -143,7 +143,7 @@ def test_a_recheck_that_rejects_withdraws_the_entry_and_a_check_that_cannot_run_
 def test_a_hostile_entry_neither_stops_the_job_nor_runs_unchecked_code(tmp_path, monkeypatch, capfd, check):
     monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
     model = _AutocastSensitive().train()
-    KnowledgeBase(str(tmp_path / "bank"), PRECISION).put(_key(model, MIXED_BF16),
+    KnowledgeBase(str(tmp_path / "bank"), WHOLE_MODEL).put(_key(model, MIXED_BF16),
                                                          {"strategy": "autocast_bf16", "check": check})
     assert bank_transform(model) is model and isinstance(model.forward, AutocastForward)
     (line,) = capfd.readouterr().err.strip().splitlines()
@@ -156,7 +156,7 @@ def test_an_entry_naming_no_whole_model_candidate_applies_nothing(tmp_path, monk
     model = _AutocastSensitive().train()
     forward = model.forward
     for mode in (KEEP, MIXED_BF16):
-        KnowledgeBase(str(tmp_path / "bank"), PRECISION).put(_key(model, mode), {"strategy": strategy})
+        KnowledgeBase(str(tmp_path / "bank"), WHOLE_MODEL).put(_key(model, mode), {"strategy": strategy})
     assert bank_transform(model) is model and model.forward == forward
     assert "no scene-train entry" in capfd.readouterr().err
 
@@ -173,7 +173,7 @@ def test_exact_choices_and_mixed_precision_apply_together_and_eval_runs_as_built
     x = torch.randn(2, 3, 16, 16)
     _store_ops(str(tmp_path / "bank"), small_convnet(), x, "train", {"conv": "channels_last"})
     model = small_convnet().train()
-    KnowledgeBase(str(tmp_path / "bank"), PRECISION).put(_key(model, MIXED_BF16), {"strategy": "autocast_bf16"})
+    KnowledgeBase(str(tmp_path / "bank"), WHOLE_MODEL).put(_key(model, MIXED_BF16), {"strategy": "autocast_bf16"})
     plain = small_convnet().train()
     bank_transform(model)
     (line,) = capfd.readouterr().err.strip().splitlines()
@@ -209,20 +209,20 @@ def test_channels_last_weights_are_offered_to_convolutional_models_only_and_keep
     """The layout candidate changes how the same parameters are stored, not which
     parameters there are: its exact check runs (loss and every gradient), the bank
     keeps the verdict, and the installed model keeps its state_dict keys and values."""
-    from aoe_full.precision import CHANNELS_LAST, candidates_for, install
+    from aoe_full.whole_model import CHANNELS_LAST, candidates_for, install
     from aoe_full.sample_models import small_convnet
 
     assert CHANNELS_LAST not in candidates_for(KEEP, module=torch.nn.Linear(4, 4))
     assert CHANNELS_LAST in candidates_for(KEEP, module=small_convnet())
     x = torch.randn(4, 3, 16, 16)
-    found = tune_precision(small_convnet().train(), [x], KEEP, str(tmp_path / "bank"), False,
+    found = tune_whole_model(small_convnet().train(), [x], KEEP, str(tmp_path / "bank"), False,
                            MeasureConfig(rounds=3), frozenset({CHANNELS_LAST}))
     (candidate,) = found.candidates
     assert candidate.exact and math.isfinite(candidate.error) and candidate.reason == ""
     assert candidate.correct == (candidate.error <= 1.0)
     assert found.to_dict()["candidates"][0]["check"]["relative_error"] == candidate.error
     assert found.outcome == ("add" if candidate.accepted else "unsatisfied")
-    (_, payload), = KnowledgeBase(str(tmp_path / "bank"), PRECISION).entries()
+    (_, payload), = KnowledgeBase(str(tmp_path / "bank"), WHOLE_MODEL).entries()
     assert payload["strategy"] == found.strategy == (CHANNELS_LAST if candidate.accepted else "eager")
     assert payload["check"]["strategy"] == found.strategy
     plain, tuned = small_convnet(), small_convnet()

@@ -10,7 +10,8 @@ pytest.importorskip("transformers")
 
 import aoe_full.segments as segments  # noqa: E402
 from aoe_full.measure import relative_error  # noqa: E402
-from aoe_full.precision import COMPILED, KEEP, PRECISION, install, training_loss  # noqa: E402
+from aoe_full.precision import KEEP, training_loss  # noqa: E402
+from aoe_full.whole_model import COMPILED, WHOLE_MODEL, install  # noqa: E402
 from aoe_full.strategies import compile_unavailable_reason  # noqa: E402
 from gdat.bank.store import KnowledgeBase  # noqa: E402
 from tests.distributed import one_rank_group  # noqa: E402
@@ -102,10 +103,11 @@ def test_gdat_run_applies_an_exact_entry_and_the_mixed_one_before_it(tmp_path, m
     """``--gdat-aoe-bank`` installs the compiled segments from the exact entry, and
     the mixed mode's entry instead where it holds a candidate (one line each)."""
     from aoe_full.apply import bank_transform
-    from aoe_full.precision import MIXED_BF16, MIXED_COMPILED, AutocastForward, _key
+    from aoe_full.precision import MIXED_BF16, AutocastForward
+    from aoe_full.whole_model import MIXED_COMPILED, _key
 
     monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
-    kb = KnowledgeBase(str(tmp_path / "bank"), PRECISION)
+    kb = KnowledgeBase(str(tmp_path / "bank"), WHOLE_MODEL)
     kb.put(_key(_lm(), KEEP), {"strategy": COMPILED})
     model = bank_transform(_lm())
     assert isinstance(model.forward, segments.SegmentedForward)

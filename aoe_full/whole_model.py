@@ -1,0 +1,366 @@
+"""Whole-model candidates of scene train: the training forward compiled in segments
+and in the channels-last layout (exact), and mixed precision as an opt-in, each
+checked before it is timed.
+
+They are keyed by the module's signature (:func:`aoe_full.precision.module_signature`),
+not by a trace, so they apply to models torch.fx cannot trace (a Hugging Face LM as a
+training script builds it), and they keep DDP's overlap of the gradient allreduce
+with the backward.  Candidates (:data:`CANDIDATES`):
+
+* ``compiled_segments`` (exact, tried in every scene-train run): the forward
+  compiled by Inductor in segments cut at the model's repeated blocks
+  (:mod:`aoe_full.segments`), dropout drawing eager's masks;
+* ``channels_last_weights`` (exact, models with a 4-D parameter): the 4-D
+  parameters and buffers stored channels-last, so convolutions run in NHWC;
+* ``autocast_bf16``, ``autocast_bf16_compiled_segments``,
+  ``autocast_bf16_channels_last_weights`` (only with ``aoe --precision_mode
+  allow_mix_precision_bf16``, never by default): the forward under bf16 autocast
+  (:class:`aoe_full.precision.AutocastForward`), alone or around the above.
+
+*Exact check:* one training step from the same weights, inputs and seed; the loss
+and every gradient against the model as built, by
+:func:`aoe_full.measure.relative_error` (the fp32 tolerance, the same rule as every
+exact candidate); it passes at ``<= 1``.  *Loss check* (mixed candidates): the
+20-step training-loss comparison of :mod:`aoe_full.precision`.
+
+*Faster:* forward + backward steps of the model as built and of every candidate
+that passed its check, interleaved in paired rounds
+(:func:`aoe_full.measure.measure`); a candidate wins when it beats the model as
+built by the sign test of :func:`aoe_full.measure.compare`, and the winner with
+the lowest median ratio is kept.
+
+The verdict is kept in the knowledge base of kind :data:`WHOLE_MODEL`, keyed by the
+module's signature and the precision mode, with the usual context (scene train,
+hardware, torch version, threads); a re-check (``REPEAT_TUNE``) that rejects the
+kept candidate withdraws it (:func:`tune_whole_model`).  :func:`whole_model_entry`
+reads the entry to apply (the mixed mode's where it holds a candidate, else the
+exact one) and :func:`install` applies it in place (``gdat-run --gdat-aoe-bank``,
+:func:`aoe_full.apply.apply_bank`); in eval mode the forward runs as built.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+
+from aoe_full.bank import EAGER, BankContext
+from aoe_full.measure import MeasureConfig, compare, measure, relative_error
+from aoe_full.precision import (AUTOCAST_BF16, BOUND, CHECK_LR, CHECK_STEPS, KEEP, MIXED_BF16, AutocastForward,
+                                module_signature, param_dtype, training_loss)
+from aoe_full.segments import SegmentedForward, compile_segments
+from gdat.bank.store import KnowledgeBase, settle
+from gdat.core.device import device_type_of
+
+__all__ = ["WHOLE_MODEL", "COMPILED", "CHANNELS_LAST", "MIXED_COMPILED", "MIXED_CHANNELS_LAST", "CANDIDATES",
+           "candidates_for", "install", "CandidateCheck", "WholeModelCheck", "tune_whole_model", "whole_model_entry"]
+
+WHOLE_MODEL = "whole_model"
+COMPILED = "compiled_segments"
+CHANNELS_LAST = "channels_last_weights"
+MIXED_COMPILED = "autocast_bf16_compiled_segments"
+MIXED_CHANNELS_LAST = "autocast_bf16_channels_last_weights"
+
+#: Whole-model candidates: name -> whether it computes in the model's dtypes (exact).
+CANDIDATES: dict[str, bool] = {COMPILED: True, CHANNELS_LAST: True, AUTOCAST_BF16: False, MIXED_COMPILED: False,
+                               MIXED_CHANNELS_LAST: False}
+
+
+def _has_images(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds a 4-D floating parameter (a 2-D convolution's weight)."""
+    return any(p.dim() == 4 and p.is_floating_point() for p in module.parameters())
+
+
+def candidates_for(mode: str, allowed: frozenset[str] | None = None,
+                   module: torch.nn.Module | None = None) -> list[str]:
+    """The whole-model candidates ``mode`` allows (exact ones always, mixed ones
+    only under :data:`MIXED_BF16`), restricted to ``allowed`` (``--candidates``),
+    to those that can run here (compiled ones need Dynamo and a C++ compiler) and,
+    given ``module``, to those that change it (channels-last ones need a 4-D
+    parameter)."""
+    from aoe_full.strategies import compile_unavailable_reason
+    names = [n for n, exact in CANDIDATES.items() if exact or mode == MIXED_BF16]
+    if compile_unavailable_reason() is not None:
+        names = [n for n in names if COMPILED not in n]
+    if module is not None and not _has_images(module):
+        names = [n for n in names if CHANNELS_LAST not in n]
+    return [n for n in names if allowed is None or n in allowed]
+
+
+def install(module: torch.nn.Module, strategy: str) -> None:
+    """Run ``module``'s training forward (as it is now, exact choices included) as
+    ``strategy`` says, in place, once: ``channels_last_weights`` stores its 4-D parameters
+    and buffers channels-last (``Module.to(memory_format=...)``: the same tensors,
+    so convolutions run in the NHWC layout), ``compiled_segments`` compiles the
+    forward in segments (:mod:`aoe_full.segments`), ``autocast_bf16`` wraps it in
+    bf16 autocast (outermost)."""
+    if isinstance(module.forward, (AutocastForward, SegmentedForward)):
+        return
+    if CHANNELS_LAST in strategy:
+        module.to(memory_format=torch.channels_last)
+    if COMPILED in strategy:
+        module.forward = compile_segments(module)
+    if strategy.startswith(AUTOCAST_BF16):
+        module.forward = AutocastForward(module.forward, torch.bfloat16, param_dtype(module))
+
+
+@dataclass(frozen=True)
+class CandidateCheck:
+    """One whole-model candidate: its correctness check (exact: ``error``, the
+    worst relative error of the loss and every gradient in tolerance units;
+    mixed: the loss check's ``losses`` and ``worst_deviation``), its step time
+    against the model as built (ms, medians of paired rounds; ``first_call_s``
+    includes compiling) and why it was not timed or not accepted (``reason``)."""
+
+    name: str
+    exact: bool
+    error: float = math.nan
+    losses: list[float] = field(default_factory=list)
+    worst_deviation: float = math.nan
+    bound: float = math.nan
+    median_ms: float = math.nan
+    median_ratio: float = math.nan
+    wins: int = 0
+    rounds: int = 0
+    faster: bool = False
+    first_call_s: float = math.nan
+    reason: str = ""
+
+    @property
+    def correct(self) -> bool:
+        if self.exact:
+            return self.error <= 1.0
+        return math.isfinite(self.worst_deviation) and self.worst_deviation <= self.bound
+
+    @property
+    def accepted(self) -> bool:
+        return self.correct and self.faster and not self.reason
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.exact:
+            check = {"kind": "exact: loss and every gradient of one training step against the model as built, same "
+                             "seed, in tolerance units (<= 1 passes)", "relative_error": _finite(self.error),
+                     "passed": self.correct}
+        else:
+            check = {"kind": f"loss check: {CHECK_STEPS} AdamW steps against fp32", "losses": self.losses,
+                     "worst_abs_deviation": _finite(self.worst_deviation), "bound": _finite(self.bound),
+                     "passed": self.correct}
+        return {"candidate": self.name, "exact": self.exact, "check": check, "train_step_ms": _finite(self.median_ms),
+                "median_ratio": _finite(self.median_ratio), "rounds_faster": f"{self.wins}/{self.rounds}",
+                "faster": self.faster, "first_call_s": _finite(self.first_call_s), "accepted": self.accepted,
+                "reason": self.reason}
+
+    def describe(self) -> str:
+        if self.reason and not math.isfinite(self.median_ms):
+            return f"{self.name}: not timed ({self.reason})"
+        check = (f"gradients within {self.error:.2g} x the fp32 tolerance" if self.exact else
+                 f"worst |loss difference| {self.worst_deviation:.4g} against {self.bound:.4g}")
+        verdict = "accepted" if self.accepted else "rejected: " + (
+            self.reason or ("no faster" if self.correct else ("gradients differ" if self.exact else "loss differs")))
+        return (f"{self.name}: {self.median_ms:.1f} ms (median ratio {self.median_ratio:.3f}, {self.wins}/"
+                f"{self.rounds} rounds faster, first call {self.first_call_s:.1f} s); {check}: {verdict}")
+
+
+@dataclass(frozen=True)
+class WholeModelCheck:
+    """What the whole-model candidates of ``mode`` measured: the model as built
+    (``eager_ms``; ``losses_fp32``, its loss check's losses, when a mixed
+    candidate was checked), each candidate, the verdict (``strategy``: what the
+    bank now holds for the model) and the bank outcome; ``reason`` says why
+    nothing could be checked, or that the bank answered."""
+
+    mode: str
+    eager_ms: float
+    losses_fp32: list[float]
+    candidates: list[CandidateCheck]
+    outcome: str = ""
+    strategy: str = EAGER
+    seconds: float = 0.0
+    reason: str = field(default="")
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the bank holds a candidate for the model after this check."""
+        return self.strategy != EAGER
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"precision_mode": self.mode, "strategy": self.strategy, "accepted": self.accepted,
+                "outcome": self.outcome, "reason": self.reason, "eager_train_step_ms": _finite(self.eager_ms),
+                "losses_fp32": self.losses_fp32, "bound_rule": f"{BOUND:g} x initial fp32 loss",
+                "optimizer": f"AdamW(lr={CHECK_LR:g})", "same_data_and_weights": True,
+                "candidates": [c.to_dict() for c in self.candidates], "check_time(s)": round(self.seconds, 3)}
+
+    def describe(self) -> str:
+        """One line per candidate, then the verdict."""
+        applied = (f"gdat-run --gdat-aoe-bank applies {self.strategy}" if self.accepted else
+                   "gdat-run --gdat-aoe-bank runs the model as built")
+        if self.outcome == "hit":
+            return f"whole model in training: {self.strategy}, by an earlier check (REPEAT_TUNE=True checks again): " \
+                   f"{applied}"
+        if self.reason:
+            return f"whole model in training: not checked ({self.reason}): {applied}"
+        lines = [f"whole model in training, as built: {self.eager_ms:.1f} ms per step"]
+        lines += [f"  {c.describe()}" for c in self.candidates]
+        won = [c for c in self.candidates if c.name == self.strategy]
+        if won:
+            lines.append(f"  chosen: {self.strategy} ({won[0].median_ratio:.3f} x as built): {applied}")
+        else:
+            lines.append(f"  no candidate won (none both correct and faster by the sign test): {applied}")
+        return "\n".join(lines)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _losses(model: torch.nn.Module, forward: Callable[..., Any], inputs: list[torch.Tensor]) -> list[float]:
+    opt = torch.optim.AdamW(model.parameters(), lr=CHECK_LR)
+    losses = []
+    for _ in range(CHECK_STEPS):
+        opt.zero_grad(set_to_none=True)
+        loss = training_loss(forward(*inputs), inputs)
+        losses.append(float(loss.detach()))
+        loss.backward()
+        opt.step()
+    return losses
+
+
+def _train_step(module: torch.nn.Module, inputs: list[torch.Tensor]) -> Callable[[], Any]:
+    """One forward + backward of the checks' objective (loss and gradients returned, not stored)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameter")
+
+    def step() -> Any:
+        loss = training_loss(module(*inputs), inputs)
+        return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+    return step
+
+
+def _seeded(step: Callable[[], Any]) -> Any:
+    torch.manual_seed(0)
+    return step()
+
+
+def _check_one(model: torch.nn.Module, name: str, inputs: list[torch.Tensor], l32: list[float],
+               reference: Any) -> tuple[CandidateCheck, Callable[[], Any] | None]:
+    """A candidate's correctness check on a copy of ``model`` (first call timed:
+    it compiles), and the copy's training step for the timing rounds."""
+    exact = CANDIDATES[name]
+    try:
+        copied = copy.deepcopy(model)
+        install(copied, name)
+        t0 = time.perf_counter()
+        step = _train_step(copied, inputs)
+        got = _seeded(step)
+        first = time.perf_counter() - t0
+        if exact:
+            return CandidateCheck(name, True, error=relative_error(reference, got), first_call_s=first), step
+        mixed = copy.deepcopy(model)
+        install(mixed, name)
+        torch.manual_seed(0)
+        lmix = _losses(mixed, mixed, inputs)
+    except Exception as e:  # a candidate that cannot run is rejected, not a failed tuning run
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        return CandidateCheck(name, exact, reason=f"{type(e).__name__}: {first_line[:300]}"), None
+    worst = max((abs(a - b) for a, b in zip(l32, lmix)), default=math.inf)
+    if not all(math.isfinite(x) for x in l32 + lmix):
+        worst = math.inf
+    return CandidateCheck(name, False, losses=lmix, worst_deviation=worst, bound=BOUND * abs(l32[0]),
+                          first_call_s=first), step
+
+
+def _check(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, names: list[str],
+           measure_cfg: MeasureConfig) -> WholeModelCheck:
+    """Every candidate's check (module docstring) on copies of ``model``, then the
+    model as built and every candidate that passed, timed side by side."""
+    t0 = time.perf_counter()
+    try:
+        ref = copy.deepcopy(model)
+        l32: list[float] = []
+        if any(not CANDIDATES[n] for n in names):
+            torch.manual_seed(0)
+            l32 = _losses(ref, ref.forward, inputs)
+        timed = copy.deepcopy(model)
+        eager = _train_step(timed, inputs)
+        reference = _seeded(eager)
+    except Exception as e:  # a model the check cannot train is reported, not a failed tuning run
+        first = str(e).splitlines()[0] if str(e) else ""
+        return WholeModelCheck(mode, math.nan, [], [], seconds=time.perf_counter() - t0,
+                              reason=f"{type(e).__name__}: {first[:300]}")
+    checked = [_check_one(model, n, inputs, l32, reference) for n in names]
+    steps = {EAGER: eager, **{c.name: step for c, step in checked if step is not None and c.correct}}
+    timings = measure(steps, EAGER, measure_cfg)
+    found = []
+    for c, _ in checked:
+        if c.name in timings:
+            comp = compare(timings[c.name], timings[EAGER], measure_cfg)
+            c = replace(c, median_ms=timings[c.name].median_ms, median_ratio=comp.median_ratio, wins=comp.wins,
+                        rounds=comp.rounds, faster=comp.beats)
+        found.append(c)
+    return WholeModelCheck(mode, timings[EAGER].median_ms, l32, found, seconds=time.perf_counter() - t0)
+
+
+def _key(module: torch.nn.Module, mode: str) -> dict[str, Any]:
+    return BankContext("train", device_type_of(module)).key(WHOLE_MODEL, {"module": module_signature(module),
+                                                                         "mode": mode})
+
+
+def _stored_strategy(stored: Any, mode: str) -> str:
+    """The strategy a bank entry holds, where ``mode`` allows it (else eager: entries are read, never trusted)."""
+    strategy = stored.get("strategy") if isinstance(stored, dict) else None
+    return strategy if isinstance(strategy, str) and strategy in candidates_for(mode) else EAGER
+
+
+def tune_whole_model(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, bank_root: str, repeat: bool,
+                   measure_cfg: MeasureConfig, allowed: frozenset[str] | None = None) -> WholeModelCheck | None:
+    """The whole-model candidates ``mode`` allows (:func:`candidates_for`),
+    checked and timed on copies of ``model`` (left unchanged), the fastest that
+    passed its check and beat the model as built recorded in the bank; ``None``
+    when no candidate applies.  An entry already in the bank is a hit unless
+    ``repeat``.  The bank rule, with one difference from the other items: a check
+    that rejects the candidate the bank holds replaces it (``update``), since the
+    checks are a safety gate, not only a speed race; a check that could not run
+    writes nothing."""
+    names = candidates_for(mode, allowed, model)
+    if not names:
+        return None
+    kb = KnowledgeBase(bank_root, WHOLE_MODEL)
+    key = _key(model, mode)
+    stored = kb.get(key)
+    if stored is not None and not repeat:
+        return WholeModelCheck(mode, math.nan, [], [], "hit", _stored_strategy(stored, mode),
+                              reason="the bank holds this model's verdict")
+    found = _check(model, inputs, mode, names, measure_cfg)
+    if found.reason:
+        held = _stored_strategy(stored, mode) if stored is not None else EAGER
+        return replace(found, outcome="unsatisfied" if stored is None else "reserved", strategy=held)
+    winners = sorted((c for c in found.candidates if c.accepted), key=lambda c: c.median_ratio)
+    found = replace(found, strategy=winners[0].name if winners else EAGER)
+    payload = {"strategy": found.strategy, "label": f"{type(model).__name__} whole model", "check": found.to_dict()}
+    settled = settle(kb, key, payload, found.accepted or stored is not None,
+                     lambda entry: entry.get("strategy") != found.strategy)
+    return replace(found, outcome=settled.outcome)
+
+
+def whole_model_entry(module: torch.nn.Module, bank_root: str) -> tuple[str, str]:
+    """The whole-model strategy the bank under ``bank_root`` holds for ``module``
+    (the mixed-precision entry where it holds a candidate, else the exact one) and
+    what it applies, in words; ``("", "")`` when none.  Reads, never changes, the
+    module."""
+    kb = KnowledgeBase(bank_root, WHOLE_MODEL)
+    for mode in (MIXED_BF16, KEEP):
+        strategy = _stored_strategy(kb.get(_key(module, mode)), mode)
+        if strategy != EAGER:
+            return strategy, f"{DESCRIPTIONS[strategy]} (checked by aoe --precision_mode {mode})"
+    return "", ""
+
+
+DESCRIPTIONS = {COMPILED: "the training forward compiled in segments (Inductor, exact)",
+                AUTOCAST_BF16: "mixed precision (bf16 autocast, while training)",
+                MIXED_COMPILED: "mixed precision compiled in segments (bf16 autocast and Inductor, while training)",
+                CHANNELS_LAST: "convolutions in the channels-last layout (exact)",
+                MIXED_CHANNELS_LAST: "mixed precision in the channels-last layout (bf16 autocast, while training)"}
