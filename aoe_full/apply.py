@@ -77,14 +77,16 @@ def bank_choices(module: torch.nn.Module, bank_root: str, scene: str = "train") 
     return choices
 
 
-def _apply(module: torch.nn.Module, root: str) -> tuple[str, str]:
+def _apply(module: torch.nn.Module, root: str) -> tuple[str, str, str]:
     """Apply the banks under ``root`` to ``module`` (module docstring): the operator
     and subgraph choices, then the whole-model entry around the forward they leave
     (it needs no trace).  Every entry is read before the module changes.  Returns
-    what was applied, in words (``""`` when no entry matches), and why the
+    what was applied, in words (``""`` when no entry matches), why the
     operator/subgraph bank was not applied (``""`` when it was, or held nothing
-    for the module: torch.fx cannot trace it)."""
+    for the module: torch.fx cannot trace it), and what the whole-model entries
+    recorded when no candidate won (``""`` otherwise)."""
     whole, said = whole_model_entry(module, root)
+    lost = "" if whole else said
     try:
         choices = bank_choices(module, root)
         untraced = ""
@@ -97,7 +99,7 @@ def _apply(module: torch.nn.Module, root: str) -> tuple[str, str]:
     if whole:
         install(module, whole)
         applied.append(said)
-    return " and ".join(applied), untraced
+    return " and ".join(applied), untraced, lost
 
 
 def apply_bank(module: torch.nn.Module, bank_root: str | None = None) -> torch.nn.Module:
@@ -109,7 +111,7 @@ def apply_bank(module: torch.nn.Module, bank_root: str | None = None) -> torch.n
     ``bank_root``: the knowledge-base root (default: ``TUNE_BANK_PATH`` or
     gdat's default, :func:`gdat.options.bank_root`)."""
     root = bank_root if bank_root is not None else options.bank_root()
-    _, untraced = _apply(module, root)
+    _, untraced, _ = _apply(module, root)
     if untraced:
         warnings.warn(f"operator/subgraph bank not applied: {untraced}", AoeApplyWarning, stacklevel=2)
     return module
@@ -120,17 +122,19 @@ def bank_transform(module: torch.nn.Module) -> torch.nn.Module:
     ``gdat.model_transforms`` entry point): one line on stderr, from rank 0, says
     what was applied, or why the model is used as built."""
     root = options.bank_root()
-    applied, untraced = _apply(module, root)
+    applied, untraced, lost = _apply(module, root)
     if untraced:
         if applied:
             log.warn(f"--gdat-aoe-bank: applied {applied} from {root}; the operator/subgraph bank is not applied "
                      f"({untraced})")
         else:
-            log.warn(f"--gdat-aoe-bank: the operator/subgraph bank is not applied ({untraced}); the model is used as "
-                     f"built")
+            log.warn(f"--gdat-aoe-bank: the operator/subgraph bank is not applied ({untraced}); "
+                     f"{lost + '; ' if lost else ''}the model is used as built")
         return module
     if applied:
         log.info(f"--gdat-aoe-bank: applied {applied} from {root}")
+    elif lost:
+        log.info(f"--gdat-aoe-bank: {lost}; the model is used as built")
     else:
         log.info(f"--gdat-aoe-bank: no scene-train entry under {root} matches {type(module).__name__} on this "
                  f"machine (same hardware, torch {torch.__version__}, {torch.get_num_threads()} thread(s)); the "

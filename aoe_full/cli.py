@@ -248,6 +248,11 @@ def _print_summary(job: _TuneJob, run: TuningRun, tuned_path: str, offline: Offl
         print(f"  load with: aoe_full.load_tuned({offline.path!r})")
     elif job.cfg.scene == "infer":
         print(f"offline model: none ({offline.reason})")
+    if whole is not None and not whole.accepted and whole.candidates:
+        print(f"aoe: whole model in training: no candidate both correct and faster than the model as built "
+              f"({whole.eager_ms:.1f} ms per step; "
+              + "; ".join(f"{c.name} {c.median_ratio:.3f}x" if c.correct else f"{c.name} failed its check"
+                          for c in whole.candidates) + ")", file=sys.stderr)
     if whole is not None:
         print(f"{tag} {whole.describe()}; bank: {whole.outcome} "
               f"({os.path.join(job.cfg.bank_root, WHOLE_MODEL)})")

@@ -158,8 +158,9 @@ class CandidateCheck:
             return f"{self.name}: not timed ({self.reason})"
         check = (f"gradients within {self.error:.2g} x the fp32 tolerance" if self.exact else
                  f"worst |loss difference| {self.worst_deviation:.4g} against {self.bound:.4g}")
+        failed = "gradients differ" if self.exact else "loss differs"
         verdict = "accepted" if self.accepted else "rejected: " + (
-            self.reason or ("no faster" if self.correct else ("gradients differ" if self.exact else "loss differs")))
+            self.reason or ("not faster by the sign test" if self.correct else failed))
         return (f"{self.name}: {self.median_ms:.1f} ms (median ratio {self.median_ratio:.3f}, {self.wins}/"
                 f"{self.rounds} rounds faster, first call {self.first_call_s:.1f} s); {check}: {verdict}")
 
@@ -349,14 +350,42 @@ def tune_whole_model(model: torch.nn.Module, inputs: list[torch.Tensor], mode: s
 def whole_model_entry(module: torch.nn.Module, bank_root: str) -> tuple[str, str]:
     """The whole-model strategy the bank under ``bank_root`` holds for ``module``
     (the mixed-precision entry where it holds a candidate, else the exact one) and
-    what it applies, in words; ``("", "")`` when none.  Reads, never changes, the
-    module."""
+    what it applies, in words; ``("", "")`` when the bank holds no entry for it, and
+    ``("", words)`` when its entries say that no candidate won, with the numbers
+    they recorded.  Reads, never changes, the module."""
     kb = KnowledgeBase(bank_root, WHOLE_MODEL)
+    lost = []
     for mode in (MIXED_BF16, KEEP):
-        strategy = _stored_strategy(kb.get(_key(module, mode)), mode)
+        stored = kb.get(_key(module, mode))
+        strategy = _stored_strategy(stored, mode)
         if strategy != EAGER:
             return strategy, f"{DESCRIPTIONS[strategy]} (checked by aoe --precision_mode {mode})"
-    return "", ""
+        if stored is not None:
+            lost.append(_lost_words(stored, mode))
+    return "", "; ".join(lost)
+
+
+def _lost_words(stored: Any, mode: str) -> str:
+    """What an entry holding no candidate recorded, in words (read, never trusted:
+    fields of the wrong type are left out)."""
+    check = stored.get("check") if isinstance(stored, dict) else None
+    check = check if isinstance(check, dict) else {}
+    eager = check.get("eager_train_step_ms")
+    parts = []
+    for c in check.get("candidates") or []:
+        if not isinstance(c, dict) or not isinstance(c.get("candidate"), str) or c["candidate"] not in CANDIDATES:
+            continue
+        ratio, reason = c.get("median_ratio"), c.get("reason")
+        if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
+            parts.append(f"{c['candidate']} {ratio:.3f}x, {str(c.get('rounds_faster'))[:12]} rounds faster")
+        elif isinstance(reason, str) and reason:
+            parts.append(f"{c['candidate']} not timed ({reason[:80]})")
+        else:
+            parts.append(f"{c['candidate']} failed its check")
+    built = f"as built {eager:.1f} ms per step" if isinstance(eager, (int, float)) and not isinstance(eager, bool) \
+        else "as built"
+    return (f"aoe --precision_mode {mode} found no whole-model candidate both correct and faster ({built}"
+            + "".join(f"; {p}" for p in parts) + ")")
 
 
 DESCRIPTIONS = {COMPILED: "the training forward compiled in segments (Inductor, exact)",

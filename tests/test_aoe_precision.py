@@ -65,6 +65,8 @@ def test_the_check_trains_both_on_the_lm_objective_and_the_bank_keeps_its_verdic
     assert whole["outcome"] == ("add" if mixed["accepted"] else "unsatisfied")
     assert "[OPAT] whole model in training, as built:" in captured.out
     assert "  autocast_bf16: " in captured.out
+    assert ("aoe: whole model in training: no candidate both correct and faster" in captured.err) \
+        == (not mixed["accepted"])
     ((key, payload),) = list(KnowledgeBase(str(tmp_path / "bank"), WHOLE_MODEL).entries())
     assert key == _key(lm().train(), MIXED_BF16) and payload["strategy"] == whole["strategy"]
     assert main(argv) == 0
@@ -130,7 +132,7 @@ def test_a_recheck_that_rejects_withdraws_the_entry_and_a_check_that_cannot_run_
     (mixed,) = found.candidates
     assert not mixed.correct and not found.accepted and "loss differs" in found.describe()
     assert (found.outcome, found.strategy) == ("update", "eager")
-    assert kb.get(_key(model, MIXED_BF16))["strategy"] == "eager" and whole_model_entry(model, bank) == ("", "")
+    assert kb.get(_key(model, MIXED_BF16))["strategy"] == "eager" and whole_model_entry(model, bank)[0] == ""
     frozen = torch.nn.Linear(4, 4).requires_grad_(False)
     other = str(tmp_path / "other")
     found = tune_whole_model(frozen, [torch.randn(2, 4)], MIXED_BF16, other, False, MeasureConfig(rounds=3), only)
@@ -158,7 +160,9 @@ def test_an_entry_naming_no_whole_model_candidate_applies_nothing(tmp_path, monk
     for mode in (KEEP, MIXED_BF16):
         KnowledgeBase(str(tmp_path / "bank"), WHOLE_MODEL).put(_key(model, mode), {"strategy": strategy})
     assert bank_transform(model) is model and model.forward == forward
-    assert "no scene-train entry" in capfd.readouterr().err
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert "found no whole-model candidate both correct and faster (as built)" in line
+    assert line.endswith("the model is used as built")
 
 
 def test_exact_choices_and_mixed_precision_apply_together_and_eval_runs_as_built(tmp_path, monkeypatch, capfd):
@@ -231,3 +235,19 @@ def test_channels_last_weights_are_offered_to_convolutional_models_only_and_keep
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert plain.state_dict().keys() == tuned.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), tuned.state_dict().values()))
+
+
+def test_gdat_run_says_what_the_check_measured_when_no_candidate_won(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
+    model = _AutocastSensitive().train()
+    forward = model.forward
+    check = {"eager_train_step_ms": 913.7, "candidates": [
+        {"candidate": "compiled_segments", "median_ratio": 0.985, "rounds_faster": "4/5"},
+        {"candidate": "autocast_bf16", "reason": "ValueError: no floating output"},
+        {"candidate": "os.system", "median_ratio": 0.1}, "junk"]}
+    KnowledgeBase(str(tmp_path / "bank"), WHOLE_MODEL).put(_key(model, KEEP), {"strategy": "eager", "check": check})
+    assert bank_transform(model) is model and model.forward == forward
+    (line,) = capfd.readouterr().err.strip().splitlines()
+    assert ("--gdat-aoe-bank: aoe --precision_mode must_keep_origin_dtype found no whole-model candidate both correct "
+            "and faster (as built 913.7 ms per step; compiled_segments 0.985x, 4/5 rounds faster; autocast_bf16 not "
+            "timed (ValueError: no floating output)); the model is used as built") in line, line
