@@ -65,10 +65,12 @@ def test_compiled_segments_give_eager_training_step_with_dropout_and_keep_one_ba
     plain, tuned = _lm(), _lm()
     install(tuned, COMPILED)
     assert isinstance(tuned.forward, segments.SegmentedForward)
+    limit = torch._dynamo.config.recompile_limit  # raised only while the compiled model runs
     assert relative_error(_step(plain, ids, 5), _step(tuned, ids, 5)) <= 1.0
     assert relative_error(_step(plain, ids, 5), _step(plain, ids, 6)) > 1.0  # dropout is active: masks matter
     torch.manual_seed(5)
     assert _compiled_backwards(training_loss(tuned(ids), [ids])) >= 2 + 1
+    assert torch._dynamo.config.recompile_limit == limit
     with one_rank_group():
         ddp_plain, ddp_tuned = (torch.nn.parallel.DistributedDataParallel(m) for m in (plain, tuned))
         for m in (ddp_plain, ddp_tuned):
