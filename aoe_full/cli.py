@@ -40,7 +40,7 @@ from aoe_full.sgat import tune_subgraphs
 from aoe_full.strategies import strategy_names
 from aoe_full.tuned_model import header_path, save_tuned
 from aoe_full.whole_model import (CANDIDATES, COMPILED, WHOLE_MODEL, WholeModelCheck, candidates_for,
-                                  tune_whole_model)
+                                  measured_words, tune_whole_model)
 from gdat import options
 from gdat.core.jsonio import read_json
 from gdat.errors import GdatError, UsageError
@@ -250,9 +250,7 @@ def _print_summary(job: _TuneJob, run: TuningRun, tuned_path: str, offline: Offl
         print(f"offline model: none ({offline.reason})")
     if whole is not None and not whole.accepted and whole.candidates:
         print(f"aoe: whole model in training: no candidate both correct and faster than the model as built "
-              f"({whole.eager_ms:.1f} ms per step; "
-              + "; ".join(f"{c.name} {c.median_ratio:.3f}x" if c.correct else f"{c.name} failed its check"
-                          for c in whole.candidates) + ")", file=sys.stderr)
+              f"({measured_words(whole.to_dict())})", file=sys.stderr)
     if whole is not None:
         print(f"{tag} {whole.describe()}; bank: {whole.outcome} "
               f"({os.path.join(job.cfg.bank_root, WHOLE_MODEL)})")

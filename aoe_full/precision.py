@@ -40,7 +40,8 @@ from gdat.core.device import device_type_of
 from gdat.errors import UsageError
 
 __all__ = ["KEEP", "MIXED_BF16", "PRECISION_MODES", "AUTOCAST_BF16", "CHECK_STEPS", "CHECK_LR", "BOUND",
-           "check_precision_mode", "module_signature", "training_loss", "AutocastForward", "param_dtype"]
+           "check_precision_mode", "module_signature", "training_loss", "owner_trains", "AutocastForward",
+           "param_dtype"]
 
 KEEP = "must_keep_origin_dtype"
 MIXED_BF16 = "allow_mix_precision_bf16"
@@ -104,6 +105,14 @@ def training_loss(out: Any, inputs: list[torch.Tensor], seed: int = 20240611) ->
     return sum(((t.float() - torch.randn(t.shape, generator=gen).to(t.device)) ** 2).mean() for t in leaves)
 
 
+def owner_trains(forward: Callable[..., Any]) -> bool:
+    """Whether the module a bound ``forward`` belongs to is in training mode (a
+    function of no module counts as training): the whole-model wrappers run the
+    forward as built otherwise, since their checks covered training only."""
+    owner = getattr(forward, "__self__", None)
+    return not isinstance(owner, torch.nn.Module) or owner.training
+
+
 class AutocastForward:
     """A module's forward under ``torch.autocast`` of ``dtype`` while the module
     trains (in eval mode it runs as built: the loss check covered training only),
@@ -118,9 +127,9 @@ class AutocastForward:
         self.restore = restore
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        owner = getattr(self.forward, "__self__", None)
-        if isinstance(owner, torch.nn.Module) and not owner.training:
+        if not owner_trains(self.forward):
             return self.forward(*args, **kwargs)
+        owner = getattr(self.forward, "__self__", None)
         device = device_type_of(owner) if isinstance(owner, torch.nn.Module) else "cpu"
         with torch.autocast(device, dtype=self.dtype):
             out = self.forward(*args, **kwargs)

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import torch
 
+from aoe_full.precision import owner_trains
 from aoe_full.strategies import fresh_function
 
 __all__ = ["INDUCTOR_OPTIONS", "repeated_blocks", "SegmentedForward", "compile_segments"]
@@ -86,12 +87,11 @@ class _Switch:
         self.on = True
 
 
-class _BlockForward:
-    """A block's forward compiled on its own, behind a graph break for the
-    enclosing compile; the block's own forward in eval mode or once switched off."""
+class _CompiledForward:
+    """A forward and its compiled version (built at the first call in training);
+    the forward's signature shows through (``__wrapped__``)."""
 
-    def __init__(self, block: torch.nn.Module, switch: _Switch) -> None:
-        forward = block.forward
+    def __init__(self, forward: Callable[..., Any], switch: _Switch) -> None:
         functools.update_wrapper(self, forward)
         self.forward = forward
         self.switch = switch
@@ -100,34 +100,34 @@ class _BlockForward:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "compiled": None}  # a copy compiles its own
 
+    def as_built(self) -> bool:
+        """Whether a call runs the forward as built: switched off, or in eval mode."""
+        return not self.switch.on or not owner_trains(self.forward)
+
+
+class _BlockForward(_CompiledForward):
+    """A block's forward compiled on its own, behind a graph break for the
+    enclosing compile; the block's own forward in eval mode or once switched off."""
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        owner = getattr(self.forward, "__self__", None)
-        if not self.switch.on or (isinstance(owner, torch.nn.Module) and not owner.training):
+        if self.as_built():
             return self.forward(*args, **kwargs)
         if self.compiled is None:
             self.compiled = torch._dynamo.disable(_compile(self.forward, "block"), recursive=False)
         return self.compiled(*args, **kwargs)
 
 
-class SegmentedForward:
-    """A module's forward compiled in segments while it trains (module docstring);
-    the forward's signature shows through (``__wrapped__``)."""
+class SegmentedForward(_CompiledForward):
+    """A module's forward compiled in segments while it trains (module docstring)."""
 
     def __init__(self, forward: Callable[..., Any], blocks: list[torch.nn.Module]) -> None:
-        functools.update_wrapper(self, forward)
-        self.forward = forward
-        self.switch = _Switch()
+        super().__init__(forward, _Switch())
         for block in blocks:
-            block.forward = _BlockForward(block, self.switch)
-        self.compiled: Callable[..., Any] | None = None
+            block.forward = _BlockForward(block.forward, self.switch)
         self.frame_limit = _FRAMES_PER_BLOCK * (len(blocks) + 1)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "compiled": None}  # a copy compiles its own
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        owner = getattr(self.forward, "__self__", None)
-        if not self.switch.on or (isinstance(owner, torch.nn.Module) and not owner.training):
+        if self.as_built():
             return self.forward(*args, **kwargs)
         limit = max(torch._dynamo.config.recompile_limit, self.frame_limit)
         with torch._dynamo.config.patch(recompile_limit=limit):

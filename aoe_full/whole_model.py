@@ -56,7 +56,8 @@ from gdat.bank.store import KnowledgeBase, settle
 from gdat.core.device import device_type_of
 
 __all__ = ["WHOLE_MODEL", "COMPILED", "CHANNELS_LAST", "MIXED_COMPILED", "MIXED_CHANNELS_LAST", "CANDIDATES",
-           "candidates_for", "install", "CandidateCheck", "WholeModelCheck", "tune_whole_model", "whole_model_entry"]
+           "candidates_for", "install", "CandidateCheck", "WholeModelCheck", "tune_whole_model", "whole_model_entry",
+           "measured_words"]
 
 WHOLE_MODEL = "whole_model"
 COMPILED = "compiled_segments"
@@ -249,7 +250,9 @@ def _seeded(step: Callable[[], Any]) -> Any:
 def _check_one(model: torch.nn.Module, name: str, inputs: list[torch.Tensor], l32: list[float],
                reference: Any) -> tuple[CandidateCheck, Callable[[], Any] | None]:
     """A candidate's correctness check on a copy of ``model`` (first call timed:
-    it compiles), and the copy's training step for the timing rounds."""
+    it compiles), and the copy's training step for the timing rounds.  A mixed
+    candidate's loss check trains that same copy: the first step stored no
+    gradient, so it starts from ``model``'s weights, and it is compiled once."""
     exact = CANDIDATES[name]
     try:
         copied = copy.deepcopy(model)
@@ -260,10 +263,8 @@ def _check_one(model: torch.nn.Module, name: str, inputs: list[torch.Tensor], l3
         first = time.perf_counter() - t0
         if exact:
             return CandidateCheck(name, True, error=relative_error(reference, got), first_call_s=first), step
-        mixed = copy.deepcopy(model)
-        install(mixed, name)
         torch.manual_seed(0)
-        lmix = _losses(mixed, mixed, inputs)
+        lmix = _losses(copied, copied, inputs)
     except Exception as e:  # a candidate that cannot run is rejected, not a failed tuning run
         first_line = str(e).splitlines()[0] if str(e) else ""
         return CandidateCheck(name, exact, reason=f"{type(e).__name__}: {first_line[:300]}"), None
@@ -366,9 +367,15 @@ def whole_model_entry(module: torch.nn.Module, bank_root: str) -> tuple[str, str
 
 
 def _lost_words(stored: Any, mode: str) -> str:
-    """What an entry holding no candidate recorded, in words (read, never trusted:
-    fields of the wrong type are left out)."""
+    """What an entry holding no candidate recorded, in words."""
     check = stored.get("check") if isinstance(stored, dict) else None
+    return (f"aoe --precision_mode {mode} found no whole-model candidate both correct and faster "
+            f"({measured_words(check)})")
+
+
+def measured_words(check: Any) -> str:
+    """The model as built and each candidate of a check (:meth:`WholeModelCheck.to_dict`),
+    in words (read, never trusted: fields of the wrong type are left out)."""
     check = check if isinstance(check, dict) else {}
     eager = check.get("eager_train_step_ms")
     parts = []
@@ -384,8 +391,7 @@ def _lost_words(stored: Any, mode: str) -> str:
             parts.append(f"{c['candidate']} failed its check")
     built = f"as built {eager:.1f} ms per step" if isinstance(eager, (int, float)) and not isinstance(eager, bool) \
         else "as built"
-    return (f"aoe --precision_mode {mode} found no whole-model candidate both correct and faster ({built}"
-            + "".join(f"; {p}" for p in parts) + ")")
+    return "; ".join([built, *parts])
 
 
 DESCRIPTIONS = {COMPILED: "the training forward compiled in segments (Inductor, exact)",
