@@ -15,7 +15,9 @@ compiled in segments, and with ``aoe --precision_mode allow_mix_precision_bf16``
 bf16 autocast) are matched by the module's signature, not by a trace, so they
 apply to models torch.fx cannot trace too, around the forward the other choices
 leave.  A mixed-precision entry passed a training-loss check against fp32, not
-the gradient tolerance.
+the gradient tolerance.  The optimizer-step entries (:mod:`aoe_full.optimizer_step`,
+keyed by the module's signature too) set torch's faster implementation of the
+same update on the optimizers the script builds over the module's parameters.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from aoe_full.errors import TraceError
 from aoe_full.graph_capture import trace
 from aoe_full.operators import classify, static_identity
 from aoe_full.partition import partition, structure_hash, whole_graph
+from aoe_full.optimizer_step import banked_implementations, use_implementations
 from aoe_full.whole_model import install, whole_model_entry
 from aoe_full.signature import from_json
 from gdat import options
@@ -87,6 +90,7 @@ def _apply(module: torch.nn.Module, root: str) -> tuple[str, str, str]:
     recorded when no candidate won (``""`` otherwise)."""
     whole, said = whole_model_entry(module, root)
     lost = "" if whole else said
+    steps = banked_implementations(module, root)
     try:
         choices = bank_choices(module, root)
         untraced = ""
@@ -99,6 +103,10 @@ def _apply(module: torch.nn.Module, root: str) -> tuple[str, str, str]:
     if whole:
         install(module, whole)
         applied.append(said)
+    if steps:
+        use_implementations(module, steps)
+        applied.append("torch's " + ", ".join(f"{impl} {name}" for name, impl in steps.items()) +
+                       " step for optimizers built over its parameters (checked by aoe)")
     return " and ".join(applied), untraced, lost
 
 

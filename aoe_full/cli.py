@@ -39,6 +39,8 @@ from aoe_full.report import result_section, tuning_result
 from aoe_full.sgat import tune_subgraphs
 from aoe_full.strategies import strategy_names
 from aoe_full.tuned_model import header_path, save_tuned
+from aoe_full.optimizer_step import (CANDIDATE_NAMES, OPTIMIZER_STEP, OptimizerCheck, implementations_allowed,
+                                     tune_optimizer_steps)
 from aoe_full.whole_model import (CANDIDATES, COMPILED, WHOLE_MODEL, WholeModelCheck, candidates_for,
                                   measured_words, tune_whole_model)
 from gdat import options
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=".", help="work directory for results (default: .)")
     p.add_argument("--candidates", help="comma-separated strategies to try besides the default "
                    f"(default: all that apply): {', '.join(strategy_names())}; whole model in scene train: "
-                   f"{', '.join(CANDIDATES)}")
+                   f"{', '.join(CANDIDATES)}; the optimizer's step in scene train: {', '.join(CANDIDATE_NAMES)}")
     p.add_argument("--compile_budget", type=float, default=600.0,
                    help="seconds of torch.compile time the run may spend (default 600)")
     p.add_argument("--threads", type=int, help="intra-op threads (torch.set_num_threads)")
@@ -155,7 +157,7 @@ def _validate_tuning(args: argparse.Namespace, mode: str, bank: str, repeat: boo
     candidates = None
     if args.candidates is not None:
         candidates = frozenset(c.strip() for c in args.candidates.split(",") if c.strip())
-        known = sorted(set(strategy_names()) | set(CANDIDATES))
+        known = sorted(set(strategy_names()) | set(CANDIDATES) | set(CANDIDATE_NAMES))
         unknown = sorted(candidates - set(known))
         if unknown:
             raise UsageError(f"unknown --candidates {', '.join(unknown)}; known: {', '.join(known)}")
@@ -203,7 +205,7 @@ def _run_tuning(job: _TuneJob) -> None:
     tune = tune_operators if job.mode == "opat" else tune_subgraphs
     arg_names = [s.name for s in job.specs]
     run = tune(job.model, job.inputs, arg_names, job.cfg, bar)
-    whole = None
+    whole, steps = None, []
     if job.cfg.scene == "train":
         allowed = job.cfg.candidates
         if run.compile_spent_s >= job.cfg.compile_budget_s:
@@ -216,18 +218,23 @@ def _run_tuning(job: _TuneJob) -> None:
                   f"{job.cfg.measure.rounds} rounds...", file=sys.stderr, flush=True)
         whole = tune_whole_model(job.built, job.inputs, job.precision, job.cfg.bank_root, job.cfg.repeat,
                                    job.cfg.measure, allowed)
+        steps = tune_optimizer_steps(
+            job.built, job.cfg.bank_root, job.cfg.repeat, job.cfg.measure, implementations_allowed(job.cfg.candidates),
+            lambda name: print(f"[{job.mode.upper()}] optimizer step: checking {name}'s implementations and timing "
+                               f"{job.cfg.measure.rounds} rounds...", file=sys.stderr, flush=True))
     result_dir = os.path.join(job.output, "aoe_workspace", name, "tunespace", "result")
     tuned_path = os.path.join(result_dir, f"{name}_tune.pt")
     save_tuned(tuned_path, run, job.source, job.capture, job.specs, job.model)
     offline = _offline(job, run, os.path.join(result_dir, f"{name}_tune.pt2"))
     section = result_section(run, tuned_path, offline)
     section["whole_model_train"] = None if whole is None else whole.to_dict()
+    section["optimizer_step_train"] = [c.to_dict() for c in steps]
     result = write_result(job.output, job.mode, name, run.tuning_time_s, section)
-    _print_summary(job, run, tuned_path, offline, result, whole)
+    _print_summary(job, run, tuned_path, offline, result, whole, steps)
 
 
 def _print_summary(job: _TuneJob, run: TuningRun, tuned_path: str, offline: OfflineResult,
-                   result: str, whole: WholeModelCheck | None) -> None:
+                   result: str, whole: WholeModelCheck | None, steps: list[OptimizerCheck]) -> None:
     s = run.summary
     what = "operators" if job.mode == "opat" else "subgraphs"
     tag = f"[{job.mode.upper()}]"
@@ -254,6 +261,8 @@ def _print_summary(job: _TuneJob, run: TuningRun, tuned_path: str, offline: Offl
     if whole is not None:
         print(f"{tag} {whole.describe()}; bank: {whole.outcome} "
               f"({os.path.join(job.cfg.bank_root, WHOLE_MODEL)})")
+    for c in steps:
+        print(f"{tag} {c.describe()}; bank: {c.outcome} ({os.path.join(job.cfg.bank_root, OPTIMIZER_STEP)})")
     print(f"result file: {result}")
     print(f"knowledge base: {os.path.join(job.cfg.bank_root, job.mode)}")
     print("Aoe process finished")

@@ -22,9 +22,12 @@ model computes the same training step (checked by :mod:`aoe_full.precision`
 within the fp32 tolerance).  It is also the faster choice on the CPU: measured on
 the GPT-2 LM under bf16 autocast, Inductor's own random numbers made each block's
 compiled forward about 3x slower than aten's ``bernoulli_``.  In eval mode the forward runs as built (the checks
-cover training).  If compiling fails at the first call (no C++ compiler on a
-node, an operator Inductor cannot lower), the model goes back to running as built
-for good, with one warning, and the call is repeated as built.
+cover training).  If a call fails (compiling at the first call: no C++ compiler on
+a node, an operator Inductor cannot lower; or compiling again at a later call with
+new shapes), the model goes back to running as built for good, with one warning,
+and the call is repeated as built (an error of the model's own comes back from that
+call; a forward that failed after a segment ran has run that segment twice).
+Before Inductor, :mod:`aoe_full.segment_rewrites` rewrites each segment's graph.
 """
 from __future__ import annotations
 
@@ -33,8 +36,10 @@ import warnings
 from typing import Any, Callable
 
 import torch
+from torch._inductor.compile_fx import compile_fx
 
 from aoe_full.precision import owner_trains
+from aoe_full.segment_rewrites import rewrite
 from aoe_full.strategies import fresh_function
 
 __all__ = ["INDUCTOR_OPTIONS", "repeated_blocks", "SegmentedForward", "compile_segments"]
@@ -65,11 +70,17 @@ def repeated_blocks(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]
     return found
 
 
-def _compile(forward: Callable[..., Any], tag: str) -> Callable[..., Any]:
+def _inductor(gm: torch.fx.GraphModule, example_inputs: list[Any], mixed: bool) -> Callable[..., Any]:
+    """Inductor with :data:`INDUCTOR_OPTIONS`, after :func:`aoe_full.segment_rewrites.rewrite`."""
+    rewrite(gm, mixed)
+    return compile_fx(gm, example_inputs, config_patches=INDUCTOR_OPTIONS)
+
+
+def _compile(forward: Callable[..., Any], tag: str, mixed: bool) -> Callable[..., Any]:
     """``forward`` compiled through a function of its own: every block (and every
     copy of a model) keeps its own Dynamo cache, so blocks that differ in a constant
     (a layer index) never exhaust one code object's recompile limit."""
-    return torch.compile(fresh_function(forward, f"segment_{tag}"), options=INDUCTOR_OPTIONS)
+    return torch.compile(fresh_function(forward, f"segment_{tag}"), backend=functools.partial(_inductor, mixed=mixed))
 
 
 #: Dynamo compiles the frames between a graph break and a block's forward (a
@@ -91,10 +102,11 @@ class _CompiledForward:
     """A forward and its compiled version (built at the first call in training);
     the forward's signature shows through (``__wrapped__``)."""
 
-    def __init__(self, forward: Callable[..., Any], switch: _Switch) -> None:
+    def __init__(self, forward: Callable[..., Any], switch: _Switch, mixed: bool) -> None:
         functools.update_wrapper(self, forward)
         self.forward = forward
         self.switch = switch
+        self.mixed = mixed
         self.compiled: Callable[..., Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -113,44 +125,40 @@ class _BlockForward(_CompiledForward):
         if self.as_built():
             return self.forward(*args, **kwargs)
         if self.compiled is None:
-            self.compiled = torch._dynamo.disable(_compile(self.forward, "block"), recursive=False)
+            self.compiled = torch._dynamo.disable(_compile(self.forward, "block", self.mixed), recursive=False)
         return self.compiled(*args, **kwargs)
 
 
 class SegmentedForward(_CompiledForward):
     """A module's forward compiled in segments while it trains (module docstring)."""
 
-    def __init__(self, forward: Callable[..., Any], blocks: list[torch.nn.Module]) -> None:
-        super().__init__(forward, _Switch())
+    def __init__(self, forward: Callable[..., Any], blocks: list[torch.nn.Module], mixed: bool) -> None:
+        super().__init__(forward, _Switch(), mixed)
         for block in blocks:
-            block.forward = _BlockForward(block.forward, self.switch)
+            block.forward = _BlockForward(block.forward, self.switch, mixed)
         self.frame_limit = _FRAMES_PER_BLOCK * (len(blocks) + 1)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.as_built():
             return self.forward(*args, **kwargs)
         limit = max(torch._dynamo.config.recompile_limit, self.frame_limit)
-        with torch._dynamo.config.patch(recompile_limit=limit):
-            if self.compiled is not None:
-                return self.compiled(*args, **kwargs)
-            return self._first_call(*args, **kwargs)
-
-    def _first_call(self, *args: Any, **kwargs: Any) -> Any:
-        compiled = _compile(self.forward, "model")
         try:
-            out = compiled(*args, **kwargs)
+            with torch._dynamo.config.patch(recompile_limit=limit):
+                if self.compiled is None:
+                    self.compiled = _compile(self.forward, "model", self.mixed)
+                return self.compiled(*args, **kwargs)
         except Exception as e:  # a compile that fails leaves the model as built, never the job failed
             self.switch.on = False
             first = str(e).splitlines()[0] if str(e) else ""
             warnings.warn(f"compiled segments switched off, the model runs as built: {type(e).__name__}: "
                           f"{first[:200]}", RuntimeWarning, stacklevel=2)
             return self.forward(*args, **kwargs)
-        self.compiled = compiled
-        return out
 
 
-def compile_segments(module: torch.nn.Module) -> SegmentedForward:
+def compile_segments(module: torch.nn.Module, mixed: bool = False) -> SegmentedForward:
     """``module.forward`` compiled in segments cut at ``module``'s repeated blocks,
     whose forwards are replaced in place; the caller installs the result as
-    ``module.forward``."""
-    return SegmentedForward(module.forward, [block for _, block in repeated_blocks(module)])
+    ``module.forward``.  ``mixed``: the segments may draw other random numbers
+    than the model as built (:mod:`aoe_full.segment_rewrites`; mixed-precision
+    candidates, whose check compares losses)."""
+    return SegmentedForward(module.forward, [block for _, block in repeated_blocks(module)], mixed)

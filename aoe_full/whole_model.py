@@ -103,7 +103,7 @@ def install(module: torch.nn.Module, strategy: str) -> None:
     if CHANNELS_LAST in strategy:
         module.to(memory_format=torch.channels_last)
     if COMPILED in strategy:
-        module.forward = compile_segments(module)
+        module.forward = compile_segments(module, mixed=strategy.startswith(AUTOCAST_BF16))
     if strategy.startswith(AUTOCAST_BF16):
         module.forward = AutocastForward(module.forward, torch.bfloat16, param_dtype(module))
 

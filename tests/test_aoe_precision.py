@@ -18,6 +18,7 @@ pytest.importorskip("transformers")
 from aoe_full.apply import bank_transform  # noqa: E402
 from aoe_full.cli import main  # noqa: E402
 from aoe_full.measure import MeasureConfig  # noqa: E402
+from aoe_full.optimizer_step import OPTIMIZER_STEP, OPTIMIZERS  # noqa: E402
 from aoe_full.precision import BOUND, CHECK_STEPS, KEEP, MIXED_BF16, AutocastForward, training_loss  # noqa: E402
 from aoe_full.whole_model import WHOLE_MODEL, _key, tune_whole_model, whole_model_entry  # noqa: E402
 from gdat.bank.store import KnowledgeBase  # noqa: E402
@@ -42,7 +43,7 @@ def test_the_check_trains_both_on_the_lm_objective_and_the_bank_keeps_its_verdic
     monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
     argv = ["--job_type", "2", "--model", f"{path}:lm", "--input_shape", "input_ids:2,16",
             "--input_dtype", "input_ids:int64", "--input_range", "input_ids:0,256", "--scene", "train",
-            "--candidates", "no_mkldnn,autocast_bf16", "--tune_ops_file", str(tmp_path / "ops.json"),
+            "--candidates", "no_mkldnn,autocast_bf16,optimizer_fused", "--tune_ops_file", str(tmp_path / "ops.json"),
             "--precision_mode", MIXED_BF16, "--rounds", "3", "--threads", "1", "--output", str(tmp_path / "out")]
     (tmp_path / "ops.json").write_text(json.dumps({"tune_ops_type": ["linear"]}))
     assert main(argv) == 0
@@ -69,9 +70,19 @@ def test_the_check_trains_both_on_the_lm_objective_and_the_bank_keeps_its_verdic
         == (not mixed["accepted"])
     ((key, payload),) = list(KnowledgeBase(str(tmp_path / "bank"), WHOLE_MODEL).entries())
     assert key == _key(lm().train(), MIXED_BF16) and payload["strategy"] == whole["strategy"]
+    with open(result) as f:
+        steps = json.load(f)["OPAT"]["optimizer_step_train"]
+    assert [s["optimizer"] for s in steps] == list(OPTIMIZERS)
+    for step in steps:  # --candidates allowed the fused implementation only
+        (fused,) = step["implementations"]
+        assert fused["implementation"] == "fused" and fused["passed"] and fused["relative_error"] <= 1
+        assert step["strategy"] == ("fused" if fused["accepted"] else "default")
+        assert f"[OPAT] {step['optimizer']} step, default implementation: " in captured.out
+    assert len(list(KnowledgeBase(str(tmp_path / "bank"), OPTIMIZER_STEP).entries())) == len(OPTIMIZERS)
     assert main(argv) == 0
     again = capsys.readouterr().out
     assert "by an earlier check" in again and "bank: hit" in again
+    assert "[OPAT] AdamW step: " in again and "by an earlier check" in again.split("AdamW step: ")[1]
 
 
 def test_an_accepted_entry_runs_an_untraceable_lm_under_bf16_autocast(tmp_path, monkeypatch, capfd):

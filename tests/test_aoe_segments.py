@@ -82,7 +82,7 @@ def test_compiled_segments_give_eager_training_step_with_dropout_and_keep_one_ba
 
 
 def test_a_compile_that_fails_leaves_the_model_as_built_with_one_warning(monkeypatch):
-    def failing(forward, tag):
+    def failing(forward, tag, mixed):
         def call(*args, **kwargs):
             raise RuntimeError("InductorError: no C++ compiler on this node")
         return call
@@ -99,6 +99,33 @@ def test_a_compile_that_fails_leaves_the_model_as_built_with_one_warning(monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tuned(ids)
+
+
+def test_a_compile_that_fails_at_a_later_call_leaves_the_model_as_built_with_one_warning(monkeypatch):
+    """A later call that compiles again (new shapes) and fails switches the model
+    back to as built for good, and that call's result is the model's own."""
+    def fails_second(forward, tag, mixed):
+        calls = []
+
+        def call(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("BackendCompilerFailed: recompiling for new shapes failed")
+            return forward(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(segments, "_compile", fails_second)
+    plain, tuned = _lm(), _lm()
+    install(tuned, COMPILED)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tuned(torch.randint(0, 256, (2, 16)))
+    longer = torch.randint(0, 256, (2, 24))
+    with pytest.warns(RuntimeWarning, match="switched off.*recompiling for new shapes failed"):
+        torch.manual_seed(4)
+        out = tuned(longer).logits
+    torch.manual_seed(4)
+    assert torch.equal(out, plain(longer).logits) and not tuned.forward.switch.on
 
 
 def test_gdat_run_applies_an_exact_entry_and_the_mixed_one_before_it(tmp_path, monkeypatch, capfd):
