@@ -32,7 +32,7 @@ from aoe_full.graph_capture import trace
 from aoe_full.operators import classify, static_identity
 from aoe_full.partition import partition, structure_hash, whole_graph
 from aoe_full.optimizer_step import banked_implementations, use_implementations
-from aoe_full.whole_model import install, whole_model_entry
+from aoe_full.whole_model import install, parameter_layout, whole_model_entry
 from aoe_full.signature import from_json
 from gdat import options
 from gdat.core import log
@@ -90,7 +90,7 @@ def _apply(module: torch.nn.Module, root: str) -> tuple[str, str, str]:
     recorded when no candidate won (``""`` otherwise)."""
     whole, said = whole_model_entry(module, root)
     lost = "" if whole else said
-    steps = banked_implementations(module, root)
+    steps = banked_implementations(module, root, parameter_layout(whole))
     try:
         choices = bank_choices(module, root)
         untraced = ""

@@ -94,7 +94,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--last", type=int, default=20)
     p.add_argument("--rate", default="2gbit")
-    p.add_argument("--rounds", type=int, default=5, help="aoe's measurement rounds")
+    p.add_argument("--rounds", type=int, default=15, help="aoe's measurement rounds (aoe's default)")
     p.add_argument("--compile_budget", type=float, default=180.0, help="aoe's compile budget (s)")
     p.add_argument("--compress", action="store_true", help="a fourth job: the whole bank under gdat-run "
                    "--gdat-compress bf16 (gdat may allreduce the exposed buckets in bf16)")

@@ -10,8 +10,9 @@ import torch
 import aoe_full.optimizer_step as optimizer_step
 from aoe_full.apply import bank_transform
 from aoe_full.measure import MeasureConfig
-from aoe_full.optimizer_step import (DEFAULT, OPTIMIZER_STEP, OPTIMIZERS, _key, banked_implementations,
-                                     tune_optimizer_steps, use_implementations)
+from aoe_full.optimizer_step import (CHANNELS_LAST, CONTIGUOUS, DEFAULT, OPTIMIZER_STEP, OPTIMIZERS, _key,
+                                     banked_implementations, tune_optimizer_steps, use_implementations)
+from aoe_full.whole_model import MIXED_CHANNELS_LAST, WHOLE_MODEL
 from gdat.bank.store import KnowledgeBase
 
 QUICK = MeasureConfig(rounds=3, warmup=1)
@@ -104,7 +105,8 @@ def _stepped_state(model: torch.nn.Module) -> dict:
 def test_gdat_run_applies_the_bank_and_a_hostile_entry_applies_nothing(tmp_path, monkeypatch, capfd, strategy):
     monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
     model = _model()
-    KnowledgeBase(str(tmp_path / "bank"), OPTIMIZER_STEP).put(_key(model, "AdamW"), {"strategy": strategy})
+    KnowledgeBase(str(tmp_path / "bank"), OPTIMIZER_STEP).put(_key(model, "AdamW", CONTIGUOUS),
+                                                              {"strategy": strategy})
     bank_transform(model)
     said = capfd.readouterr().err
     opt = torch.optim.AdamW(model.parameters())
@@ -114,3 +116,35 @@ def test_gdat_run_applies_the_bank_and_a_hostile_entry_applies_nothing(tmp_path,
         assert opt.param_groups[0]["fused"] is True
     else:
         assert "no scene-train entry" in said and opt.param_groups[0]["fused"] is None
+
+
+def _convnet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 4))
+
+
+def test_a_convolutional_model_gets_a_verdict_per_layout_and_the_bank_applies_the_one_its_weights_take(
+        tmp_path, monkeypatch, capfd):
+    """Channels-last weights change what each implementation costs, so the check
+    runs on both layouts and ``--gdat-aoe-bank`` reads the verdict of the layout
+    the whole-model entry leaves."""
+    model = _convnet()
+    checks = tune_optimizer_steps(model, str(tmp_path / "bank"), False, QUICK, implementations=("fused",))
+    assert [(c.layout, c.optimizer) for c in checks] == [(lay, o) for lay in (CONTIGUOUS, CHANNELS_LAST)
+                                                         for o in OPTIMIZERS]
+    assert all(c.implementations[0].error <= 1 for c in checks)
+    assert "SGD step (4-D parameters channels-last), default implementation" in checks[-1].describe()
+    kb = KnowledgeBase(str(tmp_path / "bank"), OPTIMIZER_STEP)
+    kb.put(_key(model, "SGD", CONTIGUOUS), {"strategy": "fused"})
+    kb.put(_key(model, "SGD", CHANNELS_LAST), {"strategy": "foreach"})
+    assert banked_implementations(model, str(tmp_path / "bank"))["SGD"] == "fused"
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
+    from aoe_full.precision import MIXED_BF16
+    from aoe_full.whole_model import _key as whole_key
+    KnowledgeBase(str(tmp_path / "bank"), WHOLE_MODEL).put(whole_key(model, MIXED_BF16),
+                                                           {"strategy": MIXED_CHANNELS_LAST})
+    bank_transform(model)
+    assert "foreach SGD step" in capfd.readouterr().err
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _step(opt)
+    assert opt.param_groups[0]["foreach"] is True and model[0].weight.is_contiguous(memory_format=torch.channels_last)

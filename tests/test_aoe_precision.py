@@ -262,3 +262,10 @@ def test_gdat_run_says_what_the_check_measured_when_no_candidate_won(tmp_path, m
     assert ("--gdat-aoe-bank: aoe --precision_mode must_keep_origin_dtype found no whole-model candidate both correct "
             "and faster (as built 913.7 ms per step; compiled_segments 0.985x, 4/5 rounds faster; autocast_bf16 not "
             "timed (ValueError: no floating output)); the model is used as built") in line, line
+
+
+def test_a_candidate_that_failed_its_check_is_described_as_not_timed():
+    from aoe_full.whole_model import COMPILED, CandidateCheck
+    said = CandidateCheck(COMPILED, True, error=330.0, first_call_s=3.0).describe()
+    assert said == (f"{COMPILED}: not timed (first call 3.0 s); gradients within 3.3e+02 x the fp32 tolerance: "
+                    "rejected: gradients differ")
