@@ -31,8 +31,8 @@ from aoe_full.errors import TraceError
 from aoe_full.graph_capture import trace
 from aoe_full.operators import classify, static_identity
 from aoe_full.partition import partition, structure_hash, whole_graph
-from aoe_full.optimizer_step import banked_implementations, use_implementations
-from aoe_full.whole_model import install, parameter_layout, whole_model_entry
+from aoe_full.optimizer_step import banked_implementations, layout_of, use_implementations
+from aoe_full.whole_model import install, whole_model_entry
 from aoe_full.signature import from_json
 from gdat import options
 from gdat.core import log
@@ -90,7 +90,7 @@ def _apply(module: torch.nn.Module, root: str) -> tuple[str, str, str]:
     recorded when no candidate won (``""`` otherwise)."""
     whole, said = whole_model_entry(module, root)
     lost = "" if whole else said
-    steps = banked_implementations(module, root, parameter_layout(whole))
+    steps = banked_implementations(module, root)
     try:
         choices = bank_choices(module, root)
         untraced = ""
@@ -103,9 +103,11 @@ def _apply(module: torch.nn.Module, root: str) -> tuple[str, str, str]:
     if whole:
         install(module, whole)
         applied.append(said)
+    now = steps.get(layout_of(list(module.parameters())), {})
     if steps:
         use_implementations(module, steps)
-        applied.append("torch's " + ", ".join(f"{impl} {name}" for name, impl in steps.items()) +
+    if now:
+        applied.append("torch's " + ", ".join(f"{impl} {name}" for name, impl in now.items()) +
                        " step for optimizers built over its parameters (checked by aoe)")
     return " and ".join(applied), untraced, lost
 

@@ -24,17 +24,23 @@ test of :func:`aoe_full.measure.compare`; the winner with the lowest median rati
 kept.  The check holds three copies of the parameters, their gradients and the
 optimizer's state at once.
 
-The verdict is banked per optimizer class in kind :data:`OPTIMIZER_STEP`, keyed by
-the module's signature (:func:`aoe_full.precision.module_signature`: the parameters'
-shapes and dtypes decide the timing) with the usual context (scene train, hardware,
-torch version, threads).  :func:`banked_implementations` reads the entries and
+The verdict is banked per optimizer class and parameter layout (:func:`layouts_for`)
+in kind :data:`OPTIMIZER_STEP`, keyed by the module's signature
+(:func:`aoe_full.precision.module_signature`: the parameters' shapes and dtypes
+decide the timing) with the usual context (scene train, hardware, torch version,
+threads).  :func:`banked_implementations` reads the entries and
 :func:`use_implementations` applies them: a global step pre-hook
 (``torch.optim.optimizer.register_optimizer_step_pre_hook``) sets, before the first
 step of an optimizer of a banked class (the class itself, not a subclass) whose
-every parameter belongs to the module and whose every group has ``foreach`` and
-``fused`` unset, the banked implementation on its groups.  An optimizer the script
-configured, or one that has stepped before (its state restored from a checkpoint),
-is left as it is, with one line saying so.
+every parameter belongs to the module, the implementation banked for the layout the
+parameters have then on its groups and its defaults (so a group added later takes
+it too).  An optimizer that was configured (``foreach``, ``fused``,
+``differentiable`` or ``capturable`` set, by the script or by a loaded state), has
+stepped before, or holds what torch's constructor refuses with the flag (a tensor
+learning rate or betas for ``foreach``; sparse gradients for ``fused``) is left as
+it is, with one line saying so.  The fused step does not take over GradScaler's
+unscaling (``_step_supports_amp_scaling`` stays as the constructor set it):
+GradScaler unscales the gradients itself, as for the default.
 """
 from __future__ import annotations
 
@@ -56,7 +62,7 @@ from gdat.core import log
 from gdat.core.device import device_type_of
 
 __all__ = ["OPTIMIZER_STEP", "DEFAULT", "IMPLEMENTATIONS", "OPTIMIZERS", "CHECK_STEPS", "CANDIDATE_NAMES",
-           "CONTIGUOUS", "CHANNELS_LAST", "layouts_for",
+           "CONTIGUOUS", "CHANNELS_LAST", "layouts_for", "layout_of",
            "implementations_allowed", "ImplementationCheck",
            "OptimizerCheck", "tune_optimizer_steps", "banked_implementations", "use_implementations"]
 
@@ -73,7 +79,7 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, float]]] = {
 }
 CHECK_STEPS = 3
 #: Parameter layouts a whole-model candidate can leave: as built, or the 4-D
-#: parameters channels-last (:func:`aoe_full.whole_model.parameter_layout`).  The
+#: parameters channels-last (``channels_last_weights``).  The
 #: implementations' speeds differ between them (torch's fused SGD step: 10.5 ms on
 #: ResNet-18's parameters as built, 22.6 ms channels-last, against 15.4 and 15.7 for
 #: the default), so each layout has its own verdict.
@@ -216,7 +222,7 @@ def _check(optimizer: str, layout: str, params: list[torch.Tensor], implementati
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
     params = _laid_out(params, layout)
-    grads = _laid_out([torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params], layout)
+    grads = _laid_out([torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params], layout)
     try:
         default = _Copy(optimizer, DEFAULT, params, grads)
         for _ in range(CHECK_STEPS):
@@ -298,31 +304,40 @@ def tune_optimizer_steps(model: torch.nn.Module, bank_root: str, repeat: bool, m
     return checks
 
 
-def banked_implementations(module: torch.nn.Module, bank_root: str, layout: str = CONTIGUOUS) -> dict[str, str]:
-    """The implementation the bank under ``bank_root`` holds for each optimizer
-    class over ``module``'s parameters in ``layout``, where it is not the default."""
+def banked_implementations(module: torch.nn.Module, bank_root: str) -> dict[str, dict[str, str]]:
+    """Per layout of :func:`layouts_for`, the implementation the bank under
+    ``bank_root`` holds for each optimizer class over ``module``'s parameters,
+    where it is not the default (layouts with none left out)."""
     kb = KnowledgeBase(bank_root, OPTIMIZER_STEP)
-    found = {}
-    for optimizer in OPTIMIZERS:
-        strategy = _stored(kb.get(_key(module, optimizer, layout)))
-        if strategy != DEFAULT:
-            found[optimizer] = strategy
+    found: dict[str, dict[str, str]] = {}
+    for layout in layouts_for(module):
+        for optimizer in OPTIMIZERS:
+            strategy = _stored(kb.get(_key(module, optimizer, layout)))
+            if strategy != DEFAULT:
+                found.setdefault(layout, {})[optimizer] = strategy
     return found
 
 
-#: Per parameter of a module the bank was applied to: optimizer class -> implementation.
+def layout_of(params: list[torch.Tensor]) -> str:
+    """The layout ``params`` are in: channels-last where a 4-D one is stored so (and not also contiguous)."""
+    return CHANNELS_LAST if any(p.dim() == 4 and not p.is_contiguous() and
+                                p.is_contiguous(memory_format=torch.channels_last) for p in params) else CONTIGUOUS
+
+
+#: Per parameter of a module the bank was applied to: layout -> optimizer class -> implementation.
 _CHOSEN: WeakIdKeyDictionary = WeakIdKeyDictionary()
 #: Optimizers the hook has decided on (each is looked at once, before its first step).
 _SEEN: weakref.WeakSet = weakref.WeakSet()
 _HOOK: list[Any] = []
 
 
-def use_implementations(module: torch.nn.Module, chosen: dict[str, str]) -> None:
+def use_implementations(module: torch.nn.Module, chosen: dict[str, dict[str, str]]) -> None:
     """Run the optimizers a script builds over ``module``'s parameters with the
-    implementations in ``chosen`` (module docstring); installs the global step
-    pre-hook once per process."""
+    implementations in ``chosen`` (per layout, as :func:`banked_implementations`
+    gives them; the hook reads the layout the parameters have at the optimizer's
+    first step); installs the global step pre-hook once per process."""
     for p in module.parameters():
-        _CHOSEN[p] = dict(chosen)
+        _CHOSEN[p] = {layout: dict(by_class) for layout, by_class in chosen.items()}
     if not _HOOK:
         _HOOK.append(register_optimizer_step_pre_hook(_before_step))
 
@@ -335,18 +350,38 @@ def _before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
     if name not in OPTIMIZERS or type(opt) is not OPTIMIZERS[name][0]:
         return
     params = [p for group in opt.param_groups for p in group["params"]]
-    choices = {_CHOSEN.get(p, {}).get(name) for p in params}
+    layout = layout_of(params)
+    choices = {_CHOSEN.get(p, {}).get(layout, {}).get(name) for p in params}
     if len(choices) != 1 or None in choices:
         return
     implementation = choices.pop()
-    set_by_script = [f"{flag}={group[flag]}" for group in opt.param_groups for flag in ("foreach", "fused")
-                     if group.get(flag) is not None]
-    set_by_script += [f"{flag}=True" for group in opt.param_groups for flag in ("differentiable", "capturable")
-                      if group.get(flag)]
-    if set_by_script or opt.state:
-        why = f"the script set {set_by_script[0]}" if set_by_script else "it has stepped before"
+    why = _left_as_is(opt, params, implementation)
+    if why:
         log.info(f"--gdat-aoe-bank: {name}'s step left as it is ({why}; the bank holds the {implementation} one)")
         return
     for group in opt.param_groups:
         group[implementation] = True
+    opt.defaults[implementation] = True
     log.info(f"--gdat-aoe-bank: {name}'s step runs torch's {implementation} implementation (checked by aoe)")
+
+
+def _left_as_is(opt: torch.optim.Optimizer, params: list[torch.Tensor], implementation: str) -> str:
+    """Why ``opt`` keeps its implementation (``""``: it takes ``implementation``):
+    the optimizer was configured (flags set by the script or by a loaded state),
+    has stepped before, or holds what torch's constructor would refuse with the
+    flag set (a tensor learning rate or betas without ``capturable`` for foreach;
+    sparse gradients for fused)."""
+    groups = opt.param_groups
+    configured = [f"{flag}={group[flag]}" for group in groups for flag in ("foreach", "fused")
+                  if group.get(flag) is not None]
+    configured += [f"{flag}=True" for group in groups for flag in ("differentiable", "capturable") if group.get(flag)]
+    if configured:
+        return f"the optimizer has {configured[0]}, set by the script or a loaded state"
+    if opt.state:
+        return "it has stepped before"
+    if any(isinstance(group.get("lr"), torch.Tensor) or any(isinstance(b, torch.Tensor) for b in group.get("betas", ()))
+           for group in groups):
+        return "its learning rate or betas are tensors"
+    if implementation == "fused" and any(p.grad is not None and p.grad.is_sparse for p in params):
+        return "its gradients are sparse"
+    return ""

@@ -22,11 +22,13 @@ model computes the same training step (checked by :mod:`aoe_full.precision`
 within the fp32 tolerance).  It is also the faster choice on the CPU: measured on
 the GPT-2 LM under bf16 autocast, Inductor's own random numbers made each block's
 compiled forward about 3x slower than aten's ``bernoulli_``.  In eval mode the forward runs as built (the checks
-cover training).  If a call fails (compiling at the first call: no C++ compiler on
-a node, an operator Inductor cannot lower; or compiling again at a later call with
-new shapes), the model goes back to running as built for good, with one warning,
-and the call is repeated as built (an error of the model's own comes back from that
-call; a forward that failed after a segment ran has run that segment twice).
+cover training).  If the first call fails (no C++ compiler on a node, an operator
+Inductor cannot lower), or a later one fails in Dynamo or Inductor (compiling again
+for new shapes), the model goes back to running as built for good, with one
+warning, and the call is repeated as built (an error of the model's own comes back
+from that call; a forward that failed after a segment ran has run that segment
+twice).  Any other error of a later call is the model's own and is raised as it is,
+the segments kept.
 Before Inductor, :mod:`aoe_full.segment_rewrites` rewrites each segment's graph.
 """
 from __future__ import annotations
@@ -142,16 +144,19 @@ class SegmentedForward(_CompiledForward):
         if self.as_built():
             return self.forward(*args, **kwargs)
         limit = max(torch._dynamo.config.recompile_limit, self.frame_limit)
+        first = self.compiled is None
         try:
             with torch._dynamo.config.patch(recompile_limit=limit):
-                if self.compiled is None:
+                if first:
                     self.compiled = _compile(self.forward, "model", self.mixed)
                 return self.compiled(*args, **kwargs)
         except Exception as e:  # a compile that fails leaves the model as built, never the job failed
+            if not first and not isinstance(e, torch._dynamo.exc.TorchDynamoException):
+                raise  # the model's own error at a later call (the script may catch it and go on)
             self.switch.on = False
-            first = str(e).splitlines()[0] if str(e) else ""
+            said = str(e).splitlines()[0] if str(e) else ""
             warnings.warn(f"compiled segments switched off, the model runs as built: {type(e).__name__}: "
-                          f"{first[:200]}", RuntimeWarning, stacklevel=2)
+                          f"{said[:200]}", RuntimeWarning, stacklevel=2)
             return self.forward(*args, **kwargs)
 
 

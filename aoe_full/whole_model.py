@@ -49,8 +49,6 @@ import torch
 
 from aoe_full.bank import EAGER, BankContext
 from aoe_full.measure import MeasureConfig, compare, measure, relative_error
-from aoe_full.optimizer_step import CHANNELS_LAST as LAYOUT_CHANNELS_LAST
-from aoe_full.optimizer_step import CONTIGUOUS
 from aoe_full.precision import (AUTOCAST_BF16, BOUND, CHECK_LR, CHECK_STEPS, KEEP, MIXED_BF16, AutocastForward,
                                 module_signature, param_dtype, training_loss)
 from aoe_full.segments import SegmentedForward, compile_segments
@@ -58,7 +56,7 @@ from gdat.bank.store import KnowledgeBase, settle
 from gdat.core.device import device_type_of
 
 __all__ = ["WHOLE_MODEL", "COMPILED", "CHANNELS_LAST", "MIXED_COMPILED", "MIXED_CHANNELS_LAST", "CANDIDATES",
-           "candidates_for", "install", "parameter_layout", "CandidateCheck", "WholeModelCheck", "tune_whole_model",
+           "candidates_for", "install", "CandidateCheck", "WholeModelCheck", "tune_whole_model",
            "whole_model_entry", "measured_words"]
 
 WHOLE_MODEL = "whole_model"
@@ -108,11 +106,6 @@ def install(module: torch.nn.Module, strategy: str) -> None:
         module.forward = compile_segments(module, mixed=strategy.startswith(AUTOCAST_BF16))
     if strategy.startswith(AUTOCAST_BF16):
         module.forward = AutocastForward(module.forward, torch.bfloat16, param_dtype(module))
-
-
-def parameter_layout(strategy: str) -> str:
-    """How ``strategy`` leaves the 4-D parameters, as a layout of :mod:`aoe_full.optimizer_step`."""
-    return LAYOUT_CHANNELS_LAST if CHANNELS_LAST in strategy else CONTIGUOUS
 
 
 @dataclass(frozen=True)

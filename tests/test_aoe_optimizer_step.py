@@ -68,7 +68,7 @@ def test_an_implementation_that_updates_differently_is_rejected(tmp_path, monkey
 
 def test_the_banked_implementation_is_set_only_where_the_script_chose_none(capfd):
     model, other = _model(), _model()
-    use_implementations(model, {"AdamW": "fused", "SGD": "foreach"})
+    use_implementations(model, {CONTIGUOUS: {"AdamW": "fused", "SGD": "foreach"}})
     chosen = torch.optim.AdamW(model.parameters(), lr=1e-3)
     _step(chosen)
     assert chosen.param_groups[0]["fused"] is True
@@ -76,7 +76,7 @@ def test_the_banked_implementation_is_set_only_where_the_script_chose_none(capfd
     configured = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
     _step(configured)
     assert configured.param_groups[0]["fused"] is None and configured.param_groups[0]["foreach"] is False
-    assert "left as it is (the script set foreach=False" in capfd.readouterr().err
+    assert "left as it is (the optimizer has foreach=False, set by the script" in capfd.readouterr().err
     resumed = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     resumed.load_state_dict(_stepped_state(model))
     _step(resumed)
@@ -137,7 +137,8 @@ def test_a_convolutional_model_gets_a_verdict_per_layout_and_the_bank_applies_th
     kb = KnowledgeBase(str(tmp_path / "bank"), OPTIMIZER_STEP)
     kb.put(_key(model, "SGD", CONTIGUOUS), {"strategy": "fused"})
     kb.put(_key(model, "SGD", CHANNELS_LAST), {"strategy": "foreach"})
-    assert banked_implementations(model, str(tmp_path / "bank"))["SGD"] == "fused"
+    banked = banked_implementations(model, str(tmp_path / "bank"))
+    assert banked[CONTIGUOUS]["SGD"] == "fused" and banked[CHANNELS_LAST]["SGD"] == "foreach"
     monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path / "bank"))
     from aoe_full.precision import MIXED_BF16
     from aoe_full.whole_model import _key as whole_key
@@ -148,3 +149,24 @@ def test_a_convolutional_model_gets_a_verdict_per_layout_and_the_bank_applies_th
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     _step(opt)
     assert opt.param_groups[0]["foreach"] is True and model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    contiguous = _convnet()
+    use_implementations(contiguous, banked)  # a script's own model, as built: the contiguous verdict
+    opt = torch.optim.SGD(contiguous.parameters(), lr=0.1)
+    _step(opt)
+    assert opt.param_groups[0]["fused"] is True and opt.defaults["fused"] is True
+
+
+def test_what_torch_would_refuse_with_the_flag_is_left_as_it_is(capfd):
+    model = torch.nn.Embedding(10, 4, sparse=True)
+    use_implementations(model, {CONTIGUOUS: {"SGD": "fused", "Adam": "foreach"}})
+    sparse = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.tensor([1, 2])).sum().backward()
+    sparse.step()
+    assert sparse.param_groups[0]["fused"] is None
+    assert "SGD's step left as it is (its gradients are sparse" in capfd.readouterr().err
+    dense = _model()
+    use_implementations(dense, {CONTIGUOUS: {"Adam": "foreach"}})
+    tensor_lr = torch.optim.Adam(dense.parameters(), lr=torch.tensor(1e-3))
+    _step(tensor_lr)
+    assert tensor_lr.param_groups[0]["foreach"] is None
+    assert "its learning rate or betas are tensors" in capfd.readouterr().err

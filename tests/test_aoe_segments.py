@@ -102,15 +102,18 @@ def test_a_compile_that_fails_leaves_the_model_as_built_with_one_warning(monkeyp
 
 
 def test_a_compile_that_fails_at_a_later_call_leaves_the_model_as_built_with_one_warning(monkeypatch):
-    """A later call that compiles again (new shapes) and fails switches the model
-    back to as built for good, and that call's result is the model's own."""
+    """A later call that fails in Dynamo (compiling again for new shapes) switches
+    the model back to as built for good, and that call's result is the model's own;
+    another error of a later call is the model's own and keeps the segments."""
     def fails_second(forward, tag, mixed):
         calls = []
 
         def call(*args, **kwargs):
             calls.append(1)
-            if len(calls) > 1:
-                raise RuntimeError("BackendCompilerFailed: recompiling for new shapes failed")
+            if len(calls) == 2:
+                raise ValueError("the model's own error")
+            if len(calls) > 2:
+                raise torch._dynamo.exc.TorchDynamoException("recompiling for new shapes failed")
             return forward(*args, **kwargs)
         return call
 
@@ -120,6 +123,9 @@ def test_a_compile_that_fails_at_a_later_call_leaves_the_model_as_built_with_one
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tuned(torch.randint(0, 256, (2, 16)))
+        with pytest.raises(ValueError, match="the model's own error"):
+            tuned(torch.randint(0, 256, (2, 16)))
+    assert tuned.forward.switch.on
     longer = torch.randint(0, 256, (2, 24))
     with pytest.warns(RuntimeWarning, match="switched off.*recompiling for new shapes failed"):
         torch.manual_seed(4)
