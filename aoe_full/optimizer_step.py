@@ -33,8 +33,8 @@ threads).  :func:`banked_implementations` reads the entries and
 (``torch.optim.optimizer.register_optimizer_step_pre_hook``) sets, before the first
 step of an optimizer of a banked class (the class itself, not a subclass) whose
 every parameter belongs to the module, the implementation banked for the layout the
-parameters have then on its groups and its defaults (so a group added later takes
-it too).  An optimizer that was configured (``foreach``, ``fused``,
+parameters have then on its groups (a group added later keeps the default: it was
+not looked at).  An optimizer that was configured (``foreach``, ``fused``,
 ``differentiable`` or ``capturable`` set, by the script or by a loaded state), has
 stepped before, or holds what torch's constructor refuses with the flag (a tensor
 learning rate or betas for ``foreach``; sparse gradients for ``fused``) is left as
@@ -361,7 +361,6 @@ def _before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         return
     for group in opt.param_groups:
         group[implementation] = True
-    opt.defaults[implementation] = True
     log.info(f"--gdat-aoe-bank: {name}'s step runs torch's {implementation} implementation (checked by aoe)")
 
 

@@ -51,7 +51,8 @@ def _tanh_value(x: torch.Tensor) -> torch.Tensor:
     for c in reversed(_TANH_SERIES[:-1]):
         series = c + x2 * series
     a = x.abs()
-    return torch.where(a < _SERIES_BELOW, x * series, torch.sign(x) * (1 - 2 / (torch.exp(2 * a) + 1)))
+    y = torch.where(a < _SERIES_BELOW, x * series, torch.sign(x) * (1 - 2 / (torch.exp(2 * a) + 1)))
+    return y.to(x.dtype)  # as tanh's (an autocast that computes exp in float32 would promote)
 
 
 class _TanhFromExp(torch.autograd.Function):

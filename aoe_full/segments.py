@@ -27,8 +27,9 @@ Inductor cannot lower), or a later one fails in Dynamo or Inductor (compiling ag
 for new shapes), the model goes back to running as built for good, with one
 warning, and the call is repeated as built (an error of the model's own comes back
 from that call; a forward that failed after a segment ran has run that segment
-twice).  Any other error of a later call is the model's own and is raised as it is,
-the segments kept.
+twice).  An error that the model as built raises too (a bad batch, which Dynamo
+reports as its own error when it compiles again) is the model's own: it is raised,
+the segments kept, and so is any other error of a later call.
 Before Inductor, :mod:`aoe_full.segment_rewrites` rewrites each segment's graph.
 """
 from __future__ import annotations
@@ -154,10 +155,15 @@ class SegmentedForward(_CompiledForward):
             if not first and not isinstance(e, torch._dynamo.exc.TorchDynamoException):
                 raise  # the model's own error at a later call (the script may catch it and go on)
             self.switch.on = False
+            try:
+                out = self.forward(*args, **kwargs)
+            except Exception:
+                self.switch.on = True  # the model as built fails too: the error is the model's own
+                raise
             said = str(e).splitlines()[0] if str(e) else ""
             warnings.warn(f"compiled segments switched off, the model runs as built: {type(e).__name__}: "
                           f"{said[:200]}", RuntimeWarning, stacklevel=2)
-            return self.forward(*args, **kwargs)
+            return out
 
 
 def compile_segments(module: torch.nn.Module, mixed: bool = False) -> SegmentedForward:

@@ -153,7 +153,7 @@ def test_a_convolutional_model_gets_a_verdict_per_layout_and_the_bank_applies_th
     use_implementations(contiguous, banked)  # a script's own model, as built: the contiguous verdict
     opt = torch.optim.SGD(contiguous.parameters(), lr=0.1)
     _step(opt)
-    assert opt.param_groups[0]["fused"] is True and opt.defaults["fused"] is True
+    assert opt.param_groups[0]["fused"] is True and opt.defaults["fused"] is None
 
 
 def test_what_torch_would_refuse_with_the_flag_is_left_as_it_is(capfd):

@@ -107,3 +107,21 @@ def test_rewrite_changes_tanh_always_and_random_calls_only_for_mixed_candidates(
     y, a, b = mixed(x.clone())
     assert y.shape == x.shape and a.shape == b.shape == (1, 1, 4, 4)
     assert rewrite(_captured(_uses, x.double()), mixed=False) == 0  # float64 keeps tanh
+
+
+def test_through_aot_autograd_the_rewritten_tanh_keeps_tanh_gradient():
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def backend(gm, example_inputs):
+        assert rewrite(gm, mixed=False) == 1
+        return aot_autograd(fw_compiler=lambda g, _: make_boxed_func(g.forward))(gm, example_inputs)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: torch.tanh(x) * 3, backend=backend)
+    x = torch.tensor([0.0, 0.1, -0.3, 0.7, 2.0, -50.0, 1e5, math.inf], requires_grad=True)
+    y = compiled(x)
+    (ours,) = torch.autograd.grad(y.sum(), x)
+    (theirs,) = torch.autograd.grad((torch.tanh(x) * 3).sum(), x)
+    torch.testing.assert_close(y, torch.tanh(x) * 3)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)

@@ -104,7 +104,8 @@ def test_a_compile_that_fails_leaves_the_model_as_built_with_one_warning(monkeyp
 def test_a_compile_that_fails_at_a_later_call_leaves_the_model_as_built_with_one_warning(monkeypatch):
     """A later call that fails in Dynamo (compiling again for new shapes) switches
     the model back to as built for good, and that call's result is the model's own;
-    another error of a later call is the model's own and keeps the segments."""
+    another error of a later call, or one the model as built raises too, is the
+    model's own and keeps the segments."""
     def fails_second(forward, tag, mixed):
         calls = []
 
@@ -117,6 +118,9 @@ def test_a_compile_that_fails_at_a_later_call_leaves_the_model_as_built_with_one
             return forward(*args, **kwargs)
         return call
 
+    def out_of_vocabulary():
+        return torch.full((2, 16), 300)  # the vocabulary has 256 tokens: the model as built fails too
+
     monkeypatch.setattr(segments, "_compile", fails_second)
     plain, tuned = _lm(), _lm()
     install(tuned, COMPILED)
@@ -125,6 +129,8 @@ def test_a_compile_that_fails_at_a_later_call_leaves_the_model_as_built_with_one
         tuned(torch.randint(0, 256, (2, 16)))
         with pytest.raises(ValueError, match="the model's own error"):
             tuned(torch.randint(0, 256, (2, 16)))
+        with pytest.raises(IndexError):
+            tuned(out_of_vocabulary())
     assert tuned.forward.switch.on
     longer = torch.randint(0, 256, (2, 24))
     with pytest.warns(RuntimeWarning, match="switched off.*recompiling for new shapes failed"):
