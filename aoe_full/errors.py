@@ -5,7 +5,14 @@ the other ways a tuning job can fail on user input.
 """
 from gdat.errors import GdatError
 
-__all__ = ["ModelLoadError", "TraceError", "TunedModelError", "CandidateError"]
+__all__ = ["ModelLoadError", "TraceError", "TunedModelError", "CandidateError", "first_line"]
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """``e`` in one line for a report: its type and the first ``limit`` characters
+    of its message's first line (the type alone when it has no message)."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:limit]}" if text else type(e).__name__
 
 
 class ModelLoadError(GdatError):

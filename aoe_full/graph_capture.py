@@ -36,7 +36,7 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_map
 
-from aoe_full.errors import ModelLoadError, TraceError
+from aoe_full.errors import ModelLoadError, TraceError, first_line
 from gdat.errors import UsageError
 
 __all__ = ["Capture", "trace", "record", "forward_arg_names", "check_input_names", "capture",
@@ -110,14 +110,9 @@ def trace(root: torch.nn.Module, provided: Iterable[str] | None = None) -> tuple
         graph = fx.Tracer().trace(root, concrete_args=concrete or None)
     except Exception as e:
         raise TraceError(f"{type(root).__name__} cannot be traced by torch.fx "
-                         f"({_first_line(e)})") from None
+                         f"({first_line(e)})") from None
     names = tuple(n for n in params if n not in concrete)
     return graph, names
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
 
 
 def graphable(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names: list[str]
@@ -134,7 +129,7 @@ def graphable(model: torch.nn.Module, inputs: list[torch.Tensor], arg_names: lis
         with _without_cache(model):
             exported = torch.export.export(model, tuple(inputs), strict=False).module()
     except Exception as e:
-        raise TraceError(f"{fx_error}; torch.export failed too ({_first_line(e)})") from None
+        raise TraceError(f"{fx_error}; torch.export failed too ({first_line(e)})") from None
     return exported, "export"
 
 

@@ -40,7 +40,8 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 __all__ = ["MeasureConfig", "Timing", "Step", "make_step", "relative_error", "REL_TOLERANCE",
-           "tolerance_for", "measure", "Comparison", "compare", "clone_inputs", "SCALE_FLOOR"]
+           "tolerance_for", "measure", "Comparison", "compare", "timed_fields", "finite_or_none", "clone_inputs",
+           "SCALE_FLOOR"]
 
 #: Norm-wise relative tolerance per dtype for outputs and gradients.
 REL_TOLERANCE: dict[torch.dtype, float] = {
@@ -242,3 +243,17 @@ def compare(candidate: Timing, reference: Timing, cfg: MeasureConfig) -> Compari
     p = _sign_test_p(wins, len(ratios))
     med = statistics.median(ratios)
     return Comparison(med, wins, len(ratios), p, med <= 1.0 - cfg.min_gain and p < cfg.alpha)
+
+
+def timed_fields(candidate: Timing, reference: Timing, cfg: MeasureConfig) -> dict[str, Any]:
+    """What a check record keeps of ``candidate`` timed against ``reference``
+    (:func:`compare`): ``median_ms``, ``median_ratio``, ``wins``, ``rounds`` and
+    ``faster`` (the sign test's verdict), as keyword arguments of ``dataclasses.replace``."""
+    comp = compare(candidate, reference, cfg)
+    return {"median_ms": candidate.median_ms, "median_ratio": comp.median_ratio, "wins": comp.wins,
+            "rounds": comp.rounds, "faster": comp.beats}
+
+
+def finite_or_none(x: float) -> float | None:
+    """``x`` for a JSON report: ``None`` where it is not finite (not measured)."""
+    return x if math.isfinite(x) else None

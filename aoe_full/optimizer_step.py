@@ -55,7 +55,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 from aoe_full.bank import BankContext
-from aoe_full.measure import MeasureConfig, compare, measure, relative_error
+from aoe_full.errors import first_line
+from aoe_full.measure import MeasureConfig, finite_or_none, measure, relative_error, timed_fields
 from aoe_full.precision import module_signature
 from gdat.bank.store import KnowledgeBase, settle
 from gdat.core import log
@@ -120,8 +121,8 @@ class ImplementationCheck:
         return self.error <= 1.0 and self.faster and not self.reason
 
     def to_dict(self) -> dict[str, Any]:
-        return {"implementation": self.name, "relative_error": _finite(self.error), "passed": self.error <= 1.0,
-                "step_ms": _finite(self.median_ms), "median_ratio": _finite(self.median_ratio),
+        return {"implementation": self.name, "relative_error": finite_or_none(self.error), "passed": self.error <= 1.0,
+                "step_ms": finite_or_none(self.median_ms), "median_ratio": finite_or_none(self.median_ratio),
                 "rounds_faster": f"{self.wins}/{self.rounds}", "faster": self.faster, "accepted": self.accepted,
                 "reason": self.reason}
 
@@ -156,7 +157,7 @@ class OptimizerCheck:
         return {"optimizer": self.optimizer, "parameter_layout": self.layout, "hyperparameters": hyper,
                 "check_steps": CHECK_STEPS,
                 "strategy": self.strategy, "outcome": self.outcome, "reason": self.reason,
-                "default_step_ms": _finite(self.default_ms),
+                "default_step_ms": finite_or_none(self.default_ms),
                 "implementations": [c.to_dict() for c in self.implementations],
                 "check_time(s)": round(self.seconds, 3)}
 
@@ -173,15 +174,6 @@ class OptimizerCheck:
         lines = [f"{what}, default implementation: {self.default_ms:.1f} ms; {verdict}"]
         lines += [f"  {c.describe()}" for c in self.implementations]
         return "\n".join(lines)
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text[:300]}"
 
 
 class _Copy:
@@ -230,7 +222,7 @@ def _check(optimizer: str, layout: str, params: list[torch.Tensor], implementati
         reference = default.result()
     except Exception as e:  # an optimizer that cannot step these parameters is reported, not a failed run
         return OptimizerCheck(optimizer, layout, math.nan, [], seconds=time.perf_counter() - t0,
-                              reason=_first_line(e))
+                              reason=first_line(e, 300))
     found: list[ImplementationCheck] = []
     steps: dict[str, Callable[[], Any]] = {DEFAULT: default.step}
     for name in implementations:
@@ -240,7 +232,7 @@ def _check(optimizer: str, layout: str, params: list[torch.Tensor], implementati
                 copy.step()
             error = relative_error(reference, copy.result())
         except Exception as e:  # torch refuses the implementation here (device, dtype): not timed
-            found.append(ImplementationCheck(name, reason=_first_line(e)))
+            found.append(ImplementationCheck(name, reason=first_line(e, 300)))
             continue
         found.append(ImplementationCheck(name, error=error))
         if error <= 1.0:
@@ -248,9 +240,7 @@ def _check(optimizer: str, layout: str, params: list[torch.Tensor], implementati
     timings = measure(steps, DEFAULT, measure_cfg)
     for i, c in enumerate(found):
         if c.name in timings:
-            comp = compare(timings[c.name], timings[DEFAULT], measure_cfg)
-            found[i] = replace(c, median_ms=timings[c.name].median_ms, median_ratio=comp.median_ratio,
-                               wins=comp.wins, rounds=comp.rounds, faster=comp.beats)
+            found[i] = replace(c, **timed_fields(timings[c.name], timings[DEFAULT], measure_cfg))
     return OptimizerCheck(optimizer, layout, timings[DEFAULT].median_ms, found, seconds=time.perf_counter() - t0)
 
 

@@ -119,6 +119,13 @@ def _low_precision(node: torch.fx.Node) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
+def _attention_drops(node: torch.fx.Node) -> bool:
+    """Whether a ``scaled_dot_product_attention`` call applies dropout (a constant
+    ``dropout_p > 0``) and :func:`attention_15bit` can take it (no grouped-query attention)."""
+    p = _constant(node, 4, "dropout_p", 0.0)
+    return isinstance(p, (int, float)) and p > 0 and not _constant(node, 7, "enable_gqa", False)
+
+
 def rewrite(gm: torch.fx.GraphModule, mixed: bool) -> int:
     """Rewrite ``gm``'s graph (as Dynamo captured it, with each node's example
     value) in place (module docstring; the dropout rewrites only when ``mixed``);
@@ -131,9 +138,7 @@ def rewrite(gm: torch.fx.GraphModule, mixed: bool) -> int:
             node.target = tanh_from_exp
         elif mixed and node.target is F.dropout and _constant(node, 3, "inplace", False) is False:
             node.target = dropout_15bit
-        elif mixed and node.target is F.scaled_dot_product_attention and not _constant(node, 7, "enable_gqa", False) \
-                and isinstance(_constant(node, 4, "dropout_p", 0.0), (int, float)) \
-                and _constant(node, 4, "dropout_p", 0.0) > 0:
+        elif mixed and node.target is F.scaled_dot_product_attention and _attention_drops(node):
             node.target = attention_15bit
         else:
             continue

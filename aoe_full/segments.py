@@ -41,6 +41,7 @@ from typing import Any, Callable
 import torch
 from torch._inductor.compile_fx import compile_fx
 
+from aoe_full.errors import first_line
 from aoe_full.precision import owner_trains
 from aoe_full.segment_rewrites import rewrite
 from aoe_full.strategies import fresh_function
@@ -160,9 +161,8 @@ class SegmentedForward(_CompiledForward):
             except Exception:
                 self.switch.on = True  # the model as built fails too: the error is the model's own
                 raise
-            said = str(e).splitlines()[0] if str(e) else ""
-            warnings.warn(f"compiled segments switched off, the model runs as built: {type(e).__name__}: "
-                          f"{said[:200]}", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"compiled segments switched off, the model runs as built: {first_line(e)}",
+                          RuntimeWarning, stacklevel=2)
             return out
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from aoe_full.errors import first_line
 from aoe_full.measure import Comparison, MeasureConfig, Timing, compare, make_step, measure, relative_error
 from aoe_full.strategies import DEFAULT, CompileBudget, Strategy
 
@@ -86,11 +87,6 @@ def diff_tensors(args: tuple[Any, ...], modules: list[torch.nn.Module]) -> list[
     return out
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
-
-
 def tune_item(strategies: list[Strategy], bases: dict[str, Callable[..., Any]],
               args: tuple[Any, ...], kwargs: dict[str, Any], skip: int, diff: list[torch.Tensor],
               scene: str, fresh_inputs: bool, cfg: MeasureConfig, budget: CompileBudget,
@@ -117,7 +113,7 @@ def tune_item(strategies: list[Strategy], bases: dict[str, Callable[..., Any]],
             step = make_step(impl, args, kwargs, diff, scene, fresh_inputs)
             result = step()
         except Exception as e:  # a candidate that cannot run is rejected, not fatal
-            status[s.name] = f"rejected: {_first_line(e)}"
+            status[s.name] = f"rejected: {first_line(e, 160)}"
             if s.name == DEFAULT:
                 return ItemTuning(DEFAULT, {}, status, {}, cfg, compile_s)
             continue

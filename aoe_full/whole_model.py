@@ -48,7 +48,8 @@ from typing import Any, Callable
 import torch
 
 from aoe_full.bank import EAGER, BankContext
-from aoe_full.measure import MeasureConfig, compare, measure, relative_error
+from aoe_full.errors import first_line
+from aoe_full.measure import MeasureConfig, finite_or_none, measure, relative_error, timed_fields
 from aoe_full.precision import (AUTOCAST_BF16, BOUND, CHECK_LR, CHECK_STEPS, KEEP, MIXED_BF16, AutocastForward,
                                 module_signature, param_dtype, training_loss)
 from aoe_full.segments import SegmentedForward, compile_segments
@@ -143,15 +144,16 @@ class CandidateCheck:
     def to_dict(self) -> dict[str, Any]:
         if self.exact:
             check = {"kind": "exact: loss and every gradient of one training step against the model as built, same "
-                             "seed, in tolerance units (<= 1 passes)", "relative_error": _finite(self.error),
+                             "seed, in tolerance units (<= 1 passes)", "relative_error": finite_or_none(self.error),
                      "passed": self.correct}
         else:
             check = {"kind": f"loss check: {CHECK_STEPS} AdamW steps against fp32", "losses": self.losses,
-                     "worst_abs_deviation": _finite(self.worst_deviation), "bound": _finite(self.bound),
+                     "worst_abs_deviation": finite_or_none(self.worst_deviation), "bound": finite_or_none(self.bound),
                      "passed": self.correct}
-        return {"candidate": self.name, "exact": self.exact, "check": check, "train_step_ms": _finite(self.median_ms),
-                "median_ratio": _finite(self.median_ratio), "rounds_faster": f"{self.wins}/{self.rounds}",
-                "faster": self.faster, "first_call_s": _finite(self.first_call_s), "accepted": self.accepted,
+        return {"candidate": self.name, "exact": self.exact, "check": check,
+                "train_step_ms": finite_or_none(self.median_ms), "median_ratio": finite_or_none(self.median_ratio),
+                "rounds_faster": f"{self.wins}/{self.rounds}",
+                "faster": self.faster, "first_call_s": finite_or_none(self.first_call_s), "accepted": self.accepted,
                 "reason": self.reason}
 
     def describe(self) -> str:
@@ -192,7 +194,7 @@ class WholeModelCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return {"precision_mode": self.mode, "strategy": self.strategy, "accepted": self.accepted,
-                "outcome": self.outcome, "reason": self.reason, "eager_train_step_ms": _finite(self.eager_ms),
+                "outcome": self.outcome, "reason": self.reason, "eager_train_step_ms": finite_or_none(self.eager_ms),
                 "losses_fp32": self.losses_fp32, "bound_rule": f"{BOUND:g} x initial fp32 loss",
                 "optimizer": f"AdamW(lr={CHECK_LR:g})", "same_data_and_weights": True,
                 "candidates": [c.to_dict() for c in self.candidates], "check_time(s)": round(self.seconds, 3)}
@@ -214,10 +216,6 @@ class WholeModelCheck:
         else:
             lines.append(f"  no candidate won (none both correct and faster by the sign test): {applied}")
         return "\n".join(lines)
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def _losses(model: torch.nn.Module, forward: Callable[..., Any], inputs: list[torch.Tensor]) -> list[float]:
@@ -268,8 +266,7 @@ def _check_one(model: torch.nn.Module, name: str, inputs: list[torch.Tensor], l3
         torch.manual_seed(0)
         lmix = _losses(copied, copied, inputs)
     except Exception as e:  # a candidate that cannot run is rejected, not a failed tuning run
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        return CandidateCheck(name, exact, reason=f"{type(e).__name__}: {first_line[:300]}"), None
+        return CandidateCheck(name, exact, reason=first_line(e, 300)), None
     worst = max((abs(a - b) for a, b in zip(l32, lmix)), default=math.inf)
     if not all(math.isfinite(x) for x in l32 + lmix):
         worst = math.inf
@@ -292,18 +289,15 @@ def _check(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, names:
         eager = _train_step(timed, inputs)
         reference = _seeded(eager)
     except Exception as e:  # a model the check cannot train is reported, not a failed tuning run
-        first = str(e).splitlines()[0] if str(e) else ""
         return WholeModelCheck(mode, math.nan, [], [], seconds=time.perf_counter() - t0,
-                              reason=f"{type(e).__name__}: {first[:300]}")
+                              reason=first_line(e, 300))
     checked = [_check_one(model, n, inputs, l32, reference) for n in names]
     steps = {EAGER: eager, **{c.name: step for c, step in checked if step is not None and c.correct}}
     timings = measure(steps, EAGER, measure_cfg)
     found = []
     for c, _ in checked:
         if c.name in timings:
-            comp = compare(timings[c.name], timings[EAGER], measure_cfg)
-            c = replace(c, median_ms=timings[c.name].median_ms, median_ratio=comp.median_ratio, wins=comp.wins,
-                        rounds=comp.rounds, faster=comp.beats)
+            c = replace(c, **timed_fields(timings[c.name], timings[EAGER], measure_cfg))
         found.append(c)
     return WholeModelCheck(mode, timings[EAGER].median_ms, l32, found, seconds=time.perf_counter() - t0)
 
