@@ -88,8 +88,8 @@ def _apply(module: torch.nn.Module, root: str) -> tuple[str, str, str]:
     operator/subgraph bank was not applied (``""`` when it was, or held nothing
     for the module: torch.fx cannot trace it), and what the whole-model entries
     recorded when no candidate won (``""`` otherwise)."""
-    whole, said = whole_model_entry(module, root)
-    lost = "" if whole else said
+    whole = whole_model_entry(module, root)
+    lost = "" if whole.strategy else whole.words
     steps = banked_implementations(module, root)
     try:
         choices = bank_choices(module, root)
@@ -100,9 +100,9 @@ def _apply(module: torch.nn.Module, root: str) -> tuple[str, str, str]:
     if choices:
         apply_choices(module, choices)
         applied.append(f"{len(choices.ops)} operator and {len(choices.subgraphs)} subgraph choice(s)")
-    if whole:
-        install(module, whole)
-        applied.append(said)
+    if whole.strategy:
+        install(module, whole.strategy, whole.convs)
+        applied.append(whole.words)
     now = steps.get(layout_of(list(module.parameters())), {})
     if steps:
         use_implementations(module, steps)

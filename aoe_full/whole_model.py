@@ -15,7 +15,12 @@ with the backward.  Candidates (:data:`CANDIDATES`):
 * ``autocast_bf16``, ``autocast_bf16_compiled_segments``,
   ``autocast_bf16_channels_last_weights`` (only with ``aoe --precision_mode
   allow_mix_precision_bf16``, never by default): the forward under bf16 autocast
-  (:class:`aoe_full.precision.AutocastForward`), alone or around the above.
+  (:class:`aoe_full.precision.AutocastForward`), alone or around the above;
+* ``autocast_bf16_channels_last_weights_gemm_convs`` (mixed, models with a 4-D
+  parameter): the channels-last mixed candidate with the convolutions that run
+  faster as one matrix product each (:mod:`aoe_full.conv_gemm`, chosen per
+  convolution by measurement before the candidate is checked) computed so; the
+  bank keeps the chosen convolutions' module names.
 
 *Exact check:* one training step from the same weights, inputs and seed; the loss
 and every gradient against the model as built, by
@@ -47,6 +52,7 @@ from typing import Any, Callable
 
 import torch
 
+from aoe_full import conv_gemm
 from aoe_full.bank import EAGER, BankContext
 from aoe_full.errors import first_line
 from aoe_full.measure import MeasureConfig, finite_or_none, measure, relative_error, timed_fields
@@ -56,19 +62,23 @@ from aoe_full.segments import SegmentedForward, compile_segments
 from gdat.bank.store import KnowledgeBase, settle
 from gdat.core.device import device_type_of
 
-__all__ = ["WHOLE_MODEL", "COMPILED", "CHANNELS_LAST", "MIXED_COMPILED", "MIXED_CHANNELS_LAST", "CANDIDATES",
-           "candidates_for", "install", "CandidateCheck", "WholeModelCheck", "tune_whole_model",
-           "whole_model_entry", "measured_words"]
+__all__ = ["WHOLE_MODEL", "COMPILED", "CHANNELS_LAST", "MIXED_COMPILED", "MIXED_CHANNELS_LAST", "MIXED_GEMM_CONVS",
+           "CANDIDATES", "candidates_for", "install", "CandidateCheck", "WholeModelCheck", "WholeModelEntry",
+           "tune_whole_model", "whole_model_entry", "measured_words"]
 
 WHOLE_MODEL = "whole_model"
 COMPILED = "compiled_segments"
 CHANNELS_LAST = "channels_last_weights"
 MIXED_COMPILED = "autocast_bf16_compiled_segments"
 MIXED_CHANNELS_LAST = "autocast_bf16_channels_last_weights"
+MIXED_GEMM_CONVS = "autocast_bf16_channels_last_weights_gemm_convs"
 
 #: Whole-model candidates: name -> whether it computes in the model's dtypes (exact).
 CANDIDATES: dict[str, bool] = {COMPILED: True, CHANNELS_LAST: True, AUTOCAST_BF16: False, MIXED_COMPILED: False,
-                               MIXED_CHANNELS_LAST: False}
+                               MIXED_CHANNELS_LAST: False, MIXED_GEMM_CONVS: False}
+
+#: Most module names a bank entry's ``convs`` may hold (entries are read, never trusted).
+MAX_CONVS = 4096
 
 
 def _has_images(module: torch.nn.Module) -> bool:
@@ -92,17 +102,20 @@ def candidates_for(mode: str, allowed: frozenset[str] | None = None,
     return [n for n in names if allowed is None or n in allowed]
 
 
-def install(module: torch.nn.Module, strategy: str) -> None:
+def install(module: torch.nn.Module, strategy: str, convs: tuple[str, ...] = ()) -> None:
     """Run ``module``'s training forward (as it is now, exact choices included) as
     ``strategy`` says, in place, once: ``channels_last_weights`` stores its 4-D parameters
     and buffers channels-last (``Module.to(memory_format=...)``: the same tensors,
-    so convolutions run in the NHWC layout), ``compiled_segments`` compiles the
-    forward in segments (:mod:`aoe_full.segments`), ``autocast_bf16`` wraps it in
-    bf16 autocast (outermost)."""
+    so convolutions run in the NHWC layout), ``gemm_convs`` computes the
+    convolutions named ``convs`` as matrix products (:func:`aoe_full.conv_gemm.use_gemm`),
+    ``compiled_segments`` compiles the forward in segments (:mod:`aoe_full.segments`),
+    ``autocast_bf16`` wraps it in bf16 autocast (outermost)."""
     if isinstance(module.forward, (AutocastForward, SegmentedForward)):
         return
     if CHANNELS_LAST in strategy:
         module.to(memory_format=torch.channels_last)
+    if strategy == MIXED_GEMM_CONVS:
+        conv_gemm.use_gemm(module, convs)
     if COMPILED in strategy:
         module.forward = compile_segments(module, mixed=strategy.startswith(AUTOCAST_BF16))
     if strategy.startswith(AUTOCAST_BF16):
@@ -130,6 +143,12 @@ class CandidateCheck:
     faster: bool = False
     first_call_s: float = math.nan
     reason: str = ""
+    convs: tuple[conv_gemm.ConvChoice, ...] = ()
+
+    @property
+    def chosen_convs(self) -> tuple[str, ...]:
+        """The module names of the convolutions it computes as matrix products."""
+        return conv_gemm.chosen_modules(self.convs)
 
     @property
     def correct(self) -> bool:
@@ -150,13 +169,20 @@ class CandidateCheck:
             check = {"kind": f"loss check: {CHECK_STEPS} AdamW steps against fp32", "losses": self.losses,
                      "worst_abs_deviation": finite_or_none(self.worst_deviation), "bound": finite_or_none(self.bound),
                      "passed": self.correct}
-        return {"candidate": self.name, "exact": self.exact, "check": check,
-                "train_step_ms": finite_or_none(self.median_ms), "median_ratio": finite_or_none(self.median_ratio),
-                "rounds_faster": f"{self.wins}/{self.rounds}",
-                "faster": self.faster, "first_call_s": finite_or_none(self.first_call_s), "accepted": self.accepted,
-                "reason": self.reason}
+        found = {"candidate": self.name, "exact": self.exact, "check": check,
+                 "train_step_ms": finite_or_none(self.median_ms), "median_ratio": finite_or_none(self.median_ratio),
+                 "rounds_faster": f"{self.wins}/{self.rounds}",
+                 "faster": self.faster, "first_call_s": finite_or_none(self.first_call_s), "accepted": self.accepted,
+                 "reason": self.reason}
+        if self.name == MIXED_GEMM_CONVS:
+            found["convolutions"] = [c.to_dict() for c in self.convs]
+        return found
 
     def describe(self) -> str:
+        """One line, and one more per distinct convolution it timed as a matrix product."""
+        return "\n".join([self._verdict(), *(f"    {c.describe()}" for c in self.convs)])
+
+    def _verdict(self) -> str:
         if self.reason and not math.isfinite(self.median_ms):
             return f"{self.name}: not timed ({self.reason})"
         check = (f"gradients within {self.error:.2g} x the fp32 tolerance" if self.exact else
@@ -247,16 +273,33 @@ def _seeded(step: Callable[[], Any]) -> Any:
     return step()
 
 
+def _gemm_convs(model: torch.nn.Module, inputs: list[torch.Tensor],
+                measure_cfg: MeasureConfig) -> tuple[conv_gemm.ConvChoice, ...]:
+    """The convolutions of ``model``, run as the channels-last mixed candidate runs
+    them, timed as built and as matrix products (:func:`aoe_full.conv_gemm.choose`)."""
+    probe = copy.deepcopy(model)
+    install(probe, MIXED_CHANNELS_LAST)
+    return tuple(conv_gemm.choose(probe, inputs, measure_cfg))
+
+
 def _check_one(model: torch.nn.Module, name: str, inputs: list[torch.Tensor], l32: list[float],
-               reference: Any) -> tuple[CandidateCheck, Callable[[], Any] | None]:
+               reference: Any, measure_cfg: MeasureConfig) -> tuple[CandidateCheck, Callable[[], Any] | None]:
     """A candidate's correctness check on a copy of ``model`` (first call timed:
     it compiles), and the copy's training step for the timing rounds.  A mixed
     candidate's loss check trains that same copy: the first step stored no
-    gradient, so it starts from ``model``'s weights, and it is compiled once."""
+    gradient, so it starts from ``model``'s weights, and it is compiled once.
+    The matrix-product candidate first chooses its convolutions (none chosen: not
+    checked)."""
     exact = CANDIDATES[name]
+    convs: tuple[conv_gemm.ConvChoice, ...] = ()
     try:
+        if name == MIXED_GEMM_CONVS:
+            convs = _gemm_convs(model, inputs, measure_cfg)
+            if not conv_gemm.chosen_modules(convs):
+                return CandidateCheck(name, exact, reason="no convolution is faster as a matrix product",
+                                      convs=convs), None
         copied = copy.deepcopy(model)
-        install(copied, name)
+        install(copied, name, conv_gemm.chosen_modules(convs))
         t0 = time.perf_counter()
         step = _train_step(copied, inputs)
         got = _seeded(step)
@@ -266,12 +309,12 @@ def _check_one(model: torch.nn.Module, name: str, inputs: list[torch.Tensor], l3
         torch.manual_seed(0)
         lmix = _losses(copied, copied, inputs)
     except Exception as e:  # a candidate that cannot run is rejected, not a failed tuning run
-        return CandidateCheck(name, exact, reason=first_line(e, 300)), None
+        return CandidateCheck(name, exact, reason=first_line(e, 300), convs=convs), None
     worst = max((abs(a - b) for a, b in zip(l32, lmix)), default=math.inf)
     if not all(math.isfinite(x) for x in l32 + lmix):
         worst = math.inf
     return CandidateCheck(name, False, losses=lmix, worst_deviation=worst, bound=BOUND * abs(l32[0]),
-                          first_call_s=first), step
+                          first_call_s=first, convs=convs), step
 
 
 def _check(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, names: list[str],
@@ -291,7 +334,7 @@ def _check(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, names:
     except Exception as e:  # a model the check cannot train is reported, not a failed tuning run
         return WholeModelCheck(mode, math.nan, [], [], seconds=time.perf_counter() - t0,
                               reason=first_line(e, 300))
-    checked = [_check_one(model, n, inputs, l32, reference) for n in names]
+    checked = [_check_one(model, n, inputs, l32, reference, measure_cfg) for n in names]
     steps = {EAGER: eager, **{c.name: step for c, step in checked if step is not None and c.correct}}
     timings = measure(steps, EAGER, measure_cfg)
     found = []
@@ -311,6 +354,15 @@ def _stored_strategy(stored: Any, mode: str) -> str:
     """The strategy a bank entry holds, where ``mode`` allows it (else eager: entries are read, never trusted)."""
     strategy = stored.get("strategy") if isinstance(stored, dict) else None
     return strategy if isinstance(strategy, str) and strategy in candidates_for(mode) else EAGER
+
+
+def _stored_convs(stored: Any) -> tuple[str, ...]:
+    """The convolutions' module names a bank entry holds (none where ``convs`` is not
+    a list of at most :data:`MAX_CONVS` names)."""
+    convs = stored.get("convs") if isinstance(stored, dict) else None
+    if not isinstance(convs, list) or len(convs) > MAX_CONVS or not all(isinstance(n, str) for n in convs):
+        return ()
+    return tuple(convs)
 
 
 def tune_whole_model(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, bank_root: str, repeat: bool,
@@ -338,28 +390,42 @@ def tune_whole_model(model: torch.nn.Module, inputs: list[torch.Tensor], mode: s
         return replace(found, outcome="unsatisfied" if stored is None else "reserved", strategy=held)
     winners = sorted((c for c in found.candidates if c.accepted), key=lambda c: c.median_ratio)
     found = replace(found, strategy=winners[0].name if winners else EAGER)
-    payload = {"strategy": found.strategy, "label": f"{type(model).__name__} whole model", "check": found.to_dict()}
+    payload = {"strategy": found.strategy, "convs": list(winners[0].chosen_convs) if winners else [],
+               "label": f"{type(model).__name__} whole model", "check": found.to_dict()}
     settled = settle(kb, key, payload, found.accepted or stored is not None,
                      lambda entry: entry.get("strategy") != found.strategy)
     return replace(found, outcome=settled.outcome)
 
 
-def whole_model_entry(module: torch.nn.Module, bank_root: str) -> tuple[str, str]:
-    """The whole-model strategy the bank under ``bank_root`` holds for ``module``
-    (the mixed-precision entry where it holds a candidate, else the exact one) and
-    what it applies, in words; ``("", "")`` when the bank holds no entry for it, and
-    ``("", words)`` when its entries say that no candidate won, with the numbers
-    they recorded.  Reads, never changes, the module."""
+@dataclass(frozen=True)
+class WholeModelEntry:
+    """What the bank holds for a module: the ``strategy`` to apply (``""``: none),
+    the convolutions it computes as matrix products (``convs``, module names) and,
+    in words, what it applies or, where no candidate won, what the entries measured."""
+
+    strategy: str
+    convs: tuple[str, ...]
+    words: str
+
+
+def whole_model_entry(module: torch.nn.Module, bank_root: str) -> WholeModelEntry:
+    """The whole-model entry the bank under ``bank_root`` holds for ``module`` (the
+    mixed-precision entry where it holds a candidate, else the exact one); no
+    strategy and no words when the bank holds no entry for it, no strategy and the
+    numbers they recorded when its entries say that no candidate won.  Reads, never
+    changes, the module."""
     kb = KnowledgeBase(bank_root, WHOLE_MODEL)
     lost = []
     for mode in (MIXED_BF16, KEEP):
         stored = kb.get(_key(module, mode))
         strategy = _stored_strategy(stored, mode)
         if strategy != EAGER:
-            return strategy, f"{DESCRIPTIONS[strategy]} (checked by aoe --precision_mode {mode})"
+            convs = _stored_convs(stored) if strategy == MIXED_GEMM_CONVS else ()
+            words = DESCRIPTIONS[strategy].format(convs=len(convs))
+            return WholeModelEntry(strategy, convs, f"{words} (checked by aoe --precision_mode {mode})")
         if stored is not None:
             lost.append(_lost_words(stored, mode))
-    return "", "; ".join(lost)
+    return WholeModelEntry("", (), "; ".join(lost))
 
 
 def _lost_words(stored: Any, mode: str) -> str:
@@ -394,4 +460,6 @@ DESCRIPTIONS = {COMPILED: "the training forward compiled in segments (Inductor, 
                 AUTOCAST_BF16: "mixed precision (bf16 autocast, while training)",
                 MIXED_COMPILED: "mixed precision compiled in segments (bf16 autocast and Inductor, while training)",
                 CHANNELS_LAST: "convolutions in the channels-last layout (exact)",
-                MIXED_CHANNELS_LAST: "mixed precision in the channels-last layout (bf16 autocast, while training)"}
+                MIXED_CHANNELS_LAST: "mixed precision in the channels-last layout (bf16 autocast, while training)",
+                MIXED_GEMM_CONVS: "mixed precision in the channels-last layout, {convs} convolution(s) as matrix "
+                                  "products (bf16 autocast, while training)"}

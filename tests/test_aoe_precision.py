@@ -137,13 +137,13 @@ def test_a_recheck_that_rejects_withdraws_the_entry_and_a_check_that_cannot_run_
     model, x = _AutocastSensitive().train(), torch.randn(8, 32)
     kb = KnowledgeBase(bank, WHOLE_MODEL)
     kb.put(_key(model, MIXED_BF16), {"strategy": "autocast_bf16", "check": {}})
-    assert whole_model_entry(model, bank)
+    assert whole_model_entry(model, bank).strategy
     only = frozenset({"autocast_bf16"})
     found = tune_whole_model(model, [x], MIXED_BF16, bank, True, MeasureConfig(rounds=3), only)
     (mixed,) = found.candidates
     assert not mixed.correct and not found.accepted and "loss differs" in found.describe()
     assert (found.outcome, found.strategy) == ("update", "eager")
-    assert kb.get(_key(model, MIXED_BF16))["strategy"] == "eager" and whole_model_entry(model, bank)[0] == ""
+    assert kb.get(_key(model, MIXED_BF16))["strategy"] == "eager" and whole_model_entry(model, bank).strategy == ""
     frozen = torch.nn.Linear(4, 4).requires_grad_(False)
     other = str(tmp_path / "other")
     found = tune_whole_model(frozen, [torch.randn(2, 4)], MIXED_BF16, other, False, MeasureConfig(rounds=3), only)
