@@ -18,9 +18,9 @@ with the backward.  Candidates (:data:`CANDIDATES`):
   (:class:`aoe_full.precision.AutocastForward`), alone or around the above;
 * ``autocast_bf16_channels_last_weights_gemm_convs`` (mixed, models with a 4-D
   parameter): the channels-last mixed candidate with the convolutions that run
-  faster as one matrix product each (:mod:`aoe_full.conv_gemm`, chosen per
-  convolution by measurement before the candidate is checked) computed so; the
-  bank keeps the chosen convolutions' module names.
+  faster with matrix products computed so (:mod:`aoe_full.conv_gemm`, variant
+  chosen per convolution by measurement before the candidate is checked); the
+  bank keeps the chosen convolutions' module names and variants.
 
 *Exact check:* one training step from the same weights, inputs and seed; the loss
 and every gradient against the model as built, by
@@ -48,7 +48,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -77,7 +77,7 @@ MIXED_GEMM_CONVS = "autocast_bf16_channels_last_weights_gemm_convs"
 CANDIDATES: dict[str, bool] = {COMPILED: True, CHANNELS_LAST: True, AUTOCAST_BF16: False, MIXED_COMPILED: False,
                                MIXED_CHANNELS_LAST: False, MIXED_GEMM_CONVS: False}
 
-#: Most module names a bank entry's ``convs`` may hold (entries are read, never trusted).
+#: Most convolutions a bank entry's ``convs`` may name (entries are read, never trusted).
 MAX_CONVS = 4096
 
 
@@ -102,12 +102,12 @@ def candidates_for(mode: str, allowed: frozenset[str] | None = None,
     return [n for n in names if allowed is None or n in allowed]
 
 
-def install(module: torch.nn.Module, strategy: str, convs: tuple[str, ...] = ()) -> None:
+def install(module: torch.nn.Module, strategy: str, convs: Mapping[str, str] | None = None) -> None:
     """Run ``module``'s training forward (as it is now, exact choices included) as
     ``strategy`` says, in place, once: ``channels_last_weights`` stores its 4-D parameters
     and buffers channels-last (``Module.to(memory_format=...)``: the same tensors,
     so convolutions run in the NHWC layout), ``gemm_convs`` computes the
-    convolutions named ``convs`` as matrix products (:func:`aoe_full.conv_gemm.use_gemm`),
+    convolutions ``convs`` names in its variant (:func:`aoe_full.conv_gemm.use_gemm`),
     ``compiled_segments`` compiles the forward in segments (:mod:`aoe_full.segments`),
     ``autocast_bf16`` wraps it in bf16 autocast (outermost)."""
     if isinstance(module.forward, (AutocastForward, SegmentedForward)):
@@ -115,7 +115,7 @@ def install(module: torch.nn.Module, strategy: str, convs: tuple[str, ...] = ())
     if CHANNELS_LAST in strategy:
         module.to(memory_format=torch.channels_last)
     if strategy == MIXED_GEMM_CONVS:
-        conv_gemm.use_gemm(module, convs)
+        conv_gemm.use_gemm(module, convs or {})
     if COMPILED in strategy:
         module.forward = compile_segments(module, mixed=strategy.startswith(AUTOCAST_BF16))
     if strategy.startswith(AUTOCAST_BF16):
@@ -146,9 +146,9 @@ class CandidateCheck:
     convs: tuple[conv_gemm.ConvChoice, ...] = ()
 
     @property
-    def chosen_convs(self) -> tuple[str, ...]:
-        """The module names of the convolutions it computes as matrix products."""
-        return conv_gemm.chosen_modules(self.convs)
+    def chosen_convs(self) -> dict[str, str]:
+        """Module name -> variant, for the convolutions it computes with matrix products."""
+        return conv_gemm.chosen_variants(self.convs)
 
     @property
     def correct(self) -> bool:
@@ -276,7 +276,7 @@ def _seeded(step: Callable[[], Any]) -> Any:
 def _gemm_convs(model: torch.nn.Module, inputs: list[torch.Tensor],
                 measure_cfg: MeasureConfig) -> tuple[conv_gemm.ConvChoice, ...]:
     """The convolutions of ``model``, run as the channels-last mixed candidate runs
-    them, timed as built and as matrix products (:func:`aoe_full.conv_gemm.choose`)."""
+    them, timed as built and in each variant (:func:`aoe_full.conv_gemm.choose`)."""
     probe = copy.deepcopy(model)
     install(probe, MIXED_CHANNELS_LAST)
     return tuple(conv_gemm.choose(probe, inputs, measure_cfg))
@@ -295,11 +295,11 @@ def _check_one(model: torch.nn.Module, name: str, inputs: list[torch.Tensor], l3
     try:
         if name == MIXED_GEMM_CONVS:
             convs = _gemm_convs(model, inputs, measure_cfg)
-            if not conv_gemm.chosen_modules(convs):
-                return CandidateCheck(name, exact, reason="no convolution is faster as a matrix product",
+            if not conv_gemm.chosen_variants(convs):
+                return CandidateCheck(name, exact, reason="no convolution is faster with matrix products",
                                       convs=convs), None
         copied = copy.deepcopy(model)
-        install(copied, name, conv_gemm.chosen_modules(convs))
+        install(copied, name, conv_gemm.chosen_variants(convs))
         t0 = time.perf_counter()
         step = _train_step(copied, inputs)
         got = _seeded(step)
@@ -356,13 +356,16 @@ def _stored_strategy(stored: Any, mode: str) -> str:
     return strategy if isinstance(strategy, str) and strategy in candidates_for(mode) else EAGER
 
 
-def _stored_convs(stored: Any) -> tuple[str, ...]:
-    """The convolutions' module names a bank entry holds (none where ``convs`` is not
-    a list of at most :data:`MAX_CONVS` names)."""
+def _stored_convs(stored: Any, module: torch.nn.Module) -> dict[str, str]:
+    """The entries of a bank entry's ``convs`` (module name -> variant) that name a
+    convolution of ``module`` :mod:`aoe_full.conv_gemm` can compute and one of its
+    variants (none where ``convs`` is not a mapping of at most :data:`MAX_CONVS`)."""
     convs = stored.get("convs") if isinstance(stored, dict) else None
-    if not isinstance(convs, list) or len(convs) > MAX_CONVS or not all(isinstance(n, str) for n in convs):
-        return ()
-    return tuple(convs)
+    if not isinstance(convs, dict) or len(convs) > MAX_CONVS:
+        return {}
+    named = dict(module.named_modules())
+    return {n: v for n, v in convs.items()
+            if v in conv_gemm.VARIANTS and n in named and conv_gemm.eligible(named[n])}
 
 
 def tune_whole_model(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, bank_root: str, repeat: bool,
@@ -390,7 +393,7 @@ def tune_whole_model(model: torch.nn.Module, inputs: list[torch.Tensor], mode: s
         return replace(found, outcome="unsatisfied" if stored is None else "reserved", strategy=held)
     winners = sorted((c for c in found.candidates if c.accepted), key=lambda c: c.median_ratio)
     found = replace(found, strategy=winners[0].name if winners else EAGER)
-    payload = {"strategy": found.strategy, "convs": list(winners[0].chosen_convs) if winners else [],
+    payload = {"strategy": found.strategy, "convs": winners[0].chosen_convs if winners else {},
                "label": f"{type(model).__name__} whole model", "check": found.to_dict()}
     settled = settle(kb, key, payload, found.accepted or stored is not None,
                      lambda entry: entry.get("strategy") != found.strategy)
@@ -400,11 +403,12 @@ def tune_whole_model(model: torch.nn.Module, inputs: list[torch.Tensor], mode: s
 @dataclass(frozen=True)
 class WholeModelEntry:
     """What the bank holds for a module: the ``strategy`` to apply (``""``: none),
-    the convolutions it computes as matrix products (``convs``, module names) and,
+    the convolutions it computes with matrix products (``convs``, module name ->
+    variant) and,
     in words, what it applies or, where no candidate won, what the entries measured."""
 
     strategy: str
-    convs: tuple[str, ...]
+    convs: Mapping[str, str]
     words: str
 
 
@@ -420,12 +424,12 @@ def whole_model_entry(module: torch.nn.Module, bank_root: str) -> WholeModelEntr
         stored = kb.get(_key(module, mode))
         strategy = _stored_strategy(stored, mode)
         if strategy != EAGER:
-            convs = _stored_convs(stored) if strategy == MIXED_GEMM_CONVS else ()
+            convs = _stored_convs(stored, module) if strategy == MIXED_GEMM_CONVS else {}
             words = DESCRIPTIONS[strategy].format(convs=len(convs))
             return WholeModelEntry(strategy, convs, f"{words} (checked by aoe --precision_mode {mode})")
         if stored is not None:
             lost.append(_lost_words(stored, mode))
-    return WholeModelEntry("", (), "; ".join(lost))
+    return WholeModelEntry("", {}, "; ".join(lost))
 
 
 def _lost_words(stored: Any, mode: str) -> str:
@@ -461,5 +465,5 @@ DESCRIPTIONS = {COMPILED: "the training forward compiled in segments (Inductor, 
                 MIXED_COMPILED: "mixed precision compiled in segments (bf16 autocast and Inductor, while training)",
                 CHANNELS_LAST: "convolutions in the channels-last layout (exact)",
                 MIXED_CHANNELS_LAST: "mixed precision in the channels-last layout (bf16 autocast, while training)",
-                MIXED_GEMM_CONVS: "mixed precision in the channels-last layout, {convs} convolution(s) as matrix "
+                MIXED_GEMM_CONVS: "mixed precision in the channels-last layout, {convs} convolution(s) with matrix "
                                   "products (bf16 autocast, while training)"}
