@@ -89,7 +89,7 @@ def _apply(module: torch.nn.Module, root: str) -> tuple[str, str, str]:
     for the module: torch.fx cannot trace it), and what the whole-model entries
     recorded when no candidate won (``""`` otherwise)."""
     whole = whole_model_entry(module, root)
-    lost = "" if whole.strategy else whole.words
+    lost = whole.lost
     steps = banked_implementations(module, root)
     try:
         choices = bank_choices(module, root)
@@ -101,8 +101,7 @@ def _apply(module: torch.nn.Module, root: str) -> tuple[str, str, str]:
         apply_choices(module, choices)
         applied.append(f"{len(choices.ops)} operator and {len(choices.subgraphs)} subgraph choice(s)")
     if whole.strategy:
-        install(module, whole.strategy, whole.convs)
-        applied.append(whole.words)
+        applied.append(whole.applied_words(install(module, whole.strategy, dict(whole.convs))))
     now = steps.get(layout_of(list(module.parameters())), {})
     if steps:
         use_implementations(module, steps)

@@ -39,16 +39,17 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils._pytree import tree_map
 
 from aoe_full.measure import MeasureConfig, finite_or_none, make_step, measure, relative_error, timed_fields
 
-__all__ = ["WEIGHT_GRADIENT", "ALL_PRODUCTS", "VARIANTS", "GemmConvForward", "eligible", "use_gemm", "Variant",
-           "ConvChoice", "choose", "chosen_variants"]
+__all__ = ["WEIGHT_GRADIENT", "ALL_PRODUCTS", "VARIANTS", "GemmConvForward", "eligible", "applicable", "use_gemm",
+           "Variant", "ConvChoice", "choose", "chosen_variants"]
 
 WEIGHT_GRADIENT = "weight_gradient_product"
 ALL_PRODUCTS = "all_products"
@@ -83,7 +84,9 @@ def _weight_gradient(g: torch.Tensor, cols: torch.Tensor, weight_shape: torch.Si
 
 class _AllProducts(torch.autograd.Function):
     """:data:`ALL_PRODUCTS` on ``x`` (N, C, H, W), ``weight`` (O, C, kh, kw) and
-    ``bias`` (O or None), all of one dtype; the output is NHWC in memory."""
+    ``bias`` (O or None), all of one dtype; the output is NHWC in memory (a tensor
+    of its own, not a view, so that an in-place op may follow).  Differentiable
+    once: the backward's products treat the saved patches and weight as constants."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -94,13 +97,19 @@ class _AllProducts(torch.autograd.Function):
         ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         cols = _patches(x, (kh, kw), stride, padding, (ho, wo))
         wm = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)
-        y = cols @ wm.t() if bias is None else torch.addmm(bias, cols, wm.t())
+        y = torch.empty((n, o, ho, wo), dtype=cols.dtype, device=cols.device, memory_format=torch.channels_last)
+        rows = y.permute(0, 2, 3, 1).view(n * ho * wo, o)
+        if bias is None:
+            torch.mm(cols, wm.t(), out=rows)
+        else:
+            torch.addmm(bias, cols, wm.t(), out=rows)
         ctx.save_for_backward(cols, wm)
         ctx.geometry = (x.shape, weight.shape, ho, wo, stride, padding)
         ctx.has_bias = bias is not None
-        return y.view(n, ho, wo, o).permute(0, 3, 1, 2)
+        return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         cols, wm = ctx.saved_tensors
         x_shape, w_shape, ho, wo, (sh, sw), (ph, pw) = ctx.geometry
@@ -124,7 +133,7 @@ class _AllProducts(torch.autograd.Function):
 
 class _WeightGradientProduct(torch.autograd.Function):
     """:data:`WEIGHT_GRADIENT`: torch's convolution and input gradient, the weight
-    gradient as a product; arguments as :class:`_AllProducts`."""
+    gradient as a product; arguments and differentiability as :class:`_AllProducts`."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -135,6 +144,7 @@ class _WeightGradientProduct(torch.autograd.Function):
         return F.conv2d(x, weight, bias, stride, padding)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         stride, padding = ctx.geometry
@@ -157,7 +167,9 @@ class GemmConvForward:
     """A ``Conv2d._conv_forward`` computing the convolution as ``variant`` (module
     docstring) under CPU autocast, in the autocast dtype; ``F.conv2d`` otherwise
     (and for float64 tensors, which autocast leaves alone).  Holds only the
-    geometry, so a module carrying it copies and pickles like any other."""
+    geometry, copied from the module when it is installed (a later change of the
+    module's ``stride`` or ``padding`` is not seen), so a module carrying it copies
+    and pickles like any other (loading a pickled module needs aoe_full)."""
 
     def __init__(self, stride: tuple[int, int], padding: tuple[int, int], variant: str) -> None:
         if variant not in _FUNCTIONS:
@@ -176,16 +188,22 @@ class GemmConvForward:
                                                   None if bias is None else bias.to(dtype), self.stride, self.padding)
 
 
-def use_gemm(module: torch.nn.Module, convs: Mapping[str, str]) -> int:
-    """Compute each eligible convolution of ``module`` named in ``convs`` as its
-    variant there, in place; how many there were (a name that names none, or an
-    unknown variant, is skipped: bank entries are read, never trusted)."""
-    count = 0
+def applicable(module: torch.nn.Module, convs: Mapping[Any, Any]) -> dict[str, str]:
+    """The entries of ``convs`` (module name -> variant) that name an eligible
+    convolution of ``module`` and one of :data:`VARIANTS` (bank entries are read,
+    never trusted)."""
+    return {name: convs[name] for name, m in module.named_modules()
+            if isinstance(convs.get(name), str) and convs[name] in _FUNCTIONS and eligible(m)}
+
+
+def use_gemm(module: torch.nn.Module, convs: Mapping[Any, Any]) -> int:
+    """Compute each convolution of ``module`` that ``convs`` names in its variant
+    there, in place (only the :func:`applicable` entries); how many."""
+    chosen = applicable(module, convs)
     for name, m in module.named_modules():
-        if convs.get(name) in _FUNCTIONS and eligible(m):
-            m._conv_forward = GemmConvForward(m.stride, m.padding, convs[name])
-            count += 1
-    return count
+        if name in chosen:
+            m._conv_forward = GemmConvForward(m.stride, m.padding, chosen[name])
+    return len(chosen)
 
 
 @dataclass(frozen=True)
@@ -251,11 +269,23 @@ class ConvChoice:
                 + f": {self.chosen or 'as built'}")
 
 
-def _inputs_seen(model: torch.nn.Module, inputs: list[torch.Tensor]) -> dict[str, tuple[Any, ...]]:
+class Seen(NamedTuple):
+    """What a convolution received at its first call: its input's shape, dtype,
+    memory format and whether it requires grad, and the autocast dtype (``None``
+    outside autocast)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    layout: torch.memory_format
+    requires_grad: bool
+    autocast: torch.dtype | None
+
+
+def _inputs_seen(model: torch.nn.Module, inputs: list[torch.Tensor]) -> dict[str, Seen]:
     """Per eligible convolution of ``model``, what its first call of one forward of
-    ``model(*inputs)`` received: shape, dtype, memory format, whether it requires
-    grad, and the autocast dtype (``None`` outside autocast)."""
-    seen: dict[str, tuple[Any, ...]] = {}
+    ``model(*inputs)`` received (a convolution called again with other shapes is
+    timed on its first)."""
+    seen: dict[str, Seen] = {}
 
     def record(name: str) -> Any:
         def hook(_: torch.nn.Module, args: tuple[Any, ...]) -> None:
@@ -265,7 +295,7 @@ def _inputs_seen(model: torch.nn.Module, inputs: list[torch.Tensor]) -> dict[str
             layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not \
                 x.is_contiguous() else torch.contiguous_format
             autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-            seen[name] = (tuple(x.shape), x.dtype, layout, x.requires_grad, autocast)
+            seen[name] = Seen(tuple(x.shape), x.dtype, layout, x.requires_grad, autocast)
         return hook
 
     handles = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules() if eligible(m)]
@@ -277,7 +307,7 @@ def _inputs_seen(model: torch.nn.Module, inputs: list[torch.Tensor]) -> dict[str
     return seen
 
 
-def _steps(conv: torch.nn.Module, seen: tuple[Any, ...]) -> dict[str, Any]:
+def _steps(conv: torch.nn.Module, seen: Seen) -> dict[str, Any]:
     """Forward + backward steps of ``conv`` as built (``"built"``) and as each
     variant, on one random input as the model gave it, under the autocast the
     model ran it in."""
@@ -314,25 +344,25 @@ def choose(model: torch.nn.Module, inputs: list[torch.Tensor], cfg: MeasureConfi
     modules = dict(model.named_modules())
     groups: dict[tuple[Any, ...], list[str]] = {}
     for name, s in seen.items():
-        if s[4] is None:
+        if s.autocast is None:
             continue
         m = modules[name]
-        key = (*s, m.in_channels, m.out_channels, tuple(m.kernel_size), tuple(m.stride), tuple(m.padding),
-               m.bias is not None, m.weight.is_contiguous(memory_format=torch.channels_last))
+        key = (s, m.in_channels, m.out_channels, tuple(m.kernel_size), tuple(m.stride), tuple(m.padding),
+               m.bias is not None, m.weight.requires_grad, m.weight.is_contiguous(memory_format=torch.channels_last))
         groups.setdefault(key, []).append(name)
     found = []
     for key, names in groups.items():
-        conv = modules[names[0]]
-        steps = _steps(conv, key[:5])
-        want = _in_dtype(steps["built"](), key[4])
-        errors = {v: relative_error(want, _in_dtype(steps[v](), key[4])) for v in VARIANTS}
+        s, conv = key[0], modules[names[0]]
+        steps = _steps(conv, s)
+        want = _in_dtype(steps["built"](), s.autocast)
+        errors = {v: relative_error(want, _in_dtype(steps[v](), s.autocast)) for v in VARIANTS}
         timings = measure(steps, "built", cfg)
         variants = tuple(Variant(v, errors[v], **timed_fields(timings[v], timings["built"], cfg)) for v in VARIANTS)
-        found.append(ConvChoice(tuple(names), key[0], conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
+        found.append(ConvChoice(tuple(names), s.shape, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
                                 timings["built"].median_ms, variants))
     return found
 
 
-def chosen_variants(found: tuple[ConvChoice, ...]) -> dict[str, str]:
+def chosen_variants(found: Sequence[ConvChoice]) -> dict[str, str]:
     """Module name -> variant, for the convolutions :func:`choose` found faster in one."""
     return {n: c.chosen for c in found if c.chosen for n in c.modules}

@@ -102,24 +102,25 @@ def candidates_for(mode: str, allowed: frozenset[str] | None = None,
     return [n for n in names if allowed is None or n in allowed]
 
 
-def install(module: torch.nn.Module, strategy: str, convs: Mapping[str, str] | None = None) -> None:
+def install(module: torch.nn.Module, strategy: str, convs: Mapping[str, str] | None = None) -> int:
     """Run ``module``'s training forward (as it is now, exact choices included) as
     ``strategy`` says, in place, once: ``channels_last_weights`` stores its 4-D parameters
     and buffers channels-last (``Module.to(memory_format=...)``: the same tensors,
     so convolutions run in the NHWC layout), ``gemm_convs`` computes the
     convolutions ``convs`` names in its variant (:func:`aoe_full.conv_gemm.use_gemm`),
     ``compiled_segments`` compiles the forward in segments (:mod:`aoe_full.segments`),
-    ``autocast_bf16`` wraps it in bf16 autocast (outermost)."""
+    ``autocast_bf16`` wraps it in bf16 autocast (outermost).  Returns how many
+    convolutions compute with matrix products."""
     if isinstance(module.forward, (AutocastForward, SegmentedForward)):
-        return
+        return 0
     if CHANNELS_LAST in strategy:
         module.to(memory_format=torch.channels_last)
-    if strategy == MIXED_GEMM_CONVS:
-        conv_gemm.use_gemm(module, convs or {})
+    products = conv_gemm.use_gemm(module, convs or {}) if strategy == MIXED_GEMM_CONVS else 0
     if COMPILED in strategy:
         module.forward = compile_segments(module, mixed=strategy.startswith(AUTOCAST_BF16))
     if strategy.startswith(AUTOCAST_BF16):
         module.forward = AutocastForward(module.forward, torch.bfloat16, param_dtype(module))
+    return products
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ class CandidateCheck:
                  "rounds_faster": f"{self.wins}/{self.rounds}",
                  "faster": self.faster, "first_call_s": finite_or_none(self.first_call_s), "accepted": self.accepted,
                  "reason": self.reason}
-        if self.name == MIXED_GEMM_CONVS:
+        if self.convs:
             found["convolutions"] = [c.to_dict() for c in self.convs]
         return found
 
@@ -356,16 +357,14 @@ def _stored_strategy(stored: Any, mode: str) -> str:
     return strategy if isinstance(strategy, str) and strategy in candidates_for(mode) else EAGER
 
 
-def _stored_convs(stored: Any, module: torch.nn.Module) -> dict[str, str]:
-    """The entries of a bank entry's ``convs`` (module name -> variant) that name a
-    convolution of ``module`` :mod:`aoe_full.conv_gemm` can compute and one of its
-    variants (none where ``convs`` is not a mapping of at most :data:`MAX_CONVS`)."""
+def _stored_convs(stored: Any, module: torch.nn.Module) -> tuple[tuple[str, str], ...]:
+    """The (module name, variant) pairs of a bank entry's ``convs`` that apply to
+    ``module`` (:func:`aoe_full.conv_gemm.applicable`; none where ``convs`` is not a
+    mapping of at most :data:`MAX_CONVS`)."""
     convs = stored.get("convs") if isinstance(stored, dict) else None
     if not isinstance(convs, dict) or len(convs) > MAX_CONVS:
-        return {}
-    named = dict(module.named_modules())
-    return {n: v for n, v in convs.items()
-            if v in conv_gemm.VARIANTS and n in named and conv_gemm.eligible(named[n])}
+        return ()
+    return tuple(conv_gemm.applicable(module, convs).items())
 
 
 def tune_whole_model(model: torch.nn.Module, inputs: list[torch.Tensor], mode: str, bank_root: str, repeat: bool,
@@ -396,20 +395,26 @@ def tune_whole_model(model: torch.nn.Module, inputs: list[torch.Tensor], mode: s
     payload = {"strategy": found.strategy, "convs": winners[0].chosen_convs if winners else {},
                "label": f"{type(model).__name__} whole model", "check": found.to_dict()}
     settled = settle(kb, key, payload, found.accepted or stored is not None,
-                     lambda entry: entry.get("strategy") != found.strategy)
+                     lambda entry: (entry.get("strategy"), entry.get("convs")) != (found.strategy, payload["convs"]))
     return replace(found, outcome=settled.outcome)
 
 
 @dataclass(frozen=True)
 class WholeModelEntry:
     """What the bank holds for a module: the ``strategy`` to apply (``""``: none),
-    the convolutions it computes with matrix products (``convs``, module name ->
-    variant) and,
-    in words, what it applies or, where no candidate won, what the entries measured."""
+    checked in precision ``mode``, the convolutions it computes with matrix products
+    (``convs``: module name, variant) and, where no candidate won, what the entries
+    measured, in words (``lost``)."""
 
     strategy: str
-    convs: Mapping[str, str]
-    words: str
+    convs: tuple[tuple[str, str], ...]
+    mode: str
+    lost: str
+
+    def applied_words(self, products: int) -> str:
+        """What installing it did, in words, with ``products`` convolutions computed
+        with matrix products (:func:`install`'s count)."""
+        return f"{DESCRIPTIONS[self.strategy].format(convs=products)} (checked by aoe --precision_mode {self.mode})"
 
 
 def whole_model_entry(module: torch.nn.Module, bank_root: str) -> WholeModelEntry:
@@ -424,12 +429,11 @@ def whole_model_entry(module: torch.nn.Module, bank_root: str) -> WholeModelEntr
         stored = kb.get(_key(module, mode))
         strategy = _stored_strategy(stored, mode)
         if strategy != EAGER:
-            convs = _stored_convs(stored, module) if strategy == MIXED_GEMM_CONVS else {}
-            words = DESCRIPTIONS[strategy].format(convs=len(convs))
-            return WholeModelEntry(strategy, convs, f"{words} (checked by aoe --precision_mode {mode})")
+            convs = _stored_convs(stored, module) if strategy == MIXED_GEMM_CONVS else ()
+            return WholeModelEntry(strategy, convs, mode, "")
         if stored is not None:
             lost.append(_lost_words(stored, mode))
-    return WholeModelEntry("", {}, "; ".join(lost))
+    return WholeModelEntry("", (), "", "; ".join(lost))
 
 
 def _lost_words(stored: Any, mode: str) -> str:

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aoe_full.apply import apply_bank
+from aoe_full.apply import bank_transform
 from aoe_full.conv_gemm import (_FUNCTIONS, ALL_PRODUCTS, VARIANTS, WEIGHT_GRADIENT, GemmConvForward, choose,
                                 eligible, use_gemm)
 from aoe_full.measure import MeasureConfig
 from aoe_full.precision import KEEP, MIXED_BF16, AutocastForward
-from aoe_full.whole_model import (MIXED_GEMM_CONVS, WHOLE_MODEL, _key, candidates_for, install, tune_whole_model,
-                                  whole_model_entry)
+from aoe_full.whole_model import (MIXED_CHANNELS_LAST, MIXED_GEMM_CONVS, WHOLE_MODEL, _key, candidates_for, install,
+                                  tune_whole_model, whole_model_entry)
 from gdat.bank.store import KnowledgeBase
 
 QUICK = MeasureConfig(rounds=3, warmup=1)
@@ -27,6 +27,7 @@ QUICK = MeasureConfig(rounds=3, warmup=1)
 @pytest.mark.parametrize("cin,cout,kernel,stride,padding,size,bias,channels_last", [
     (8, 16, (3, 3), (1, 1), (1, 1), (6, 6), False, True),
     (8, 16, (3, 3), (2, 2), (1, 1), (7, 7), True, False),
+    (8, 16, (3, 3), (2, 2), (1, 1), (8, 8), False, True),
     (8, 4, (1, 1), (2, 2), (0, 0), (7, 5), False, True),
     (3, 8, (7, 7), (2, 2), (3, 3), (9, 6), True, False),
     (4, 6, (3, 1), (2, 1), (1, 0), (5, 4), True, True),
@@ -70,6 +71,18 @@ def test_it_computes_with_products_only_under_cpu_autocast_and_copies_with_its_m
         GemmConvForward((1, 1), (1, 1), "os.system")
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_its_output_takes_an_in_place_op_and_a_second_derivative_is_refused(variant):
+    conv = torch.nn.Conv2d(4, 8, 3, 1, 1).to(memory_format=torch.channels_last)
+    use_gemm(conv, {"": variant})
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = torch.relu_(conv(x))  # a conv then ReLU(inplace=True), as VGG has it
+    (gx,) = torch.autograd.grad(y.float().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
 class _OwnForward(torch.nn.Conv2d):
     def forward(self, x):
         return super().forward(x) * 2
@@ -98,7 +111,7 @@ def _convnet() -> torch.nn.Module:
 
 def test_each_distinct_convolution_is_checked_and_timed_once_as_the_candidate_runs_it():
     model = _convnet().train()
-    install(model, "autocast_bf16_channels_last_weights")
+    install(model, MIXED_CHANNELS_LAST)
     found = choose(model, [torch.randn(4, 3, 16, 16)], QUICK)
     assert [c.modules for c in found] == [("0",), ("3", "5")]
     assert [c.input_shape for c in found] == [(4, 3, 16, 16), (4, 16, 8, 8)]
@@ -129,20 +142,50 @@ def test_the_candidate_is_mixed_for_convolutional_models_and_not_checked_without
     ({"3": ALL_PRODUCTS, "nope": ALL_PRODUCTS, "1": ALL_PRODUCTS, "5": "eval"}, 1),
     ({"0": WEIGHT_GRADIENT, "3": ALL_PRODUCTS, "5": WEIGHT_GRADIENT}, 3), (["3"], 0), ("3", 0),
     ({str(i): ALL_PRODUCTS for i in range(5000)}, 0)])
-def test_gdat_run_applies_the_banked_convolutions_and_reads_hostile_names_as_none(tmp_path, convs, applied):
+def test_gdat_run_applies_the_banked_convolutions_and_reads_hostile_names_as_none(tmp_path, monkeypatch, capfd, convs,
+                                                                                  applied):
+    monkeypatch.setenv("TUNE_BANK_PATH", str(tmp_path))
     model = _convnet().train()
     KnowledgeBase(str(tmp_path), WHOLE_MODEL).put(_key(model, MIXED_BF16),
                                                   {"strategy": MIXED_GEMM_CONVS, "convs": convs})
     entry = whole_model_entry(model, str(tmp_path))
-    assert entry.strategy == MIXED_GEMM_CONVS and f"{applied} convolution(s) with matrix products" in entry.words
+    assert entry.strategy == MIXED_GEMM_CONVS and len(entry.convs) == applied
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         want = model(x)
-    assert apply_bank(model, str(tmp_path)) is model and isinstance(model.forward, AutocastForward)
+    assert bank_transform(model) is model and isinstance(model.forward, AutocastForward)
+    assert f"{applied} convolution(s) with matrix products" in capfd.readouterr().err
     assert {n: m._conv_forward.variant for n, m in model.named_children()
             if isinstance(m.__dict__.get("_conv_forward"), GemmConvForward)} == dict(entry.convs)
-    assert len(entry.convs) == applied
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         got = model(x)
     assert got.dtype == torch.float32 and (got - want).abs().max() <= 0.05 * want.abs().max()
+
+
+def test_a_chosen_convolution_is_banked_with_its_variant_and_installed_for_the_loss_check(tmp_path, monkeypatch):
+    """The accepted path, with the sign test's verdict forced (timing is not what is
+    tested here): every variant of every convolution wins, the candidate is checked
+    (loss check) with the fastest variants installed, and the bank keeps them."""
+    import aoe_full.conv_gemm as conv_gemm
+    import aoe_full.whole_model as whole_model
+
+    def won(candidate, reference, cfg):
+        return {**timed(candidate, reference, cfg), "faster": True}
+    timed = conv_gemm.timed_fields
+    monkeypatch.setattr(conv_gemm, "timed_fields", won)
+    monkeypatch.setattr(whole_model, "timed_fields", won)
+    bank = str(tmp_path)
+    found = tune_whole_model(_convnet().train(), [torch.randn(4, 3, 16, 16)], MIXED_BF16, bank, False, QUICK,
+                             frozenset({MIXED_GEMM_CONVS}))
+    (candidate,) = found.candidates
+    assert candidate.correct and candidate.accepted and found.strategy == MIXED_GEMM_CONVS, found.describe()
+    assert set(candidate.chosen_convs) == {"0", "3", "5"} and set(candidate.chosen_convs.values()) <= set(VARIANTS)
+    stored = KnowledgeBase(bank, WHOLE_MODEL).get(_key(_convnet(), MIXED_BF16))
+    assert stored["strategy"] == MIXED_GEMM_CONVS and stored["convs"] == candidate.chosen_convs
+    assert dict(whole_model_entry(_convnet(), bank).convs) == candidate.chosen_convs
+    kb = KnowledgeBase(bank, WHOLE_MODEL)
+    kb.put(_key(_convnet(), MIXED_BF16), {**stored, "convs": {"0": "all_products"}})
+    again = tune_whole_model(_convnet().train(), [torch.randn(4, 3, 16, 16)], MIXED_BF16, bank, True, QUICK,
+                             frozenset({MIXED_GEMM_CONVS}))
+    assert again.outcome == "update" and set(kb.get(_key(_convnet(), MIXED_BF16))["convs"]) == {"0", "3", "5"}
