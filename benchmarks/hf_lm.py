@@ -2,7 +2,7 @@
 
 ``torchrun --nproc-per-node 2 benchmarks/hf_lm.py --steps 80 --out OUT.json``: a
 ``transformers.GPT2LMHeadModel`` built from a config (no download; 6 layers, width
-384, vocabulary 8192: 13.8 M parameters), AdamW, synthetic token batches, stock
+384, vocabulary 8192: 13.8 M parameters), AdamW, synthetic learnable token batches, stock
 ``DistributedDataParallel`` (``--bucket-cap-mb`` sets its cap).  ``--link-rate
 STEP:RATE``: before step STEP rank 0 changes the rate of the loopback's ``tbf``
 (inside a gdat-testbed namespace: the link slows mid-run).  ``--autocast bf16``
@@ -32,8 +32,16 @@ def gpt2_lm(layers: int = 6, width: int = 384, vocab: int = 8192, seq: int = 64)
 
 
 def token_batch(vocab: int, batch: int, seq: int, step: int, rank: int) -> torch.Tensor:
-    """Rank ``rank``'s synthetic token ids at ``step`` (seeded)."""
-    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(step * 2 + rank))
+    """Rank ``rank``'s synthetic token ids at ``step`` (seeded), learnable: each
+    sequence starts at a random token and follows a fixed random permutation of the
+    vocabulary (token ``t`` is followed by ``P[t]``), so the loss falls as the
+    model learns ``P``."""
+    nxt = torch.randperm(vocab, generator=torch.Generator().manual_seed(1234))
+    ids = torch.empty(batch, seq, dtype=torch.long)
+    ids[:, 0] = torch.randint(0, vocab, (batch,), generator=torch.Generator().manual_seed(step * 2 + rank))
+    for i in range(1, seq):
+        ids[:, i] = nxt[ids[:, i - 1]]
+    return ids
 
 
 def main() -> None:
