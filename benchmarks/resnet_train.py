@@ -9,7 +9,6 @@ synthetic images (``--batch`` x 3 x ``--size`` x ``--size``) and labels, stock
 ``--out`` (``step_times_s``, the format of ``gdat.demo.train``).
 """
 import argparse
-import functools
 import json
 import time
 
@@ -68,23 +67,10 @@ def resnet18() -> ResNet18:
     return ResNet18()
 
 
-#: Classes the synthetic images are drawn from (of the classifier's 1000).
-CLASSES = 100
-
-
 def image_batch(batch: int, size: int, step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rank ``rank``'s synthetic images and labels at ``step`` (seeded), learnable:
-    an image of class ``c`` (one of :data:`CLASSES`) is that class's fixed random
-    pattern plus twice as strong a random noise."""
+    """Rank ``rank``'s synthetic images and labels at ``step`` (seeded)."""
     gen = torch.Generator().manual_seed(step * 2 + rank)
-    labels = torch.randint(0, CLASSES, (batch,), generator=gen)
-    return _patterns(size)[labels] + 2 * torch.randn(batch, 3, size, size, generator=gen), labels
-
-
-@functools.lru_cache(maxsize=2)
-def _patterns(size: int) -> torch.Tensor:
-    """Each class's fixed random pattern, (:data:`CLASSES`, 3, ``size``, ``size``)."""
-    return torch.randn(CLASSES, 3, size, size, generator=torch.Generator().manual_seed(10_000))
+    return torch.randn(batch, 3, size, size, generator=gen), torch.randint(0, 1000, (batch,), generator=gen)
 
 
 def main() -> None:
