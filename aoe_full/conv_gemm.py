@@ -317,8 +317,7 @@ def _steps(conv: torch.nn.Module, seen: Seen) -> dict[str, Any]:
 
     def step_of(variant: str) -> Any:
         m = copy.deepcopy(conv)
-        if variant:
-            m._conv_forward = GemmConvForward(conv.stride, conv.padding, variant)
+        use_gemm(m, {"": variant})  # "": the convolution itself; as built for no variant
 
         def fn(t: torch.Tensor) -> torch.Tensor:
             with torch.autocast("cpu", dtype=autocast):

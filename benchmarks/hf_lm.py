@@ -12,6 +12,7 @@ losses and each step's wall time to ``--out`` (``step_times_s``, the format of
 ``gdat.demo.train``).
 """
 import argparse
+import functools
 import json
 import subprocess
 import time
@@ -36,12 +37,18 @@ def token_batch(vocab: int, batch: int, seq: int, step: int, rank: int) -> torch
     sequence starts at a random token and follows a fixed random permutation of the
     vocabulary (token ``t`` is followed by ``P[t]``), so the loss falls as the
     model learns ``P``."""
-    nxt = torch.randperm(vocab, generator=torch.Generator().manual_seed(1234))
+    nxt = _successor(vocab)
     ids = torch.empty(batch, seq, dtype=torch.long)
     ids[:, 0] = torch.randint(0, vocab, (batch,), generator=torch.Generator().manual_seed(step * 2 + rank))
     for i in range(1, seq):
         ids[:, i] = nxt[ids[:, i - 1]]
     return ids
+
+
+@functools.lru_cache(maxsize=4)
+def _successor(vocab: int) -> torch.Tensor:
+    """``P`` of :func:`token_batch`: the fixed random permutation (seed 1234), drawn once."""
+    return torch.randperm(vocab, generator=torch.Generator().manual_seed(1234))
 
 
 def main() -> None:
